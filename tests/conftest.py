@@ -1,0 +1,21 @@
+"""Every test runs offline, with its own runs and cache folders, and never sees a real GPU setting."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path_factory.mktemp("llmw")
+    monkeypatch.setenv("LLM_WIZARD_RUNS", str(base / "runs"))
+    monkeypatch.setenv("LLM_WIZARD_CACHE", str(base / "cache"))
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.delenv("LLM_WIZARD_FAKE_GPUS", raising=False)

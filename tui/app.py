@@ -1,0 +1,123 @@
+"""The Textual app: the wizard's steps, the runs list and the live dashboard.
+
+`make_app()` is the one way to build it, shared by `llm-wizard`, `llm-wizard attach`, `demo`
+and the tests (as posting's `make_posting`). Nothing heavy is imported here: the first screen must
+be up in well under a second, so torch/transformers/datasets are only imported by workers, later.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.message import Message
+from textual.reactive import var
+from textual.screen import Screen
+
+from tui.wizard import Choices
+
+if TYPE_CHECKING:
+    from engine.hardware import HardwareReport
+
+# The wizard's steps in order, imported when first shown (module, class).
+STEP_SCREENS: tuple[tuple[str, str], ...] = (
+    ("tui.screens.hardware", "HardwareScreen"),
+    ("tui.screens.technique", "TechniqueScreen"),
+    ("tui.screens.model", "ModelScreen"),
+    ("tui.screens.dataset", "DatasetScreen"),
+    ("tui.screens.checks", "ChecksScreen"),
+    ("tui.screens.options", "OptionsScreen"),
+    ("tui.screens.review", "ReviewScreen"),
+)
+
+
+def step_screen(index: int) -> Screen:
+    module, name = STEP_SCREENS[index]
+    return getattr(importlib.import_module(module), name)()
+
+
+class HardwareProbed(Message):
+    """The probe worker's answer (posted from its thread)."""
+
+    def __init__(self, report: HardwareReport) -> None:
+        super().__init__()
+        self.report = report
+
+
+class WizardApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "llm-wizard"
+    ENABLE_COMMAND_PALETTE = True
+    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True, tooltip="Leave llm-wizard (asks first if a run is followed)")]
+
+    #: The hardware report once probed; screens watch it.
+    hardware: var[HardwareReport | None] = var(None, always_update=True)
+
+    def __init__(self, *, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,
+                 attach: str | None = None, show_runs: bool = True) -> None:
+        super().__init__()
+        self.runs_dir = runs_dir
+        self.nvml = nvml
+        self._given_hardware = hardware
+        self.attach_to = attach
+        self.show_runs = show_runs
+        self.choices = Choices()
+
+    def on_mount(self) -> None:
+        if self.attach_to:
+            from tui.screens.dashboard import DashboardScreen
+
+            self.push_screen(DashboardScreen(self.attach_to))
+        else:
+            self.push_screen(step_screen(0))
+            if self.show_runs and self.existing_runs():
+                from tui.screens.runs import RunsScreen
+
+                self.push_screen(RunsScreen())
+        if self._given_hardware is not None:
+            self.hardware = self._given_hardware
+        else:
+            self.probe_hardware()
+
+    # --- hardware ------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="probe")
+    def probe_hardware(self) -> None:
+        from engine.hardware import probe
+
+        self.post_message(HardwareProbed(probe(nvml=self.nvml, runs=self.runs_dir)))
+
+    def on_hardware_probed(self, message: HardwareProbed) -> None:
+        self.hardware = message.report
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def runs_path(self) -> Path:
+        from engine.paths import runs_dir
+
+        return runs_dir(self.runs_dir)
+
+    def existing_runs(self) -> list[Path]:
+        root = self.runs_path()
+        if not root.is_dir():
+            return []
+        return sorted((p for p in root.iterdir() if (p / "spec.toml").exists() or (p / "events.jsonl").exists()),
+                      key=lambda p: p.stat().st_mtime, reverse=True)
+
+    # --- navigation ----------------------------------------------------------------------------
+
+    def next_step(self, current: Screen) -> None:
+        index = getattr(current, "STEP", 0) + 1
+        if index < len(STEP_SCREENS):
+            self.push_screen(step_screen(index))
+
+
+def make_app(*, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,
+             attach: str | None = None, show_runs: bool = True) -> WizardApp:
+    """The app as `llm-wizard` runs it. `nvml` replaces pynvml (tests pass engine.fake_nvml fixtures);
+    `hardware` skips the probe (snapshot tests pass a fixed report); `attach` opens a run's dashboard."""
+    return WizardApp(runs_dir=runs_dir, nvml=nvml, hardware=hardware, attach=attach, show_runs=show_runs)

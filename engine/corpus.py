@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sysconfig
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from engine.errors import UserError
@@ -108,6 +108,26 @@ def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     joined, they equal `read_text(path)`. The same checks and messages as `read_text` apply, raised
     when the reader reaches the bad byte (an empty file fails before the first piece).
     """
+    for text, _ in iter_pieces(path, chunk_bytes):
+        yield text
+
+
+def check_text_files(files: Iterable[Path], should_stop: Callable[[], bool] | None = None) -> int:
+    """Read every file through the same checks as read_text, in bounded memory; the total bytes.
+
+    For a preflight that must name a bad file before anything heavy starts (RELIABILITY.md D1-D3).
+    """
+    total = 0
+    for path in files:
+        if should_stop is not None and should_stop():
+            break
+        for _, n_bytes in iter_pieces(Path(path), 8 * CHUNK_BYTES):
+            total += n_bytes
+    return total
+
+
+def iter_pieces(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, int]]:
+    """As iter_text, with the number of file bytes each piece came from (for progress in bytes)."""
     path = Path(path)
     try:
         handle = path.open("rb")
@@ -119,6 +139,7 @@ def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
         _check_head(path, carry)
         if carry == _BOM:
             offset, carry = len(_BOM), b""
+        consumed = 0  # file bytes accounted for in the pieces yielded so far (the BOM goes with the first)
         pending_cr = False  # a piece that ended in "\r" may be followed by the "\n" of a CRLF
         seen_text = False
         while True:
@@ -150,7 +171,8 @@ def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
             text = _normalise_newlines(text)
             if text:
                 seen_text = True
-                yield text
+                yield text, offset - consumed
+                consumed = offset
         if not seen_text:
             raise UserError(f"file is empty: {path}", field="dataset")
 

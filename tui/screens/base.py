@@ -32,7 +32,9 @@ class WizardStep(Screen):
 
     STEP: ClassVar[int] = 0
     BINDINGS = [
-        Binding("enter", "next", "Next", tooltip="Go to the next step"),
+        # priority: Enter always means Next, also when a list or an input has the focus (their
+        # choice is read from the widget); space selects and toggles within a step.
+        Binding("enter", "next", "Next", priority=True, tooltip="Go to the next step"),
         Binding("escape", "back", "Back", tooltip="Go back one step"),
     ]
 

@@ -1,0 +1,185 @@
+"""Step 3: which model. A Hub id or a local folder for fine-tuning (only config.json is read, the
+parameters are counted on the meta device: no weights); an architecture and a size for scratch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from engine.architectures import ARCHS, SIZES
+from tui.screens.base import WizardStep
+from tui.widgets.paths import PathSuggester
+
+ARCH_TITLES = {"gpt2": "GPT-2 style", "llama": "Llama style"}
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def read_config(source: str) -> dict:
+    """config.json of a local folder, or of a Hub id from the local cache (offline)."""
+    from engine.errors import UserError
+
+    path = Path(source).expanduser()
+    if path.exists():
+        cfg = path / "config.json"
+        if not cfg.is_file():
+            raise UserError(f"{path} has no config.json: choose a model folder saved with save_pretrained")
+        return json.loads(cfg.read_text())
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
+    except Exception:  # offline and not cached, or no such repo: one clear line, never a traceback
+        raise UserError(f"{source!r}: not a local folder and not in the Hub cache; download it first "
+                        f"(huggingface-cli download {source} config.json) or give a folder") from None
+
+
+def count_parameters(config: dict) -> int:
+    """Parameters of the model a config describes, built on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(**config) if "model_type" in config else config
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def scratch_parameters(arch: str, size: str, vocab_size: int, seq_len: int) -> int:
+    """Exact count for engine.architectures' configs, by arithmetic (instant; a test checks it
+    against the model built on the meta device)."""
+    from engine.architectures import shape_for
+
+    s = shape_for(size)
+    d, m = s.width, s.mlp_width(arch)
+    if arch == "gpt2":  # tied embeddings, biases everywhere, two LayerNorms a block and one at the end
+        block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
+        return vocab_size * d + seq_len * d + s.layers * block + 2 * d
+    kv = d // s.heads * (s.kv_heads or s.heads)  # Llama: no biases, RMSNorm, untied head
+    block = 2 * d * d + 2 * d * kv + 3 * d * m + 2 * d
+    return 2 * vocab_size * d + s.layers * block + d
+
+
+class ModelCounted(Message):
+    def __init__(self, key: str, params: int | None, kind: str, error: str | None = None) -> None:
+        super().__init__()
+        self.key, self.params, self.kind, self.error = key, params, kind, error
+
+
+class ModelScreen(WizardStep):
+    STEP = 2
+
+    def body(self) -> ComposeResult:
+        scratch = self.wizard.choices.technique == "scratch"
+        with Vertical(id="model"):
+            if scratch:
+                yield Label("Architecture and size (Tab moves between them); the tokenizer is trained on your data")
+                with Horizontal(id="scratch-pick"):
+                    yield OptionList(*(Option(ARCH_TITLES[a], id=a) for a in ARCHS), id="arch")
+                    yield OptionList(*(Option(self._size_label(s), id=s) for s in SIZES), id="size")
+            else:
+                yield Label("A Hub id (cached) or a local folder with config.json:")
+                yield Input(self.wizard.choices.model, placeholder="e.g. ./my-model or Qwen/Qwen2.5-0.5B",
+                            suggester=PathSuggester(), id="model-path")
+                if self.wizard.choices.technique == "distill":
+                    yield Label("Teacher (same tokenizer as the student):")
+                    yield Input(self.wizard.choices.teacher, placeholder="a larger model's folder or id",
+                                suggester=PathSuggester(), id="teacher-path")
+            yield Static("", id="model-info")
+
+    @staticmethod
+    def _size_label(size: str) -> str:
+        s = SIZES[size]
+        return f"{size:>5}  {s.layers} layers x {s.width}"
+
+    def on_mount(self) -> None:
+        c = self.wizard.choices
+        if c.technique == "scratch":
+            self.query_one("#arch", OptionList).highlighted = list(ARCHS).index(c.arch)
+            size = self.query_one("#size", OptionList)
+            size.highlighted = list(SIZES).index(c.size)
+            size.focus()
+        else:
+            self.query_one("#model-path", Input).focus()
+        self.recount()
+
+    def ready(self) -> bool:
+        c = self.wizard.choices
+        if c.technique == "scratch":
+            return True
+        if c.technique == "distill" and not c.teacher:
+            return False
+        return bool(c.model) and c.extra.get("model_params") is not None
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option_list.id == "arch":
+            self.wizard.choices.arch = event.option.id or "gpt2"
+        elif event.option_list.id == "size":
+            self.wizard.choices.size = event.option.id or "tiny"
+        self.recount()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "model-path":
+            self.wizard.choices.model = event.value.strip()
+            self.wizard.choices.extra.pop("model_params", None)
+            self.recount()
+        elif event.input.id == "teacher-path":
+            self.wizard.choices.teacher = event.value.strip()
+        self.changed()
+
+    def recount(self) -> None:
+        c = self.wizard.choices
+        key = f"{c.arch}/{c.size}" if c.technique == "scratch" else c.model
+        if not key:
+            self.query_one("#model-info", Static).update("")
+            return
+        if c.technique == "scratch":  # arithmetic: no worker needed
+            n = scratch_parameters(c.arch, c.size, 512, c.seq_len)
+            self.on_model_counted(ModelCounted(key, n, ARCH_TITLES[c.arch]))
+            return
+        self.query_one("#model-info", Static).update(Text("counting parameters…", style="italic"))
+        self.count(key)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="count")
+    def count(self, key: str) -> None:
+        from engine.errors import UserError
+
+        try:
+            config = read_config(key)
+            n = count_parameters(config)
+            kind = ", ".join(config.get("architectures") or [config.get("model_type", "?")])
+        except UserError as err:
+            self.post_message(ModelCounted(key, None, "", str(err)))
+        except Exception as err:  # a config transformers cannot build: say so, keep the wizard alive
+            self.post_message(ModelCounted(key, None, "", f"cannot read this model's config: {err}"))
+        else:
+            self.post_message(ModelCounted(key, n, kind))
+
+    def on_model_counted(self, message: ModelCounted) -> None:
+        c = self.wizard.choices
+        current = f"{c.arch}/{c.size}" if c.technique == "scratch" else c.model
+        if message.key != current:
+            return  # an answer for what was typed before
+        info = self.query_one("#model-info", Static)
+        if message.error:
+            info.update(Text(message.error, style="red"))
+            c.extra.pop("model_params", None)
+        else:
+            c.extra["model_params"] = message.params
+            note = " (with a 512-token BPE vocabulary)" if c.technique == "scratch" else ""
+            info.update(Text.assemble((f"{human_count(message.params or 0)} parameters", "bold green"),
+                                      f"  {message.kind}{note}"))
+        self.changed()

@@ -1,0 +1,269 @@
+"""Checkpoints that a kill can never leave half-written, on branches that a rollback never mixes.
+
+Layout under <run>/checkpoints/:
+  step-000500/          branch 0 (the run as started)
+  step-000300-b1/       branch 1: started by a rollback; never shares a folder name with branch 0
+  branches.json         {"active": 1, "origins": {"0": null, "1": "step-000200"}}
+  .tmp-*                a save in progress (or killed): ignored, removed at start-up
+
+A save writes every file into `.tmp-<name>-<pid>/`, fsyncs them, writes `manifest.json` (size and
+sha256 of every file) last, renames the folder into place and fsyncs the parent. A folder without a
+valid manifest is not a checkpoint. What goes into a checkpoint is up to the caller (`write_files`),
+so techniques that save only an adapter use the same protocol.
+
+`LLMW_CRASH_AT=<point>[:<n>]` ends the process with exit 137 at the n-th time (default first) it
+reaches a crash point: ckpt:after_files, ckpt:before_manifest, ckpt:after_manifest,
+ckpt:after_rename, ckpt:rotation. Tests use it to prove the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+META = "meta.json"
+BRANCHES = "branches.json"
+_crash_hits: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    spec = os.environ.get("LLMW_CRASH_AT")
+    if not spec:
+        return
+    point, _, nth = spec.rpartition(":") if spec.rsplit(":", 1)[-1].isdigit() else (spec, "", "1")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] == int(nth or 1):
+        os._exit(137)
+
+
+def name_for(step: int, branch: int) -> str:
+    return f"step-{step:06d}" + (f"-b{branch}" if branch else "")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    name: str
+    path: Path
+    step: int
+    branch: int
+    parent: str | None = None
+    created: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "step": self.step, "branch": self.branch,
+                "parent": self.parent, "created": self.created, "metrics": self.metrics}
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None], *,
+         parent: str | None = None, meta: dict[str, Any] | None = None) -> CheckpointInfo:
+    """Write a checkpoint atomically; raises FileExistsError if that step already has one on this branch."""
+    root = Path(run) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = name_for(step, branch)
+    final = root / name
+    if final.exists():
+        raise FileExistsError(final)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write_files(tmp)
+        crash_point("ckpt:after_files")
+        created = time.time()
+        info = {"step": step, "branch": branch, "parent": parent, "created": created, **(meta or {})}
+        (tmp / META).write_text(json.dumps(info, indent=1))
+        files = {}
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                _fsync_path(p)
+                files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        crash_point("ckpt:before_manifest")
+        manifest = {"version": 1, "name": name, "step": step, "branch": branch, "files": files}
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        crash_point("ckpt:after_manifest")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    crash_point("ckpt:after_rename")
+    _fsync_path(root, directory=True)
+    return CheckpointInfo(name, final, step, branch, parent, created, (meta or {}).get("metrics", {}))
+
+
+def verify(path: Path, *, full: bool = True) -> str | None:
+    """None if the folder is a whole checkpoint, else why not (sizes always, hashes when `full`)."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no valid manifest"
+    for rel, want in files.items():
+        p = path / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != want["size"]:
+            return f"{rel} has the wrong size"
+        if full and _sha256(p) != want["sha256"]:
+            return f"{rel} is damaged (checksum mismatch)"
+    return None
+
+
+def _info(path: Path) -> CheckpointInfo | None:
+    try:
+        meta = json.loads((path / META).read_text())
+        return CheckpointInfo(path.name, path, int(meta["step"]), int(meta["branch"]), meta.get("parent"),
+                              float(meta.get("created", 0)), meta.get("metrics", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def list_checkpoints(run: Path, *, include_invalid: bool = False) -> list[CheckpointInfo]:
+    """Committed checkpoints (manifest present, sizes right), by step then branch."""
+    root = Path(run) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("step-") and (include_invalid or verify(p, full=False) is None):
+            info = _info(p)
+            if info:
+                out.append(info)
+    return sorted(out, key=lambda c: (c.step, c.branch))
+
+
+def read_branches(run: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(run) / CHECKPOINTS / BRANCHES).read_text())
+        return {"active": int(data["active"]), "origins": dict(data["origins"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"active": 0, "origins": {"0": None}}
+
+
+def start_branch(run: Path, origin: str) -> int:
+    """Record a new branch growing from checkpoint `origin` and make it active (before any save on it)."""
+    data = read_branches(run)
+    used = {int(b) for b in data["origins"]} | {c.branch for c in list_checkpoints(run, include_invalid=True)}
+    branch = max(used) + 1
+    data["origins"][str(branch)] = origin
+    data["active"] = branch
+    root = Path(run) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{BRANCHES}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / BRANCHES)
+    _fsync_path(root, directory=True)
+    return branch
+
+
+def lineage(run: Path) -> list[CheckpointInfo]:
+    """Checkpoints of the active branch's history, newest first: its own, then its origin and what came
+    before the origin on the origin's branch, and so on. Abandoned branches' later steps never appear."""
+    data = read_branches(run)
+    by_name = {c.name: c for c in list_checkpoints(run, include_invalid=True)}
+    out: list[CheckpointInfo] = []
+    branch, limit = data["active"], None
+    for _ in range(len(data["origins"]) + 1):
+        own = [c for c in by_name.values() if c.branch == branch and (limit is None or c.step <= limit)]
+        out += sorted(own, key=lambda c: -c.step)
+        origin = data["origins"].get(str(branch))
+        if not origin or origin not in by_name:
+            break
+        branch, limit = by_name[origin].branch, by_name[origin].step
+    return out
+
+
+def find_resume(run: Path, log: Callable[[str], None] | None = None) -> CheckpointInfo | None:
+    """The newest checkpoint on the active lineage that passes a full check; damaged ones are skipped loudly."""
+    for c in lineage(run):
+        problem = verify(c.path, full=True)
+        if problem is None:
+            return c
+        if log:
+            log(f"checkpoint {c.name} is not usable ({problem}); trying the one before it")
+    return None
+
+
+def find(run: Path, ref: str | int) -> CheckpointInfo:
+    """A checkpoint by name or step (on the active lineage first, then anywhere)."""
+    candidates = lineage(run) + list(reversed(list_checkpoints(run)))
+    for c in candidates:
+        if str(ref) == c.name or (str(ref).isdigit() and int(ref) == c.step):
+            if verify(c.path, full=True) is None:
+                return c
+    steps = ", ".join(str(c.step) for c in list_checkpoints(run)) or "none yet"
+    raise UserError(f"no usable checkpoint {ref!r} (checkpoints at steps: {steps})", field="step")
+
+
+def rotate(run: Path, keep: int, branch: int) -> list[str]:
+    """Delete the oldest checkpoints of `branch` beyond `keep`, never the best one, never a branch origin.
+    Called only after a new checkpoint is committed. Returns the deleted names."""
+    data = read_branches(run)
+    origins = {o for o in data["origins"].values() if o}
+    own = [c for c in list_checkpoints(run) if c.branch == branch]
+
+    def score(c: CheckpointInfo) -> float:
+        m = c.metrics
+        v = m.get("eval_loss", m.get("loss"))
+        return float(v) if isinstance(v, (int, float)) else float("inf")
+
+    best = min(own, key=score).name if own else None
+    deleted = []
+    for c in own[: max(0, len(own) - keep)]:
+        if c.name in origins or c.name == best:
+            continue
+        crash_point("ckpt:rotation")
+        # Rename first so a kill mid-delete leaves a `.tmp-` folder (ignored), never a half checkpoint.
+        doomed = c.path.with_name(f".tmp-del-{c.name}")
+        os.rename(c.path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        deleted.append(c.name)
+    return deleted
+
+
+def clean_tmp(run: Path) -> list[str]:
+    """Remove leftovers of saves that were killed (only our `.tmp-` folders, only in this run)."""
+    root = Path(run) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in root.iterdir():
+        if p.name.startswith(".tmp-") and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed

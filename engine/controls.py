@@ -1,0 +1,156 @@
+"""Live controls: the learning-rate schedule with its user multiplier, and the commands that steer a run.
+
+LR = base x schedule(step) x multiplier, assigned to every param group before every optimizer step
+(nanochat's way). "Lower the LR" is then one number: it is logged, saved in checkpoints and restored
+on resume, and no scheduler step can undo it (editing param groups directly would be undone).
+
+Commands arrive through commands.jsonl (see runfolder) and are handled at optimizer-step boundaries by
+`handle()`, which validates the arguments and calls the trainer. Every command gets one
+`control_ack` event carrying its id: {"id", "cmd", "ok", "step", "message"}.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.trainer import Trainer
+
+RESCUE_FACTOR = 0.1  # the book's "lower the learning rate a lot"
+RESCUE_BACK = 100  # roll back to the checkpoint about this many steps before the plateau
+RESCUE_STEPS = 200  # train this long at the lowered rate, then restore it
+
+
+@dataclass
+class LRSchedule:
+    base_lrs: list[float]
+    total_steps: int
+    warmup_steps: int = 0
+    kind: str = "cosine"
+    min_ratio: float = 0.1
+    multiplier: float = 1.0
+    rescue_until: int | None = None  # step at which a rescue ends
+    rescue_restore: float | None = None  # the multiplier to go back to then
+
+    def factor(self, step: int) -> float:
+        """The schedule's share of the peak LR for optimizer step `step` (0-based)."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.kind == "constant":
+            return 1.0
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        if self.kind == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (1.0 - self.min_ratio) * shape
+
+    def lrs(self, step: int) -> list[float]:
+        f = self.factor(step) * self.multiplier
+        return [b * f for b in self.base_lrs]
+
+    def apply(self, optimizer: Any, step: int) -> float:
+        """Assign this step's LR to every param group (called before each optimizer step)."""
+        if self.rescue_until is not None and step >= self.rescue_until:
+            self.multiplier = self.rescue_restore if self.rescue_restore is not None else 1.0
+            self.rescue_until = self.rescue_restore = None
+        lrs = self.lrs(step)
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        return lrs[0]
+
+    def set_value(self, lr: float, step: int) -> None:
+        """Make the next step's LR `lr` by choosing the multiplier; the schedule goes on from there."""
+        self.multiplier = lr / (self.base_lrs[0] * self.factor(step))
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("multiplier", "rescue_until", "rescue_restore"):
+            setattr(self, key, state.get(key, getattr(self, key)))
+
+
+def _number(cmd: dict[str, Any], key: str, default: float | None = None, *, positive: bool = True) -> float | None:
+    value = cmd.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise UserError(f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def handle(trainer: Trainer, cmd: dict[str, Any]) -> dict[str, Any]:
+    """Run one command against the trainer; returns the ack's fields (ok, message, extras)."""
+    name = cmd.get("cmd")
+    try:
+        if name == "pause":
+            if trainer.paused:
+                return {"ok": True, "message": "already paused"}
+            trainer.set_paused(True)
+            return {"ok": True, "message": f"paused at step {trainer.step}"}
+        if name == "resume":
+            if not trainer.paused:
+                return {"ok": True, "message": "not paused"}
+            trainer.set_paused(False)
+            return {"ok": True, "message": f"resumed at step {trainer.step}"}
+        if name == "save":
+            info = trainer.save_checkpoint(reason="requested")
+            return {"ok": True, "message": f"saved {info.name}", "checkpoint": info.name}
+        if name == "stop":
+            trainer.request_stop("stop command")
+            return {"ok": True, "message": "saving and stopping"}
+        if name == "set_lr":
+            s = trainer.schedule
+            factor, value = _number(cmd, "factor"), _number(cmd, "value")
+            if (factor is None) == (value is None):
+                raise UserError("set_lr needs exactly one of factor or value")
+            if value is not None:
+                s.set_value(value, trainer.step)
+            else:
+                s.multiplier *= factor  # type: ignore[operator]
+            if s.rescue_until is not None:  # a manual change ends a rescue: the user's number wins
+                s.rescue_until = s.rescue_restore = None
+            lr = s.lrs(trainer.step)[0]
+            return {"ok": True, "message": f"learning rate now {lr:.3g} (multiplier {s.multiplier:.3g})",
+                    "lr": lr, "multiplier": s.multiplier}
+        if name == "rollback":
+            from engine import checkpoint
+
+            ref = cmd.get("step", cmd.get("checkpoint"))
+            if ref is None:
+                raise UserError("rollback needs a step or checkpoint name")
+            target = checkpoint.find(trainer.run, ref)
+            factor = _number(cmd, "lr_factor")
+            trainer.rollback(target)
+            if factor:
+                trainer.schedule.multiplier *= factor
+            return {"ok": True, "message": f"rolled back to {target.name}; now on branch {trainer.branch}",
+                    "checkpoint": target.name, "branch": trainer.branch, "multiplier": trainer.schedule.multiplier}
+        if name == "rescue":
+            from engine import checkpoint
+
+            factor = _number(cmd, "factor", RESCUE_FACTOR)
+            back = int(_number(cmd, "back", RESCUE_BACK, positive=False) or 0)
+            steps = int(_number(cmd, "steps", RESCUE_STEPS) or RESCUE_STEPS)
+            history = checkpoint.lineage(trainer.run)
+            if not history:
+                raise UserError("no checkpoint to roll back to yet: save one first")
+            before = [c for c in history if c.step <= trainer.step - back]
+            target = before[0] if before else history[-1]  # newest far enough back, else the oldest
+            trainer.rollback(target)
+            s = trainer.schedule
+            s.rescue_restore, s.multiplier = s.multiplier, s.multiplier * factor  # type: ignore[operator]
+            s.rescue_until = target.step + steps
+            return {"ok": True, "message": f"rescue: back to {target.name}, learning rate x{factor:g} until step "
+                    f"{s.rescue_until}, then restored", "checkpoint": target.name, "branch": trainer.branch,
+                    "until": s.rescue_until, "multiplier": s.multiplier}
+        raise UserError(f"unknown command {name!r}")
+    except UserError as e:
+        return {"ok": False, "message": str(e)}

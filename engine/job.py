@@ -1,0 +1,133 @@
+"""The job process: one run, detached from the terminal that started it.
+
+`launch()` starts `python -m engine.job RUN` in a new session (setsid: no controlling terminal, so a
+hang-up of the SSH connection or an exit of the TUI never reaches it), with stdin from /dev/null and
+stdout/stderr appended to job.log (a write to a dead terminal would kill a process that survived
+the hang-up). No pipes connect it to anyone: readers follow the run folder.
+
+In the job: SIGTERM and SIGINT ask the loop to save and exit at the next step boundary; SIGHUP is
+ignored. `--foreground` runs the same loop attached to the terminal (Ctrl-C saves and exits) and
+echoes events to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import runfolder
+from engine.errors import UserError
+from engine.spec import RunSpec, to_toml
+
+
+def create(spec: RunSpec, runs_dir: Path) -> Path:
+    """A new run folder holding the validated spec (nothing else yet)."""
+    return runfolder.create_run(runs_dir, spec.name, to_toml(spec))
+
+
+def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dict[str, str] | None = None) -> int:
+    """Start the detached job for `run`; returns its pid. The job writes status.json itself."""
+    args = [sys.executable, "-m", "engine.job", str(run)]
+    if resume:
+        args.append("--resume")
+    if step_sleep:
+        args += ["--step-sleep", str(step_sleep)]
+    runfolder.write_status(run, {"state": "starting", "pid": None, "step": 0, "message": "launching"})
+    with open(os.devnull, "rb") as devnull, open(run / runfolder.LOG, "ab") as log:
+        proc = subprocess.Popen(args, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True, cwd=str(run), env={**os.environ, **(env or {})})
+    # Record the pid at once so a reader never sees a job without one (the job rewrites it with its
+    # start time when it begins).
+    runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": 0, "message": "launching"})
+    return proc.pid
+
+
+def wait_started(run: Path, pid: int, timeout: float = 600.0, on_message: Any = None) -> dict[str, Any]:
+    """Wait until the job trains, or ends (bad input is found during preparation); returns the status."""
+    deadline, last_msg = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        status = runfolder.read_status(run)
+        if status.get("pid") == pid and status.get("state") in ("running", "paused"):
+            return status
+        if status.get("state") in ("failed", "done", "stopped"):
+            return status
+        if not runfolder.pid_alive(pid):
+            _reap(pid)
+            status = runfolder.read_status(run)
+            if status.get("state") in runfolder.LIVE_STATES:
+                status["state"] = "crashed"
+            return status
+        if on_message and status.get("message") and status.get("message") != last_msg:
+            last_msg = status["message"]
+            on_message(last_msg)
+        _reap(pid)
+        time.sleep(0.1)
+    return runfolder.read_status(run)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # our own child: collect it so it does not linger as a zombie
+    except ChildProcessError:
+        pass
+
+
+def last_error(run: Path) -> str | None:
+    events, _ = runfolder.read_events(run)
+    errors = [e for e in events if e.get("type") == "error"]
+    return errors[-1].get("message") if errors else None
+
+
+def _echo(event: dict[str, Any]) -> None:
+    """Foreground mode: one plain line per event (the CLI's `attach` is the pretty view)."""
+    keys = {k: v for k, v in event.items() if k not in ("v", "t", "type")}
+    try:
+        print(f"[{event['type']}] " + json.dumps(keys, default=str), flush=True)
+    except OSError:
+        pass  # the terminal went away: keep training
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m engine.job", description="run one training job")
+    p.add_argument("run", type=Path)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--foreground", action="store_true")
+    p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step (tests)")
+    a = p.parse_args(argv)
+    return run_job(a.run, resume=a.resume, foreground=a.foreground, step_sleep=a.step_sleep)
+
+
+def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_sleep: float = 0.0) -> int:
+    from engine import spec as spec_mod
+    from engine.trainer import Trainer
+
+    run = Path(run).resolve()
+    try:
+        spec = spec_mod.load(run / runfolder.SPEC)
+    except UserError as e:
+        runfolder.EventLog(run).emit("error", message=str(e), kind="user")
+        runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
+        return e.exit_code
+    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=_echo if foreground else None)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        trainer.request_stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if not foreground:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGHUP, on_signal)  # attached to a terminal: its hang-up means stop (saved)
+    return trainer.run_job()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

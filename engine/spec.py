@@ -1,0 +1,332 @@
+"""The run spec: typed sections with help text and validation, read from and written to TOML.
+
+A spec is everything a run needs to be reproduced: `llm-wizard train <run>/spec.toml` reruns it.
+Every field carries its help text in `metadata["help"]` (the TUI shows it as the hint). Validation
+happens in `__post_init__` and raises `UserError` naming the field (`train.batch_size`), so bad input
+never reaches torch. Techniques that need their own settings read the free `[options]` table and
+validate it in their `setup()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+TOKENIZERS = ("bpe", "byte", "char")
+STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _bad(section: str, name: str, message: str) -> UserError:
+    dotted = f"{section}.{name}" if section else name
+    return UserError(f"{dotted}: {message}", field=dotted)
+
+
+def _positive(section: str, obj: Any, *names: str, zero_ok: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise _bad(section, name, f"must be a number, got {value!r}")
+        if value < 0 or (value == 0 and not zero_ok):
+            raise _bad(section, name, f"must be {'>= 0' if zero_ok else 'positive'}, got {value!r}")
+
+
+def _choice(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise _bad(section, name, f"unknown value {value!r}: choose one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelSpec:
+    arch: str = _f("gpt2", "scratch architecture: gpt2 or llama")
+    size: str = _f("tiny", "scratch size preset (tiny, 10M, 125M, 350M, 1B, 7B)")
+    layers: int = _f(0, "override the size's number of layers (0 = the size's)")
+    width: int = _f(0, "override the size's hidden width (0 = the size's)")
+    heads: int = _f(0, "override the size's attention heads (0 = the size's)")
+    dropout: float = _f(0.0, "dropout in the scratch model (0 is usual for short runs)")
+    path: str = _f("", "a pretrained model: Hub id or local folder (fine-tuning techniques)")
+
+    def __post_init__(self) -> None:
+        from engine.architectures import ARCHS, SIZES
+
+        _choice("model", self, "arch", ARCHS)
+        _choice("model", self, "size", tuple(SIZES))
+        _positive("model", self, "layers", "width", "heads", "dropout", zero_ok=True)
+        if self.dropout >= 1:
+            raise _bad("model", "dropout", f"must be below 1, got {self.dropout}")
+
+
+@dataclass
+class TokenizerSpec:
+    kind: str = _f("bpe", "bpe (trained on your text), byte (256 symbols) or char (the book's char-level)")
+    vocab_size: int = _f(512, "BPE vocabulary size (ignored for byte and char)")
+    path: str = _f("", "an existing tokenizer folder instead of training one")
+
+    def __post_init__(self) -> None:
+        _choice("tokenizer", self, "kind", TOKENIZERS)
+        _positive("tokenizer", self, "vocab_size")
+        if self.kind == "bpe" and self.vocab_size < 64:
+            raise _bad("tokenizer", "vocab_size", f"a BPE vocabulary needs at least 64 entries, got {self.vocab_size}")
+
+
+@dataclass
+class DataSpec:
+    path: str = _f("", f"a text file or a folder of them; {STDLIB!r} = Python's standard library source")
+    text_column: str = _f("text", "column holding the text (JSONL/CSV/Parquet sources)")
+    val_fraction: float = _f(0.05, "share of the token blocks held out for validation")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise _bad("data", "path", "is required: a text file, a folder, or 'stdlib'")
+        if self.path != STDLIB and not Path(self.path).expanduser().exists():
+            raise _bad("data", "path", f"file or folder not found: {self.path}")
+        _positive("data", self, "val_fraction", zero_ok=True)
+        if self.val_fraction >= 0.5:
+            raise _bad("data", "val_fraction", f"must be below 0.5, got {self.val_fraction}")
+
+
+@dataclass
+class TrainSpec:
+    seq_len: int = _f(128, "tokens per training sequence (context length)")
+    batch_size: int = _f(8, "sequences per micro-batch (prefer a power of two)")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (saves memory, same effective batch)")
+    lr: float = _f(3e-4, "peak learning rate")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
+    warmup_steps: int = _f(0, "optimizer steps of linear warm-up")
+    min_lr_ratio: float = _f(0.1, "the schedule's floor as a share of the peak LR")
+    max_steps: int = _f(0, "optimizer steps to train (0 = use epochs)")
+    epochs: float = _f(1.0, "passes over the training data when max_steps is 0")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    optimizer: str = _f("adamw", "adamw, adamw8bit (bitsandbytes) or sgd")
+    precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs a GPU)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
+    oom_backoff: bool = _f(False, "on out-of-memory, halve the micro-batch and double accumulation")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr")
+        _positive("train", self, "warmup_steps", "min_lr_ratio", "max_steps", "epochs", "grad_clip",
+                  "weight_decay", "threads", zero_ok=True)
+        _choice("train", self, "schedule", SCHEDULES)
+        _choice("train", self, "optimizer", OPTIMIZERS)
+        _choice("train", self, "precision", PRECISIONS)
+        if self.min_lr_ratio > 1:
+            raise _bad("train", "min_lr_ratio", f"must be at most 1, got {self.min_lr_ratio}")
+        if self.max_steps == 0 and self.epochs == 0:
+            raise _bad("train", "max_steps", "set max_steps or epochs above 0")
+        if self.max_steps and self.warmup_steps >= self.max_steps:
+            raise _bad("train", "warmup_steps", f"{self.warmup_steps} is not below max_steps {self.max_steps}")
+
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.grad_accum
+
+
+@dataclass
+class EvalSpec:
+    every: int = _f(100, "optimizer steps between evaluations on the validation split (0 = never)")
+    batches: int = _f(8, "validation batches per evaluation (0 = the whole split)")
+
+    def __post_init__(self) -> None:
+        _positive("eval", self, "every", "batches", zero_ok=True)
+
+
+@dataclass
+class CheckpointSpec:
+    every: int = _f(200, "optimizer steps between checkpoints (0 = only at the end and on request)")
+    keep: int = _f(3, "checkpoints kept on the active branch (the best is kept as well)")
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint", self, "every", zero_ok=True)
+        _positive("checkpoint", self, "keep")
+        if self.keep < 2:
+            raise _bad("checkpoint", "keep", f"keep at least 2 so that a save never leaves none, got {self.keep}")
+
+
+@dataclass
+class LogSpec:
+    every: int = _f(10, "optimizer steps between metrics events (each costs one device sync)")
+
+    def __post_init__(self) -> None:
+        _positive("log", self, "every")
+
+
+@dataclass
+class RunSpec:
+    technique: str = _f("scratch", "how to train: " + ", ".join(TECHNIQUES))
+    name: str = _f("run", "a short name; the run id is <time>-<name>-<suffix>")
+    seed: int = _f(0, "random seed for weights, data order and dropout")
+    runs_dir: str = _f("", "where runs live (empty = --runs-dir, $LLM_WIZARD_RUNS or the default)")
+    model: ModelSpec = field(default_factory=ModelSpec)
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    data: DataSpec = field(default_factory=lambda: DataSpec(path=STDLIB))
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    log: LogSpec = field(default_factory=LogSpec)
+    options: dict[str, Any] = _f({}, "technique-specific settings (validated by the technique)")
+
+    def __post_init__(self) -> None:
+        _choice("", self, "technique", TECHNIQUES)
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise UserError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}", field="name")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise UserError(f"seed: must be an integer, got {self.seed!r}", field="seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """What must not change across a resume: everything that shapes the model and the data order."""
+        d = self.to_dict()
+        for volatile in ("runs_dir", "name", "eval", "checkpoint", "log"):
+            d.pop(volatile, None)
+        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio"):
+            d["train"].pop(volatile, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSpec, "tokenizer": TokenizerSpec, "data": DataSpec, "train": TrainSpec,
+    "eval": EvalSpec, "checkpoint": CheckpointSpec, "log": LogSpec,
+}
+
+
+def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
+    for key in given:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            tip = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
+            raise UserError(f"{where}{key}: unknown setting{tip}", field=f"{where}{key}")
+
+
+def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
+    names = [f.name for f in fields(cls)]
+    _check_keys(f"{section}.", values, names)
+    types = {f.name: f.type for f in fields(cls)}
+    for key, value in values.items():
+        expect = types[key]
+        if expect == "float" and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif expect == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise _bad(section, key, f"must be a whole number, got {value!r}")
+        elif expect == "bool" and not isinstance(value, bool):
+            raise _bad(section, key, f"must be true or false, got {value!r}")
+        elif expect == "str" and not isinstance(value, str):
+            raise _bad(section, key, f"must be text, got {value!r}")
+    return cls(**values)
+
+
+def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
+    """Build and validate a spec; relative data/model/tokenizer paths are taken from `base_dir`."""
+    data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
+    top = [f.name for f in fields(RunSpec)]
+    _check_keys("", data, top)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise UserError(f"{key}: must be a [{key}] table", field=key)
+            if base_dir is not None:
+                for pkey in ("path",):
+                    p = value.get(pkey)
+                    if isinstance(p, str) and p and p != STDLIB and not Path(p).expanduser().is_absolute() \
+                            and (key != "model" or (base_dir / p).exists()):
+                        value[pkey] = str((base_dir / p).resolve())
+            kwargs[key] = _coerce(key, SECTIONS[key], value)
+        elif key == "options":
+            if not isinstance(value, dict):
+                raise UserError("options: must be an [options] table", field="options")
+            kwargs[key] = value
+        else:
+            kwargs[key] = value
+    if "data" not in kwargs:
+        kwargs["data"] = DataSpec(path=STDLIB)
+    return RunSpec(**kwargs)
+
+
+def load(path: str | Path) -> RunSpec:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"spec file not found: {p}", field="spec")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid TOML: {e}", field="spec") from None
+    return from_dict(data, base_dir=p.parent.resolve())
+
+
+def set_value(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `section.key=value` override (CLI `--set`); the value is parsed as TOML."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: use section.key=value", field="set")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is a string
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(spec: RunSpec) -> str:
+    """The spec as commented TOML (each setting's help as a comment)."""
+    lines = ["# llm-wizard run spec: `llm-wizard train <this file>` reruns it", ""]
+
+    def emit(obj: Any) -> None:
+        for f in fields(obj):
+            if dataclasses.is_dataclass(getattr(obj, f.name)) or f.name == "options":
+                continue
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}  # {f.metadata.get('help', '')}")
+
+    emit(spec)
+    for name in SECTIONS:
+        lines += ["", f"[{name}]"]
+        emit(getattr(spec, name))
+    if spec.options:
+        lines += ["", "[options]"] + [f"{k} = {_toml_value(v)}" for k, v in spec.options.items()]
+    return "\n".join(lines) + "\n"
+
+
+def help_for(dotted: str) -> str:
+    """The help text of `section.field` (or a top-level field), for the TUI's hints."""
+    parts = dotted.split(".")
+    cls: type = RunSpec if len(parts) == 1 else SECTIONS[parts[0]]
+    return {f.name: f.metadata.get("help", "") for f in fields(cls)}[parts[-1]]

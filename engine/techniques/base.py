@@ -1,0 +1,111 @@
+"""What every technique module provides, and the helpers they share.
+
+A technique is a module in engine/techniques/ (named as in the spec, '-' spelt '_') with four
+functions; the trainer (engine/trainer.py) owns everything else: the loop, accelerate, precision,
+accumulation, clipping, LR schedule, controls, checkpoints, events.
+
+    setup(ctx: SetupContext) -> Prepared
+        Build tokenizer, data and model (on the CPU; the trainer moves it). Raise UserError for bad
+        input. Call ctx.progress(message) during slow work and stop early when ctx.should_stop().
+    loss(prep: Prepared, batch: Tensor) -> Tensor
+        One micro-batch's scalar loss. `batch` is what prep.data.train_batch() returned, on the device.
+    save(prep: Prepared, folder: Path, *, final: bool) -> None
+        Checkpoint weights into `folder` as safetensors (final=False), or the finished, loadable
+        model/adapter + tokenizer (final=True; `from_pretrained` must read it).
+    load(prep: Prepared, folder: Path) -> None
+        Load what save(final=False) wrote, strictly (a mismatch is an error, never silently skipped).
+
+Copy scratch.py to start a new technique: it is the smallest complete example.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.spec import RunSpec
+
+
+@dataclass
+class SetupContext:
+    spec: RunSpec
+    run: Path
+    progress: Callable[[str], None] = lambda message: None
+    should_stop: Callable[[], bool] = lambda: False
+
+
+@dataclass
+class Prepared:
+    model: Any  # torch.nn.Module
+    tokenizer: Any
+    data: Any  # an object with n_train_blocks, train_batch(epoch, position, batch_size), val_batches(batch_size)
+    param_groups: list[dict[str, Any]]  # for the optimizer: [{"params": [...], "weight_decay": ...}, ...]
+    data_fingerprint: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # technique-specific objects (a teacher, a config)
+
+    def n_params(self) -> tuple[int, int]:
+        """(all parameters, trainable parameters)."""
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for g in self.param_groups for p in g["params"])
+        return total, trainable
+
+
+def get(technique: str) -> ModuleType:
+    try:
+        return importlib.import_module(f"engine.techniques.{technique.replace('-', '_')}")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("engine.techniques"):
+            raise UserError(f"technique {technique!r} is not available in this version", field="technique") from None
+        raise
+
+
+def corpus_files(ctx: SetupContext) -> list[Path]:
+    from engine.corpus import stdlib_corpus, text_files
+    from engine.spec import STDLIB
+
+    path = ctx.spec.data.path
+    return stdlib_corpus() if path == STDLIB else text_files(path)
+
+
+def text_blocks(ctx: SetupContext, files: list[Path], tokenizer: Any) -> Any:
+    """The corpus tokenized once (cached by content hash) and cut into training/validation blocks."""
+    import time
+
+    from engine.token_cache import TokenBlocks, build_token_file
+
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 1.0:
+            last[0] = time.monotonic()
+            ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
+
+    token_file = build_token_file(files, tokenizer, progress=progress, should_stop=ctx.should_stop)
+    t = ctx.spec.train
+    return TokenBlocks(token_file, t.seq_len, val_fraction=ctx.spec.data.val_fraction, seed=ctx.spec.seed), \
+        token_file.fingerprint
+
+
+def decay_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only (not on biases, norms or embeddings' 1-D params)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not weight_decay:
+        return [{"params": params, "weight_decay": 0.0}]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def causal_lm_loss(model: Any, batch: Any) -> Any:
+    """Next-token cross-entropy on a (B, T+1) block: inputs are the first T ids, targets the last T."""
+    import torch.nn.functional as F
+
+    inputs, targets = batch[:, :-1], batch[:, 1:]
+    logits = model(input_ids=inputs).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

@@ -1,0 +1,480 @@
+"""The training loop every technique shares: accelerate, LR schedule, controls, checkpoints, events.
+
+One optimizer step = `grad_accum` micro-batches, then clip, a non-finite check and the step. Between
+two steps (never mid-accumulation) the loop reads commands, honours pause/stop and signals, logs,
+evaluates and saves. `.item()` is called at the logging interval only, apart from one boolean per step
+for the non-finite guard (a NaN must never reach the weights or a checkpoint).
+
+Exit codes: 0 done or stopped by command, 2 bad input, 3 out of memory, 11 stopped by a signal
+(state saved), 1 anything else (traceback in job.log and an error event).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoint, controls, runfolder
+from engine.errors import UserError
+from engine.spec import RunSpec
+from engine.techniques.base import Prepared, SetupContext, get
+from engine.watchdogs import Watchdogs, fault, is_oom, nonfinite_alert, oom_alert
+
+EXIT_SIGNAL, EXIT_OOM = 11, 3
+
+
+@dataclass
+class Interval:
+    """What accumulates between two metrics events (tensors stay on the device until logged)."""
+    loss: Any = 0.0
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    grad_norm: Any = None
+    lr: float = 0.0
+
+
+class Trainer:
+    def __init__(self, run: Path, spec: RunSpec, *, resume: bool = False, step_sleep: float = 0.0,
+                 echo: Any = None) -> None:
+        self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
+        self.events = runfolder.EventLog(self.run, echo)
+        self.commands = runfolder.CommandReader(self.run)
+        self.step = self.epoch = self.position = self.tokens = 0
+        self.branch, self.parent = 0, None
+        self.paused, self.stop_reason = False, None
+        self.state, self.message = "starting", ""
+        self.started = time.time()
+        self.last: dict[str, Any] = {}
+        self.batch_size, self.grad_accum = spec.train.batch_size, spec.train.grad_accum
+        self._step_ms_smooth: float | None = None
+        self._last_status = 0.0
+
+    # ---- status and events -------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """Safe to call from a signal handler: sets a flag that the loop reads at the next boundary."""
+        self.stop_reason = self.stop_reason or reason
+
+    def write_status(self, **extra: Any) -> None:
+        self._last_status = time.monotonic()
+        runfolder.write_status(self.run, {
+            "state": self.state, "pid": os.getpid(), "pid_start": runfolder.pid_start_time(os.getpid()),
+            "technique": self.spec.technique, "started": self.started, "step": self.step,
+            "total_steps": getattr(self, "total_steps", None), "branch": self.branch, "message": self.message,
+            "lr": self.last.get("train/lr"), "loss": self.last.get("train/loss"),
+            "eval_loss": self.last.get("eval/loss"), "epoch": self.epoch_share(), **extra})
+
+    def set_state(self, state: str, message: str = "", **fields: Any) -> None:
+        self.state, self.message = state, message
+        self.events.emit("state", state=state, step=self.step, message=message, **fields)
+        self.write_status()
+
+    def set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        self.set_state("paused" if paused else "running", f"{'paused' if paused else 'resumed'} at step {self.step}")
+
+    def epoch_share(self) -> float:
+        n = getattr(getattr(self, "prep", None), "data", None)
+        return self.epoch + self.position / n.n_train_blocks if n is not None else 0.0
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run_job(self) -> int:
+        from engine.token_cache import PreparationStopped
+
+        try:
+            self.write_status()
+            self.set_state("starting", "preparing data and model")
+            self._prepare()
+            if self.resume:
+                self._resume()
+            self.set_state("running", f"training {self.total_steps} steps")
+            return self._loop()
+        except UserError as e:
+            return self._fail(str(e), "user", e.exit_code)
+        except PreparationStopped:
+            self.set_state("stopped", f"stopped during preparation ({self.stop_reason})")
+            self.events.emit("done", state="stopped", step=self.step)
+            return EXIT_SIGNAL
+        except Exception as e:  # noqa: BLE001 - the job must always leave a final state behind
+            traceback.print_exc()
+            if is_oom(e):
+                alert = oom_alert(self.batch_size, self.grad_accum, backed_off=False)
+                self.events.emit("alert", step=self.step, **alert.fields())
+                return self._fail(alert.message, "oom", EXIT_OOM)
+            return self._fail(f"{type(e).__name__}: {e}", "internal", 1,
+                              traceback=traceback.format_exc(limit=8)[-4000:])
+        finally:
+            self.events.close()
+
+    def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
+        self.events.emit("error", message=message, kind=kind, step=self.step, **extra)
+        self.set_state("failed", message)
+        self.events.emit("done", state="failed", step=self.step, exit_code=code)
+        return code
+
+    def _prepare(self) -> None:
+        import torch
+        from accelerate import Accelerator
+
+        t = self.spec.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        _seed_all(self.spec.seed)
+        if t.precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU", field="train.precision")
+        self.technique = get(self.spec.technique)
+        ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
+        self.prep: Prepared = self.technique.setup(ctx)
+        n_train = self.prep.data.n_train_blocks
+        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
+                                       cpu=not torch.cuda.is_available())
+        optimizer = _optimizer(self.prep.param_groups, t)
+        self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
+        self.prep.model = self.model
+        self.params = [p for g in self.prep.param_groups for p in g["params"]]
+        steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
+        self.schedule = controls.LRSchedule([t.lr for _ in self.optimizer.param_groups], self.total_steps,
+                                            t.warmup_steps, t.schedule, t.min_lr_ratio)
+        self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
+        total, trainable = self.prep.n_params()
+        self.events.emit("state", state="starting", step=0, message="model ready", params=total,
+                         trainable_params=trainable, total_steps=self.total_steps,
+                         train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
+                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum)
+
+    def _progress(self, message: str) -> None:
+        self.message = message
+        self.write_status()
+
+    def _resume(self) -> None:
+        removed = checkpoint.clean_tmp(self.run)
+        notes: list[str] = []
+        target = checkpoint.find_resume(self.run, log=notes.append)
+        if target is None:
+            raise UserError(f"run {self.run.name} has no complete checkpoint to resume from; start it again "
+                            f"with `llm-wizard train {self.run / runfolder.SPEC}`", field="resume")
+        newest = checkpoint.lineage(self.run)
+        self.branch = checkpoint.read_branches(self.run)["active"]
+        self._load(target)
+        if newest and newest[0].name != target.name:
+            # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
+            self.branch = checkpoint.start_branch(self.run, target.name)
+        self.events.emit("state", state="starting", step=self.step, resumed_from=target.name, branch=self.branch,
+                         message=f"resumed from {target.name}" + (f" ({'; '.join(notes)})" if notes else ""),
+                         cleaned=removed)
+
+    def _loop(self) -> int:
+        import torch
+
+        t = self.spec
+        iv = Interval(loss=torch.zeros((), device=self.accelerator.device))
+        self.interval = iv
+        while self.step < self.total_steps:
+            self._boundary()
+            if self.stop_reason:
+                break
+            if not self._train_step():
+                continue
+            if self.step % t.log.every == 0 or self.step == self.total_steps:
+                self._log_metrics()
+            if t.eval.every and self.step % t.eval.every == 0:
+                self._evaluate()
+            if t.checkpoint.every and self.step % t.checkpoint.every == 0:
+                self.save_checkpoint(reason="interval")
+            if time.monotonic() - self._last_status > 2.0:
+                self.write_status()
+        if self.stop_reason:
+            self.set_state("stopping", f"saving at step {self.step} ({self.stop_reason})")
+            if self.step > 0:
+                self.save_checkpoint(reason=self.stop_reason)
+            self.set_state("stopped", f"stopped at step {self.step} ({self.stop_reason}); resume with "
+                           f"`llm-wizard train --resume {self.run.name}`")
+            self.events.emit("done", state="stopped", step=self.step)
+            return 0 if self.stop_reason == "stop command" else EXIT_SIGNAL
+        if self.interval.steps:
+            self._log_metrics()
+        if t.eval.every and self.step % t.eval.every:
+            self._evaluate()
+        self.save_checkpoint(reason="end")
+        final = self._save_final()
+        self.set_state("done", f"finished {self.step} steps")
+        self.events.emit("done", state="done", step=self.step, final=str(final))
+        return 0
+
+    # ---- one optimizer step -------------------------------------------------------------------
+
+    def _next_batch(self) -> Any:
+        data = self.prep.data
+        batch = data.train_batch(self.epoch, self.position, self.batch_size)
+        self.epoch, self.position = data.advance(self.epoch, self.position, self.batch_size)
+        return batch.to(self.accelerator.device, non_blocking=True)
+
+    def _train_step(self) -> bool:
+        """One optimizer step; False if it was skipped (non-finite) or redone after an OOM back-off."""
+        import torch
+
+        started, at = time.perf_counter(), (self.epoch, self.position)
+        acc = self.accelerator
+        loss_sum = torch.zeros((), device=acc.device)
+        try:
+            for micro in range(self.grad_accum):
+                batch = self._next_batch()
+                sync = acc.no_sync(self.model) if micro < self.grad_accum - 1 else nullcontext()
+                with sync, acc.autocast():
+                    loss = self.technique.loss(self.prep, batch)
+                    if fault("nan", self.step + 1) is not None:
+                        loss = loss * float("nan")
+                    if fault("raise", self.step + 1) is not None:
+                        raise RuntimeError(f"injected fault at step {self.step + 1}")
+                    acc.backward(loss / self.grad_accum)
+                loss_sum += loss.detach() / self.grad_accum
+        except Exception as e:
+            if not (is_oom(e) and self.spec.train.oom_backoff and self.batch_size > 1):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.batch_size, self.grad_accum = self.batch_size // 2, self.grad_accum * 2
+            self.epoch, self.position = at  # redo the same samples in smaller pieces
+            self.events.emit("alert", step=self.step, **oom_alert(self.batch_size, self.grad_accum, True).fields())
+            return False
+        lr = self.schedule.apply(self.optimizer, self.step)
+        clip = self.spec.train.grad_clip or float("inf")
+        grad_norm = acc.clip_grad_norm_(self.params, clip)
+        if not bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm)):  # the one per-step sync
+            self.optimizer.zero_grad(set_to_none=True)
+            what = "the loss" if not torch.isfinite(loss_sum) else "the gradient norm"
+            self.events.emit("alert", step=self.step + 1, **nonfinite_alert(self.step + 1, what).fields())
+            self.set_paused(True)
+            return False
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len
+        self.tokens += tokens
+        iv = self.interval
+        iv.loss += loss_sum
+        iv.steps += 1
+        iv.tokens += tokens
+        iv.grad_norm = grad_norm
+        iv.lr = lr
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+        iv.seconds += time.perf_counter() - started
+        return True
+
+    def _log_metrics(self) -> None:
+        import torch
+
+        iv = self.interval
+        if not iv.steps:
+            return
+        loss = float(iv.loss.item()) / iv.steps
+        step_ms = 1000 * iv.seconds / iv.steps
+        if self._step_ms_smooth is None or self.step <= 2 * self.spec.log.every:
+            self._step_ms_smooth = step_ms  # the first intervals include warm-up: replace, don't average
+        else:
+            self._step_ms_smooth = 0.8 * self._step_ms_smooth + 0.2 * step_ms
+        m = {"train/loss": loss, "train/lr": iv.lr, "train/grad_norm": float(iv.grad_norm.item()),
+             "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms}
+        alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share())
+        m["train/loss_smooth"] = self.watchdogs.state["smooth"]
+        if torch.cuda.is_available():
+            m["sys/gpu_mem"] = torch.cuda.max_memory_allocated()
+        else:
+            import resource
+
+            m["sys/rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        eta = (self.total_steps - self.step) * self._step_ms_smooth / 1000
+        self.events.emit("metrics", flush=False, step=self.step, epoch=round(self.epoch_share(), 5),
+                         tokens=self.tokens, eta_s=round(eta, 1), branch=self.branch, **m)
+        for alert in alerts:
+            self.events.emit("alert", flush=False, step=self.step, **alert.fields())
+        self.events.flush()
+        self.last.update(m)
+        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
+        self.write_status()
+
+    def _evaluate(self) -> None:
+        import torch
+
+        data, n_max = self.prep.data, self.spec.eval.batches
+        if not data.n_val_blocks:
+            return
+        self.model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad(), self.accelerator.autocast():
+            for batch in data.val_batches(self.batch_size):
+                total += float(self.technique.loss(self.prep, batch.to(self.accelerator.device)))
+                n += 1
+                if (n_max and n >= n_max) or self.stop_reason:
+                    break
+        self.model.train()
+        if not n:
+            return
+        loss = total / n
+        self.last["eval/loss"] = loss
+        self.events.emit("eval", step=self.step, **{"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50))})
+        for alert in self.watchdogs.on_eval(self.step, loss):
+            self.events.emit("alert", step=self.step, **alert.fields())
+
+    # ---- controls -----------------------------------------------------------------------------
+
+    def _boundary(self) -> None:
+        """Between two optimizer steps: handle commands; while paused, keep handling them."""
+        self._handle_commands()
+        while self.paused and not self.stop_reason:
+            time.sleep(0.05)
+            self._handle_commands()
+            if time.monotonic() - self._last_status > 1.0:
+                self.write_status()  # the heartbeat goes on while paused
+
+    def _handle_commands(self) -> None:
+        for cmd in self.commands.poll():
+            if cmd.get("cmd") == "?":
+                ack = {"ok": False, "message": f"not a command: {cmd.get('invalid')!r}"}
+            else:
+                ack = controls.handle(self, cmd)
+            self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
+
+    def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo:
+        import torch
+
+        name = checkpoint.name_for(self.step, self.branch)
+        existing = self.run / checkpoint.CHECKPOINTS / name
+        if existing.is_dir() and checkpoint.verify(existing, full=False) is None:
+            return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
+
+        def write(folder: Path) -> None:
+            self.technique.save(self.prep, folder, final=False)
+            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            torch.save(_rng_state(), folder / "rng.pt")
+            if self.accelerator.scaler is not None:
+                torch.save(self.accelerator.scaler.state_dict(), folder / "scaler.pt")
+            (folder / "trainer_state.json").write_text(json.dumps(self._trainer_state()))
+
+        metrics = {"loss": self.last.get("train/loss"), "eval_loss": self.last.get("eval/loss")}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta={
+            "metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
+            "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
+            "versions": _versions()})
+        self.parent = info.name
+        deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
+        self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
+                         reason=reason, deleted=deleted)
+        return info
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, "tokens": self.tokens,
+                "branch": self.branch, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                "schedule": self.schedule.state_dict(), "watchdogs": self.watchdogs.state,
+                "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint}
+
+    def _load(self, info: checkpoint.CheckpointInfo) -> None:
+        import torch
+
+        st = json.loads((info.path / "trainer_state.json").read_text())
+        if st.get("spec_fingerprint") != self.spec.fingerprint():
+            raise UserError(f"{info.name} was saved with a different model or data setup than this spec; "
+                            "resume refuses to mix them (start a new run instead)", field="resume")
+        if st.get("data_fingerprint") != self.prep.data_fingerprint:
+            raise UserError(f"the data changed since {info.name} was saved; resume refuses to continue on "
+                            "different data (start a new run instead)", field="data.path")
+        self.technique.load(self.prep, info.path)
+        device = self.accelerator.device
+        self.optimizer.load_state_dict(torch.load(info.path / "optimizer.pt", map_location=device, weights_only=True))
+        if self.accelerator.scaler is not None and (info.path / "scaler.pt").exists():
+            self.accelerator.scaler.load_state_dict(torch.load(info.path / "scaler.pt", weights_only=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step, self.epoch, self.position, self.tokens = st["step"], st["epoch"], st["position"], st["tokens"]
+        self.batch_size, self.grad_accum = st.get("batch_size", self.batch_size), st.get("grad_accum", self.grad_accum)
+        self.schedule.load_state_dict(st["schedule"])
+        self.watchdogs.state = st["watchdogs"]
+        _set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
+        self.parent = info.name
+
+    def rollback(self, info: checkpoint.CheckpointInfo) -> None:
+        import torch
+
+        self._load(info)
+        self.branch = checkpoint.start_branch(self.run, info.name)
+        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
+        self.events.emit("state", state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
+                         message=f"rolled back to {info.name} (branch {self.branch})")
+        self.write_status()
+
+    def _save_final(self) -> Path:
+        import shutil
+
+        final, tmp = self.run / "final", self.run / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        self.technique.save(self.prep, tmp, final=True)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final
+
+
+def _optimizer(groups: list[dict[str, Any]], t: Any) -> Any:
+    import torch
+
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
+    if t.optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=t.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.95))
+
+
+def _seed_all(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG as tensors and plain lists, so torch.load(weights_only=True) can read it back."""
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [random.getstate()[0], list(random.getstate()[1])],
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), None))
+    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__}

@@ -1,0 +1,124 @@
+"""Watchdogs: read the metrics as they are logged and raise alerts with a suggested remedy.
+
+Pure Python on floats (no torch), so each detector is unit-tested on synthetic series. The state is
+a plain dict saved in checkpoints, so a resumed run does not raise a false alarm (RELIABILITY N6).
+
+- non-finite loss: the trainer skips the step and pauses; `nonfinite_alert` words it.
+- plateau early in training (the book's local minimum, 5.4.3): the smoothed loss has stopped falling
+  while most of the data is still unseen -> suggest `rescue`.
+- spike: the logged loss jumps well above the smoothed loss -> suggest `rollback`.
+- overfitting: validation loss rose at two evaluations in a row while the training loss fell.
+- out of memory: `oom_alert` with what to change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+EMA = 0.8  # smoothing of the logged loss (per logging interval)
+
+
+@dataclass
+class Alert:
+    kind: str  # nan | plateau | spike | overfitting | oom
+    message: str
+    suggest: str  # the control that remedies it: pause, rollback, rescue, stop, set_lr
+    severity: str = "warning"
+
+    def fields(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "suggest": self.suggest, "severity": self.severity}
+
+
+@dataclass
+class Watchdogs:
+    total_steps: int
+    warmup_steps: int = 0
+    plateau_window: int = 0  # steps; 0 = max(50, 10% of the run)
+    plateau_rel_drop: float = 0.01  # less than 1% better over the window counts as flat
+    spike_factor: float = 2.0
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "smooth": None, "history": [], "evals": [], "plateau_at": None, "spike_at": None, "overfit_at": None})
+
+    def window(self) -> int:
+        return self.plateau_window or max(50, self.total_steps // 10)
+
+    def on_metrics(self, step: int, loss: float, epoch_share: float) -> list[Alert]:
+        """Feed one logged (interval-mean) loss; returns the alerts it raises."""
+        s = self.state
+        alerts: list[Alert] = []
+        if not math.isfinite(loss):
+            return alerts
+        smooth = s["smooth"]
+        if smooth is not None and len(s["history"]) >= 5 and loss > self.spike_factor * smooth \
+                and (s["spike_at"] is None or step - s["spike_at"] >= self.window()):
+            s["spike_at"] = step
+            alerts.append(Alert("spike", f"loss jumped to {loss:.3g} at step {step}, {loss / smooth:.1f}x the "
+                                f"smoothed {smooth:.3g}: the learning rate may be too high",
+                                "rollback"))
+        s["smooth"] = smooth = loss if smooth is None else EMA * smooth + (1 - EMA) * loss
+        s["history"].append([step, smooth])
+        w = self.window()
+        s["history"] = [h for h in s["history"] if h[0] >= step - 2 * w]
+        past = [h for h in s["history"] if h[0] <= step - w]
+        early = epoch_share < 0.5 and step < 0.6 * self.total_steps
+        if past and early and step >= self.warmup_steps + w:
+            before = past[-1][1]
+            drop = (before - smooth) / max(abs(before), 1e-12)
+            if drop < self.plateau_rel_drop and (s["plateau_at"] is None or step - s["plateau_at"] >= w):
+                s["plateau_at"] = step
+                alerts.append(Alert(
+                    "plateau", f"the loss has been flat ({drop:+.1%} over {w} steps) at step {step} with only "
+                    f"{epoch_share:.0%} of the data seen: possibly a local minimum. Rescue rolls back about "
+                    f"100 steps, lowers the learning rate for a while, then restores it", "rescue"))
+        return alerts
+
+    def on_eval(self, step: int, eval_loss: float) -> list[Alert]:
+        s = self.state
+        s["evals"].append([step, eval_loss, s["smooth"]])
+        s["evals"] = s["evals"][-3:]
+        e = s["evals"]
+        if len(e) == 3 and e[0][1] < e[1][1] < e[2][1] and None not in (e[0][2], e[2][2]) and e[2][2] < e[0][2] \
+                and s["overfit_at"] != e[0][0]:
+            s["overfit_at"] = e[0][0]
+            return [Alert("overfitting", f"validation loss rose from {e[0][1]:.3g} to {e[2][1]:.3g} while the "
+                          "training loss fell: the model is memorising. Stop, or roll back to the best checkpoint",
+                          "stop")]
+        return []
+
+
+def nonfinite_alert(step: int, what: str) -> Alert:
+    return Alert("nan", f"{what} is not finite at step {step}: the step was skipped and the run paused. "
+                 "Roll back to a checkpoint, perhaps with a lower learning rate", "rollback", "error")
+
+
+def oom_alert(batch_size: int, grad_accum: int, backed_off: bool) -> Alert:
+    if backed_off:
+        return Alert("oom", f"out of memory: micro-batch halved to {batch_size} and accumulation doubled to "
+                     f"{grad_accum} (same effective batch); training goes on", "pause")
+    return Alert("oom", f"out of memory at micro-batch {batch_size}: lower train.batch_size and raise "
+                 "train.grad_accum to keep the effective batch, turn on train.gradient_checkpointing, use "
+                 "bf16, or choose LoRA/QLoRA; or set train.oom_backoff = true. Resume with "
+                 "`llm-wizard train --resume`", "stop", "error")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch.OutOfMemoryError and the RuntimeError spellings of the same thing."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory"))
+
+
+def fault(kind: str, step: int) -> str | None:
+    """Test hook: LLMW_FAULT=<kind>@step:<k>[:<arg>] fires at step k; returns the arg ('' if none)."""
+    spec = os.environ.get("LLMW_FAULT", "")
+    for part in filter(None, spec.split(",")):
+        name, _, rest = part.partition("@step:")
+        k, _, arg = rest.partition(":")
+        if name == kind and k.isdigit() and int(k) == step:
+            return arg
+    return None

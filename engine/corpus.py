@@ -58,7 +58,7 @@ def text_files(path: str | os.PathLike[str]) -> list[Path]:
         raise UserError(
             f"no text files in {root} (hidden, empty and binary-type files are skipped)", field="dataset"
         )
-    return found
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 def _not_utf8(path: Path, data: bytes, bad_at: int, base_offset: int, base_line: int) -> UserError:
@@ -198,7 +198,7 @@ def stdlib_corpus() -> list[Path]:
                 files.append(candidate)
     if not files:
         raise UserError(f"no Python sources found in the standard library folder {root}")
-    return files
+    return sorted(files, key=lambda p: p.relative_to(root).parts)
 
 
 # (resolved path, size, mtime_ns) -> sha256 of the content; files do not change without their

@@ -40,3 +40,52 @@ def write_events(run: Path, events: list[dict[str, Any]]) -> None:
     with (run / "events.jsonl").open("a") as f:
         for e in events:
             f.write(json.dumps({"v": 1, "t": e.pop("t", time.time()), **e}) + "\n")
+
+
+def fake_run(root: Path, *, steps: int = 300, every: int = 10, alert: bool = False, state: str = "running",
+             pid: int | None = None, name: str = "20260101-120000-demo-abcd") -> Path:
+    """A run folder as the job writes it: spec.toml, events.jsonl (falling loss, evals, checkpoints)
+    and status.json. `pid` defaults to this test process, so the run reads as alive."""
+    import math
+    import os
+
+    run = root / name
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "spec.toml").write_text('technique = "scratch"\nname = "demo"\n')
+    t0 = 1_767_000_000.0
+    events: list[dict[str, Any]] = [{"t": t0, "type": "state", "state": "running"}]
+    for step in range(every, steps + 1, every):
+        loss = 2.2 + 3.3 * math.exp(-step / 80)
+        events.append({"t": t0 + step, "type": "metrics", "step": step, "loss": round(loss, 4),
+                       "lr": 3e-4 * min(1.0, step / 50), "tok_per_s": 10240.0, "step_ms": 100.0,
+                       "epoch": step / 1000, "eta_s": (1000 - step) * 0.1, "total_steps": 1000})
+        if step % 100 == 0:
+            events.append({"t": t0 + step, "type": "eval", "step": step, "val_loss": round(loss + 0.08, 4)})
+            events.append({"t": t0 + step, "type": "checkpoint", "step": step, "name": f"step-{step:06d}"})
+    if alert:
+        events.append({"t": t0 + steps, "type": "alert", "kind": "plateau", "step": steps, "suggest": "rescue",
+                       "message": f"the loss has hardly moved for 100 steps at {steps / 10:.0f}% of the data"})
+    write_events(run, events)
+    (run / "status.json").write_text(json.dumps({"state": state, "pid": pid or os.getpid(), "step": steps,
+                                                 "lr": 3e-4, "loss": 2.3, "updated": t0 + steps}))
+    return run
+
+
+async def wait_until(pilot, condition, timeout: float = 10.0) -> None:  # noqa: ANN001 (Pilot, callable)
+    """Let the app run until `condition()` holds (workers post messages; no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {getattr(condition, '__name__', condition)}")
+        await pilot.pause(0.05)
+
+
+def commands(run: Path) -> list[dict[str, Any]]:
+    path = run / "commands.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def ack(run: Path, cmd: dict[str, Any], message: str = "ok", **extra: Any) -> None:
+    """Play the job: acknowledge a command the dashboard sent."""
+    write_events(run, [{"type": "control_ack", "id": cmd["id"], "cmd": cmd["cmd"], "ok": True,
+                        "message": message, **extra}])

@@ -8,6 +8,7 @@ be up in well under a second, so torch/transformers/datasets are only imported b
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,10 @@ class WizardApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "llm-wizard"
     ENABLE_COMMAND_PALETTE = True
-    BINDINGS = [Binding("ctrl+q", "quit", "Quit", priority=True, tooltip="Leave llm-wizard (asks first if a run is followed)")]
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True, tooltip="Leave llm-wizard (asks first if a run is followed)"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, tooltip="As ctrl+q: asks before leaving a run"),
+    ]
 
     #: The hardware report once probed; screens watch it.
     hardware: var[HardwareReport | None] = var(None, always_update=True)
@@ -107,6 +111,39 @@ class WizardApp(App[int]):
             return []
         return sorted((p for p in root.iterdir() if (p / "spec.toml").exists() or (p / "events.jsonl").exists()),
                       key=lambda p: p.stat().st_mtime, reverse=True)
+
+    # --- leaving ---------------------------------------------------------------------------------
+
+    def followed_run(self) -> Path | None:
+        """The run whose dashboard is open (and still live), if any."""
+        from tui.screens.dashboard import LIVE, DashboardScreen
+
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DashboardScreen) and screen.history.state in LIVE:
+                return screen.run
+        return None
+
+    async def action_quit(self) -> None:
+        run = self.followed_run() if "tui.screens.dashboard" in sys.modules else None
+        if run is None:
+            self.exit(0)
+            return
+        from tui.modals.confirm import QuitModal
+
+        def answered(choice: str | None) -> None:
+            if choice == "detach":
+                self.detach(run)
+            elif choice == "stop":
+                from engine.runfolder import send_command
+
+                send_command(run, "stop")
+                self.exit(0, message=f"Asked run {run.name} to save and stop.")
+
+        if not isinstance(self.screen, QuitModal):
+            self.push_screen(QuitModal(), answered)
+
+    def detach(self, run: Path) -> None:
+        self.exit(0, message=f"The run goes on. Back to it: llm-wizard attach {run.name}")
 
     # --- navigation ----------------------------------------------------------------------------
 

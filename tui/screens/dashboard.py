@@ -1,0 +1,367 @@
+"""The live dashboard of one run: loss chart, throughput, GPUs, checkpoints, alerts, and controls.
+
+A thread worker follows the run folder (events.jsonl by offset, status.json, NVML every few
+seconds) and posts Messages; only the screen touches widgets. Controls are appended to
+commands.jsonl with `engine.runfolder.send_command` and confirmed when the job's `control_ack`
+with the same id shows up in the events. The TUI never trains and never stops a run unasked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual.worker import get_current_worker
+
+from tui.modals.confirm import ConfirmModal
+from tui.modals.lr import LrModal
+from tui.modals.prompt import PromptModal
+from tui.modals.rollback import RollbackModal
+from tui.output import human_bytes
+from tui.screens.run_history import RunHistory
+from tui.widgets.bars import usage_bar
+from tui.widgets.chart import LossChart
+
+POLL_S = 0.5
+GPU_POLL_S = 3.0
+LIVE = ("starting", "running", "paused", "stopping")
+STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "starting": "cyan", "stopping": "yellow",
+               "done": "bold blue", "stopped": "blue", "failed": "bold red", "crashed": "bold red"}
+REMEDY_KEYS = {"rescue": ("x", "rescue"), "rollback": ("b", "roll back"), "set_lr": ("l", "lower the LR"),
+               "pause": ("p", "resume after a look"), "stop": ("S", "stop")}
+
+
+class RunEvents(Message):
+    def __init__(self, events: list[dict[str, Any]], status: dict[str, Any]) -> None:
+        super().__init__()
+        self.events, self.status = events, status
+
+
+class RunStatus(Message):
+    """Only the status changed; a newer one makes an unhandled older one pointless."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__()
+        self.status = status
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunStatus)
+
+
+class GpuReadings(Message):
+    def __init__(self, gpus: list[Any]) -> None:
+        super().__init__()
+        self.gpus = gpus
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuReadings)
+
+
+class Checkpoints(Message):
+    def __init__(self, items: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.items = items
+
+
+class SampleText(Message):
+    def __init__(self, text: str, ok: bool) -> None:
+        super().__init__()
+        self.text, self.ok = text, ok
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def stats_table(h: RunHistory) -> Table:
+    t = Table.grid(padding=(0, 1))
+    t.add_column(style="grey62", no_wrap=True)
+    t.add_column(no_wrap=True)
+    total = f" / {h.total_steps:,}" if h.total_steps else ""
+    t.add_row("step", f"{h.step:,}{total}")
+    loss = "-" if h.loss is None else f"{h.loss:.4f}"
+    t.add_row("loss", Text(loss, style="bold cyan"))
+    if h.val_loss is not None:
+        t.add_row("val loss", Text(f"{h.val_loss:.4f}", style="bold yellow"))
+    t.add_row("lr", "-" if h.lr is None else f"{h.lr:.3g}")
+    t.add_row("data seen", "-" if h.data_share is None else f"{h.data_share * 100:.1f}%")
+    t.add_row("tokens/s", "-" if h.tok_per_s is None else f"{h.tok_per_s:,.0f}")
+    t.add_row("step time", "-" if h.step_ms is None else f"{h.step_ms:,.0f} ms")
+    if h.mfu is not None:
+        t.add_row("MFU", f"{h.mfu * 100:.1f}%" if h.mfu <= 1 else f"{h.mfu:.1f}%")
+    t.add_row("ETA", duration(h.eta_s) if h.state in LIVE else "-")
+    return t
+
+
+def gpu_lines(gpus: list[Any], width: int = 10) -> Text:
+    text = Text()
+    for g in gpus:
+        if text:
+            text.append("\n")
+        text.append(f"GPU{g.index} ", style="bold")
+        text.append_text(usage_bar(g.memory_used_bytes, g.memory_total_bytes, width))
+        util = "-" if g.utilization_pct is None else f"{g.utilization_pct}%"
+        text.append(f" {human_bytes(g.memory_used_bytes)} {util}")
+    return text
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("p", "pause", "Pause", tooltip="Pause at the next optimizer step (the process keeps its state)"),
+        Binding("p", "resume", "Resume", tooltip="Resume a paused run at once"),
+        Binding("s", "save", "Save", tooltip="Write a checkpoint now"),
+        Binding("l", "lower_lr", "Lower LR", tooltip="Multiply the learning rate by 0.5 or 0.1, or set a value"),
+        Binding("b", "rollback", "Roll back", tooltip="Reload a checkpoint (model, optimizer, data position)"),
+        Binding("x", "rescue", "Rescue", show=False,
+                tooltip="The book's local-minimum recipe: roll back, lower the LR for a while, restore it"),
+        Binding("g", "generate", "Sample", show=False, tooltip="Generate text from the newest checkpoint"),
+        Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
+        Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
+    ]
+
+    def __init__(self, run: str | Path) -> None:
+        super().__init__()
+        self.run = Path(run)
+        self.history = RunHistory()
+        self.pending: dict[str, str] = {}  # command id -> what was asked (until acknowledged)
+        self.checkpoint_items: list[tuple[str, int]] = []
+        self.gpus: list[Any] = []
+
+    # --- layout --------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="run-title")
+        with Horizontal(id="run-main"):
+            yield LossChart(id="chart")
+            with Vertical(id="run-side"):
+                yield Static("", id="run-stats")
+                yield Static("", id="run-gpus")
+                yield Static("", id="run-checkpoints")
+        yield Static("", id="run-alert")
+        yield Static("", id="run-message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#run-alert", Static).display = False
+        self.redraw()
+        self.follow()
+
+    # --- the follower (thread) -----------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
+    def follow(self) -> None:
+        from engine.runfolder import read_events, read_status
+
+        worker = get_current_worker()
+        offset, last_status, gpu_at = 0, None, 0.0
+        nvml = getattr(self.app, "nvml", None)
+        while not worker.is_cancelled:
+            events, offset = read_events(self.run, offset)
+            status = read_status(self.run)
+            key = {k: v for k, v in status.items() if k != "updated"}
+            if events:
+                self.post_message(RunEvents(events, status))
+                if any(e.get("type") in ("checkpoint", "control_ack") for e in events):
+                    self.post_message(Checkpoints(self._lineage()))
+            elif key != last_status:
+                self.post_message(RunStatus(status))
+            last_status = key
+            if time.monotonic() - gpu_at > GPU_POLL_S:
+                gpu_at = time.monotonic()
+                self.post_message(GpuReadings(self._gpus(nvml)))
+            time.sleep(POLL_S)
+
+    def _gpus(self, nvml: Any) -> list[Any]:
+        from engine.hardware import probe_gpus
+
+        try:
+            return probe_gpus(nvml)[0]
+        except Exception:  # a GPU reading is a nicety: never let it end the follower
+            return []
+
+    def _lineage(self) -> list[tuple[str, int]]:
+        """Checkpoints on the active branch, newest first, as the engine sees them on disk."""
+        try:
+            from engine.checkpoint import lineage
+
+            return [(c.name, c.step) for c in lineage(self.run)]
+        except Exception:  # no checkpoint folder (a hand-written run) or an engine mid-change
+            return []
+
+    # --- messages ------------------------------------------------------------------------------
+
+    def on_run_events(self, message: RunEvents) -> None:
+        for e in message.events:
+            self.history.apply(e)
+            if e.get("type") == "control_ack" and e.get("id") in self.pending:
+                asked = self.pending.pop(e["id"])
+                ok = e.get("ok", True)
+                self.query_one("#run-message", Static).update(
+                    Text(f"{asked}: {e.get('message') or 'done'}", style="" if ok else "red"))
+                if not ok:
+                    self.notify(e.get("message") or asked, title=asked, severity="error")
+        self.history.apply_status(message.status)
+        self.redraw()
+
+    def on_run_status(self, message: RunStatus) -> None:
+        self.history.apply_status(message.status)
+        self.redraw()
+
+    def on_gpu_readings(self, message: GpuReadings) -> None:
+        self.gpus = message.gpus
+        self.query_one("#run-gpus", Static).update(gpu_lines(self.gpus))
+
+    def on_checkpoints(self, message: Checkpoints) -> None:
+        self.checkpoint_items = message.items
+        self.redraw()
+
+    def on_sample_text(self, message: SampleText) -> None:
+        self.query_one("#run-message", Static).update(
+            Text.assemble(("sample: ", "bold"), (message.text, "" if message.ok else "red")))
+
+    # --- drawing -------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[tuple[str, int]]:
+        if self.checkpoint_items:
+            return self.checkpoint_items
+        return sorted(self.history.checkpoints.items(), key=lambda kv: -kv[1])
+
+    def loss_at(self, step: int) -> float | None:
+        before = [loss for s, loss in self.history.train if s <= step]
+        return before[-1] if before else None
+
+    def redraw(self) -> None:
+        h = self.history
+        title = Text()
+        title.append(f" {h.state.upper()} ", style=f"reverse {STATE_STYLE.get(h.state, '')}")
+        title.append(f"  {self.run.name}", style="bold")
+        if h.error:
+            title.append(f"  error: {h.error}", style="red")
+        self.query_one("#run-title", Static).update(title)
+        self.query_one(LossChart).update(h.chart())
+        self.query_one("#run-stats", Static).update(stats_table(h))
+        cps = Text("checkpoints", style="grey62")
+        for name, step in self.checkpoints()[:4]:
+            loss = self.loss_at(step)
+            cps.append(f"\n◆ {step:>6}", style="blue")
+            cps.append(f"  {loss:.3f}" if loss is not None else "")
+        if not self.checkpoints():
+            cps.append("\n  none yet", style="grey62")
+        self.query_one("#run-checkpoints", Static).update(cps)
+        alert = self.query_one("#run-alert", Static)
+        a = h.active_alert()
+        alert.display = a is not None
+        if a is not None:
+            text = Text.assemble(("⚠ ", "bold red"), (f"{a.kind}: ", "bold"), a.message)
+            if a.suggest in REMEDY_KEYS:
+                key, what = REMEDY_KEYS[a.suggest]
+                text.append(f"  press {key} to {what}", style="bold reverse")
+            alert.update(text)
+        self.refresh_bindings()
+
+    # --- keys ----------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        state = self.history.state
+        live = state in LIVE
+        if action == "pause":
+            return live and state != "paused"
+        if action == "resume":
+            return state == "paused"
+        if action in ("save", "lower_lr", "stop"):
+            return True if live else None
+        if action in ("rollback", "rescue"):
+            return True if live and self.checkpoints() else None
+        if action == "generate":
+            return True if self.checkpoints() or (self.run / "final").is_dir() else None
+        return True
+
+    def send(self, cmd: str, label: str, **args: Any) -> None:
+        from engine.errors import UserError
+        from engine.runfolder import send_command
+
+        try:
+            cid = send_command(self.run, cmd, **args)
+        except (UserError, OSError) as err:
+            self.notify(str(err), severity="error")
+            return
+        self.pending[cid] = label
+        self.query_one("#run-message", Static).update(Text(f"{label}: sent, waiting for the next step…",
+                                                           style="italic"))
+
+    def action_pause(self) -> None:
+        self.send("pause", "pause")
+
+    def action_resume(self) -> None:
+        self.send("resume", "resume")
+
+    def action_save(self) -> None:
+        self.send("save", "save")
+
+    def action_lower_lr(self) -> None:
+        def chosen(args: dict[str, float] | None) -> None:
+            if args:
+                what = f"LR x{args['factor']:g}" if "factor" in args else f"LR = {args['value']:g}"
+                self.send("set_lr", what, **args)
+
+        self.app.push_screen(LrModal(self.history.lr), chosen)
+
+    def action_rollback(self) -> None:
+        items = [(name, step, self.loss_at(step)) for name, step in self.checkpoints()]
+
+        def chosen(step: int | None) -> None:
+            if step is not None:
+                self.send("rollback", f"roll back to {step}", step=step)
+
+        self.app.push_screen(RollbackModal(items), chosen)
+
+    def action_rescue(self) -> None:
+        self.send("rescue", "rescue")
+
+    def action_stop(self) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.send("stop", "stop")
+
+        self.app.push_screen(ConfirmModal("Stop this run?", "It saves a checkpoint and exits; "
+                                          "`llm-wizard train --resume` continues it later."), answered)
+
+    def action_detach(self) -> None:
+        self.app.detach(self.run)
+
+    def action_generate(self) -> None:
+        def chosen(prompt: str | None) -> None:
+            if prompt is not None:
+                self.query_one("#run-message", Static).update(Text("sampling…", style="italic"))
+                self.sample(prompt)
+
+        self.app.push_screen(PromptModal("Sample from the newest checkpoint; prompt:", "def "), chosen)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="sample")
+    def sample(self, prompt: str) -> None:
+        """`llm-wizard generate` in its own process: the model never loads into the TUI."""
+        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.post_message(SampleText(str(err), False))
+            return
+        out = (done.stdout if done.returncode == 0 else done.stderr).strip()
+        self.post_message(SampleText(" ".join(out.split())[:400], done.returncode == 0))

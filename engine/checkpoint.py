@@ -12,7 +12,7 @@ valid manifest is not a checkpoint. What goes into a checkpoint is up to the cal
 so techniques that save only an adapter use the same protocol.
 
 `LLMW_CRASH_AT=<point>[:<n>]` ends the process with exit 137 at the n-th time (default first) it
-reaches a crash point: ckpt:after_files, ckpt:before_manifest, ckpt:after_manifest,
+reaches a crash point (`<point>:b<k>`: the first time during a save on branch k): ckpt:after_files, ckpt:before_manifest, ckpt:after_manifest,
 ckpt:after_rename, ckpt:rotation. Tests use it to prove the protocol.
 """
 
@@ -37,15 +37,23 @@ BRANCHES = "branches.json"
 _crash_hits: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
+def crash_point(name: str, branch: int | None = None) -> None:
+    """Test hook: LLMW_CRASH_AT=<point>[:<n>] or <point>:b<branch> exits 137 at the n-th hit (default the
+    first), or at the first hit during a save on that branch."""
     spec = os.environ.get("LLMW_CRASH_AT")
     if not spec:
         return
-    point, _, nth = spec.rpartition(":") if spec.rsplit(":", 1)[-1].isdigit() else (spec, "", "1")
+    point, _, arg = spec.rpartition(":")
+    if not point or not (arg.isdigit() or (arg.startswith("b") and arg[1:].isdigit())):
+        point, arg = spec, "1"
     if point != name:
         return
+    if arg.startswith("b"):
+        if branch == int(arg[1:]):
+            os._exit(137)
+        return
     _crash_hits[name] = _crash_hits.get(name, 0) + 1
-    if _crash_hits[name] == int(nth or 1):
+    if _crash_hits[name] == int(arg):
         os._exit(137)
 
 
@@ -98,7 +106,7 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
     tmp.mkdir()
     try:
         write_files(tmp)
-        crash_point("ckpt:after_files")
+        crash_point("ckpt:after_files", branch)
         created = time.time()
         info = {"step": step, "branch": branch, "parent": parent, "created": created, **(meta or {})}
         (tmp / META).write_text(json.dumps(info, indent=1))
@@ -107,18 +115,18 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
             if p.is_file():
                 _fsync_path(p)
                 files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-        crash_point("ckpt:before_manifest")
+        crash_point("ckpt:before_manifest", branch)
         manifest = {"version": 1, "name": name, "step": step, "branch": branch, "files": files}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        crash_point("ckpt:after_manifest")
+        crash_point("ckpt:after_manifest", branch)
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    crash_point("ckpt:after_rename")
+    crash_point("ckpt:after_rename", branch)
     _fsync_path(root, directory=True)
     return CheckpointInfo(name, final, step, branch, parent, created, (meta or {}).get("metrics", {}))
 
@@ -242,15 +250,16 @@ def rotate(run: Path, keep: int, branch: int) -> list[str]:
         v = m.get("eval_loss", m.get("loss"))
         return float(v) if isinstance(v, (int, float)) else float("inf")
 
-    best = min(own, key=score).name if own else None
+    scored = [c for c in own if score(c) < float("inf")]
+    best = min(scored, key=score).name if scored else None
     deleted = []
     for c in own[: max(0, len(own) - keep)]:
         if c.name in origins or c.name == best:
             continue
-        crash_point("ckpt:rotation")
         # Rename first so a kill mid-delete leaves a `.tmp-` folder (ignored), never a half checkpoint.
         doomed = c.path.with_name(f".tmp-del-{c.name}")
         os.rename(c.path, doomed)
+        crash_point("ckpt:rotation")
         shutil.rmtree(doomed, ignore_errors=True)
         deleted.append(c.name)
     return deleted

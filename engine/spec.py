@@ -265,7 +265,8 @@ def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
     return RunSpec(**kwargs)
 
 
-def load(path: str | Path) -> RunSpec:
+def load(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
+    """Read and validate a spec file; `overrides` are `section.key=value` strings applied first."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"spec file not found: {p}", field="spec")
@@ -273,6 +274,8 @@ def load(path: str | Path) -> RunSpec:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: not valid TOML: {e}", field="spec") from None
+    for assignment in overrides or []:
+        set_value(data, assignment)
     return from_dict(data, base_dir=p.parent.resolve())
 
 

@@ -147,6 +147,10 @@ class Trainer:
         self.schedule = controls.LRSchedule([t.lr for _ in self.optimizer.param_groups], self.total_steps,
                                             t.warmup_steps, t.schedule, t.min_lr_ratio)
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
+        model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
+        if hasattr(self.prep.model, "config") and not model_dir.exists():
+            self.prep.model.config.save_pretrained(model_dir)
+            self.prep.tokenizer.save_pretrained(model_dir)
         total, trainable = self.prep.n_params()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,

@@ -1,17 +1,72 @@
-"""`llm-wizard attach`: the live dashboard for a run."""
+"""`llm-wizard attach`: follow a run's live events (the dashboard's plain-text stand-in)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from tui.commands._unavailable import add_passthrough, not_yet
-
-HELP = "the live dashboard for a run"
+HELP = "follow a run's live events: loss, learning rate, checkpoints, alerts"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_passthrough(parser)
+    parser.add_argument("run", help="run id (or a unique part of it, or 'latest', or its folder)")
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
+    parser.add_argument("--last", type=int, default=20, help="how many past events to show first (default 20)")
+    parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line of Rich markup for an event."""
+    kind, step = event.get("type"), event.get("step", "")
+    if kind == "metrics":
+        eta = event.get("eta_s")
+        return (f"step {step:>6}  loss {event.get('train/loss', float('nan')):.4f}  "
+                f"lr {event.get('train/lr', 0):.3g}  |g| {event.get('train/grad_norm', 0):.3g}  "
+                f"{event.get('train/tok_per_s', 0):,.0f} tok/s  {event.get('train/step_ms', 0):.0f} ms/step  "
+                f"epoch {event.get('epoch', 0):.3f}" + (f"  eta {eta:.0f}s" if eta is not None else ""))
+    if kind == "eval":
+        return f"[cyan]step {step:>6}  eval loss {event.get('eval/loss', float('nan')):.4f}[/]"
+    if kind == "checkpoint":
+        return f"[blue]step {step:>6}  checkpoint {event.get('name')}[/]"
+    if kind == "alert":
+        return f"[bold yellow]alert ({event.get('kind')}): {event.get('message')} -> {event.get('suggest')}[/]"
+    if kind == "control_ack":
+        colour = "green" if event.get("ok") else "red"
+        return f"[{colour}]{event.get('cmd')}: {event.get('message')}[/]"
+    if kind == "error":
+        return f"[bold red]error: {event.get('message')}[/]"
+    if kind == "done":
+        return f"[bold]done ({event.get('state')}) at step {step}[/]"
+    return f"[magenta]{event.get('state', kind)}[/] {event.get('message', '')}"
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("attach")
+    import json
+
+    from engine import runfolder
+    from engine.paths import runs_dir
+    from tui.output import out
+
+    run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
+    events, offset = runfolder.read_events(run_path)
+    console = out()
+
+    def show(event: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            console.print(describe(event), markup=True, highlight=False)
+
+    for event in events[-args.last:] if args.last else []:
+        show(event)
+    status = runfolder.read_status(run_path)
+    if not args.follow or status.get("state") not in runfolder.LIVE_STATES:
+        if not args.json:
+            console.print(f"[dim]{run_path.name}: {status.get('state', 'unknown')} at step {status.get('step', 0)}[/]")
+        return 0
+    try:
+        for event, _ in runfolder.follow_events(run_path, offset):
+            show(event)
+    except KeyboardInterrupt:
+        pass  # detaching never stops the run
+    return 0

@@ -1,17 +1,74 @@
-"""`llm-wizard control`: pause | resume | save | stop | lr FACTOR | rollback STEP | rescue."""
+"""`llm-wizard control`: steer a running job (pause, resume, save, stop, lr, rollback, rescue)."""
 
 from __future__ import annotations
 
 import argparse
 
-from tui.commands._unavailable import add_passthrough, not_yet
-
-HELP = "pause | resume | save | stop | lr FACTOR | rollback STEP | rescue"
+HELP = "steer a running job: pause | resume | save | stop | lr FACTOR | rollback STEP | rescue"
+CHOICES = ("pause", "resume", "save", "stop", "lr", "set_lr", "rollback", "rescue")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_passthrough(parser)
+    parser.add_argument("run", help="run id (or a unique part of it, or 'latest', or its folder)")
+    parser.add_argument("cmd", choices=CHOICES, metavar="CMD", help=" | ".join(CHOICES))
+    parser.add_argument("value", nargs="?", type=float,
+                        help="lr: the factor (0.5 halves the LR); rollback: the checkpoint's step")
+    parser.add_argument("--value", dest="lr_value", type=float, metavar="LR", help="lr: set this learning rate")
+    parser.add_argument("--lr-factor", type=float, help="rollback: also multiply the LR by this")
+    parser.add_argument("--factor", type=float, help="rescue: LR factor while rescuing (default 0.1)")
+    parser.add_argument("--steps", type=int, help="rescue: steps at the lowered LR (default 200)")
+    parser.add_argument("--back", type=int, help="rescue: roll back about this many steps (default 100)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the acknowledgement")
+    parser.add_argument("--json", action="store_true", help='print the ack {"id", "cmd", "ok", "step", "message"}')
+
+
+def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]:
+    from engine.errors import UserError
+
+    cmd, extra = args.cmd, {}
+    if cmd in ("lr", "set_lr"):
+        cmd = "set_lr"
+        if (args.value is None) == (args.lr_value is None):
+            raise UserError("lr needs a factor (`lr 0.5`) or a value (`lr --value 1e-4`)", field="value")
+        extra = {"factor": args.value} if args.value is not None else {"value": args.lr_value}
+    elif cmd == "rollback":
+        if args.value is None or args.value != int(args.value):
+            raise UserError("rollback needs the checkpoint's step, e.g. `rollback 500`", field="value")
+        extra = {"step": int(args.value)}
+        if args.lr_factor:
+            extra["lr_factor"] = args.lr_factor
+    elif cmd == "rescue":
+        extra = {k: v for k in ("factor", "steps", "back") if (v := getattr(args, k)) is not None}
+    elif args.value is not None:
+        raise UserError(f"{cmd} takes no value", field="value")
+    return cmd, extra
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("control")
+    from engine import runfolder
+    from engine.errors import UserError
+    from engine.paths import runs_dir
+    from tui.output import error, out, print_json
+
+    run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
+    cmd, extra = command_args(args)
+    status = runfolder.read_status(run_path)
+    if status.get("state") not in runfolder.LIVE_STATES:
+        raise UserError(f"run {run_path.name} is not running (state: {status.get('state', 'unknown')}); "
+                        f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
+    _, offset = runfolder.read_events(run_path)
+    cid = runfolder.send_command(run_path, cmd, **extra)
+    ack = runfolder.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset)
+    if ack is None:
+        error(f"no acknowledgement from run {run_path.name} within {args.timeout:g} s (command id {cid}); "
+              "it is applied at the next optimizer step if the run is still alive")
+        return 1
+    fields = {k: ack.get(k) for k in ("id", "cmd", "ok", "step", "message")}
+    fields.update({k: v for k, v in ack.items() if k not in fields and k not in ("v", "t", "type")})
+    if args.json:
+        print_json(fields)
+    elif ack.get("ok"):
+        out().print(f"[green]ok[/] step {ack.get('step')}: {ack.get('message')}")
+    else:
+        error(f"{cmd} refused at step {ack.get('step')}: {ack.get('message')}")
+    return 0 if ack.get("ok") else 1

@@ -4,14 +4,39 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands._unavailable import add_passthrough, not_yet
-
 HELP = "list runs and their state"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_passthrough(parser)
+    parser.add_argument("--json", action="store_true",
+                        help='a list of {"id", "path", "state", "technique", "step", "loss", "pid", "started"}')
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("runs")
+    import time
+
+    from rich.table import Table
+
+    from engine.paths import runs_dir
+    from engine.runfolder import list_runs
+    from tui.output import out, print_json
+
+    where = runs_dir(getattr(args, "runs_dir", None))
+    runs = list_runs(where)
+    if args.json:
+        print_json([r.to_dict() for r in runs])
+        return 0
+    if not runs:
+        out().print(f"no runs in {where} (start one with `llm-wizard train presets/tiny.toml`)")
+        return 0
+    colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red"}
+    table = Table(title=f"runs in {where}", title_justify="left")
+    for col in ("id", "technique", "state", "step", "loss", "started"):
+        table.add_column(col, justify="right" if col in ("step", "loss") else "left")
+    for r in runs:
+        c = colours.get(r.state, "white")
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""
+        table.add_row(r.id, r.technique, f"[{c}]{r.state}[/]", str(r.step),
+                      f"{r.loss:.4f}" if r.loss is not None else "", started)
+    out().print(table)
+    return 0

@@ -4,14 +4,78 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands._unavailable import add_passthrough, not_yet
-
 HELP = "start a run from a spec (detached); prints the run id and folder"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_passthrough(parser)
+    parser.add_argument("spec", nargs="?", help="the run spec (TOML), e.g. presets/tiny.toml")
+    parser.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its newest checkpoint")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec setting, e.g. --set train.max_steps=100 (repeatable)")
+    parser.add_argument("--foreground", action="store_true",
+                        help="train in this terminal (Ctrl-C saves and stops) instead of detached")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="return as soon as the job is started, before data preparation is checked")
+    parser.add_argument("--json", action="store_true", help='print {"id", "path", "pid"}')
+    parser.add_argument("--step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: fixed step time
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet("train")
+    from pathlib import Path
+
+    from engine import checkpoint, job, runfolder
+    from engine import spec as spec_mod
+    from engine.errors import UserError
+    from engine.paths import runs_dir
+    from tui.output import err, error, out, print_json
+
+    if args.resume:
+        if args.spec or args.overrides:
+            raise UserError("--resume takes the run's own spec.toml; leave out SPEC and --set", field="resume")
+        run_path = runfolder.resolve_run(args.resume, runs_dir(getattr(args, "runs_dir", None)))
+        status = runfolder.read_status(run_path)
+        if status.get("state") in runfolder.LIVE_STATES:
+            raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
+        spec = spec_mod.load(run_path / runfolder.SPEC)
+        if checkpoint.find_resume(run_path) is None:
+            raise UserError(f"run {run_path.name} has no complete checkpoint to resume from; start it again with "
+                            f"`llm-wizard train {run_path / runfolder.SPEC}`", field="resume")
+    else:
+        if not args.spec:
+            raise UserError("give a spec file (see presets/), or --resume RUN", field="spec")
+        spec = spec_mod.load(args.spec, args.overrides)
+        _preflight_data(spec)
+        explicit = getattr(args, "runs_dir", None) or spec.runs_dir or None
+        run_path = job.create(spec, runs_dir(explicit))
+
+    if args.foreground:
+        out().print(f"run [bold]{run_path.name}[/] in {run_path}")
+        return job.run_job(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
+
+    pid = job.launch(run_path, resume=bool(args.resume), step_sleep=args.step_sleep)
+    if not args.no_wait:
+        show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))
+        status = job.wait_started(run_path, pid, on_message=show)
+        if status.get("state") not in ("running", "paused", "done"):
+            message = job.last_error(run_path) or status.get("message") or "the job ended before training"
+            events, _ = runfolder.read_events(run_path)
+            user = any(e.get("type") == "error" and e.get("kind") == "user" for e in events)
+            error(message if user else f"{message} (see {run_path / runfolder.LOG})")
+            return 2 if user else 1
+    if args.json:
+        print_json({"id": run_path.name, "path": str(run_path), "pid": pid})
+    else:
+        out().print(f"started run [bold]{run_path.name}[/] (pid {pid})\n  folder: {run_path}\n"
+                    f"  follow: llm-wizard attach {run_path.name} --follow\n"
+                    f"  steer:  llm-wizard control {run_path.name} pause|resume|save|stop|lr F|rollback STEP|rescue")
+    return 0
+
+
+def _preflight_data(spec: object) -> None:
+    """Empty, binary and non-UTF-8 files fail here, before any run folder exists (RELIABILITY D1-D3)."""
+    from engine.corpus import check_text_files, text_files
+    from engine.spec import STDLIB
+
+    path = spec.data.path  # type: ignore[attr-defined]
+    if path != STDLIB:
+        check_text_files(text_files(path))

@@ -1,0 +1,66 @@
+"""Sample text from a run: its final model, or a checkpoint (the newest on the active branch by default).
+
+Checkpoints hold weights only; the model's config and tokenizer are saved once per run in
+<run>/model/ when training starts. A technique whose checkpoints need more (an adapter on a base
+model) provides `load_inference(run, folder) -> (model, tokenizer)` in its module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoint, runfolder
+from engine.errors import UserError
+
+MODEL_DIR = "model"
+
+
+def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[Any, Any, str]:
+    """(model in eval mode, tokenizer, a description of the source)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine import spec as spec_mod
+    from engine.techniques.base import get
+
+    final = run / "final"
+    newest = checkpoint.find_resume(run)
+    if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+        return AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
+    target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
+    if target is None:
+        raise UserError(f"run {run.name} has no checkpoint or final model yet", field="run")
+    technique = get(spec_mod.load(run / runfolder.SPEC).technique)
+    if hasattr(technique, "load_inference"):
+        model, tokenizer = technique.load_inference(run, target.path)
+        return model.eval(), tokenizer, target.name
+    from safetensors.torch import load_model
+    from transformers import AutoConfig
+
+    base = run / MODEL_DIR
+    if not (base / "config.json").is_file():
+        raise UserError(f"run {run.name} has no {MODEL_DIR}/config.json to rebuild the model from", field="run")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    load_model(model, str(target.path / "model.safetensors"), strict=True)
+    return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+
+
+def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_new_tokens: int = 100,
+             temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> tuple[str, str]:
+    """(the continuation of `prompt`, its source)."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise UserError("max_new_tokens must be at least 1", field="max_new_tokens")
+    model, tokenizer, source = load_for_inference(run, checkpoint_ref)
+    torch.manual_seed(seed)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tokenizer.eos_token_id]])
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    ids = ids[:, -max(1, limit - max_new_tokens):]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=min(max_new_tokens, limit - 1),
+                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                             top_k=top_k if temperature > 0 else None, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), source

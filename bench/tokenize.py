@@ -1,0 +1,161 @@
+"""Data preparation speed: build_token_file against one `tokenizer(text)` call over the same text.
+
+    .venv/bin/python bench/tokenize.py            # ~100 MB generated from the stdlib sources
+    .venv/bin/python bench/tokenize.py --mb 20    # smaller and quicker
+    .venv/bin/python bench/tokenize.py --path DIR --tokenizer TOKENIZER_DIR
+
+The corpus (unless --path) is the Python standard library's source, repeated to --mb megabytes
+and cut into files of about 1 MB. The tokenizer (unless --tokenizer) is a byte-level BPE of
+--vocab tokens trained by engine.tokenizer_train on the first few MB. Both measurements run in this
+process on the same files; the token file goes to a temporary cache, so nothing is reused between
+the runs. At 100 MB on 2 cores the whole run takes a few minutes and the baseline needs a few GB of
+memory (one Encoding for the whole text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file's name shadows the standard library's `tokenize` (which inspect and linecache import):
+# take its folder off the path and put the project root there instead.
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+sys.path.insert(0, str(_here.parent))
+# Rust-side parallelism on unless the caller chose otherwise; set before tokenizers is imported.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def generate_corpus(folder: Path, megabytes: float, file_mb: float = 1.0) -> list[Path]:
+    from engine.corpus import read_text, stdlib_corpus
+
+    sources = [read_text(p) for p in stdlib_corpus()]
+    target, per_file = int(megabytes * 1e6), int(file_mb * 1e6)
+    files: list[Path] = []
+    written = 0
+    buffer: list[str] = []
+    size = 0
+    passes = 0
+    while written + size < target:
+        for text in sources:
+            buffer.append(text)
+            size += len(text.encode("utf-8"))
+            if size >= per_file or written + size >= target:
+                path = folder / f"part-{len(files):05d}.txt"
+                path.write_text("".join(buffer), encoding="utf-8")
+                files.append(path)
+                written += size
+                buffer, size = [], 0
+                if written >= target:
+                    break
+        passes += 1
+    return files
+
+
+# Peak memory of one tokenizer(text) call per byte of text, measured here (2 GB for 10 MB): the
+# Encoding keeps a string, offsets and masks per token and alignments per byte.
+BASELINE_BYTES_PER_BYTE = 200
+
+
+def baseline_bytes(total: int, asked_mb: float | None) -> int:
+    """How much of the text the baseline call gets: all, unless asked or memory is short."""
+    if asked_mb is not None:
+        return min(total, int(asked_mb * 1e6))
+    try:
+        meminfo = Path("/proc/meminfo").read_text().split("\n")
+        available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return total
+    # A third of the free memory at most: the machine may be shared.
+    return min(total, int(available / 3 / BASELINE_BYTES_PER_BYTE))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=float, default=100.0, help="size of the generated corpus in MB (default 100)")
+    parser.add_argument("--path", help="a text file or folder to use instead of the generated corpus")
+    parser.add_argument("--tokenizer", help="a local tokenizer folder (AutoTokenizer) instead of training a BPE")
+    parser.add_argument("--vocab", type=int, default=8192, help="BPE vocabulary when training one (default 8192)")
+    parser.add_argument(
+        "--baseline-mb",
+        type=float,
+        help="measure the baseline on the first N MB only (default: all of it, unless memory is short)",
+    )
+    args = parser.parse_args(argv)
+
+    from engine.corpus import read_text, text_files
+
+    work = Path(tempfile.mkdtemp(prefix="llmw-bench-tok-"))
+    os.environ["LLM_WIZARD_CACHE"] = str(work / "cache")
+    started = time.monotonic()
+    if args.path:
+        files = text_files(args.path)
+    else:
+        (work / "corpus").mkdir()
+        files = generate_corpus(work / "corpus", args.mb)
+    total = sum(f.stat().st_size for f in files)
+    print(f"corpus: {len(files)} files, {total / 1e6:.1f} MB ({'--path ' + args.path if args.path else 'generated'})")
+
+    from transformers import AutoTokenizer
+
+    from engine.token_cache import build_token_file
+    from engine.tokenizer_train import train_tokenizer
+
+    if args.tokenizer:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        print(f"tokenizer: {args.tokenizer} ({len(tok)} tokens)")
+    else:
+        head, size = [], 0
+        for f in files:
+            head.append(f)
+            size += f.stat().st_size
+            if size >= 5e6:
+                break
+        t0 = time.monotonic()
+        tok = train_tokenizer(head, "bpe", args.vocab)
+        print(f"tokenizer: byte-level BPE, {len(tok)} tokens, trained on {size / 1e6:.1f} MB in {time.monotonic() - t0:.1f} s")
+    print(f"cores: {os.cpu_count()}, TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')}")
+
+    # Ours: reading, checking, fingerprinting, tokenizing and writing the token file, all counted.
+    t0 = time.monotonic()
+    token_file = build_token_file(files, tok, cache_dir=work / "tokens")
+    ours_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    build_token_file(files, tok, cache_dir=work / "tokens")
+    hit_s = time.monotonic() - t0
+
+    # Baseline: the text already in memory, one call. Reading it is not counted against it.
+    text = "".join(read_text(f) for f in files)
+    base_bytes = baseline_bytes(total, args.baseline_mb)
+    if base_bytes < total:
+        text = text.encode("utf-8")[:base_bytes].decode("utf-8", errors="ignore")
+        why = (
+            "as asked"
+            if args.baseline_mb is not None
+            else f"one call over all of it would need about {BASELINE_BYTES_PER_BYTE * total / 1e9:.0f} GB of memory"
+        )
+        print(f"note: baseline measured on the first {base_bytes / 1e6:.1f} MB ({why})")
+    t0 = time.monotonic()
+    encoded = tok(text)
+    base_s = time.monotonic() - t0
+    base_tokens = len(encoded["input_ids"])
+    del encoded, text
+
+    mb, base_mb = total / 1e6, base_bytes / 1e6
+    print(f"baseline tokenizer(text): {base_s:7.2f} s {base_mb / base_s:7.2f} MB/s  {base_tokens:,} tokens "
+          f"over {base_mb:.1f} MB")
+    print(f"build_token_file:         {ours_s:7.2f} s {mb / ours_s:7.2f} MB/s  {token_file.n_tokens:,} tokens "
+          f"over {mb:.1f} MB (incl. {len(files)} eos)")
+    ratio = (mb / ours_s) / (base_mb / base_s)
+    print(f"ratio: {ratio:.2f}x the baseline's MB/s; cache hit on the second call: {hit_s:.3f} s")
+    print(f"total run time: {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

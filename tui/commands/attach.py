@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 HELP = "follow a run's live events: loss, learning rate, checkpoints, alerts"
@@ -13,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
     parser.add_argument("--last", type=int, default=20, help="how many past events to show first (default 20)")
     parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    parser.add_argument("--text", action="store_true",
+                        help="print the last events instead of opening the dashboard (the default off a terminal)")
 
 
 def describe(event: dict[str, Any]) -> str:
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from tui.output import out
 
     run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
+    if not (args.follow or args.json or args.text) and sys.stdout.isatty():  # the live dashboard
+        from tui.app import make_app
+
+        return int(make_app(runs_dir=getattr(args, "runs_dir", None), attach=str(run_path)).run() or 0)
     events, offset = runfolder.read_events(run_path)
     console = out()
 

@@ -107,6 +107,8 @@ def stats_table(h: RunHistory) -> Table:
     if h.mfu is not None:
         t.add_row("MFU", f"{h.mfu * 100:.1f}%" if h.mfu <= 1 else f"{h.mfu:.1f}%")
     t.add_row("ETA", duration(h.eta_s) if h.state in LIVE else "-")
+    if h.peak_mem is not None:
+        t.add_row("peak mem", human_bytes(h.peak_mem))
     return t
 
 
@@ -226,7 +228,8 @@ class DashboardScreen(Screen):
 
     def on_gpu_readings(self, message: GpuReadings) -> None:
         self.gpus = message.gpus
-        self.query_one("#run-gpus", Static).update(gpu_lines(self.gpus))
+        self.query_one("#run-gpus", Static).update(
+            gpu_lines(self.gpus) if self.gpus else Text("no GPU: the run uses the CPU", style="grey62"))
 
     def on_checkpoints(self, message: Checkpoints) -> None:
         self.checkpoint_items = message.items
@@ -254,6 +257,8 @@ class DashboardScreen(Screen):
         title.append(f"  {self.run.name}", style="bold")
         if h.error:
             title.append(f"  error: {h.error}", style="red")
+        elif h.state in ("starting", "stopping") and h.message:
+            title.append(f"  {h.message}", style="italic")
         self.query_one("#run-title", Static).update(title)
         self.query_one(LossChart).update(h.chart())
         self.query_one("#run-stats", Static).update(stats_table(h))

@@ -70,6 +70,7 @@ class RunHistory:
     error: str | None = None
     done: bool = False
     state_t: float = 0.0  # time of the newest state event
+    message: str = ""  # what the job last said it is doing ("tokenizing", "model ready", ...)
 
     def apply(self, e: dict[str, Any]) -> None:
         kind = e.get("type")
@@ -90,6 +91,8 @@ class RunHistory:
         elif kind == "state":
             self.state = e.get("state", self.state)
             self.state_t = float(e.get("t") or 0)
+            self.total_steps = e.get("total_steps") or self.total_steps
+            self.message = e.get("message") or ""
             if self.state == "paused":
                 self.marks.append(Mark(float(self.step), "‖", "grey70"))
         elif kind == "alert":
@@ -121,7 +124,7 @@ class RunHistory:
         self.eta_s = number(pick(e, "eta_s", "eta"))
         self.data_share = number(pick(e, "epoch", "data_share", "epoch_share")) or self.data_share
         self.grad_norm = number(pick(e, "grad_norm")) or self.grad_norm
-        self.peak_mem = number(pick(e, "peak_mem", "peak_mem_bytes", "sys/gpu_mem")) or self.peak_mem
+        self.peak_mem = number(pick(e, "peak_mem", "sys/gpu_mem", "sys/rss")) or self.peak_mem
         if self.state == "starting":
             self.state = "running"
         if len(self.train) > MAX_POINTS:
@@ -149,6 +152,9 @@ class RunHistory:
     def apply_status(self, status: dict[str, Any]) -> None:
         """status.json wins when it is newer than the last state event, or when it says the process is
         gone (read_status turns a dead pid into `crashed`)."""
+        self.total_steps = status.get("total_steps") or self.total_steps
+        if status.get("message"):
+            self.message = status["message"]
         state = status.get("state")
         if not state or self.done:
             return

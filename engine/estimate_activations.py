@@ -1,0 +1,210 @@
+"""What autograd keeps between forward and backward, per decoder layer, and when the peak happens.
+
+The sizes below are the tensors autograd saves, read off the graph of transformers' GPT-2 and Llama
+(SDPA attention) and checked against MemTracker (tests/test_estimate_accuracy.py):
+
+- Llama RMSNorm keeps its input in fp32 (the input itself in fp32, an fp32 copy in 16-bit) and the
+  rsqrt; with a trainable weight also the normalised tensor. Linear layers with a trainable weight
+  keep their input (q/k/v share one, gate/up share one). SDPA (flash / memory-efficient) keeps
+  q, k, v, its output and a float32 logsumexp per head, never the s x s matrix. The gated MLP keeps
+  gate output, SiLU output and up output where gradients flow.
+- GPT-2 keeps LayerNorm inputs, the fused qkv output plus copies of k and v, and five tensors of
+  the MLP width for its tanh GELU (it is written in Python ops).
+- A frozen Linear keeps no input; nothing below the lowest trainable tensor keeps anything.
+- peft computes a LoRA branch in float32 (its adapters are upcast): with 16-bit activations each
+  adapted Linear keeps its own float32 copy of its input.
+- The loss upcasts logits to float32 and keeps log-softmax; its backward briefly holds three
+  batch x seq x vocab float32 tensors, which dominates at long context with large vocabularies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.model_count import ModelDims
+
+LORA_DTYPE_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtype=True)
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """Which parts of the model train, as the activation model needs it."""
+
+    full: bool  # every base weight trains (scratch, full, distill, moe)
+    lora_targets: frozenset[str] = frozenset()
+    lora_rank: int = 0
+    inputs_need_grad: bool = False  # prompt tuning: the virtual tokens train, so grads flow from the start
+
+
+@dataclass(frozen=True)
+class ActivationModel:
+    """Bytes per token kept by autograd, by part of the model."""
+
+    per_layer: tuple[int, ...]  # each decoder layer, bottom to top
+    embedding: int  # token ids for the embedding's backward, dropout mask
+    final: int  # the final norm and the LM head's input
+    layer_input: int  # one layer's input (what gradient checkpointing keeps per layer)
+    transient: int  # gradients alive inside one layer's backward
+    hidden_grad: int  # the gradient of the residual stream
+
+
+def _lora_saves(name: str, in_dim: int, e: int, t: Trainable, shared_input_saved: bool, casts: set[str]) -> int:
+    """Bytes a LoRA branch on `name` keeps: its input (fp32) and A's output (rank)."""
+    if name not in t.lora_targets:
+        return 0
+    out = LORA_DTYPE_BYTES * t.lora_rank
+    if e != LORA_DTYPE_BYTES:
+        out += LORA_DTYPE_BYTES * in_dim  # its own float32 copy of the input
+    elif not shared_input_saved and "in" not in casts:
+        out += e * in_dim  # the input itself, kept once for all branches that read it
+        casts.add("in")
+    return out
+
+
+def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool) -> tuple[int, bool]:
+    h, i = d.hidden, d.intermediate * max(1, d.experts_per_token)
+    saved = 0
+    # input RMSNorm
+    if grad_in:
+        saved += 4 * h + 4
+    if t.full:
+        saved += e * h  # normalised input, for the weight's gradient
+    y_grad = grad_in or t.full
+    if t.full:
+        saved += e * h  # q/k/v input
+    shared: set[str] = set()
+    for name in ("q_proj", "k_proj", "v_proj"):
+        saved += _lora_saves(name, h, e, t, t.full, shared)
+    attn_grad = y_grad or bool({"q_proj", "k_proj", "v_proj"} & t.lora_targets)
+    if attn_grad:
+        saved += e * (2 * d.q_dim + 2 * d.kv_dim) + 4 * d.heads  # q, k, v, output, logsumexp
+    saved += _lora_saves("o_proj", d.q_dim, e, t, attn_grad, set())  # input = SDPA output, kept by SDPA
+    res_grad = grad_in or attn_grad or "o_proj" in t.lora_targets
+    # post-attention RMSNorm
+    if res_grad:
+        saved += 4 * h + 4
+    if t.full:
+        saved += 2 * e * h  # normalised input, and gate/up's input
+    y2_grad = res_grad or t.full
+    shared = set()
+    for name in ("gate_proj", "up_proj"):
+        saved += _lora_saves(name, h, e, t, t.full, shared)
+    g_grad = y2_grad or "gate_proj" in t.lora_targets
+    u_grad = y2_grad or "up_proj" in t.lora_targets
+    if g_grad:
+        saved += e * i  # SiLU input
+    if u_grad:
+        saved += e * i  # SiLU output, for act * up
+    if g_grad:
+        saved += e * i  # up output, for act * up
+    prod_grad = g_grad or u_grad
+    if t.full:
+        saved += e * i  # down_proj input
+    saved += _lora_saves("down_proj", i, e, t, t.full, set())
+    if d.experts > 1 and (res_grad or t.full):
+        saved += e * h + 4 * d.experts  # router input and its softmax
+    return saved, res_grad or prod_grad or "down_proj" in t.lora_targets
+
+
+def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int) -> tuple[int, bool]:
+    h, i = d.hidden, d.intermediate
+    saved = 0
+    if grad_in or t.full:
+        saved += e * h + 8  # ln_1 input, mean and rstd
+    if t.full:
+        saved += e * h  # c_attn input
+    saved += _lora_saves("c_attn", h, e, t, t.full, set())
+    attn_grad = grad_in or t.full or "c_attn" in t.lora_targets
+    if attn_grad:
+        saved += e * (5 * h + h) + 4 * d.heads  # qkv, copies of k and v, output, logsumexp
+    saved += _lora_saves("c_proj", h, e, t, attn_grad, set())  # input = SDPA output, kept by SDPA
+    res_grad = attn_grad or "c_proj" in t.lora_targets
+    if res_grad:
+        saved += mask * h  # residual dropout mask
+    if res_grad or t.full:
+        saved += e * h + 8  # ln_2 input, mean and rstd
+    if t.full:
+        saved += e * h  # c_fc input
+    saved += _lora_saves("c_fc", h, e, t, t.full, set())
+    fc_grad = res_grad or t.full or "c_fc" in t.lora_targets
+    if fc_grad:
+        saved += 4 * e * i  # tanh GELU's intermediate tensors
+    if t.full:
+        saved += e * i  # c_proj input
+    saved += _lora_saves("mlp.c_proj", i, e, t, t.full, set())
+    if fc_grad:
+        saved += mask * h  # MLP dropout mask
+    return saved, res_grad or fc_grad
+
+
+def activation_model(d: ModelDims, e: int, t: Trainable) -> ActivationModel:
+    """Bytes per token for activation element size `e` (4 for fp32, 2 for 16-bit)."""
+    # A dropout mask is one byte an element on CUDA (native_dropout keeps a bool mask).
+    mask = 1 if d.dropout > 0 else 0
+    grad_in = t.full or t.inputs_need_grad
+    embedding = (8 if t.full else 0) + (mask * d.hidden if grad_in else 0)
+    layers = []
+    for _ in range(d.layers):
+        if d.family == "gpt2":
+            saved, grad_in = _gpt2_layer(d, e, t, grad_in, mask)
+        else:
+            saved, grad_in = _llama_layer(d, e, t, grad_in)
+        layers.append(saved)
+    head_trains = t.full or "lm_head" in t.lora_targets
+    if d.family == "gpt2":
+        final = (e * d.hidden + 8 if grad_in else 0) + (e * d.hidden if head_trains else 0)
+    else:
+        final = (4 * d.hidden + 4 if grad_in else 0) + (2 * e * d.hidden if head_trains else 0)
+    i = d.intermediate * max(1, d.experts_per_token)
+    return ActivationModel(
+        per_layer=tuple(layers), embedding=embedding, final=final,
+        layer_input=(4 if d.family != "gpt2" and e == 4 else e) * d.hidden,
+        transient=e * (2 * d.hidden + 3 * i), hidden_grad=e * d.hidden,
+    )
+
+
+@dataclass(frozen=True)
+class Timeline:
+    forward_peak: int  # at the loss, all activations kept
+    backward_peak: int  # the largest moment of the backward pass
+    step_peak: int  # the optimizer step
+    activations: int  # everything kept for the backward (without the loss's own tensors)
+    logits: int  # the loss's largest moment: logits and their float32 gradients
+
+
+def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: ActivationModel,
+             layer_grads: list[int], head_grad: int, embed_grad: int, grads_exist: bool,
+             checkpointing: bool, step_extra: int, teacher_logits: int = 0) -> Timeline:
+    """The tensor total at each moment of one micro-batch's forward and backward, and the step.
+
+    `base` is what lives throughout (weights, optimizer state, inputs, and the gradients when
+    accumulation keeps them between micro-batches: `grads_exist`). `layer_grads` are the gradient
+    bytes each layer's backward allocates, bottom to top; they are 0 when `grads_exist`.
+    """
+    T, L = tokens, len(act.per_layer)
+    kept = [T * a for a in act.per_layer]
+    if checkpointing:
+        inputs = [T * act.layer_input] * L  # each checkpointed layer keeps only its input
+    else:
+        inputs = kept
+    embed_kept = T * act.embedding
+    final_kept = T * act.final
+    all_kept = embed_kept + sum(inputs) + final_kept
+    cast = 4 * T * vocab if logit_bytes != 4 else 0  # logits.float()
+    lsm = 4 * T * vocab
+    forward = base + all_kept + T * vocab * logit_bytes + cast + lsm + teacher_logits
+    # backward: log_softmax kept, its incoming gradient and its output gradient, all float32
+    bwd = base + all_kept + 3 * lsm + teacher_logits
+    # LM head: the logits' gradient in the model dtype, the head's weight gradient, the hidden grad
+    grads = head_grad
+    bwd = max(bwd, base + all_kept + T * vocab * logit_bytes + grads + T * act.hidden_grad)
+    remaining = all_kept - final_kept
+    for k in reversed(range(L)):
+        live_layer = kept[k] if checkpointing else 0  # recomputed activations of this layer
+        grads += layer_grads[k]
+        bwd = max(bwd, base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad))
+        remaining -= inputs[k]
+    grads += embed_grad
+    bwd = max(bwd, base + grads + embed_kept + T * act.hidden_grad)
+    return Timeline(forward_peak=forward, backward_peak=bwd, step_peak=step_extra,
+                    activations=all_kept, logits=max(3 * lsm, T * vocab * logit_bytes + cast + lsm))

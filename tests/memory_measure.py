@@ -1,0 +1,205 @@
+"""Measure the tensor memory of one training step with PyTorch's own tools.
+
+Shared by tests/test_estimate_accuracy.py and bench/estimate_accuracy.py, so that the estimator is
+checked against measurements and never against numbers written into a test.
+
+One step of a causal LM built from a config (random init, no download) is run twice: the first
+step creates the optimizer state, the second runs inside `MemTracker`, whose peak is the largest
+sum of live tensor storages (each storage counted once) at any moment: what
+`torch.cuda.max_memory_allocated` reports on a GPU, without the allocator's rounding. Under
+`FakeTensorMode` (``fake=True``) nothing is allocated, so shapes of billions of parameters can be
+measured on a CPU machine; peft cannot move modules there, so LoRA is wrapped by hand for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from engine.estimate import EstimateRequest
+
+
+@dataclass(frozen=True)
+class Measured:
+    peak_bytes: int  # MemTracker's peak over the second step
+    weight_bytes: int  # exact bytes of the parameters (and buffers) after the step
+    grad_bytes: int  # gradients after backward, before zero_grad
+    optimizer_bytes: int  # optimizer state after the step
+    trainable_params: int
+    total_params: int
+
+
+def _storage_bytes(tensors: Any) -> int:
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is None:
+            continue
+        st = t.untyped_storage()
+        seen[st._cdata] = st.nbytes()  # one entry per storage, also under FakeTensorMode
+    return sum(seen.values())
+
+
+class _LoraLinear:
+    """A LoRA-wrapped Linear built by hand (peft cannot move modules under FakeTensorMode)."""
+
+    @staticmethod
+    def wrap(base: Any, rank: int, alpha: float) -> Any:
+        import torch
+
+        class LoraLinear(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.base_layer = base
+                # peft upcasts adapters to float32 (autocast_adapter_dtype=True)
+                self.lora_A = torch.nn.Linear(base.in_features, rank, bias=False, dtype=torch.float32)
+                self.lora_B = torch.nn.Linear(rank, base.out_features, bias=False, dtype=torch.float32)
+                torch.nn.init.zeros_(self.lora_B.weight)
+                self.scaling = alpha / rank
+
+            def forward(self, x: Any) -> Any:
+                # peft's LoRA forward for dropout 0: the input cast to the adapter's dtype
+                result = self.base_layer(x)
+                lora = self.lora_B(self.lora_A(x.to(self.lora_A.weight.dtype))) * self.scaling
+                return (result + lora).to(result.dtype)
+
+        return LoraLinear()
+
+
+def _apply_lora(model: Any, req: EstimateRequest, fake: bool) -> Any:
+    targets = list(req.lora_target_names())
+    if not fake:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=req.lora_rank, lora_alpha=2 * req.lora_rank, lora_dropout=0.0,
+                         target_modules=targets, task_type="CAUSAL_LM")
+        return get_peft_model(model, cfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and child.__class__.__name__ == "Linear":
+                setattr(module, child_name, _LoraLinear.wrap(child, req.lora_rank, 2 * req.lora_rank))
+    return model
+
+
+def _apply_prompt_tuning(model: Any, req: EstimateRequest) -> Any:
+    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
+
+    cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=req.num_virtual_tokens,
+                             prompt_tuning_init=PromptTuningInit.RANDOM)
+    return get_peft_model(model, cfg)
+
+
+def _optimizer(req: EstimateRequest, params: list[Any]) -> Any:
+    import torch
+
+    # foreach=True is what PyTorch picks on CUDA; on the CPU it would pick the per-tensor loop,
+    # whose temporaries are smaller. Measuring foreach measures what a GPU run does.
+    if req.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    if req.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
+    if req.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    if req.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=1e-3, foreach=True)
+    raise ValueError(req.optimizer)
+
+
+def build_model(req: EstimateRequest, fake: bool = False) -> Any:
+    """The model the request describes, random init, on the CPU (or fake)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = req.transformers_config()
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if req.precision in ("bf16",) else torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if req.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if req.technique in ("lora",):
+        model = _apply_lora(model, req, fake)
+    elif req.technique == "prompt-tuning":
+        model = _apply_prompt_tuning(model, req)
+    model.train()
+    return model
+
+
+def _skip_frozen_grad_hooks(tracker: Any) -> None:
+    """MemTracker registers a gradient hook on every parameter; a frozen one refuses it."""
+    import types
+
+    original = type(tracker)._track_module_params_and_buffers
+
+    def patched(self: Any, module: Any, install_grad_hooks: bool = True) -> tuple[int, int]:
+        frozen = [p for p in module.parameters() if not p.requires_grad]
+        for p in frozen:  # pretend a hook is installed so the tracker does not try
+            self._param_to_grad_hook_handles.setdefault(p, ())
+        try:
+            return original(self, module, install_grad_hooks)
+        finally:
+            for p in frozen:
+                if self._param_to_grad_hook_handles.get(p) == ():
+                    del self._param_to_grad_hook_handles[p]
+
+    tracker._track_module_params_and_buffers = types.MethodType(patched, tracker)
+
+
+def measure(req: EstimateRequest, fake: bool = False) -> Measured:
+    """Peak tensor bytes of one steady-state training step of `req` on this machine."""
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    ctx: Any
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        ctx = FakeTensorMode(allow_non_fake_inputs=True)
+    else:
+        import contextlib
+
+        ctx = contextlib.nullcontext()
+    with ctx:
+        model = build_model(req, fake)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = _optimizer(req, params)
+        b, s = req.batch_size, req.seq_len
+        vocab = req.dims().vocab_size
+
+        def step(tracker: Any | None) -> int:
+            grads = 0
+            for _ in range(req.grad_accum):
+                ids = torch.randint(0, vocab, (b, s))
+                if tracker is not None:
+                    tracker.reset_mod_stats()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "mixed-bf16"):
+                    loss = model(input_ids=ids, labels=ids).loss / req.grad_accum
+                loss.backward()
+                grads = _storage_bytes(p.grad for p in params)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return grads
+
+        step(None)  # creates the optimizer state, as every step after the first has it
+        tracker = MemTracker()
+        _skip_frozen_grad_hooks(tracker)
+        tracker.track_external(model, opt)
+        with tracker:
+            grad_bytes = step(tracker)
+        peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+        state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+        return Measured(
+            peak_bytes=int(peak),
+            weight_bytes=_storage_bytes([*model.parameters(), *model.buffers()]),
+            grad_bytes=grad_bytes,
+            optimizer_bytes=_storage_bytes(state),
+            trainable_params=sum(p.numel() for p in params),
+            total_params=sum(p.numel() for p in model.parameters()),
+        )
+
+
+def ratio(estimate: int, measured: int) -> float:
+    return estimate / measured if measured else math.inf

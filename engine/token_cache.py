@@ -108,8 +108,27 @@ def _encoder(tokenizer: Any) -> Callable[[list[str]], list[np.ndarray]]:
 
 
 def _batch_bytes() -> int:
-    # Big enough to keep every core busy, small enough that should_stop is polled about once a second.
-    return max(2, min(os.cpu_count() or 1, 32)) * (1 << 20)
+    """The largest batch: enough text to keep every core busy."""
+    return max(2, min(os.cpu_count() or 1, 32)) * (4 << 20)
+
+
+# Batches are sized to take about this long, so should_stop is polled a few times a second whatever
+# the tokenizer's speed (RELIABILITY.md G3: a SIGTERM during data preparation is honoured in < 2 s).
+TARGET_BATCH_SECONDS = 0.4
+MIN_BATCH_BYTES = 64 << 10
+
+
+def _document_pieces(files: Sequence[Path]) -> Iterator[tuple[str, int, bool]]:
+    """(text, file bytes, ends a document) for every piece of every file, in order."""
+    for path in files:
+        pieces = iter_pieces(path, PIECE_BYTES)
+        previous = next(pieces, None)
+        if previous is None:
+            continue
+        for piece in pieces:
+            yield previous[0], previous[1], False
+            previous = piece
+        yield previous[0], previous[1], True
 
 
 def build_token_file(
@@ -169,27 +188,22 @@ def build_token_file(
 
     try:
         with tmp.open("wb") as handle:
+            cap = _batch_bytes()
+            limit = min(cap, 2 * PIECE_BYTES)  # small at first; then sized from the measured speed
             batch: list[tuple[str, int, bool]] = []
             size = 0
-            for path in files:
-                pieces = iter_pieces(path, PIECE_BYTES)
-                piece = next(pieces)
-                for upcoming in pieces:
-                    batch.append((piece[0], piece[1], False))
-                    size += piece[1]
-                    piece = upcoming
-                    if size >= limit:
-                        flush(batch)
-                        batch, size = [], 0
-                        if should_stop is not None and should_stop():
-                            raise PreparationStopped(f"stopped while tokenizing {path}")
-                batch.append((piece[0], piece[1], True))
+            for piece in _document_pieces(files):
+                batch.append(piece)
                 size += piece[1]
-                if size >= limit:
-                    flush(batch)
-                    batch, size = [], 0
-                    if should_stop is not None and should_stop():
-                        raise PreparationStopped(f"stopped after tokenizing {path}")
+                if size < limit:
+                    continue
+                t0 = time.monotonic()
+                flush(batch)
+                rate = size / max(time.monotonic() - t0, 1e-3)
+                limit = int(min(cap, max(MIN_BATCH_BYTES, rate * TARGET_BATCH_SECONDS)))
+                batch, size = [], 0
+                if should_stop is not None and should_stop():
+                    raise PreparationStopped(f"stopped after {done / 1e6:.1f} of {total / 1e6:.1f} MB")
             flush(batch)
             done = total
             handle.flush()

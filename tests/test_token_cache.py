@@ -196,3 +196,33 @@ def test_batch_larger_than_the_dataset_wraps_epochs(tmp_path: Path) -> None:
     assert blocks.advance(0, 0, 10) == (2, 2)
     with pytest.raises(UserError, match="batch size must be at least 1"):
         blocks.train_batch(0, 0, 0)
+
+
+def test_stop_is_honoured_quickly_on_a_slow_tokenizer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tokenizer at 1 MB/s: batches shrink to a fraction of a second, so a stop lands quickly."""
+    import time
+
+    files = []
+    for i in range(3):
+        path = tmp_path / f"big{i}.txt"
+        path.write_text("a line of text for a slow tokenizer\n" * 28_000, encoding="utf-8")  # ~1 MB
+        files.append(path)
+    tok = train_tokenizer(files, "byte", 0)
+    real = tc._encoder
+
+    def slow_encoder(t: Any) -> Any:
+        encode = real(t)
+
+        def slow(texts: list[str]) -> Any:
+            time.sleep(sum(len(x) for x in texts) / 1e6)
+            return encode(texts)
+
+        return slow
+
+    monkeypatch.setattr(tc, "_encoder", slow_encoder)
+    start = time.monotonic()
+    asked = start + 0.3
+    with pytest.raises(PreparationStopped):
+        build_token_file(files, tok, should_stop=lambda: time.monotonic() >= asked)
+    assert time.monotonic() - asked < 1.2  # one batch at most, not the whole 3 s corpus
+    assert not list((cache_dir() / "tokens").glob("*.bin"))

@@ -27,6 +27,10 @@ BINARY_SUFFIXES = frozenset(
     """.split()
 )
 
+class PreparationStopped(Exception):
+    """should_stop() said yes while data was being read, tokenized or trained on; nothing was cached."""
+
+
 _BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 # Streaming reads split the file into pieces of about this size, at a newline where there is one.

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import paths
-from engine.corpus import corpus_fingerprint, iter_pieces
+from engine.corpus import PreparationStopped, corpus_fingerprint, iter_pieces
 from engine.errors import UserError
 from engine.tokenizer_train import _encoding_parts, is_byte_tokenizer
 
@@ -31,14 +31,12 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+__all__ = ["PreparationStopped", "TokenBlocks", "TokenFile", "build_token_file", "load_token_file"]
+
 FORMAT_VERSION = 1
 # Text is handed to the tokenizer in pieces of about this many bytes, cut after a newline. The size
 # is part of the cache key: a different cut can change a token at the seam.
 PIECE_BYTES = 1 << 18
-
-
-class PreparationStopped(Exception):
-    """should_stop() said yes between two batches; nothing was left in the cache."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,30 @@ def _encoder(tokenizer: Any) -> Callable[[list[str]], list[np.ndarray]]:
     ]
 
 
+def remove_stale_temps(folder: Path) -> None:
+    """Delete `.tmp-<key>-<pid>.*` left by a process that was killed while writing (SIGKILL, OOM)."""
+    import shutil
+
+    for tmp in folder.glob(".tmp-*"):
+        pid = tmp.name.split(".")[1].rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _batch_bytes() -> int:
     """The largest batch: enough text to keep every core busy."""
     return max(2, min(os.cpu_count() or 1, 32)) * (4 << 20)
@@ -162,6 +184,7 @@ def build_token_file(
         except UserError:
             pass  # incomplete or damaged: build it again below
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
     dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
     total = sum(f.stat().st_size for f in files)
     encode = _encoder(tokenizer)

@@ -13,12 +13,12 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from engine.corpus import corpus_fingerprint, iter_text
+from engine.corpus import PreparationStopped, corpus_fingerprint, iter_text
 from engine.errors import UserError
 from engine.paths import cache_dir
 
@@ -49,12 +49,15 @@ def _check_args(kind: str, vocab_size: int) -> None:
         raise UserError(f"vocab_size {vocab_size} is out of range for characters: 3 to {MAX_VOCAB}", field="vocab_size")
 
 
-def _texts(files: Sequence[Path]) -> Iterator[str]:
+def _texts(files: Sequence[Path], should_stop: Callable[[], bool] | None) -> Iterator[str]:
     for path in files:
-        yield from iter_text(path)
+        for text in iter_text(path):
+            if should_stop is not None and should_stop():
+                raise PreparationStopped(f"stopped while reading {path} to train the tokenizer")
+            yield text
 
 
-def _bpe(files: Sequence[Path], vocab_size: int) -> Tokenizer:
+def _bpe(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -66,7 +69,9 @@ def _bpe(files: Sequence[Path], vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_texts(files), trainer=trainer)
+    # The words are counted as the text streams in (should_stop is polled per piece); the merges
+    # that follow run in Rust and cannot be interrupted.
+    tok.train_from_iterator(_texts(files, should_stop), trainer=trainer)
     return tok
 
 
@@ -115,12 +120,12 @@ def is_byte_tokenizer(tokenizer: object) -> bool:
     return to_str is not None and _encoding_parts(to_str()) == _encoding_parts(_byte_json())
 
 
-def _char(files: Sequence[Path], vocab_size: int) -> Tokenizer:
+def _char(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:
     """The book's listing 5.1: one token per character, the most frequent first; rarer ones -> <unk>."""
     from tokenizers import Tokenizer, decoders, models
 
     counts: Counter[str] = Counter()
-    for text in _texts(files):
+    for text in _texts(files, should_stop):
         counts.update(text)
     # Ties broken by code point, so the vocabulary never depends on file or hash order.
     chars = sorted(counts, key=lambda c: (-counts[c], c))[: vocab_size - 2]
@@ -148,7 +153,10 @@ def _save(tok: Tokenizer, kind: str, target: Path, meta: dict[str, object]) -> N
 
     extra = {"unk_token": UNK} if kind == "char" else {}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, **extra)
+    from engine.token_cache import remove_stale_temps
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target.parent)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     fast.save_pretrained(str(tmp))
@@ -167,13 +175,16 @@ def train_tokenizer(
     kind: TokenizerKind,
     vocab_size: int,
     out_dir: Path | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PreTrainedTokenizerFast:
     """A tokenizer for `files`, trained once per (corpus, kind, vocab_size) and then read from the cache.
 
     "bpe" trains a byte-level BPE of at most `vocab_size` tokens (fewer on a corpus too small to
     need them); "byte" is the fixed 257-token byte vocabulary (vocab_size is ignored); "char" keeps
     the vocab_size - 2 most frequent characters plus eos and <unk>. With `out_dir` the tokenizer is
-    also saved there with save_pretrained.
+    also saved there with save_pretrained. `should_stop` is polled while the text is read and,
+    when true, PreparationStopped is raised with nothing cached.
     """
     from transformers import AutoTokenizer
 
@@ -183,9 +194,9 @@ def train_tokenizer(
     target = cache_dir() / "tokenizers" / key
     if not (target / META_FILE).exists():
         if kind == "bpe":
-            tok = _bpe(files, vocab_size)
+            tok = _bpe(files, vocab_size, should_stop)
         elif kind == "char":
-            tok = _char(files, vocab_size)
+            tok = _char(files, vocab_size, should_stop)
         else:
             tok = _byte()
         meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key}

@@ -226,3 +226,20 @@ def test_stop_is_honoured_quickly_on_a_slow_tokenizer(tmp_path: Path, monkeypatc
         build_token_file(files, tok, should_stop=lambda: time.monotonic() >= asked)
     assert time.monotonic() - asked < 1.2  # one batch at most, not the whole 3 s corpus
     assert not list((cache_dir() / "tokens").glob("*.bin"))
+
+
+def test_temp_files_of_dead_processes_are_removed(corpus: list[Path], tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    out = tmp_path / "cache"
+    out.mkdir()
+    stale = out / f".tmp-{'a' * 32}-{dead_pid}.bin"
+    stale.write_bytes(b"half a token file")
+    ours = out / f".tmp-{'b' * 32}-{os.getpid()}.bin"  # a live writer's file is left alone
+    ours.write_bytes(b"being written")
+    build_token_file(corpus, train_tokenizer(corpus, "byte", 0), cache_dir=out)
+    assert not stale.exists() and ours.exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import engine.tokenizer_train as tt
+from engine.corpus import PreparationStopped
 from engine.errors import UserError
 from engine.paths import cache_dir
 from engine.tokenizer_train import EOS, is_byte_tokenizer, train_tokenizer
@@ -64,7 +65,7 @@ def test_char_keeps_the_most_frequent_characters(corpus: list[Path]) -> None:
 def test_cached_not_retrained(corpus: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = tt._bpe
-    monkeypatch.setattr(tt, "_bpe", lambda files, size: calls.append(size) or real(files, size))
+    monkeypatch.setattr(tt, "_bpe", lambda files, size, stop: calls.append(size) or real(files, size, stop))
     first = train_tokenizer(corpus, "bpe", 300)
     second = train_tokenizer(corpus, "bpe", 300)
     assert calls == [300]
@@ -99,3 +100,13 @@ def test_bad_file_is_named_before_training(corpus: list[Path], tmp_path: Path) -
     with pytest.raises(UserError, match=f"{bad} is not UTF-8: invalid byte 0xEF at line 1, byte offset 2"):
         train_tokenizer([*corpus, bad], "bpe", 300)
     assert not (cache_dir() / "tokenizers").exists() or not any((cache_dir() / "tokenizers").iterdir())
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_stop_while_reading_leaves_nothing(corpus: list[Path], kind: str) -> None:
+    polls = []
+    with pytest.raises(PreparationStopped):
+        train_tokenizer(corpus, kind, 300, should_stop=lambda: polls.append(1) or len(polls) > 2)  # type: ignore[arg-type]
+    assert len(polls) == 3
+    folder = cache_dir() / "tokenizers"
+    assert not folder.exists() or not any(folder.iterdir())

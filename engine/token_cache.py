@@ -330,11 +330,12 @@ class TokenBlocks:
             raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
         if epoch < 0 or position < 0:
             raise ValueError(f"data position must not be negative: epoch {epoch}, position {position}")
-        first = epoch * self.n_train_blocks + position
+        samples = epoch * self.n_train_blocks + position + np.arange(batch_size)
+        epochs, rows = np.divmod(samples, self.n_train_blocks)
         blocks = np.empty(batch_size, dtype=np.int64)
-        for i in range(batch_size):
-            e, p = divmod(first + i, self.n_train_blocks)
-            blocks[i] = self.permutation(e)[p]
+        for e in range(int(epochs[0]), int(epochs[-1]) + 1):  # usually one epoch, two at a seam
+            here = epochs == e
+            blocks[here] = self.permutation(e)[rows[here]]
         return self._rows(blocks * self.seq_len, torch)
 
     def val_batches(self, batch_size: int) -> Iterator[torch.Tensor]:

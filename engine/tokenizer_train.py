@@ -110,7 +110,8 @@ def _encoding_parts(tokenizer_json: str) -> str:
     """The parts of a tokenizer.json that decide the ids of plain text (transformers adds a
     post-processor and padding/truncation settings on load; they do not change those ids)."""
     data = json.loads(tokenizer_json)
-    return json.dumps([data.get(k) for k in ("normalizer", "pre_tokenizer", "model")], sort_keys=True)
+    parts = ("added_tokens", "normalizer", "pre_tokenizer", "model")
+    return json.dumps([data.get(k) for k in parts], sort_keys=True)
 
 
 def is_byte_tokenizer(tokenizer: object) -> bool:

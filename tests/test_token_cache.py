@@ -243,3 +243,16 @@ def test_temp_files_of_dead_processes_are_removed(corpus: list[Path], tmp_path: 
     ours.write_bytes(b"being written")
     build_token_file(corpus, train_tokenizer(corpus, "byte", 0), cache_dir=out)
     assert not stale.exists() and ours.exists()
+
+
+def test_added_tokens_change_the_fingerprint_and_leave_the_byte_fast_path(corpus: list[Path]) -> None:
+    from engine.tokenizer_train import is_byte_tokenizer
+
+    tok = train_tokenizer(corpus, "byte", 0)
+    plain = build_token_file(corpus, tok)
+    tok.add_tokens(["learning"])  # a plain added token is matched in text: ids change
+    assert not is_byte_tokenizer(tok)
+    extended = build_token_file(corpus, tok)
+    assert extended.fingerprint != plain.fingerprint
+    assert tokens_of(extended) == expected_stream(corpus, tok)
+    assert tok.convert_tokens_to_ids("learning") in tokens_of(extended)

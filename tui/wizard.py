@@ -1,41 +1,141 @@
-"""The wizard's choices, and `open_wizard` (what plain `llm-wizard` runs).
+"""The wizard's choices, how they become a run spec and an estimate request, and `open_wizard`
+(what plain `llm-wizard` runs).
 
 `Choices` is what the user has picked so far, shared by the Textual wizard and the `--plain`
-prompts, so both write the same run spec.
+prompts, so both write the same spec. Precision and optimizer use the estimator's vocabulary (it
+tells autocast from pure 16-bit, and paged from plain 8-bit Adam); `spec_dict` maps them onto the
+run spec's.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from typing import Any
 
 TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
+# A learning rate that suits each technique as a start (the book: fine-tuning uses a smaller LR).
+DEFAULT_LR = {"scratch": 1e-3, "full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2,
+              "distill": 5e-5, "moe": 2e-5}
+SPEC_PRECISION = {"fp32": "fp32", "mixed-bf16": "bf16", "mixed-fp16": "fp16", "bf16": "bf16"}
+SPEC_OPTIMIZER = {"adamw": "adamw", "adamw-8bit": "adamw8bit", "paged-adamw-8bit": "adamw8bit", "sgd": "sgd",
+                  "adafactor": "adamw"}
 
 
 @dataclass
 class Choices:
     technique: str = "scratch"
+    name: str = ""  # empty: the technique's name
     model: str = ""  # Hub id or local folder (not scratch)
     arch: str = "gpt2"  # scratch
     size: str = "tiny"  # scratch
+    tokenizer: str = "byte"  # scratch: byte (exact token count, no training) or bpe
     teacher: str = ""  # distill
-    dataset: str = ""
+    dataset: str = "stdlib"
     text_column: str = ""
-    seq_len: int = 256
+    seq_len: int = 128
     batch_size: int = 8
     grad_accum: int = 1
     grad_checkpointing: bool = False
-    precision: str = "fp32"
-    optimizer: str = "adamw"
+    precision: str = "fp32"  # the estimator's names: fp32, mixed-bf16, mixed-fp16, bf16
+    optimizer: str = "adamw"  # the estimator's names: adamw, adamw-8bit, sgd
     compile: bool = False
-    preload: bool = True
-    lr: float = 3e-4
+    lr: float | None = None  # None: DEFAULT_LR for the technique
     schedule: str = "cosine"
-    warmup_steps: int = 10
-    max_steps: int = 1000
+    warmup_steps: int = 20
+    max_steps: int = 500
+    eval_every: int = 100
+    checkpoint_every: int = 100
     lora_rank: int = 16
     num_virtual_tokens: int = 20
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
+
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.technique]
+
+    def scratch_vocab(self) -> int:
+        """The vocabulary a scratch model gets: 256 bytes + end-of-text, or the spec's BPE default."""
+        return 257 if self.tokenizer == "byte" else 512
+
+    def run_name(self) -> str:
+        return self.name or self.technique
+
+
+def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
+    """The run spec (engine.spec.from_dict's input) these choices describe."""
+    scratch = c.technique == "scratch"
+    model: dict[str, Any] = {"arch": c.arch, "size": c.size} if scratch else {"path": c.model}
+    data: dict[str, Any] = {"path": c.dataset or "stdlib"}
+    if c.text_column:
+        data["text_column"] = c.text_column
+    options: dict[str, Any] = {}
+    if c.technique in ("lora", "qlora"):
+        options["lora_rank"] = c.lora_rank
+    if c.technique == "prompt-tuning":
+        options["num_virtual_tokens"] = c.num_virtual_tokens
+    if c.technique == "distill":
+        options["teacher"] = c.teacher
+    d: dict[str, Any] = {
+        "technique": c.technique, "name": c.run_name(), "model": model, "data": data,
+        "train": {"seq_len": c.seq_len, "batch_size": c.batch_size, "grad_accum": c.grad_accum,
+                  "lr": c.learning_rate(), "schedule": c.schedule, "warmup_steps": min(c.warmup_steps, c.max_steps - 1),
+                  "max_steps": c.max_steps, "optimizer": SPEC_OPTIMIZER[c.optimizer],
+                  "precision": SPEC_PRECISION[c.precision], "gradient_checkpointing": c.grad_checkpointing,
+                  "compile": c.compile},
+        "eval": {"every": min(c.eval_every, c.max_steps)},
+        "checkpoint": {"every": min(c.checkpoint_every, c.max_steps)},
+    }
+    if scratch:
+        d["tokenizer"] = {"kind": c.tokenizer}
+    if runs_dir:
+        d["runs_dir"] = runs_dir
+    if options:
+        d["options"] = options
+    return d
+
+
+def train_command(spec_path: str) -> str:
+    return f"llm-wizard train {spec_path}"
+
+
+def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
+    """The estimator's request for these choices (engine.estimate.EstimateRequest)."""
+    from engine.estimate import EstimateRequest
+
+    scratch = c.technique == "scratch"
+    vocab = c.scratch_vocab() if scratch else None
+    return EstimateRequest(
+        model=None if scratch else c.model or None, arch=c.arch if scratch else None,
+        size=c.size if scratch else None, vocab_size=vocab, technique=c.technique,
+        teacher=c.teacher or None, lora_rank=c.lora_rank, num_virtual_tokens=c.num_virtual_tokens,
+        precision=c.precision, optimizer=c.optimizer, batch_size=c.batch_size, seq_len=c.seq_len,
+        grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
+        dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
+        text_column=c.text_column or None, max_steps=c.max_steps,
+    )
+
+
+def apply_flags(c: Choices, flags: str) -> bool:
+    """Apply an estimator suggestion given as CLI flags; False if it names a change the wizard
+    cannot make (more GPUs than this machine has)."""
+    words = flags.split()
+    changes: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        flag = words[i].lstrip("-").replace("-", "_")
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+        i += 2 if value is not None else 1
+        if flag == "grad_checkpointing":
+            changes["grad_checkpointing"] = True
+        elif flag in ("batch_size", "grad_accum", "seq_len") and value:
+            changes[flag] = int(value)
+        elif flag in ("optimizer", "precision", "technique") and value:
+            changes[flag] = value
+        else:
+            return False
+    for key, value in changes.items():
+        setattr(c, key, value)
+    return True
 
 
 def open_wizard(args: argparse.Namespace) -> int:

@@ -30,19 +30,25 @@ class Corpus:
 def find_corpus(source: str) -> Corpus:
     from engine.corpus import stdlib_corpus, text_files
 
-    files = stdlib_corpus() if source == "stdlib" else text_files(source)
+    if source == "stdlib":
+        files = stdlib_corpus()
+    elif Path(source).expanduser().is_file():
+        files = [Path(source).expanduser()]
+    else:
+        files = text_files(source)
     return Corpus(files, sum(f.stat().st_size for f in files))
 
 
-def preview(files: list[Path], lines: int = PREVIEW_LINES) -> str:
-    """The first non-empty lines of the corpus, as the tokenizer will see them."""
-    from engine.corpus import iter_text
+def preview(source: str, files: list[Path], text_column: str | None, lines: int = PREVIEW_LINES) -> str:
+    """The first non-empty lines (or rows of a JSONL/CSV/Parquet file) as training will see them."""
+    from engine.datacheck import iter_documents
 
     out: list[str] = []
     for f in files:
-        for piece in iter_text(f, chunk_bytes=4096):
-            out += [ln for ln in piece.splitlines() if ln.strip()]
-            break
+        for text, _ in iter_documents(f, text_column):
+            out += [ln for ln in text.splitlines() if ln.strip()][:lines]
+            if len(out) >= lines:
+                break
         if len(out) >= lines:
             break
     return "\n".join(ln[:200] for ln in out[:lines])
@@ -57,10 +63,11 @@ class CorpusFound(Message):
 class TokensCounted(Message):
     """Progress of the count (many a second on a large corpus: stale ones may be dropped)."""
 
-    def __init__(self, source: str, done_bytes: int, total_bytes: int, tokens: int, final: bool) -> None:
+    def __init__(self, source: str, done_bytes: int, total_bytes: int, tokens: int, final: bool,
+                 method: str = "") -> None:
         super().__init__()
-        self.source, self.done_bytes, self.total_bytes, self.tokens, self.final = (
-            source, done_bytes, total_bytes, tokens, final)
+        self.source, self.done_bytes, self.total_bytes, self.tokens, self.final, self.method = (
+            source, done_bytes, total_bytes, tokens, final, method)
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, TokensCounted) and not message.final and message.source == self.source
@@ -71,8 +78,8 @@ class DatasetScreen(WizardStep):
 
     def body(self) -> ComposeResult:
         with Vertical(id="dataset"):
-            yield Label("Text file or folder (→ completes; `stdlib` = Python's own source):")
-            yield Input(self.wizard.choices.dataset or "stdlib", suggester=PathSuggester(extra=("stdlib",)),
+            yield Label("Text file or folder, .jsonl .csv .parquet, or stdlib (Python's source); → completes")
+            yield Input(self.wizard.choices.dataset, suggester=PathSuggester(extra=("stdlib",)),
                         id="data-path")
             yield Static("", id="data-info")
             yield ProgressBar(total=100, show_eta=False, id="data-progress")
@@ -83,7 +90,7 @@ class DatasetScreen(WizardStep):
         self.load(self.query_one("#data-path", Input).value)
 
     def ready(self) -> bool:
-        return "data_bytes" in self.wizard.choices.extra
+        return "data_tokens" in self.wizard.choices.extra
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.load(event.value.strip())
@@ -91,7 +98,7 @@ class DatasetScreen(WizardStep):
     def load(self, source: str) -> None:
         c = self.wizard.choices
         c.dataset = source
-        for key in ("data_bytes", "data_tokens", "data_files"):
+        for key in ("data_bytes", "data_tokens", "data_files", "data_method"):
             c.extra.pop(key, None)
         self.changed()
         if not source:
@@ -106,23 +113,35 @@ class DatasetScreen(WizardStep):
 
         try:
             corpus = find_corpus(source)
-            self.post_message(CorpusFound(source, corpus, preview(corpus.files)))
+            column = self.wizard.choices.text_column or None
+            self.post_message(CorpusFound(source, corpus, preview(source, corpus.files, column)))
+            self.count_tokens(source, corpus, column)
         except UserError as err:
             self.post_message(CorpusFound(source, None, "", str(err)))
-            return
-        self.count_tokens(source, corpus)
 
-    def count_tokens(self, source: str, corpus: Corpus) -> None:
-        """Byte-level count (the demo's tokenizer; an upper bound for BPE), file by file."""
-        done = 0
-        tokens = 0
-        for i, f in enumerate(corpus.files):
-            size = f.stat().st_size
-            done += size
-            tokens += size
-            if i % 20 == 0:
-                self.post_message(TokensCounted(source, done, corpus.bytes, tokens, False))
-        self.post_message(TokensCounted(source, done, corpus.bytes, tokens, True))
+    def count_tokens(self, source: str, corpus: Corpus, column: str | None) -> None:
+        """Tokens as training will see them: the byte tokenizer counts UTF-8 bytes (exact); a model's
+        tokenizer counts through engine.datacheck (exact up to a few hundred MB, sampled beyond)."""
+        c = self.wizard.choices
+        if c.technique == "scratch" and c.tokenizer == "byte" or source == "stdlib":
+            from engine.corpus import iter_text
+
+            done = tokens = 0
+            for i, f in enumerate(corpus.files):
+                tokens += sum(len(piece.encode("utf-8")) for piece in iter_text(f))
+                done += f.stat().st_size
+                if i % 10 == 0:
+                    self.post_message(TokensCounted(source, done, corpus.bytes, tokens, False))
+            method = "exact: byte tokenizer" if c.tokenizer == "byte" or c.technique != "scratch" \
+                else "bytes: an upper bound until the BPE tokenizer is trained"
+            self.post_message(TokensCounted(source, done, corpus.bytes, tokens, True, method))
+            return
+        from engine.datacheck import count_tokens, load_tokenizer
+
+        tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
+        count = count_tokens(source, tokenizer=tokenizer, text_column=column,
+                             progress=lambda d, t: self.post_message(TokensCounted(source, d, t, 0, False)))
+        self.post_message(TokensCounted(source, corpus.bytes, corpus.bytes, count.tokens, True, count.method))
 
     def on_corpus_found(self, message: CorpusFound) -> None:
         if message.source != self.wizard.choices.dataset:
@@ -145,10 +164,10 @@ class DatasetScreen(WizardStep):
         bar = self.query_one("#data-progress", ProgressBar)
         bar.update(total=max(message.total_bytes, 1), progress=message.done_bytes)
         if message.final:
-            self.wizard.choices.extra["data_tokens"] = message.tokens
+            self.wizard.choices.extra.update(data_tokens=message.tokens, data_method=message.method)
             info = self.query_one("#data-info", Static)
             files = self.wizard.choices.extra.get("data_files", 0)
             info.update(Text.assemble((f"{files:,} file(s)", "bold"),
                                       f", {human_bytes(message.total_bytes)} of text, ",
-                                      (f"{message.tokens:,} tokens", "bold green"), " at byte level (a BPE "
-                                      "vocabulary gives fewer)"))
+                                      (f"{message.tokens:,} tokens", "bold green"), f" ({message.method})"))
+            self.changed()

@@ -147,7 +147,7 @@ class ModelScreen(WizardStep):
             self.query_one("#model-info", Static).update("")
             return
         if c.technique == "scratch":  # arithmetic: no worker needed
-            n = scratch_parameters(c.arch, c.size, 512, c.seq_len)
+            n = scratch_parameters(c.arch, c.size, c.scratch_vocab(), c.seq_len)
             self.on_model_counted(ModelCounted(key, n, ARCH_TITLES[c.arch]))
             return
         self.query_one("#model-info", Static).update(Text("counting parameters…", style="italic"))
@@ -179,7 +179,7 @@ class ModelScreen(WizardStep):
             c.extra.pop("model_params", None)
         else:
             c.extra["model_params"] = message.params
-            note = " (with a 512-token BPE vocabulary)" if c.technique == "scratch" else ""
+            note = f" (vocabulary of {c.scratch_vocab()}: {c.tokenizer})" if c.technique == "scratch" else ""
             info.update(Text.assemble((f"{human_count(message.params or 0)} parameters", "bold green"),
                                       f"  {message.kind}{note}"))
         self.changed()

@@ -1,0 +1,139 @@
+"""Step 7: the run spec that will run (TOML), the equivalent `llm-wizard train` command, save, and
+launch. Launching uses the run engine's own API (engine.job.create + launch: a detached process in
+its own session) and opens the dashboard on the new run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.syntax import Syntax
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Static
+
+from tui.screens.base import WizardStep
+from tui.wizard import spec_dict, train_command
+
+
+class Launched(Message):
+    def __init__(self, run: Path | None, error: str | None = None) -> None:
+        super().__init__()
+        self.run, self.error = run, error
+
+
+def free_path(folder: Path, name: str) -> Path:
+    """`name.toml` in `folder`, or `name-2.toml`... so that saving never overwrites a spec."""
+    path, n = folder / f"{name}.toml", 2
+    while path.exists():
+        path, n = folder / f"{name}-{n}.toml", n + 1
+    return path
+
+
+class ReviewScreen(WizardStep):
+    STEP = 6
+    BINDINGS = [
+        Binding("enter", "next", "Launch", priority=True, tooltip="Start the run (detached) and open its dashboard"),
+        Binding("s", "save", "Save spec", tooltip="Write the spec to a TOML file in the current folder"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.toml: str | None = None
+        self.error: str | None = None
+        self.saved: Path | None = None
+        self.launching = False
+
+    def body(self) -> ComposeResult:
+        yield Static("", id="review-command")
+        with VerticalScroll(id="review"):
+            yield Static("", id="review-toml")
+
+    def on_mount(self) -> None:
+        self.render_spec()
+
+    def render_spec(self) -> None:
+        from engine.errors import UserError
+        from engine.spec import from_dict, to_toml
+
+        try:
+            self.toml, self.error = to_toml(from_dict(spec_dict(self.wizard.choices))), None
+        except UserError as err:
+            self.toml, self.error = None, str(err)
+        toml_view = self.query_one("#review-toml", Static)
+        if self.toml is None:
+            toml_view.update(Text(f"The spec is not valid yet: {self.error}", style="red"))
+        else:
+            toml_view.update(Syntax(self.toml, "toml", theme="ansi_dark", background_color="default"))
+        self.show_command()
+        self.changed()
+
+    def show_command(self) -> None:
+        target = self.saved or free_path(Path.cwd(), self.wizard.choices.run_name())
+        text = Text.assemble(("Same run from a shell: ", "bold"), (train_command(str(target)), "cyan"))
+        if self.saved is None:
+            text.append("  (s saves the spec there)", style="grey62")
+        self.query_one("#review-command", Static).update(text)
+
+    def ready(self) -> bool:
+        return self.toml is not None and not self.launching
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "save":
+            return True if self.toml is not None else None
+        return super().check_action(action, parameters)
+
+    def action_save(self) -> None:
+        if self.toml is None:
+            return
+        path = self.saved or free_path(Path.cwd(), self.wizard.choices.run_name())
+        try:
+            path.write_text(self.toml, encoding="utf-8")
+        except OSError as err:
+            self.notify(f"cannot write {path}: {err}", severity="error")
+            return
+        self.saved = path
+        self.notify(f"saved {path}")
+        self.show_command()
+
+    def action_next(self) -> None:
+        if not self.ready():
+            return
+        self.launching = True
+        self.changed()
+        self.query_one("#review-command", Static).update(Text("checking the data and starting the run…",
+                                                              style="italic"))
+        self.launch()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
+    def launch(self) -> None:
+        from engine import job
+        from engine.corpus import check_text_files, text_files
+        from engine.errors import UserError
+        from engine.paths import runs_dir
+        from engine.spec import STDLIB, from_dict
+
+        try:
+            spec = from_dict(spec_dict(self.wizard.choices))
+            if spec.data.path != STDLIB and Path(spec.data.path).suffix not in (".jsonl", ".csv", ".parquet"):
+                check_text_files(text_files(spec.data.path))
+            run = job.create(spec, runs_dir(self.wizard.runs_dir or spec.runs_dir or None))
+            job.launch(run)
+        except (UserError, OSError) as err:
+            self.post_message(Launched(None, str(err)))
+            return
+        self.post_message(Launched(run))
+
+    def on_launched(self, message: Launched) -> None:
+        self.launching = False
+        if message.run is None:
+            self.notify(message.error or "launch failed", severity="error", timeout=10)
+            self.show_command()
+            self.changed()
+            return
+        from tui.screens.dashboard import DashboardScreen
+
+        self.app.push_screen(DashboardScreen(message.run))

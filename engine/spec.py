@@ -212,10 +212,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# Names people bring from HF TrainingArguments and other tools, for the "did you mean" hint.
+ALIASES = {"learning_rate": "lr", "scheduler": "schedule", "lr_scheduler_type": "schedule", "steps": "max_steps",
+           "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size": "batch_size",
+           "warmup": "warmup_steps", "max_length": "seq_len", "block_size": "seq_len", "context_length": "seq_len",
+           "num_train_epochs": "epochs", "max_grad_norm": "grad_clip", "save_steps": "every", "eval_steps": "every"}
+
+
 def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
     for key in given:
         if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
+            alias = ALIASES.get(key)
+            hint = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
             tip = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
             raise UserError(f"{where}{key}: unknown setting{tip}", field=f"{where}{key}")
 

@@ -67,7 +67,9 @@ class Watchdogs:
         if past and early and step >= self.warmup_steps + w:
             before = past[-1][1]
             drop = (before - smooth) / max(abs(before), 1e-12)
-            if drop < self.plateau_rel_drop and (s["plateau_at"] is None or step - s["plateau_at"] >= w):
+            if drop >= self.plateau_rel_drop:
+                s["plateau_at"] = None  # falling again: the next plateau is news
+            elif s["plateau_at"] is None:
                 s["plateau_at"] = step
                 alerts.append(Alert(
                     "plateau", f"the loss has been flat ({drop:+.1%} over {w} steps) at step {step} with only "

@@ -241,6 +241,8 @@ class Trainer:
                         loss = loss * float("nan")
                     if fault("raise", self.step + 1) is not None:
                         raise RuntimeError(f"injected fault at step {self.step + 1}")
+                    if fault("oom", self.step + 1) is not None:
+                        raise torch.OutOfMemoryError(f"injected out of memory at step {self.step + 1}")
                     acc.backward(loss / self.grad_accum)
                 loss_sum += loss.detach() / self.grad_accum
         except Exception as e:

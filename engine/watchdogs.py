@@ -115,12 +115,17 @@ def is_oom(exc: BaseException) -> bool:
         s in text for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory"))
 
 
+_fired: set[str] = set()
+
+
 def fault(kind: str, step: int) -> str | None:
-    """Test hook: LLMW_FAULT=<kind>@step:<k>[:<arg>] fires at step k; returns the arg ('' if none)."""
+    """Test hook: LLMW_FAULT=<kind>@step:<k>[:<arg>] fires once per process at step k; returns the arg
+    ('' if none). Kinds the trainer knows: nan (loss x NaN), oom (raise OutOfMemoryError), raise."""
     spec = os.environ.get("LLMW_FAULT", "")
     for part in filter(None, spec.split(",")):
         name, _, rest = part.partition("@step:")
         k, _, arg = rest.partition(":")
-        if name == kind and k.isdigit() and int(k) == step:
+        if name == kind and k.isdigit() and int(k) == step and part not in _fired:
+            _fired.add(part)
             return arg
     return None

@@ -101,3 +101,35 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
             os.close(master)
         if job_pid and runfolder.pid_alive(job_pid):
             os.kill(job_pid, signal.SIGKILL)
+
+
+def test_foreground_ctrl_c_saves_and_oom_backoff_keeps_the_effective_batch(tmp_path: Path) -> None:
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 5000, "batch_size": 4, "oom_backoff": True},
+                  checkpoint={"every": 1000})
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(spec.to_toml(s))
+    proc = subprocess.Popen([sys.executable, "-m", "tui.cli", "train", str(spec_file), "--foreground", "--step-sleep",
+                             "0.02"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "LLMW_FAULT": "oom@step:3"})
+    try:
+        lines = []
+        while not any(line.startswith("[metrics]") and '"step": 8,' in line for line in lines[-1:]):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)[-3000:]
+            lines.append(line)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 11, rest
+    (run,) = Path(os.environ["LLM_WIZARD_RUNS"]).iterdir()
+    status = runfolder.read_status(run)
+    assert status["state"] == "stopped" and status["step"] >= 8
+    (alert,) = [e for e in events(run, "alert") if e["kind"] == "oom"]
+    assert alert["step"] == 2 and "halved to 2" in alert["message"]
+    tokens = [e["tokens"] for e in events(run, "metrics")]
+    assert all(b - a == 4 * 32 for a, b in zip(tokens, tokens[1:]))  # same tokens per step before and after
+    state = json.loads((run / "checkpoints" / f"step-{status['step']:06d}" / "trainer_state.json").read_text())
+    assert (state["batch_size"], state["grad_accum"]) == (2, 2)
+    assert "[done]" in rest

@@ -49,6 +49,7 @@ def test_fault_hook_and_oom_classifier() -> None:
     os.environ["LLMW_FAULT"] = "nan@step:5,spike@step:7:x50"
     try:
         assert fault("nan", 5) == "" and fault("nan", 6) is None and fault("spike", 7) == "x50"
+        assert fault("nan", 5) is None  # once per process: a retried step is not hit again
     finally:
         del os.environ["LLMW_FAULT"]
     assert is_oom(RuntimeError("CUDA error: out of memory")) and is_oom(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"))

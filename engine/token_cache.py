@@ -36,7 +36,7 @@ __all__ = ["PreparationStopped", "TokenBlocks", "TokenFile", "build_token_file",
 FORMAT_VERSION = 1
 # Text is handed to the tokenizer in pieces of about this many bytes, cut after a newline. The size
 # is part of the cache key: a different cut can change a token at the seam.
-PIECE_BYTES = 1 << 18
+PIECE_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)

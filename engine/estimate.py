@@ -212,6 +212,7 @@ class _Params:
     layer_grads: list[int]
     head_grad: int
     embed_grad: int
+    tied_grad: int  # the embedding shared with the LM head (GPT-2), when it trains
     state_bytes: int
     step_temp: int
     cast_copies: int
@@ -262,7 +263,7 @@ def _params(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
         by_dtype[dtype] = by_dtype.get(dtype, 0) + int(round(n))
 
     layer_grads = [0] * d.layers
-    head = embed = grads = states = temp = casts = trainable = 0
+    head = embed = tied = grads = states = temp = casts = trainable = 0
     tname = {4: "fp32", 2: "bf16" if "fp16" not in req.precision else "fp16"}
     for p in d.tensors:
         if t.full:
@@ -280,6 +281,8 @@ def _params(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
                 embed += g
             else:
                 head += g  # the LM head (or the tied embedding it shares), final norm
+                if p.kind == "embedding":
+                    tied = g
             grads += g
         elif req.technique == "qlora" and p.kind == "linear" and p.layer is not None:
             add("nf4", p.numel * NF4_BITS / 8)
@@ -305,7 +308,8 @@ def _params(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
         trainable += n
         s, temp = _state_bytes(req.optimizer, n, 4, (req.num_virtual_tokens, d.hidden))
         states, embed, grads = states + s, n * 4, n * 4
-    return _Params(sum(by_dtype.values()), by_dtype, trainable, grads, layer_grads, head, embed, states, temp, casts)
+    return _Params(sum(by_dtype.values()), by_dtype, trainable, grads, layer_grads, head, embed, tied, states, temp,
+                   casts)
 
 
 def _teacher_bytes(req: EstimateRequest, tokens: int) -> tuple[int, int]:
@@ -335,7 +339,7 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], _P
         base=base, tokens=T, vocab=d.vocab_size, logit_bytes=e, act=act,
         layer_grads=[0] * d.layers if grads_exist else p.layer_grads,
         head_grad=0 if grads_exist else p.head_grad, embed_grad=0 if grads_exist else p.embed_grad,
-        grads_exist=grads_exist, checkpointing=req.grad_checkpointing,
+        grads_exist=grads_exist, checkpointing=req.grad_checkpointing, tied_grad=0 if grads_exist else p.tied_grad,
         step_extra=p.weights + p.grad_bytes + p.state_bytes + p.step_temp + inputs + t_weights,
         teacher_logits=t_logits,
     )

@@ -44,6 +44,7 @@ class ActivationModel:
     embedding: int  # token ids for the embedding's backward, dropout mask
     final: int  # the final norm and the LM head's input
     layer_input: int  # one layer's input (what gradient checkpointing keeps per layer)
+    input_shared: bool  # the layer's own saved tensors include its input (not kept twice when checkpointing)
     transient: int  # gradients alive inside one layer's backward
     hidden_grad: int  # the gradient of the residual stream
 
@@ -156,10 +157,11 @@ def activation_model(d: ModelDims, e: int, t: Trainable) -> ActivationModel:
     else:
         final = (4 * d.hidden + 4 if grad_in else 0) + (2 * e * d.hidden if head_trains else 0)
     i = d.intermediate * max(1, d.experts_per_token)
+    # The largest moment of a layer's backward is the MLP product's: its input gradient and the two
+    # gradients it makes (3 x MLP width) while its own saved input is already freed: 2 x MLP width.
     return ActivationModel(
-        per_layer=tuple(layers), embedding=embedding, final=final,
-        layer_input=(4 if d.family != "gpt2" and e == 4 else e) * d.hidden,
-        transient=e * (2 * d.hidden + 3 * i), hidden_grad=e * d.hidden,
+        per_layer=tuple(layers), embedding=embedding, final=final, layer_input=e * d.hidden,
+        input_shared=d.family == "gpt2" or e == 4, transient=2 * e * i, hidden_grad=e * d.hidden,
     )
 
 
@@ -174,12 +176,14 @@ class Timeline:
 
 def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: ActivationModel,
              layer_grads: list[int], head_grad: int, embed_grad: int, grads_exist: bool,
-             checkpointing: bool, step_extra: int, teacher_logits: int = 0) -> Timeline:
+             checkpointing: bool, step_extra: int, teacher_logits: int = 0, tied_grad: int = 0) -> Timeline:
     """The tensor total at each moment of one micro-batch's forward and backward, and the step.
 
     `base` is what lives throughout (weights, optimizer state, inputs, and the gradients when
     accumulation keeps them between micro-batches: `grads_exist`). `layer_grads` are the gradient
     bytes each layer's backward allocates, bottom to top; they are 0 when `grads_exist`.
+    `tied_grad`: an embedding shared with the LM head gets two gradients that autograd holds until
+    both exist and then sums: three embedding-sized tensors at the end of the backward.
     """
     T, L = tokens, len(act.per_layer)
     kept = [T * a for a in act.per_layer]
@@ -200,11 +204,12 @@ def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: Activ
     bwd = max(bwd, base + all_kept + T * vocab * logit_bytes + grads + T * act.hidden_grad)
     remaining = all_kept - final_kept
     for k in reversed(range(L)):
-        live_layer = kept[k] if checkpointing else 0  # recomputed activations of this layer
+        # recomputed activations of this layer (its input is already counted among the kept inputs)
+        live_layer = kept[k] - (T * act.layer_input if act.input_shared else 0) if checkpointing else 0
         grads += layer_grads[k]
         bwd = max(bwd, base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad))
         remaining -= inputs[k]
     grads += embed_grad
-    bwd = max(bwd, base + grads + embed_kept + T * act.hidden_grad)
+    bwd = max(bwd, base + grads + embed_kept + T * act.hidden_grad + 2 * tied_grad)
     return Timeline(forward_peak=forward, backward_peak=bwd, step_peak=step_extra,
                     activations=all_kept, logits=max(3 * lsm, T * vocab * logit_bytes + cast + lsm))

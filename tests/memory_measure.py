@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.estimate import EstimateRequest
+from engine.model_count import ModelDims
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,18 @@ def _optimizer(req: EstimateRequest, params: list[Any]) -> Any:
     raise ValueError(req.optimizer)
 
 
-def build_model(req: EstimateRequest, fake: bool = False) -> Any:
+def measurable_dims(req: EstimateRequest) -> ModelDims:
+    """The request's model with dropout off: on the CPU dropout keeps float masks and runs attention
+    through the math kernel, on CUDA a 1-byte mask and flash attention; without dropout both agree."""
+    return req.dims().with_dropout(0.0)
+
+
+def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Any:
     """The model the request describes, random init, on the CPU (or fake)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = req.transformers_config()
+    config = (dims or measurable_dims(req)).to_transformers_config()
     torch.manual_seed(0)
     dtype = torch.bfloat16 if req.precision in ("bf16",) else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -148,7 +155,7 @@ def _skip_frozen_grad_hooks(tracker: Any) -> None:
     tracker._track_module_params_and_buffers = types.MethodType(patched, tracker)
 
 
-def measure(req: EstimateRequest, fake: bool = False) -> Measured:
+def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Measured:
     """Peak tensor bytes of one steady-state training step of `req` on this machine."""
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
@@ -163,11 +170,12 @@ def measure(req: EstimateRequest, fake: bool = False) -> Measured:
 
         ctx = contextlib.nullcontext()
     with ctx:
-        model = build_model(req, fake)
+        dims = dims or measurable_dims(req)
+        model = build_model(req, fake, dims)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = _optimizer(req, params)
         b, s = req.batch_size, req.seq_len
-        vocab = req.dims().vocab_size
+        vocab = dims.vocab_size
 
         def step(tracker: Any | None) -> int:
             grads = 0
@@ -203,3 +211,33 @@ def measure(req: EstimateRequest, fake: bool = False) -> Measured:
 
 def ratio(estimate: int, measured: int) -> float:
     return estimate / measured if measured else math.inf
+
+
+# --- the cases both the tests and the bench measure ---------------------------------------------------
+# "act": activations dominate (wide enough, long sequences, small vocabulary);
+# "opt": the optimizer step dominates (big embeddings, one short sequence).
+_ACT = dict(size="tiny", width=128, heads=4, layers=2, vocab_size=256, batch_size=4, seq_len=128)
+_OPT = dict(size="tiny", width=256, heads=4, layers=2, vocab_size=4000, batch_size=1, seq_len=16)
+
+CASES: dict[str, dict[str, Any]] = {
+    "llama full fp32 adamw act": dict(arch="llama", technique="full", precision="fp32", **_ACT),
+    "llama full fp32 adamw opt": dict(arch="llama", technique="full", precision="fp32", **_OPT),
+    "llama full bf16 adamw act": dict(arch="llama", technique="full", precision="bf16", **_ACT),
+    "llama full bf16 sgd opt": dict(arch="llama", technique="full", precision="bf16", optimizer="sgd", **_OPT),
+    "llama full fp32 adamw-8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw-8bit", **_OPT),
+    "llama full bf16 adamw-8bit act": dict(arch="llama", technique="full", precision="bf16", optimizer="adamw-8bit", **_ACT),
+    "llama full fp32 adamw ckpt act": dict(arch="llama", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
+    "llama full bf16 adamw ckpt act": dict(arch="llama", technique="full", precision="bf16", grad_checkpointing=True, **_ACT),
+    "llama scratch fp32 adamw accum2": dict(arch="llama", technique="scratch", precision="fp32", grad_accum=2, **_ACT),
+    "gpt2 full fp32 adamw act": dict(arch="gpt2", technique="full", precision="fp32", **_ACT),
+    "gpt2 full bf16 sgd opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="sgd", **_OPT),
+    "gpt2 full fp32 adamw ckpt act": dict(arch="gpt2", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
+    "gpt2 full bf16 adamw-8bit opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="adamw-8bit", **_OPT),
+    "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
+    "llama lora fp32 all-linear ckpt": dict(arch="llama", technique="lora", precision="fp32", grad_checkpointing=True,
+                                            lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"), **_ACT),
+    "gpt2 lora fp32 adamw act": dict(arch="gpt2", technique="lora", precision="fp32", **_ACT),
+    "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
+    "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
+}

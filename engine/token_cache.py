@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine import paths
 from engine.corpus import PreparationStopped, corpus_fingerprint, iter_pieces
 from engine.errors import UserError
-from engine.tokenizer_train import _encoding_parts, is_byte_tokenizer
+from engine.tokenizer_train import encoding_rules, is_byte_tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,7 +72,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of what decides the ids of plain text, plus the eos id written between documents."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        body = _encoding_parts(backend.to_str())
+        body = encoding_rules(backend.to_str())
     else:  # a slow (Python) tokenizer: its vocabulary and class stand in for the rules
         body = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items())])
     text = f"{body}|eos={tokenizer.eos_token_id}|n={len(tokenizer)}"

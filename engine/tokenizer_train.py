@@ -106,7 +106,7 @@ def _byte() -> Tokenizer:
     return Tokenizer.from_str(_byte_json())
 
 
-def _encoding_parts(tokenizer_json: str) -> str:
+def encoding_rules(tokenizer_json: str) -> str:
     """The parts of a tokenizer.json that decide the ids of plain text (transformers adds a
     post-processor and padding/truncation settings on load; they do not change those ids)."""
     data = json.loads(tokenizer_json)
@@ -118,7 +118,7 @@ def is_byte_tokenizer(tokenizer: object) -> bool:
     """True for the fixed byte vocabulary (ids are the UTF-8 bytes): token files can skip encoding."""
     backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
     to_str = getattr(backend, "to_str", None)
-    return to_str is not None and _encoding_parts(to_str()) == _encoding_parts(_byte_json())
+    return to_str is not None and encoding_rules(to_str()) == encoding_rules(_byte_json())
 
 
 def _char(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:

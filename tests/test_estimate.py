@@ -1,0 +1,223 @@
+"""The estimator's arithmetic, rules, verdicts, suggestions and errors, and `llm-wizard estimate`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.estimate import (
+    CUDA_CONTEXT_BYTES, FRAGMENTATION_MARGIN, NF4_BITS, EstimateRequest, estimate, total_for, verdict,
+)
+from engine.model_count import dims_from_config, load_dims, scratch_config
+from tui.cli import main
+
+GiB = 1 << 30
+
+
+def _meta_count(config: dict) -> int:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = dict(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
+    return sum(p.numel() for p in model.parameters())
+
+
+SMALL_LLAMA = dict(model_type="llama", vocab_size=1000, hidden_size=64, intermediate_size=160,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+@pytest.mark.parametrize("config", [
+    scratch_config("gpt2", 2, 64, 2, None, 256, 1000, 128),
+    scratch_config("llama", 22, 2048, 32, 4, 5632, 32000, 2048),  # TinyLlama 1.1B
+    SMALL_LLAMA,
+    {**SMALL_LLAMA, "tie_word_embeddings": True},
+    {**SMALL_LLAMA, "model_type": "mistral"},
+    {**SMALL_LLAMA, "model_type": "qwen2"},  # q/k/v biases
+    {**SMALL_LLAMA, "model_type": "qwen3", "head_dim": 32},  # q/k norms, explicit head_dim
+    {**SMALL_LLAMA, "model_type": "mixtral", "num_local_experts": 4, "num_experts_per_tok": 2},
+], ids=["gpt2", "tinyllama-1.1B", "llama", "llama-tied", "mistral", "qwen2", "qwen3", "mixtral"])
+def test_parameter_count_matches_the_model_built_on_the_meta_device(config: dict) -> None:
+    assert dims_from_config(dict(config)).params == _meta_count(config)
+
+
+def test_unknown_model_types_are_counted_on_the_meta_device() -> None:
+    cfg = dict(model_type="gpt_neox", vocab_size=500, hidden_size=64, num_hidden_layers=2,
+               num_attention_heads=4, intermediate_size=128)
+    d = dims_from_config(cfg)
+    assert d.family == "other" and d.params == _meta_count(cfg)
+    est = estimate(EstimateRequest(model=None, arch="llama", technique="scratch"), gpus=[], dims=d)
+    assert any("gpt_neox" in note for note in est.notes)
+
+
+def test_7b_llama_is_arithmetic_and_answers_in_under_a_second() -> None:
+    code = ("import sys, time; t = time.perf_counter(); from tui.cli import main; "
+            "main(['estimate', '--arch', 'llama', '--size', '7B', '--technique', 'scratch', '--gpu-memory', "
+            "'80GB', '--json']); assert 'torch' not in sys.modules and 'transformers' not in sys.modules; "
+            "print(time.perf_counter() - t, file=sys.stderr)")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert 6.7e9 < data["model"]["params"] < 6.8e9  # Llama 2 7B: 6.74B
+    assert wall < 1.0, f"took {wall:.2f} s"
+
+
+def test_rule_of_thumb_is_the_books() -> None:
+    one_b = dict(arch="llama", size="1B", seq_len=512, batch_size=1)
+    for technique, factor in (("scratch", 4), ("full", 4), ("lora", 2), ("qlora", 1)):
+        est = estimate(EstimateRequest(technique=technique, **one_b), gpus=[])
+        assert est.rule_of_thumb.bytes == factor * est.model.params
+        assert "rule of thumb" in est.rule_of_thumb.label
+        assert est.to_dict()["rule_of_thumb_bytes"] == factor * est.model.params
+    # the book: a 1B model from scratch needs more than 4 GB, "at least 5-6 GB with batch and context"
+    est = estimate(EstimateRequest(technique="scratch", precision="bf16", **one_b), gpus=[])
+    assert est.rule_of_thumb.bytes > 4e9 and est.peak_bytes > 5e9
+
+
+def test_breakdown_follows_precision_optimizer_and_technique() -> None:
+    base = dict(arch="llama", size="1B", seq_len=256, batch_size=1)
+    fp32 = estimate(EstimateRequest(technique="full", precision="fp32", **base), gpus=[])
+    p = fp32.model.params
+    assert fp32.breakdown.weights == 4 * p and fp32.breakdown.gradients == 4 * p
+    assert fp32.breakdown.optimizer_states == pytest.approx(8 * p, rel=1e-4)  # AdamW: 2 fp32 moments
+    bf16 = estimate(EstimateRequest(technique="full", precision="bf16", optimizer="sgd", **base), gpus=[])
+    assert bf16.breakdown.weights == 2 * p and bf16.breakdown.optimizer_states == 2 * p  # momentum
+    eight = estimate(EstimateRequest(technique="full", precision="fp32", optimizer="adamw-8bit", **base), gpus=[])
+    assert eight.breakdown.optimizer_states == pytest.approx(2 * p, rel=0.05)
+    mixed = estimate(EstimateRequest(technique="full", precision="mixed-bf16", **base), gpus=[])
+    assert mixed.breakdown.autocast_copies > 0 and fp32.breakdown.autocast_copies == 0
+    qlora = estimate(EstimateRequest(technique="qlora", **base), gpus=[])
+    nf4 = qlora.breakdown.weights_by_dtype["nf4"]
+    linear = sum(t.numel for t in qlora_dims().tensors if t.kind == "linear" and t.layer is not None)
+    assert nf4 == pytest.approx(linear * NF4_BITS / 8, rel=1e-6)
+    assert qlora.breakdown.gradients < 0.01 * fp32.breakdown.gradients
+
+
+def qlora_dims():  # noqa: ANN201
+    return load_dims(arch="llama", size="1B")
+
+
+def test_checkpointing_and_phases() -> None:
+    req = EstimateRequest(arch="llama", size="125M", technique="scratch", precision="bf16", batch_size=16, seq_len=2048,
+                          vocab_size=4096)  # a small vocabulary: the layers, not the logits, dominate
+    plain = estimate(req, gpus=[])
+    ckpt = estimate(EstimateRequest(**{**req.__dict__, "grad_checkpointing": True}), gpus=[])
+    assert plain.peak_phase == "backward" and ckpt.peak_bytes < 0.5 * plain.peak_bytes
+    step = estimate(EstimateRequest(arch="llama", size="1B", technique="scratch", batch_size=1, seq_len=64), gpus=[])
+    assert step.peak_phase == "optimizer step"
+
+
+def test_margins_and_verdicts() -> None:
+    assert total_for(10 * GiB) == int(10 * GiB * (1 + FRAGMENTATION_MARGIN)) + CUDA_CONTEXT_BYTES
+    assert verdict(50, 100) == "fits" and verdict(95, 100) == "tight" and verdict(101, 100) == "no"
+    req = EstimateRequest(arch="llama", size="1B", technique="scratch", precision="bf16", batch_size=1, seq_len=512)
+    est = estimate(req, gpus=[(0, "a", 80 * GiB), (1, "b", est_total(req) - 1)])
+    assert [g.verdict for g in est.gpus] == ["fits", "no"]
+    assert est.gpus[0].needed_bytes == est.total_bytes
+
+
+def est_total(req: EstimateRequest) -> int:
+    return estimate(req, gpus=[]).total_bytes
+
+
+def test_probed_gpus_come_from_the_hardware_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_WIZARD_FAKE_GPUS", "2xL4")
+    est = estimate(EstimateRequest(arch="llama", size="7B", technique="full", batch_size=1, seq_len=512))
+    assert len(est.gpus) == 2 and all(g.name == "NVIDIA L4" and g.verdict == "no" for g in est.gpus)
+    assert est.suggestions
+
+
+def test_sharding_lowers_the_per_gpu_peak() -> None:
+    base = dict(arch="llama", size="7B", technique="full", precision="bf16", batch_size=1, seq_len=1024)
+    one = estimate(EstimateRequest(**base, gpus=1), gpus=[]).peak_bytes
+    ddp = estimate(EstimateRequest(**base, gpus=4, strategy="ddp"), gpus=[]).peak_bytes
+    zero2 = estimate(EstimateRequest(**base, gpus=4, strategy="zero2"), gpus=[]).peak_bytes
+    fsdp = estimate(EstimateRequest(**base, gpus=4, strategy="fsdp"), gpus=[]).peak_bytes
+    assert ddp > one > zero2 > fsdp
+
+
+def test_suggestions_are_ranked_and_each_has_its_new_total() -> None:
+    req = EstimateRequest(model=None, arch="llama", size="1B", technique="full", precision="mixed-bf16",
+                          batch_size=16, seq_len=2048)
+    est = estimate(req, gpus=[(0, "L4", 22 * GiB)])
+    assert est.gpus[0].verdict == "no"
+    saved = [s.saved_bytes for s in est.suggestions]
+    assert saved == sorted(saved, reverse=True) and len(saved) >= 4
+    for s in est.suggestions:
+        assert s.total_bytes == est.total_bytes - s.saved_bytes and s.trade_off and s.speed in ("yes", "no")
+    changes = {s.flags.split()[0] for s in est.suggestions}
+    assert {"--grad-checkpointing", "--optimizer", "--batch-size"} <= changes
+    accum = next(s for s in est.suggestions if s.flags.startswith("--batch-size"))
+    b, a = int(accum.flags.split()[1]), int(accum.flags.split()[3])
+    assert b * a == 16  # same effective batch
+    assert next(s for s in est.suggestions if s.flags == "--grad-checkpointing").trade_off == "gradient checkpointing"
+
+
+def test_fits_means_no_suggestions() -> None:
+    est = estimate(EstimateRequest(arch="llama", size="tiny", technique="scratch"), gpus=[(0, "H100", 80 * GiB)])
+    assert est.gpus[0].verdict == "fits" and est.suggestions == []
+
+
+def test_a_local_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(SMALL_LLAMA))
+    assert main(["estimate", "--model", str(tmp_path), "--technique", "lora", "--json", "--gpu-memory", "8GiB"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["params"] == _meta_count(SMALL_LLAMA)
+    for key in ("rule_of_thumb_bytes", "breakdown", "peak_bytes", "total_bytes", "gpus", "suggestions", "margins"):
+        assert key in data
+    assert data["gpus"][0]["verdict"] == "fits" and data["gpus"][0]["free_bytes"] == 8 * GiB
+    # LoRA on q and v: rank x (in + out) per layer
+    assert data["model"]["trainable_params"] == 2 * 8 * ((64 + 64) + (64 + 32))
+
+
+def test_human_output_shows_breakdown_verdict_suggestions_and_table_5_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "--arch", "llama", "--size", "1B", "--technique", "scratch", "--gpu-memory", "8GiB"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("Rule of thumb", "optimizer states", "activations", "peak", "CUDA context", "no",
+                   "What would make it fit", "Table 5.2", "accumulation", "checkpointing"):
+        assert needle in text
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--technique", "sorcery"], "unknown technique 'sorcery'"),
+    (["--batch-size", "0"], "batch-size must be a positive"),
+    (["--seq-len", "-5"], "seq-len must be a positive"),
+    (["--precision", "fp8"], "unknown precision"),
+    (["--optimizer", "lion"], "unknown optimizer"),
+    (["--layers", "0"], "layers must be positive"),
+    (["--model", "someone/not-cached-model", "--technique", "full"], "someone/not-cached-model"),
+    (["--technique", "lora", "--model", "{empty}"], "no config.json"),
+    (["--technique", "scratch", "--dataset", "{missing}"], "not found"),
+    (["--technique", "scratch", "--dataset", "{binary}"], "not a text file"),
+    (["--technique", "lora", "--lora-targets", "nothing", "--model", "{model}"], "match no Linear"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(SMALL_LLAMA))
+    (tmp_path / "data.txt").write_bytes(b"text\x00\x01binary")
+    paths = {"{empty}": str(tmp_path / "empty"), "{missing}": str(tmp_path / "nope.txt"),
+             "{binary}": str(tmp_path / "data.txt"), "{model}": str(tmp_path / "model")}
+    argv = [paths.get(a, a) for a in argv]
+    if "--model" not in argv and "--arch" not in argv:
+        argv += ["--arch", "llama", "--size", "tiny"]
+    code = main(["estimate", "--gpu-memory", "8GiB", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_request_validation_names_the_field() -> None:
+    with pytest.raises(UserError) as info:
+        EstimateRequest(arch="llama", technique="distill")
+    assert info.value.field == "teacher"

@@ -210,23 +210,26 @@ def stdlib_corpus() -> list[Path]:
 _content_hashes: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, should_stop: Callable[[], bool] | None = None) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     cached = _content_hashes.get(key)
     if cached is None:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            for block in iter(lambda: handle.read(8 * CHUNK_BYTES), b""):
                 digest.update(block)
+                if should_stop is not None and should_stop():
+                    raise PreparationStopped(f"stopped while hashing {path}")
         cached = _content_hashes[key] = digest.hexdigest()
     return cached
 
 
-def corpus_fingerprint(files: Iterable[Path]) -> str:
+def corpus_fingerprint(files: Iterable[Path], should_stop: Callable[[], bool] | None = None) -> str:
     """sha256 over the files' names (relative to their common folder), sizes and contents, in order.
 
     Moving the corpus folder keeps the fingerprint; renaming, reordering or editing a file changes it.
+    Content hashes are remembered per (path, size, mtime) for the life of the process.
     """
     paths = [Path(f) for f in files]
     if not paths:
@@ -236,5 +239,5 @@ def corpus_fingerprint(files: Iterable[Path]) -> str:
     digest = hashlib.sha256(b"llm-wizard corpus v1\n")
     for path in resolved:
         name = path.relative_to(common).as_posix()
-        digest.update(f"{name}\0{path.stat().st_size}\0{file_sha256(path)}\n".encode())
+        digest.update(f"{name}\0{path.stat().st_size}\0{file_sha256(path, should_stop)}\n".encode())
     return digest.hexdigest()

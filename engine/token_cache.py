@@ -173,7 +173,7 @@ def build_token_file(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise UserError("the tokenizer has no eos token to separate documents; set tokenizer.eos_token", field="tokenizer")
-    corpus = corpus_fingerprint(files)
+    corpus = corpus_fingerprint(files, should_stop)
     tok_fp = tokenizer_fingerprint(tokenizer)
     key = hashlib.sha256(f"v{FORMAT_VERSION}|{corpus}|{tok_fp}|{PIECE_BYTES}".encode()).hexdigest()[:32]
     folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "tokens"

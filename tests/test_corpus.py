@@ -146,3 +146,13 @@ def test_fingerprint_follows_names_and_contents_not_location(tmp_path: Path) -> 
     assert corpus_fingerprint([moved / "c.txt", moved / "sub" / "b.txt"]) != first
     write(b, "beta!\n")
     assert corpus_fingerprint([a, b]) != first
+
+
+def test_fingerprint_can_be_stopped(tmp_path: Path) -> None:
+    from engine.corpus import PreparationStopped
+
+    files = [write(tmp_path / f"{i}.txt", f"file {i}\n") for i in range(3)]
+    polls = []
+    with pytest.raises(PreparationStopped):
+        corpus_fingerprint(files, should_stop=lambda: polls.append(1) or len(polls) == 2)
+    assert len(polls) == 2

@@ -1,14 +1,14 @@
 """Data preparation speed: build_token_file against one `tokenizer(text)` call over the same text.
 
     .venv/bin/python bench/tokenize.py            # ~100 MB generated from the stdlib sources
-    .venv/bin/python bench/tokenize.py --mb 20    # smaller and quicker
+    .venv/bin/python bench/tokenize.py --mb 20 --rounds 3   # smaller, interleaved rounds
     .venv/bin/python bench/tokenize.py --path DIR --tokenizer TOKENIZER_DIR
 
 The corpus (unless --path) is the Python standard library's source, repeated to --mb megabytes
 and cut into files of about 1 MB. The tokenizer (unless --tokenizer) is a byte-level BPE of
 --vocab tokens trained by engine.tokenizer_train on the first few MB. Both measurements run in this
-process on the same files; the token file goes to a temporary cache, so nothing is reused between
-the runs. At 100 MB on 2 cores the whole run takes a few minutes and the baseline needs a few GB of
+process on the same files; the token file goes to a fresh temporary cache each round, so nothing
+is reused between the runs; rounds alternate the two so that a busy moment hits both. At 100 MB on 2 cores the whole run takes a few minutes and the baseline needs a few GB of
 memory (one Encoding for the whole text).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="measure the baseline on the first N MB only (default: all of it, unless memory is short)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both (default 1)")
     args = parser.parse_args(argv)
 
     from engine.corpus import read_text, text_files
@@ -127,19 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokenizer: byte-level BPE, {len(tok)} tokens, trained on {size / 1e6:.1f} MB in {time.monotonic() - t0:.1f} s")
     print(f"cores: {os.cpu_count()}, TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM')}")
 
-    # Ours: reading, checking, fingerprinting, tokenizing and writing the token file, all counted.
-    t0, cpu0 = time.monotonic(), time.process_time()
-    token_file = build_token_file(files, tok, cache_dir=work / "tokens")
-    ours_s, ours_cpu = time.monotonic() - t0, time.process_time() - cpu0
-    ours_rss = peak_rss_mb()
-    import engine.corpus
-
-    engine.corpus._content_hashes.clear()  # as in a new process: the corpus is hashed again
-    t0 = time.monotonic()
-    build_token_file(files, tok, cache_dir=work / "tokens")
-    hit_s = time.monotonic() - t0
-
-    # Baseline: the text already in memory, one call. Reading it is not counted against it.
+    # Baseline input: the text already in memory (reading it is not counted against the call).
     text = "".join(read_text(f) for f in files)
     base_bytes = baseline_bytes(total, args.baseline_mb)
     if base_bytes < total:
@@ -150,19 +140,43 @@ def main(argv: list[str] | None = None) -> int:
             else f"one call over all of it would need about {BASELINE_BYTES_PER_BYTE * total / 1e9:.0f} GB of memory"
         )
         print(f"note: baseline measured on the first {base_bytes / 1e6:.1f} MB ({why})")
-    t0 = time.monotonic()
-    encoded = tok(text)
-    base_s = time.monotonic() - t0
-    base_tokens = len(encoded["input_ids"])
-    del encoded, text
-
     mb, base_mb = total / 1e6, base_bytes / 1e6
-    print(f"baseline tokenizer(text): {base_s:7.2f} s {base_mb / base_s:7.2f} MB/s  {base_tokens:,} tokens "
-          f"over {base_mb:.1f} MB")
-    print(f"build_token_file:         {ours_s:7.2f} s {mb / ours_s:7.2f} MB/s  {token_file.n_tokens:,} tokens "
-          f"over {mb:.1f} MB (incl. {len(files)} eos), {ours_cpu / ours_s:.1f} cores busy on average")
-    ratio = (mb / ours_s) / (base_mb / base_s)
-    print(f"ratio: {ratio:.2f}x the baseline's MB/s")
+
+    import engine.corpus
+
+    ours, base, busy, ratios = [], [], [], []
+    for r in range(args.rounds):  # interleaved, so a busy moment on a shared machine hits both
+        # Ours: reading, checking, hashing, tokenizing and writing the token file, all counted.
+        engine.corpus._content_hashes.clear()
+        t0, cpu0 = time.monotonic(), time.process_time()
+        token_file = build_token_file(files, tok, cache_dir=work / f"tokens-{r}")
+        ours_s, ours_cpu = time.monotonic() - t0, time.process_time() - cpu0
+        if r == 0:
+            ours_rss = peak_rss_mb()
+            engine.corpus._content_hashes.clear()  # as in a new process: the corpus is hashed again
+            t0 = time.monotonic()
+            build_token_file(files, tok, cache_dir=work / "tokens-0")
+            hit_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        encoded = tok(text)
+        base_s = time.monotonic() - t0
+        base_tokens = len(encoded["input_ids"])
+        del encoded
+        ours.append(mb / ours_s)
+        base.append(base_mb / base_s)
+        busy.append(ours_cpu / ours_s)
+        ratios.append(ours[-1] / base[-1])
+        print(f"round {r + 1}: baseline {base[-1]:6.2f} MB/s ({base_s:.1f} s), build_token_file {ours[-1]:6.2f} MB/s "
+              f"({ours_s:.1f} s, {busy[-1]:.1f} cores busy), ratio {ratios[-1]:.2f}x")
+
+    def spread(values: list[float]) -> str:
+        return f"min {min(values):.2f} / median {statistics.median(values):.2f} / max {max(values):.2f}"
+
+    print(f"baseline tokenizer(text) MB/s: {spread(base)}  ({base_tokens:,} tokens over {base_mb:.1f} MB)")
+    print(f"build_token_file MB/s:         {spread(ours)}  ({token_file.n_tokens:,} tokens over {mb:.1f} MB, "
+          f"incl. {len(files)} eos)")
+    print(f"ratio (ours / baseline):       {spread(ratios)}")
+    print(f"cores busy during build_token_file: {spread(busy)} of {os.cpu_count()}")
     print(f"second call (cache hit, corpus hashed again): {hit_s:.2f} s")
     print(f"peak memory (RSS): {ours_rss:.0f} MB after build_token_file, {peak_rss_mb():.0f} MB after the baseline")
     print(f"total run time: {time.monotonic() - started:.0f} s")

@@ -34,18 +34,23 @@ def create(spec: RunSpec, runs_dir: Path) -> Path:
 
 def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dict[str, str] | None = None) -> int:
     """Start the detached job for `run`; returns its pid. The job writes status.json itself."""
-    args = [sys.executable, "-m", "engine.job", str(run)]
+    # Commands sent from now on are for this process, even those that arrive before it reads any.
+    commands = run / runfolder.COMMANDS_FILE
+    args = [sys.executable, "-m", "engine.job", str(run), "--commands-from",
+            str(commands.stat().st_size if commands.exists() else 0)]
     if resume:
         args.append("--resume")
     if step_sleep:
         args += ["--step-sleep", str(step_sleep)]
-    runfolder.write_status(run, {"state": "starting", "pid": None, "step": 0, "message": "launching"})
     with open(os.devnull, "rb") as devnull, open(run / runfolder.LOG, "ab") as log:
         proc = subprocess.Popen(args, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 close_fds=True, cwd=str(run), env={**os.environ, **(env or {})})
-    # Record the pid at once so a reader never sees a job without one (the job rewrites it with its
-    # start time when it begins).
-    runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": 0, "message": "launching"})
+    # Record the pid at once, so a reader never sees the previous process's pid (the job soon rewrites
+    # the status with its start time; if it already has, leave its status alone).
+    before = runfolder.read_status(run)
+    if before.get("pid") != proc.pid:
+        runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": before.get("step", 0),
+                                     "message": "launching"})
     return proc.pid
 
 
@@ -100,11 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--foreground", action="store_true")
     p.add_argument("--step-sleep", type=float, default=0.0, help="seconds to sleep after each step (tests)")
+    p.add_argument("--commands-from", type=int, default=None, help="byte offset in commands.jsonl to start at")
     a = p.parse_args(argv)
-    return run_job(a.run, resume=a.resume, foreground=a.foreground, step_sleep=a.step_sleep)
+    return run_job(a.run, resume=a.resume, foreground=a.foreground, step_sleep=a.step_sleep,
+                   commands_from=a.commands_from)
 
 
-def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_sleep: float = 0.0) -> int:
+def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_sleep: float = 0.0,
+            commands_from: int | None = None) -> int:
     from engine import spec as spec_mod
     from engine.trainer import Trainer
 
@@ -115,7 +123,8 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         runfolder.EventLog(run).emit("error", message=str(e), kind="user")
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
-    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=_echo if foreground else None)
+    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=_echo if foreground else None,
+                      commands_from=commands_from)
 
     def on_signal(signum: int, frame: Any) -> None:
         trainer.request_stop(signal.Signals(signum).name)

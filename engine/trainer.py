@@ -44,10 +44,10 @@ class Interval:
 
 class Trainer:
     def __init__(self, run: Path, spec: RunSpec, *, resume: bool = False, step_sleep: float = 0.0,
-                 echo: Any = None) -> None:
+                 echo: Any = None, commands_from: int | None = None) -> None:
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
         self.events = runfolder.EventLog(self.run, echo)
-        self.commands = runfolder.CommandReader(self.run)
+        self.commands = runfolder.CommandReader(self.run, commands_from)
         self.step = self.epoch = self.position = self.tokens = 0
         self.branch, self.parent = 0, None
         self.paused, self.stop_reason = False, None

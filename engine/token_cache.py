@@ -284,6 +284,12 @@ class TokenBlocks:
                 field="seq_len",
             )
         val_len = max(math.ceil(n * val_fraction), need) if val_fraction > 0 else 0
+        if n - val_len < need and n >= 2 * need:
+            raise UserError(
+                f"val_fraction {val_fraction} leaves {n - val_len} training tokens, fewer than seq_len+1 = {need}; "
+                "lower val_fraction",
+                field="val_fraction",
+            )
         if n - val_len < need:
             raise UserError(
                 f"dataset has {n} tokens, need at least 2 x (seq_len+1) = {2 * need} for one training and one "

@@ -140,6 +140,10 @@ def test_too_short_dataset_message(tmp_path: Path) -> None:
     assert caught.value.field == "seq_len"
     with pytest.raises(UserError, match="need at least 2 x \\(seq_len\\+1\\) = 130 for one training and one validation"):
         TokenBlocks(fake_token_file(tmp_path, 100), seq_len=64)
+    with pytest.raises(UserError, match="val_fraction 0.99 leaves 10 training tokens, fewer than seq_len\\+1 = 17"):
+        TokenBlocks(fake_token_file(tmp_path, 1000), seq_len=16, val_fraction=0.99)
+    with pytest.raises(UserError, match="val_fraction must be in \\[0, 1\\), got 1.0"):
+        TokenBlocks(fake_token_file(tmp_path, 1000), seq_len=16, val_fraction=1.0)
     blocks = TokenBlocks(fake_token_file(tmp_path, 65), seq_len=64, val_fraction=0.0)
     assert (blocks.n_train_blocks, blocks.n_val_blocks) == (1, 0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
@@ -64,8 +65,8 @@ class Choices:
 def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     """The run spec (engine.spec.from_dict's input) these choices describe."""
     scratch = c.technique == "scratch"
-    model: dict[str, Any] = {"arch": c.arch, "size": c.size} if scratch else {"path": c.model}
-    data: dict[str, Any] = {"path": c.dataset or "stdlib"}
+    model: dict[str, Any] = {"arch": c.arch, "size": c.size} if scratch else {"path": _absolute(c.model)}
+    data: dict[str, Any] = {"path": _absolute(c.dataset) if c.dataset and c.dataset != "stdlib" else "stdlib"}
     if c.text_column:
         data["text_column"] = c.text_column
     options: dict[str, Any] = {}
@@ -92,6 +93,12 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     if options:
         d["options"] = options
     return d
+
+
+def _absolute(path: str) -> str:
+    """A local path made absolute (the job runs in its run folder); a Hub id stays as it is."""
+    p = Path(path).expanduser()
+    return str(p.resolve()) if path and p.exists() else path
 
 
 def train_command(spec_path: str) -> str:

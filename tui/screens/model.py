@@ -1,10 +1,8 @@
-"""Step 3: which model. A Hub id or a local folder for fine-tuning (only config.json is read, the
-parameters are counted on the meta device: no weights); an architecture and a size for scratch."""
+"""Step 3: which model. A Hub id or a local folder for fine-tuning, an architecture and a size for
+scratch. Only config.json is read; parameters are counted by the estimator's config arithmetic
+(engine.model_count), never by loading weights."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from rich.text import Text
 from textual import work
@@ -28,49 +26,19 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def read_config(source: str) -> dict:
-    """config.json of a local folder, or of a Hub id from the local cache (offline)."""
-    from engine.errors import UserError
-
-    path = Path(source).expanduser()
-    if path.exists():
-        cfg = path / "config.json"
-        if not cfg.is_file():
-            raise UserError(f"{path} has no config.json: choose a model folder saved with save_pretrained")
-        return json.loads(cfg.read_text())
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return json.loads(Path(hf_hub_download(source, "config.json")).read_text())
-    except Exception:  # offline and not cached, or no such repo: one clear line, never a traceback
-        raise UserError(f"{source!r}: not a local folder and not in the Hub cache; download it first "
-                        f"(huggingface-cli download {source} config.json) or give a folder") from None
-
-
-def count_parameters(config: dict) -> int:
-    """Parameters of the model a config describes, built on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    cfg = AutoConfig.for_model(**config) if "model_type" in config else config
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    return sum(p.numel() for p in model.parameters())
-
-
 def scratch_parameters(arch: str, size: str, vocab_size: int, seq_len: int) -> int:
-    """Exact count for engine.architectures' configs, by arithmetic (instant; a test checks it
-    against the model built on the meta device)."""
-    from engine.architectures import shape_for
+    """Parameters of a scratch model, from the estimator's config arithmetic (microseconds)."""
+    from engine.model_count import load_dims
 
-    s = shape_for(size)
-    d, m = s.width, s.mlp_width(arch)
-    if arch == "gpt2":  # tied embeddings, biases everywhere, two LayerNorms a block and one at the end
-        block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
-        return vocab_size * d + seq_len * d + s.layers * block + 2 * d
-    kv = d // s.heads * (s.kv_heads or s.heads)  # Llama: no biases, RMSNorm, untied head
-    block = 2 * d * d + 2 * d * kv + 3 * d * m + 2 * d
-    return 2 * vocab_size * d + s.layers * block + d
+    return load_dims(arch=arch, size=size, vocab_size=vocab_size, max_seq_len=seq_len).params
+
+
+def model_parameters(source: str) -> tuple[int, str]:
+    """(parameters, architecture) of a folder or cached Hub id: only config.json is read."""
+    from engine.model_count import load_dims
+
+    d = load_dims(source)
+    return d.params, ", ".join(d.config.get("architectures") or [d.model_type])
 
 
 class ModelCounted(Message):
@@ -158,9 +126,7 @@ class ModelScreen(WizardStep):
         from engine.errors import UserError
 
         try:
-            config = read_config(key)
-            n = count_parameters(config)
-            kind = ", ".join(config.get("architectures") or [config.get("model_type", "?")])
+            n, kind = model_parameters(key)
         except UserError as err:
             self.post_message(ModelCounted(key, None, "", str(err)))
         except Exception as err:  # a config transformers cannot build: say so, keep the wizard alive

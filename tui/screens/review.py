@@ -54,6 +54,7 @@ class ReviewScreen(WizardStep):
 
     def on_mount(self) -> None:
         self.render_spec()
+        self.query_one("#review", VerticalScroll).focus()  # ↑/↓ scroll the spec
 
     def render_spec(self) -> None:
         from engine.errors import UserError
@@ -73,7 +74,8 @@ class ReviewScreen(WizardStep):
 
     def show_command(self) -> None:
         target = self.saved or free_path(Path.cwd(), self.wizard.choices.run_name())
-        text = Text.assemble(("Same run from a shell: ", "bold"), (train_command(str(target)), "cyan"))
+        shown = f"./{target.name}" if target.parent == Path.cwd() else str(target)
+        text = Text.assemble(("Same run from a shell: ", "bold"), (train_command(shown), "cyan"))
         if self.saved is None:
             text.append("  (s saves the spec there)", style="grey62")
         self.query_one("#review-command", Static).update(text)

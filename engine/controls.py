@@ -142,7 +142,9 @@ def handle(trainer: Trainer, cmd: dict[str, Any]) -> dict[str, Any]:
             history = checkpoint.lineage(trainer.run)
             if not history:
                 raise UserError("no checkpoint to roll back to yet: save one first")
-            before = [c for c in history if c.step <= trainer.step - back]
+            # Back from where the plateau began if the watchdog saw one, else from now.
+            start = trainer.watchdogs.state.get("plateau_at") or trainer.step
+            before = [c for c in history if c.step <= start - back]
             target = before[0] if before else history[-1]  # newest far enough back, else the oldest
             trainer.rollback(target)
             s = trainer.schedule

@@ -140,6 +140,8 @@ class Trainer:
                                        cpu=not torch.cuda.is_available())
         optimizer = _optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
+        if t.compile:
+            self.model = torch.compile(self.model)  # techniques unwrap `_orig_mod` to save weights
         self.prep.model = self.model
         self.params = [p for g in self.prep.param_groups for p in g["params"]]
         steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1

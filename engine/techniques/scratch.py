@@ -69,4 +69,6 @@ def load(prep: Prepared, folder: Path) -> None:
 
 
 def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)  # DDP wraps the model; the weights are the inner one's
+    """The plain model inside torch.compile's and DDP's wrappers (the weights are the inner one's)."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)

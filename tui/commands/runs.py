@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red"}
     table = Table(title=f"runs in {where}", title_justify="left")
     for col in ("id", "technique", "state", "step", "loss", "started"):
-        table.add_column(col, justify="right" if col in ("step", "loss") else "left")
+        table.add_column(col, justify="right" if col in ("step", "loss") else "left", no_wrap=col == "id")
     for r in runs:
         c = colours.get(r.state, "white")
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""

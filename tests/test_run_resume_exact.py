@@ -1,0 +1,81 @@
+"""Exact resume, in process, with its negative controls (RELIABILITY R1): a run stopped at step 10 and
+resumed to 20 matches a straight 20-step run bit for bit, with dropout on; leaving out the optimizer
+state, the data position or the RNG state on resume each makes it differ, so the check can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import job, runfolder, spec
+from engine.trainer import Trainer
+from run_helpers import losses_by_step, make_corpus, tiny_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _losses(run: Path) -> dict[int, float]:
+    evs, _ = runfolder.read_events(run)
+    return losses_by_step(evs)
+
+
+def _interrupted(s: spec.RunSpec, runs: Path) -> dict[int, float]:
+    """Train 10 steps (checkpoint at 10), then resume in a new Trainer up to 20; the losses after 10."""
+    short = spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 10}})
+    run = job.create(short, runs)
+    assert Trainer(run, short).run_job() == 0
+    (run / runfolder.SPEC).write_text(spec.to_toml(s))  # max_steps may change on resume; the fingerprint allows it
+    before = runfolder.read_events(run)[1]
+    assert Trainer(run, s, resume=True).run_job() == 0
+    evs, _ = runfolder.read_events(run, before)
+    return losses_by_step(evs)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+
+    threads = torch.get_num_threads()  # the spec's threads = 1 applies to this (pytest's) process: put it back after
+    tmp = tmp_path_factory.mktemp("exact")
+    s = tiny_spec(make_corpus(tmp), model={"dropout": 0.1}, train={"max_steps": 20, "schedule": "constant"},
+                  checkpoint={"every": 10, "keep": 2})
+    run = job.create(s, tmp / "runs")
+    assert Trainer(run, s).run_job() == 0
+    yield s, _losses(run), tmp / "runs"
+    torch.set_num_threads(threads)
+
+
+def test_resume_is_bit_identical_with_dropout(setup: tuple) -> None:
+    s, straight, runs = setup
+    after = _interrupted(s, runs)
+    assert sorted(after) == list(range(11, 21))
+    assert all(after[k] == straight[k] for k in after), {k: (after[k], straight[k]) for k in after}
+
+
+def _drop_optimizer(t: Trainer) -> None:
+    t.optimizer.state.clear()
+
+
+def _drop_data_position(t: Trainer) -> None:
+    t.epoch, t.position = 0, 0
+
+
+def _drop_rng(t: Trainer) -> None:
+    import torch
+
+    torch.manual_seed(1234)
+
+
+@pytest.mark.parametrize("drop", [_drop_optimizer, _drop_data_position, _drop_rng], ids=["optimizer", "data", "rng"])
+def test_leaving_out_part_of_the_state_is_detected(setup: tuple, monkeypatch: pytest.MonkeyPatch, drop) -> None:
+    s, straight, runs = setup
+    load = Trainer._load
+
+    def partial_load(self: Trainer, info) -> None:
+        load(self, info)
+        drop(self)
+
+    monkeypatch.setattr(Trainer, "_load", partial_load)
+    after = _interrupted(s, runs)
+    assert any(after[k] != straight[k] for k in after)

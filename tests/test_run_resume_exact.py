@@ -38,12 +38,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
     threads = torch.get_num_threads()  # the spec's threads = 1 applies to this (pytest's) process: put it back after
     tmp = tmp_path_factory.mktemp("exact")
+    mp = pytest.MonkeyPatch()  # module scope runs before conftest's per-test folders: isolate it here too
+    mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
+    mp.setenv("HF_HOME", str(tmp / "hf"))
     s = tiny_spec(make_corpus(tmp), model={"dropout": 0.1}, train={"max_steps": 20, "schedule": "constant"},
                   checkpoint={"every": 10, "keep": 2})
     run = job.create(s, tmp / "runs")
     assert Trainer(run, s).run_job() == 0
     yield s, _losses(run), tmp / "runs"
     torch.set_num_threads(threads)
+    mp.undo()
 
 
 def test_resume_is_bit_identical_with_dropout(setup: tuple) -> None:

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_wait:
         show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))
         status = job.wait_started(run_path, pid, on_message=show)
-        if status.get("state") not in ("running", "paused", "done"):
+        still_preparing = status.get("state") == "starting" and runfolder.pid_alive(pid)
+        if status.get("state") not in ("running", "paused", "done") and not still_preparing:
             message = job.last_error(run_path) or status.get("message") or "the job ended before training"
             events, _ = runfolder.read_events(run_path)
             user = any(e.get("type") == "error" and e.get("kind") == "user" for e in events)

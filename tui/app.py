@@ -105,12 +105,10 @@ class WizardApp(App[int]):
 
         return runs_dir(self.runs_dir)
 
-    def existing_runs(self) -> list[Path]:
-        root = self.runs_path()
-        if not root.is_dir():
-            return []
-        return sorted((p for p in root.iterdir() if (p / "spec.toml").exists() or (p / "events.jsonl").exists()),
-                      key=lambda p: p.stat().st_mtime, reverse=True)
+    def existing_runs(self) -> list[Any]:
+        from engine.runfolder import list_runs
+
+        return list_runs(self.runs_path())
 
     # --- leaving ---------------------------------------------------------------------------------
 
@@ -143,6 +141,15 @@ class WizardApp(App[int]):
             self.push_screen(QuitModal(), answered)
 
     def detach(self, run: Path) -> None:
+        """Leave the run's dashboard; the run goes on. Back to the runs list if it was opened from
+        there, else out of the app with the command that comes back."""
+        from tui.screens.runs import RunsScreen
+
+        stack = self.screen_stack
+        if len(stack) >= 2 and isinstance(stack[-2], RunsScreen):
+            self.pop_screen()
+            stack[-2].action_refresh()
+            return
         self.exit(0, message=f"The run goes on. Back to it: llm-wizard attach {run.name}")
 
     # --- navigation ----------------------------------------------------------------------------

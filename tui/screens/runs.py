@@ -1,0 +1,92 @@
+"""The runs on this machine, shown on start-up when there are any: state, step, loss with a
+sparkline of its recent history; Enter attaches to one, n starts the wizard for a new run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui.screens.dashboard import STATE_STYLE
+from tui.widgets.chart import BLOCKS
+
+TAIL_BYTES = 64 * 1024  # the sparkline reads only the end of events.jsonl, however long the run
+
+
+def recent_losses(run: Path, n: int = 24) -> list[float]:
+    try:
+        with open(run / "events.jsonl", "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(size - TAIL_BYTES, 0))
+            data = f.read()
+    except OSError:
+        return []
+    out: list[float] = []
+    for line in data.splitlines()[1:] if len(data) == TAIL_BYTES else data.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        loss = e.get("train/loss", e.get("loss")) if e.get("type") == "metrics" else None
+        if isinstance(loss, (int, float)) and loss == loss:
+            out.append(float(loss))
+    return out[-n:]
+
+
+def sparkline(values: list[float]) -> Text:
+    if not values:
+        return Text("")
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return Text("".join(BLOCKS[int((v - lo) / span * (len(BLOCKS) - 1))] for v in values), style="cyan")
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "Open", priority=True, tooltip="Attach to the highlighted run's dashboard"),
+        Binding("n", "new", "New run", tooltip="Start the wizard for a new run"),
+        Binding("r", "refresh", "Refresh", tooltip="Read the runs folder again"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="runs-title", classes="step-bar")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns("run", "state", "technique", "step", "loss", "recent loss")
+        self.action_refresh()
+        table.focus()
+
+    def action_refresh(self) -> None:
+        from engine.runfolder import list_runs
+
+        root = self.app.runs_path()  # type: ignore[attr-defined]
+        runs = list(reversed(list_runs(root)))  # newest first
+        self.query_one("#runs-title", Static).update(Text.assemble(("Runs ", "bold"), f"in {root}"))
+        table = self.query_one(DataTable)
+        table.clear()
+        for r in runs:
+            loss: Any = "-" if r.loss is None else f"{r.loss:.4f}"
+            table.add_row(r.id, Text(r.state, style=STATE_STYLE.get(r.state, "")), r.technique, f"{r.step:,}", loss,
+                          sparkline(recent_losses(Path(r.path), n=14)), key=r.path)
+
+    def action_open(self) -> None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return
+        path = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        from tui.screens.dashboard import DashboardScreen
+
+        self.app.push_screen(DashboardScreen(str(path)))
+
+    def action_new(self) -> None:
+        self.app.pop_screen()

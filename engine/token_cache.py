@@ -130,8 +130,10 @@ def _alive(pid: int) -> bool:
 
 
 def _batch_bytes() -> int:
-    """The largest batch: enough text to keep every core busy."""
-    return max(2, min(os.cpu_count() or 1, 32)) * (4 << 20)
+    """The largest batch. Encodings take about 21 bytes of memory per byte of text while a batch is
+    in flight, so 16 MB (~350 MB) is the ceiling; at ~3 MB/s a core that still feeds 16 cores for
+    a third of a second in 256 pieces."""
+    return max(2, min(os.cpu_count() or 1, 4)) * (4 << 20)
 
 
 # Batches are sized to take about this long, so should_stop is polled a few times a second whatever

@@ -76,6 +76,15 @@ def baseline_bytes(total: int, asked_mb: float | None) -> int:
     return min(total, int(available / 3 / BASELINE_BYTES_PER_BYTE))
 
 
+def progress_bar(done: int, total: int) -> None:
+    """The progress callback drawn as a bar on a terminal (nothing when stderr is a file)."""
+    if sys.stderr.isatty():
+        filled = int(30 * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r  tokenizing [{'#' * filled}{'.' * (30 - filled)}] {done / 1e6:6.1f} / {total / 1e6:.1f} MB{end}")
+        sys.stderr.flush()
+
+
 def peak_rss_mb() -> float:
     import resource
 
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         # Ours: reading, checking, hashing, tokenizing and writing the token file, all counted.
         engine.corpus._content_hashes.clear()
         t0, cpu0 = time.monotonic(), time.process_time()
-        token_file = build_token_file(files, tok, cache_dir=work / f"tokens-{r}")
+        token_file = build_token_file(files, tok, cache_dir=work / f"tokens-{r}", progress=progress_bar)
         ours_s, ours_cpu = time.monotonic() - t0, time.process_time() - cpu0
         if r == 0:
             ours_rss = peak_rss_mb()

@@ -208,8 +208,8 @@ def build_token_file(
             out = np.concatenate(parts).astype(dtype)
             out.tofile(handle)
             n_tokens += len(out)
-        if progress is not None:
-            progress(min(done, total), total)
+        if progress is not None and done < total:  # the end is reported once, when the file is in place
+            progress(done, total)
 
     try:
         with tmp.open("wb") as handle:

@@ -208,7 +208,7 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], An
     if req.technique == "qlora" and req.precision == "fp32":
         e = 4
     T = req.tokens_per_micro_batch()
-    act = activation_model(d, e, t)
+    act = activation_model(d, e, t, mixed=req.precision.startswith("mixed") and req.technique != "qlora")
     t_weights, t_logits = _teacher_bytes(req, T)
     inputs = 4 * 8 * req.batch_size * req.seq_len  # ids, labels, the loss's padded and shifted labels
     grads_exist = req.grad_accum > 1
@@ -282,7 +282,7 @@ def estimate(req: EstimateRequest, *, gpus: list[tuple[int, str, int]] | None = 
     if d.family == "other":
         notes.append(f"{d.model_type}: activations use the Llama-style per-layer model (parameters are exact)")
     if req.precision.startswith("mixed"):
-        notes.append("mixed precision: activations are estimated as 16-bit; accuracy measured for fp32 and bf16")
+        notes.append("mixed precision: checked against CPU autocast, whose op lists differ a little from CUDA's")
     if req.optimizer == "paged-adamw-8bit":
         notes.append("paged 8-bit AdamW: its states live in unified memory and move to the CPU under pressure")
     if req.technique == "distill":

@@ -62,9 +62,13 @@ def _lora_saves(name: str, in_dim: int, e: int, t: Trainable, shared_input_saved
     return out
 
 
-def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool) -> tuple[int, bool]:
+def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool) -> tuple[int, bool]:
     h, i = d.hidden, d.intermediate * max(1, d.experts_per_token)
     saved = 0
+    if mixed and t.full:
+        # autocast: the residual stream and the norms stay float32 (2 x 2h more), and each Linear
+        # casts its float32 input for itself (q, k, v: two more 16-bit copies; gate, up: one more)
+        saved += 4 * h + 6 * h
     # input RMSNorm
     if grad_in:
         saved += 4 * h + 4
@@ -107,9 +111,11 @@ def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool) -> tuple[int
     return saved, res_grad or prod_grad or "down_proj" in t.lora_targets
 
 
-def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int) -> tuple[int, bool]:
+def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mixed: bool) -> tuple[int, bool]:
     h, i = d.hidden, d.intermediate
     saved = 0
+    if mixed and (grad_in or t.full):
+        saved += 2 * 2 * h  # autocast keeps the residual stream, the LayerNorms' input, in float32
     if grad_in or t.full:
         saved += e * h + 8  # ln_1 input, mean and rstd
     if t.full:
@@ -138,8 +144,9 @@ def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int) ->
     return saved, res_grad or fc_grad
 
 
-def activation_model(d: ModelDims, e: int, t: Trainable) -> ActivationModel:
-    """Bytes per token for activation element size `e` (4 for fp32, 2 for 16-bit)."""
+def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False) -> ActivationModel:
+    """Bytes per token for activation element size `e` (4 for fp32, 2 for 16-bit); `mixed`: autocast
+    over float32 weights (16-bit matmuls, float32 residual stream and norms)."""
     # A dropout mask is one byte an element on CUDA (native_dropout keeps a bool mask).
     mask = 1 if d.dropout > 0 else 0
     grad_in = t.full or t.inputs_need_grad
@@ -147,9 +154,9 @@ def activation_model(d: ModelDims, e: int, t: Trainable) -> ActivationModel:
     layers = []
     for _ in range(d.layers):
         if d.family == "gpt2":
-            saved, grad_in = _gpt2_layer(d, e, t, grad_in, mask)
+            saved, grad_in = _gpt2_layer(d, e, t, grad_in, mask, mixed)
         else:
-            saved, grad_in = _llama_layer(d, e, t, grad_in)
+            saved, grad_in = _llama_layer(d, e, t, grad_in, mixed)
         layers.append(saved)
     head_trains = t.full or "lm_head" in t.lora_targets
     if d.family == "gpt2":

@@ -216,7 +216,7 @@ def ratio(estimate: int, measured: int) -> float:
 # --- the cases both the tests and the bench measure ---------------------------------------------------
 # "act": activations dominate (wide enough, long sequences, small vocabulary);
 # "opt": the optimizer step dominates (big embeddings, one short sequence).
-_ACT = dict(size="tiny", width=128, heads=4, layers=2, vocab_size=256, batch_size=4, seq_len=128)
+_ACT = dict(size="tiny", width=128, heads=4, layers=2, vocab_size=256, batch_size=2, seq_len=128)
 _OPT = dict(size="tiny", width=256, heads=4, layers=2, vocab_size=4000, batch_size=1, seq_len=16)
 
 CASES: dict[str, dict[str, Any]] = {
@@ -233,6 +233,8 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 full bf16 sgd opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="sgd", **_OPT),
     "gpt2 full fp32 adamw ckpt act": dict(arch="gpt2", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
     "gpt2 full bf16 adamw-8bit opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="adamw-8bit", **_OPT),
+    "llama full mixed-bf16 adamw act": dict(arch="llama", technique="full", precision="mixed-bf16", **_ACT),
+    "gpt2 full mixed-bf16 adamw act": dict(arch="gpt2", technique="full", precision="mixed-bf16", **_ACT),
     "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
     "llama lora fp32 all-linear ckpt": dict(arch="llama", technique="lora", precision="fp32", grad_checkpointing=True,
                                             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

@@ -86,10 +86,10 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate, gpus: lis
             _ROW["optimizer choice"])
     if req.precision in ("fp32", "mixed-bf16", "mixed-fp16") and req.technique not in ("lora", "qlora"):
         add("pure bf16 weights and optimizer states", "--precision bf16", _try(req, d, gpus, precision="bf16"), _BF16)
-    if req.technique in ("full", "moe", "distill") and req.model:
+    if req.technique in ("full", "moe") and req.model:
         add("LoRA adapters instead of full fine-tuning", "--technique lora",
             _try(req, d, gpus, technique="lora"), _LORA)
-    if req.technique in ("full", "moe", "distill", "lora") and req.model:
+    if req.technique in ("full", "moe", "lora") and req.model:
         add("QLoRA: a 4-bit base with LoRA adapters", "--technique qlora",
             _try(req, d, gpus, technique="qlora"), _LORA)
     if req.batch_size > 1:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import runfolder
+from engine import checkpoint, runfolder
 from engine.controls import LRSchedule
 from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
 
@@ -100,14 +100,15 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         bad = control(run, "set_lr", factor=-2)
         assert bad["ok"] is False and "positive" in bad["message"]
 
-        # stop: saves and exits cleanly
-        ack = control(run, "stop")
-        assert ack["ok"]
-        assert wait_exit(pid) == 0
-        status = runfolder.read_status(run)
-        assert status["state"] == "stopped"
-        assert events(run, "done")[-1]["state"] == "stopped"
-        assert events(run, "checkpoint")[-1]["step"] == status["step"]
+        # "save now" followed at once by SIGKILL: the checkpoint is either whole or absent (L6)
+        runfolder.send_command(run, "save")
+        time.sleep(0.03)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_exit(pid) == -signal.SIGKILL
+        assert runfolder.read_status(run)["state"] == "crashed"
+        for c in checkpoint.list_checkpoints(run, include_invalid=True):
+            assert checkpoint.verify(c.path) is None, c.name
+        assert checkpoint.find_resume(run).branch == 2  # the rescue's branch is the active one
     finally:
         if runfolder.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -221,3 +221,20 @@ def test_request_validation_names_the_field() -> None:
     with pytest.raises(UserError) as info:
         EstimateRequest(arch="llama", technique="distill")
     assert info.value.field == "teacher"
+
+
+def test_a_hub_id_is_read_from_the_local_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # the layout huggingface_hub writes: hub/models--ORG--NAME/{refs/main, snapshots/SHA/config.json}
+    import huggingface_hub.constants as hub
+
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    sha = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(sha)
+    (repo / "snapshots" / sha).mkdir(parents=True)
+    (repo / "snapshots" / sha / "config.json").write_text(json.dumps(SMALL_LLAMA))
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["estimate", "--model", "someone/tiny-llama", "--json", "--gpu-memory", "8GiB"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["params"] == _meta_count(SMALL_LLAMA) and "Hub cache" in data["model"]["source"]

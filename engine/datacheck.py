@@ -208,10 +208,15 @@ def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str
     path = resolve_dataset(dataset)
     total = _size(path)
     if tokenizer is None:
-        n_bytes = docs = 0
-        for text, _ in iter_documents(path, text_column):
+        n_bytes = docs = done = 0
+        for text, file_bytes in iter_documents(path, text_column):
             n_bytes += len(text.encode("utf-8"))
             docs += 1
+            done += file_bytes
+            if progress and docs % 256 == 0:
+                progress(min(done, total), total)
+        if progress:
+            progress(total, total)
         _nonempty(n_bytes, path)
         return TokenCount(int(round(n_bytes / bytes_per_token)), False, 0,
                           f"no tokenizer: {n_bytes} bytes / {bytes_per_token:g} bytes a token (estimate)",

@@ -21,8 +21,8 @@ def step_bar(current: int) -> Text:
     text = Text()
     for i, name in enumerate(STEPS):
         if i:
-            text.append(" › ", style="grey50")
-        style = "bold reverse" if i == current else ("grey62" if i < current else "")
+            text.append(" › ", style="#808080")
+        style = "bold reverse" if i == current else ("#9e9e9e" if i < current else "")
         text.append(f"{i + 1} {name}", style=style)
     return text
 

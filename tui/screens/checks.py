@@ -33,13 +33,13 @@ def segments(est: Any) -> list[Segment]:
     bd = est.breakdown
     segs = [Segment(label, getattr(bd, name), style) for name, label, style in PARTS]
     known = sum(s.value for s in segs)
-    segs.append(Segment("other", max(est.total_bytes - known, 0), "grey70"))  # margins, context, temporaries
+    segs.append(Segment("other", max(est.total_bytes - known, 0), "#b2b2b2"))  # margins, context, temporaries
     return segs
 
 
 def legend() -> Text:
     text = Text()
-    for _, label, style in (*PARTS, ("", "other + margins", "grey70")):
+    for _, label, style in (*PARTS, ("", "other + margins", "#b2b2b2")):
         text.append("■ ", style=style)
         text.append(f"{label}  ")
     return text
@@ -137,21 +137,21 @@ class ChecksScreen(WizardStep):
         self.query_one("#checks-memory", Static).update(memory_view(est, self.size.width or 80))
         rule = est.rule_of_thumb
         self.query_one("#checks-rule", Static).update(Text.assemble(
-            ("Book: ", "bold"), f"{human_bytes(rule.bytes)}: {rule.rule}", (f"  ({rule.label})", "grey62")))
+            ("Book: ", "bold"), f"{human_bytes(rule.bytes)}: {rule.rule}", (f"  ({rule.label})", "#9e9e9e")))
         data = message.data
         if data is not None:
             label, style = VERDICT.get(data.verdict, (data.verdict, ""))
             epochs = f", {data.projected_epochs:.2f} epochs planned" if data.projected_epochs else ""
             self.query_one("#checks-data", Static).update(Text.assemble(
                 ("Data: ", "bold"), (label, style), f"  {data.tokens:,} tokens, {data.tokens_per_param:.1f} per "
-                f"parameter{epochs}. ", (data.advice, "grey70")))
+                f"parameter{epochs}. ", (data.advice, "#b2b2b2")))
         suggestions = self.query_one("#suggestions", OptionList)
         suggestions.clear_options()
         for i, s in enumerate(est.suggestions):
             label, style = VERDICT.get(s.verdict, (s.verdict, ""))
             suggestions.add_option(Option(Text.assemble(
                 f"{s.change}: ", (human_bytes(s.total_bytes), "bold"), " ", (label, style),
-                (f"  speed {s.speed}, {s.difficulty}", "grey62")), id=str(i)))
+                (f"  speed {s.speed}, {s.difficulty}", "#9e9e9e")), id=str(i)))
         suggestions.display = bool(est.suggestions)
         if est.suggestions:
             suggestions.highlighted = 0

@@ -92,7 +92,7 @@ def duration(seconds: float | None) -> str:
 
 def stats_table(h: RunHistory) -> Table:
     t = Table.grid(padding=(0, 1))
-    t.add_column(style="grey62", no_wrap=True)
+    t.add_column(style="#9e9e9e", no_wrap=True)
     t.add_column(no_wrap=True)
     total = f" / {h.total_steps:,}" if h.total_steps else ""
     t.add_row("step", f"{h.step:,}{total}")
@@ -145,6 +145,7 @@ class DashboardScreen(Screen):
         self.pending: dict[str, str] = {}  # command id -> what was asked (until acknowledged)
         self.checkpoint_items: list[tuple[str, int]] = []
         self.gpus: list[Any] = []
+        self._keys_for: tuple[str, bool] | None = None
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -229,7 +230,7 @@ class DashboardScreen(Screen):
     def on_gpu_readings(self, message: GpuReadings) -> None:
         self.gpus = message.gpus
         self.query_one("#run-gpus", Static).update(
-            gpu_lines(self.gpus) if self.gpus else Text("no GPU: the run uses the CPU", style="grey62"))
+            gpu_lines(self.gpus) if self.gpus else Text("no GPU: the run uses the CPU", style="#9e9e9e"))
 
     def on_checkpoints(self, message: Checkpoints) -> None:
         self.checkpoint_items = message.items
@@ -262,13 +263,13 @@ class DashboardScreen(Screen):
         self.query_one("#run-title", Static).update(title)
         self.query_one(LossChart).update(h.chart())
         self.query_one("#run-stats", Static).update(stats_table(h))
-        cps = Text("checkpoints", style="grey62")
+        cps = Text("checkpoints", style="#9e9e9e")
         for name, step in self.checkpoints()[:4]:
             loss = self.loss_at(step)
             cps.append(f"\n◆ {step:>6}", style="blue")
             cps.append(f"  {loss:.3f}" if loss is not None else "")
         if not self.checkpoints():
-            cps.append("\n  none yet", style="grey62")
+            cps.append("\n  none yet", style="#9e9e9e")
         self.query_one("#run-checkpoints", Static).update(cps)
         alert = self.query_one("#run-alert", Static)
         a = h.active_alert()
@@ -279,7 +280,10 @@ class DashboardScreen(Screen):
                 key, what = REMEDY_KEYS[a.suggest]
                 text.append(f"  press {key} to {what}", style="bold reverse")
             alert.update(text)
-        self.refresh_bindings()
+        keys = (h.state, bool(self.checkpoints()))
+        if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
+            self._keys_for = keys
+            self.refresh_bindings()
 
     # --- keys ----------------------------------------------------------------------------------
 

@@ -154,7 +154,7 @@ class DatasetScreen(WizardStep):
         c = message.corpus
         self.wizard.choices.extra.update(data_bytes=c.bytes, data_files=len(c.files))
         info.update(Text.assemble((f"{len(c.files):,} file(s)", "bold"), f", {human_bytes(c.bytes)} of text"))
-        self.query_one("#data-preview", Static).update(Text(message.preview, style="grey70", no_wrap=True,
+        self.query_one("#data-preview", Static).update(Text(message.preview, style="#b2b2b2", no_wrap=True,
                                                             overflow="ellipsis"))
         self.changed()
 

@@ -62,7 +62,7 @@ def problems_text(report: HardwareReport) -> Text | Table:
     grid.add_column()
     for p in report.problems:
         mark, style = SEVERITY.get(p.severity, ("·", ""))
-        grid.add_row(Text(mark, style=style), Text.assemble(p.message, "\n", ("fix: " + p.fix, "grey62")))
+        grid.add_row(Text(mark, style=style), Text.assemble(p.message, "\n", ("fix: " + p.fix, "#9e9e9e")))
     return grid
 
 

@@ -104,7 +104,7 @@ class OptionsScreen(WizardStep):
         c = self.wizard.choices
         for s in self.settings():
             settings.add_option(Option(Text.assemble((f"{s.label:<19}", "bold"), (f"‹ {shown(value_of(c, s)):^10} ›", "cyan"),
-                                                     (f"  {s.effect}", "grey62")), id=s.key))
+                                                     (f"  {s.effect}", "#9e9e9e")), id=s.key))
         if keep is not None:
             settings.highlighted = keep
 

@@ -77,7 +77,7 @@ class ReviewScreen(WizardStep):
         shown = f"./{target.name}" if target.parent == Path.cwd() else str(target)
         text = Text.assemble(("Same run from a shell: ", "bold"), (train_command(shown), "cyan"))
         if self.saved is None:
-            text.append("  (s saves the spec there)", style="grey62")
+            text.append("  (s saves the spec there)", style="#9e9e9e")
         self.query_one("#review-command", Static).update(text)
 
     def ready(self) -> bool:

@@ -17,7 +17,7 @@ MAX_POINTS = 4000  # older points are thinned so a week-long run stays cheap to 
 
 CONTROL_MARKS = {
     "set_lr": ("▼", "bold magenta"), "rollback": ("↺", "bold yellow"), "rescue": ("↺", "bold green"),
-    "pause": ("‖", "grey70"), "save": ("◆", "bold blue"), "stop": ("■", "red"),
+    "pause": ("‖", "#b2b2b2"), "save": ("◆", "bold blue"), "stop": ("■", "red"),
 }
 
 
@@ -94,7 +94,7 @@ class RunHistory:
             self.total_steps = e.get("total_steps") or self.total_steps
             self.message = e.get("message") or ""
             if self.state == "paused":
-                self.marks.append(Mark(float(self.step), "‖", "grey70"))
+                self.marks.append(Mark(float(self.step), "‖", "#b2b2b2"))
         elif kind == "alert":
             self.alerts.append(AlertView(e.get("kind", "alert"), e.get("message", ""), e.get("suggest"),
                                          int(step) if isinstance(step, (int, float)) else self.step))

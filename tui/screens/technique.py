@@ -84,7 +84,7 @@ def recommend(report: HardwareReport | None, data_tokens: int | None = None) -> 
 def details(info: TechniqueInfo, recommended: bool, why: str) -> Text:
     text = Text()
     text.append(info.title, style="bold")
-    text.append(f"  (book {info.book})\n", style="grey62")
+    text.append(f"  (book {info.book})\n", style="#9e9e9e")
     if recommended:
         text.append("★ recommended: ", style="bold green")
         text.append(why + "\n", style="green")

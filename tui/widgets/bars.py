@@ -20,7 +20,7 @@ class Segment:
     style: str
 
 
-def usage_bar(used: float, total: float, width: int, *, style: str = "green", empty: str = "grey35") -> Text:
+def usage_bar(used: float, total: float, width: int, *, style: str = "green", empty: str = "#585858") -> Text:
     """`used` of `total` as a bar `width` cells wide, with eighth-cell resolution."""
     width = max(width, 1)
     share = 0.0 if total <= 0 else min(max(used / total, 0.0), 1.0)
@@ -37,7 +37,7 @@ def usage_bar(used: float, total: float, width: int, *, style: str = "green", em
     return text
 
 
-def stacked_bar(segments: Sequence[Segment], capacity: float, width: int, *, empty: str = "grey35") -> Text:
+def stacked_bar(segments: Sequence[Segment], capacity: float, width: int, *, empty: str = "#585858") -> Text:
     """Segments laid end to end on a scale where `width` cells = max(capacity, sum of segments).
 
     A `│` marks the capacity when the segments overflow it, so "does not fit" is visible at a glance.

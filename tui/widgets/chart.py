@@ -55,7 +55,7 @@ def render_chart(data: ChartData, width: int, height: int) -> list[Text]:
     everything = train + val
     lines: list[Text] = []
     if not everything:
-        lines.append(Text(" " * GUTTER + "waiting for the first logged loss…", style="grey62"))
+        lines.append(Text(" " * GUTTER + "waiting for the first logged loss…", style="#9e9e9e"))
         return lines + [Text("")] * (height - 1)
     xs = [p[0] for p in everything] + [p[0] for p in data.lr] + [m.step for m in data.marks]
     x0, x1 = min(xs), max(xs)
@@ -95,31 +95,41 @@ def render_chart(data: ChartData, width: int, height: int) -> list[Text]:
     plot(val, "bold yellow")
     for r in range(plot_h):
         label = fmt(y1 - (y1 - y0) * r / max(plot_h - 1, 1)) if r in (0, plot_h - 1) or r == plot_h // 2 else ""
-        line = Text(f"{label:>{GUTTER - 1}}┤" if label else " " * (GUTTER - 1) + "│", style="grey62")
-        for c in range(plot_w):
-            bits = grid[r][c]
-            line.append(chr(BRAILLE + bits) if bits else " ", style=owner[r][c] if bits else "")
+        line = Text(f"{label:>{GUTTER - 1}}┤" if label else " " * (GUTTER - 1) + "│", style="#9e9e9e")
+        _append_runs(line, [(chr(BRAILLE + b) if b else " ", owner[r][c] if b else "") for c, b in enumerate(grid[r])])
         lines.append(line)
     marks = [" "] * plot_w
     mark_styles = [""] * plot_w
     for m in data.marks:
         c = px(m.step) // 2
         marks[c], mark_styles[c] = m.char, m.style
-    row = Text(" " * (GUTTER - 1) + "│", style="grey62")
-    for ch, st in zip(marks, mark_styles):
-        row.append(ch, style=st)
+    row = Text(" " * (GUTTER - 1) + "│", style="#9e9e9e")
+    _append_runs(row, list(zip(marks, mark_styles)))
     lines.append(row)
     lines.append(lr_strip(data.lr, plot_w, px))
     axis = Text(" " * GUTTER)
     left, right = f"step {fmt(x0)}", fmt(x1)
-    axis.append(left + " " * max(plot_w - len(left) - len(right), 1) + right, style="grey62")
+    axis.append(left + " " * max(plot_w - len(left) - len(right), 1) + right, style="#9e9e9e")
     lines.append(axis)
     return lines
 
 
+def _append_runs(text: Text, cells: list[tuple[str, str]]) -> None:
+    """Append (char, style) cells as runs of one style each: one append per run, not per cell."""
+    run, style = [], None
+    for ch, st in cells:
+        if st != style and run:
+            text.append("".join(run), style=style or "")
+            run = []
+        run.append(ch)
+        style = st
+    if run:
+        text.append("".join(run), style=style or "")
+
+
 def lr_strip(lr: Sequence[Point], plot_w: int, px) -> Text:  # noqa: ANN001 (the chart's x mapping)
     points = _finite(lr)
-    text = Text(f"{'LR':>{GUTTER - 1}}│", style="grey62")
+    text = Text(f"{'LR':>{GUTTER - 1}}│", style="#9e9e9e")
     if not points:
         return text
     top = max(p[1] for p in points) or 1.0
@@ -127,11 +137,12 @@ def lr_strip(lr: Sequence[Point], plot_w: int, px) -> Text:  # noqa: ANN001 (the
     for x, y in points:
         cells[px(x) // 2] = y
     last: float | None = None
+    chars = []
     for v in cells:
         v = last if v is None else v
         last = v
-        text.append(" " if v is None else BLOCKS[min(int(v / top * (len(BLOCKS) - 1) + 0.5), len(BLOCKS) - 1)],
-                    style="magenta")
+        chars.append(" " if v is None else BLOCKS[min(int(v / top * (len(BLOCKS) - 1) + 0.5), len(BLOCKS) - 1)])
+    text.append("".join(chars), style="magenta")
     text.append(f" {fmt(points[-1][1])}", style="magenta")
     return text
 

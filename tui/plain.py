@@ -1,9 +1,143 @@
-"""`llm-wizard --plain`: the wizard as questionary prompts (built after the Textual wizard)."""
+"""`llm-wizard --plain`: the same wizard as questionary prompts, for a serial console, a log, or a
+terminal where a full-screen app is unwanted. It fills the same `Choices`, so it writes the same
+spec as the Textual wizard, and can launch it (the run is the same detached job)."""
 
 from __future__ import annotations
 
-from tui.commands._unavailable import not_yet
+from pathlib import Path
+from typing import Any
+
+from tui.output import human_bytes, out
+from tui.wizard import Choices, estimate_request, spec_dict, train_command
+
+STEPS_CHOICES = ("50", "100", "200", "500", "1000", "2000", "5000", "10000")
 
 
-def run_plain(*, runs_dir: str | None = None) -> int:
-    return not_yet("--plain")
+class Prompts:
+    """questionary, with prompt_toolkit's input/output injectable (tests feed keys through a pipe)."""
+
+    def __init__(self, **session: Any) -> None:
+        self.session = session
+
+    def select(self, message: str, choices: list[Any], default: Any = None) -> Any:
+        import questionary
+
+        return self._ask(questionary.select(message, choices=choices, default=default, **self.session))
+
+    def text(self, message: str, default: str = "", validate: Any = None) -> str:
+        import questionary
+
+        return self._ask(questionary.text(message, default=default, validate=validate, **self.session))
+
+    def confirm(self, message: str, default: bool = True) -> bool:
+        import questionary
+
+        return self._ask(questionary.confirm(message, default=default, **self.session))
+
+    @staticmethod
+    def _ask(question: Any) -> Any:
+        answer = question.unsafe_ask()  # Ctrl-C raises KeyboardInterrupt: the CLI exits 130
+        return answer
+
+
+def _check_model(value: str) -> bool | str:
+    from engine.errors import UserError
+    from engine.model_count import load_dims
+
+    try:
+        load_dims(value.strip())
+    except UserError as err:
+        return str(err)
+    return True
+
+
+def _check_data(value: str) -> bool | str:
+    value = value.strip()
+    return True if value == "stdlib" or Path(value).expanduser().exists() else f"no such file or folder: {value}"
+
+
+def count_tokens(c: Choices) -> int:
+    from engine.corpus import iter_text, stdlib_corpus, text_files
+
+    if c.dataset == "stdlib" or (c.technique == "scratch" and c.tokenizer == "byte"):
+        files = stdlib_corpus() if c.dataset == "stdlib" else text_files(c.dataset)
+        return sum(len(piece.encode("utf-8")) for f in files for piece in iter_text(f))
+    from engine.datacheck import count_tokens as datacheck_count, load_tokenizer
+
+    tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
+    return datacheck_count(c.dataset, tokenizer=tokenizer, text_column=c.text_column or None).tokens
+
+
+def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
+    from engine.estimate import estimate
+    from engine.hardware import probe
+    from engine.spec import from_dict, to_toml
+    from tui.commands.doctor import render
+    from tui.screens.technique import BY_KEY, TECHNIQUES, recommend
+
+    ask = prompts or Prompts()
+    console = out()
+    report = probe(runs=runs_dir)
+    render(report)
+    c = Choices()
+
+    best, why = recommend(report)
+    console.print(f"\n[bold]Recommended:[/] {BY_KEY[best].title} ({why})")
+    import questionary
+
+    c.technique = ask.select("Technique", [questionary.Choice(f"{t.title}: {t.when}"[:90], value=t.key)
+                                           for t in TECHNIQUES], default=best)
+    info = BY_KEY[c.technique]
+    console.print(f"  memory: {info.memory}\n  data: {info.data}")
+    if c.technique == "scratch":
+        from engine.architectures import ARCHS, SIZES
+
+        c.arch = ask.select("Architecture", list(ARCHS), default=c.arch)
+        c.size = ask.select("Size", list(SIZES), default=c.size)
+    else:
+        c.model = ask.text("Model (a local folder with config.json, or a cached Hub id)", validate=_check_model).strip()
+        if c.technique == "distill":
+            c.teacher = ask.text("Teacher model (same tokenizer)", validate=_check_model).strip()
+    c.dataset = ask.text("Data (a text file or folder, .jsonl/.csv/.parquet, or stdlib)", default="stdlib",
+                         validate=_check_data).strip()
+    console.print("counting tokens…")
+    c.extra["data_tokens"] = count_tokens(c)
+    console.print(f"  {c.extra['data_tokens']:,} tokens")
+    c.max_steps = int(ask.select("Optimizer steps", list(STEPS_CHOICES), default=str(c.max_steps)))
+
+    gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus]
+    while True:
+        est = estimate(estimate_request(c), gpus=gpus)
+        console.print(f"\n[bold]Estimate:[/] peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total "
+                      f"{human_bytes(est.total_bytes)}; book's rule of thumb {human_bytes(est.rule_of_thumb.bytes)}")
+        for g in est.gpus:
+            console.print(f"  GPU {g.index} {g.name}: {human_bytes(g.needed_bytes)} of {human_bytes(g.free_bytes)} "
+                          f"free: [bold]{g.verdict}[/]")
+        if not est.suggestions:
+            break
+        from tui.wizard import apply_flags
+
+        options = [questionary.Choice(f"{s.change} -> {human_bytes(s.total_bytes)} ({s.verdict})", value=s.flags)
+                   for s in est.suggestions] + [questionary.Choice("keep these settings", value="")]
+        flags = ask.select("Apply a suggestion?", options, default="")
+        if not flags or not apply_flags(c, flags):
+            break
+
+    spec = from_dict(spec_dict(c, runs_dir=None))
+    toml = to_toml(spec)
+    console.print("\n" + toml, markup=False, highlight=False)
+    folder = cwd or Path.cwd()
+    path = folder / f"{c.run_name()}.toml"
+    if ask.confirm(f"Save the spec as {path}?", default=True):
+        path.write_text(toml, encoding="utf-8")
+        console.print(f"saved; the same run from a shell: {train_command(str(path))}")
+    if not ask.confirm("Launch the run now?", default=True):
+        return 0
+    from engine import job
+    from engine.paths import runs_dir as resolve_runs
+
+    run = job.create(spec, resolve_runs(runs_dir or spec.runs_dir or None))
+    pid = job.launch(run)
+    console.print(f"started run [bold]{run.name}[/] (pid {pid})\n  dashboard: llm-wizard attach {run.name}\n"
+                  f"  text:      llm-wizard attach {run.name} --follow")
+    return 0

@@ -1,0 +1,37 @@
+"""`llm-wizard --plain`: questionary prompts fed keys through a pipe write the same spec as the
+Textual wizard's choices."""
+
+from __future__ import annotations
+
+import tomllib
+
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from engine.spec import from_dict
+from tui.plain import Prompts, run_plain
+from tui.wizard import Choices, spec_dict
+
+ENTER = "\r"
+DOWN = "\x1b[B"
+
+
+def test_plain_wizard_writes_the_spec(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LLM_WIZARD_FAKE_GPUS", "2xL4")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello plain wizard\n" * 200)
+    with create_pipe_input() as pipe:
+        # technique: the list starts on the recommendation (LoRA); up twice -> scratch
+        pipe.send_text("\x1b[A\x1b[A" + ENTER)
+        pipe.send_text(ENTER)  # architecture gpt2
+        pipe.send_text(ENTER)  # size tiny
+        pipe.send_text("\x7f" * 10 + str(corpus) + ENTER)  # data: replace "stdlib"
+        pipe.send_text(DOWN + ENTER)  # steps 500 -> 1000
+        pipe.send_text("y")  # save (a confirm takes one key)
+        pipe.send_text("n")  # do not launch
+        code = run_plain(runs_dir=str(tmp_path / "runs"), prompts=Prompts(input=pipe, output=DummyOutput()),
+                         cwd=tmp_path)
+    assert code == 0 and not (tmp_path / "runs").exists()
+    saved = from_dict(tomllib.loads((tmp_path / "scratch.toml").read_text()))
+    expected = from_dict(spec_dict(Choices(dataset=str(corpus), max_steps=1000)))
+    assert saved == expected

@@ -190,6 +190,14 @@ class Estimate:
 
 # --- the arithmetic ----------------------------------------------------------------------------------
 
+def _dequantized(req: EstimateRequest, d: ModelDims) -> int:
+    """QLoRA: the largest Linear dequantized to bf16, with its float32 absmax, in the backward."""
+    if req.technique != "qlora":
+        return 0
+    n = max((t.numel for t in d.tensors if t.kind == "linear" and t.layer is not None), default=0)
+    return 2 * n + 4 * (n // 64)
+
+
 def _teacher_bytes(req: EstimateRequest, tokens: int) -> tuple[int, int]:
     """(teacher weights, teacher logits and KL temporaries) for distillation."""
     if req.technique != "distill" or not req.teacher:
@@ -218,6 +226,7 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], An
         layer_grads=[0] * d.layers if grads_exist else p.layer_grads,
         head_grad=0 if grads_exist else p.head_grad, embed_grad=0 if grads_exist else p.embed_grad,
         grads_exist=grads_exist, checkpointing=req.grad_checkpointing, tied_grad=0 if grads_exist else p.tied_grad,
+        weight_transient=_dequantized(req, d),
         step_extra=p.weights + p.grad_bytes + p.state_bytes + p.step_temp + inputs + t_weights,
         teacher_logits=t_logits,
     )

@@ -183,7 +183,8 @@ class Timeline:
 
 def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: ActivationModel,
              layer_grads: list[int], head_grad: int, embed_grad: int, grads_exist: bool,
-             checkpointing: bool, step_extra: int, teacher_logits: int = 0, tied_grad: int = 0) -> Timeline:
+             checkpointing: bool, step_extra: int, teacher_logits: int = 0, tied_grad: int = 0,
+             weight_transient: int = 0) -> Timeline:
     """The tensor total at each moment of one micro-batch's forward and backward, and the step.
 
     `base` is what lives throughout (weights, optimizer state, inputs, and the gradients when
@@ -191,6 +192,8 @@ def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: Activ
     bytes each layer's backward allocates, bottom to top; they are 0 when `grads_exist`.
     `tied_grad`: an embedding shared with the LM head gets two gradients that autograd holds until
     both exist and then sums: three embedding-sized tensors at the end of the backward.
+    `weight_transient`: a weight materialised for one matmul (QLoRA's backward dequantizes each
+    4-bit Linear to 16 bits to compute its input gradient).
     """
     T, L = tokens, len(act.per_layer)
     kept = [T * a for a in act.per_layer]
@@ -214,7 +217,8 @@ def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: Activ
         # recomputed activations of this layer (its input is already counted among the kept inputs)
         live_layer = kept[k] - (T * act.layer_input if act.input_shared else 0) if checkpointing else 0
         grads += layer_grads[k]
-        bwd = max(bwd, base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad))
+        bwd = max(bwd, base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad)
+                  + weight_transient)
         remaining -= inputs[k]
     grads += embed_grad
     bwd = max(bwd, base + grads + embed_kept + T * act.hidden_grad + 2 * tied_grad)

@@ -21,6 +21,16 @@ if TYPE_CHECKING:
 # NF4 with double quantization: 4 bits + an fp8 absmax per 64 weights + an fp32 absmax per 256 of
 # those = 4 + 8/64 + 32/(64*256) = 4.127 bits (QLoRA paper, section 3; measured 4.13 in DESIGN.md).
 NF4_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+# Each quantized Linear also keeps its code tables: NF4's 16 float32 values, the double
+# quantization's 256, and a float32 offset (bitsandbytes QuantState; measured with MemTracker).
+NF4_TABLE_BYTES = 16 * 4 + 256 * 4 + 4
+
+
+def nf4_bytes(numel: int) -> int:
+    """Bytes of one NF4 weight with double quantization: packed nibbles, an 8-bit absmax per 64
+    weights, a float32 absmax per 256 of those, and the code tables."""
+    blocks = math.ceil(numel / 64)
+    return math.ceil(numel / 2) + blocks + 4 * math.ceil(blocks / 256) + NF4_TABLE_BYTES
 # bitsandbytes keeps 8-bit state only for tensors of at least this many elements (min_8bit_size
 # in bitsandbytes.optim.optimizer.Optimizer8bit); smaller ones get 32-bit state.
 BNB_MIN_8BIT_SIZE = 4096
@@ -114,7 +124,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
                     tied = g
             grads += g
         elif req.technique == "qlora" and p.kind == "linear" and p.layer is not None:
-            add("nf4", p.numel * NF4_BITS / 8)
+            add("nf4", nf4_bytes(p.numel))
         else:
             add(tname[frozen], p.numel * frozen)
     if t.lora_targets:

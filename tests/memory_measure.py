@@ -84,6 +84,32 @@ def _apply_lora(model: Any, req: EstimateRequest, fake: bool) -> Any:
     return model
 
 
+def _quantize_4bit(model: Any) -> list[Any]:
+    """QLoRA's base: every decoder-layer Linear as a bitsandbytes NF4 Linear4bit with double
+    quantization and bf16 compute (what BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=
+    "nf4", bnb_4bit_use_double_quant=True) loads); the LM head stays 16-bit, as transformers leaves it.
+    Returns the quantization state tensors, which are neither parameters nor buffers."""
+    import bitsandbytes as bnb
+    import torch
+
+    state: list[Any] = []
+    for layer in model.model.layers:
+        for name, module in list(layer.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if type(child) is not torch.nn.Linear:
+                    continue
+                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                                      compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=True,
+                                             quant_type="nf4")
+                q = q.to("cpu")  # quantizes
+                setattr(module, child_name, q)
+                qs = q.weight.quant_state
+                state += [qs.absmax, qs.code, qs.offset, qs.state2.absmax, qs.state2.code]
+    model.is_loaded_in_4bit = True  # peft wraps Linear4bit with its bnb LoRA layer
+    return [t for t in state if t is not None]
+
+
 def _apply_prompt_tuning(model: Any, req: EstimateRequest) -> Any:
     from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 
@@ -116,23 +142,27 @@ def measurable_dims(req: EstimateRequest) -> ModelDims:
     return req.dims().with_dropout(0.0)
 
 
-def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Any:
-    """The model the request describes, random init, on the CPU (or fake)."""
+def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> tuple[Any, list[Any]]:
+    """The model the request describes, random init, on the CPU (or fake), and any tensors it
+    holds outside its parameters and buffers (QLoRA's quantization state)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     config = (dims or measurable_dims(req)).to_transformers_config()
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if req.precision in ("bf16",) else torch.float32
+    dtype = torch.bfloat16 if req.precision == "bf16" or req.technique == "qlora" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    extra: list[Any] = []
     if req.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if req.technique in ("lora",):
+    if req.technique == "qlora":
+        extra = _quantize_4bit(model)
+    if req.technique in ("lora", "qlora"):
         model = _apply_lora(model, req, fake)
     elif req.technique == "prompt-tuning":
         model = _apply_prompt_tuning(model, req)
     model.train()
-    return model
+    return model, extra
 
 
 def _skip_frozen_grad_hooks(tracker: Any) -> None:
@@ -171,7 +201,7 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         ctx = contextlib.nullcontext()
     with ctx:
         dims = dims or measurable_dims(req)
-        model = build_model(req, fake, dims)
+        model, extra = build_model(req, fake, dims)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = _optimizer(req, params)
         b, s = req.batch_size, req.seq_len
@@ -194,14 +224,14 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         step(None)  # creates the optimizer state, as every step after the first has it
         tracker = MemTracker()
         _skip_frozen_grad_hooks(tracker)
-        tracker.track_external(model, opt)
+        tracker.track_external(model, opt, *extra)
         with tracker:
             grad_bytes = step(tracker)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
         state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
         return Measured(
             peak_bytes=int(peak),
-            weight_bytes=_storage_bytes([*model.parameters(), *model.buffers()]),
+            weight_bytes=_storage_bytes([*model.parameters(), *model.buffers(), *extra]),
             grad_bytes=grad_bytes,
             optimizer_bytes=_storage_bytes(state),
             trainable_params=sum(p.numel() for p in params),
@@ -240,6 +270,9 @@ CASES: dict[str, dict[str, Any]] = {
                                             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"), **_ACT),
     "gpt2 lora fp32 adamw act": dict(arch="gpt2", technique="lora", precision="fp32", **_ACT),
+    "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16", **_ACT),
+    "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16",
+                                            grad_checkpointing=True, **_OPT),
     "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }

@@ -108,7 +108,9 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         assert runfolder.read_status(run)["state"] == "crashed"
         for c in checkpoint.list_checkpoints(run, include_invalid=True):
             assert checkpoint.verify(c.path) is None, c.name
-        assert checkpoint.find_resume(run).branch == 2  # the rescue's branch is the active one
+        newest, branches = checkpoint.find_resume(run), checkpoint.read_branches(run)
+        assert branches["active"] == 2  # the rescue's branch: resume continues it, or starts at its origin
+        assert newest.branch == 2 or newest.name == branches["origins"]["2"] == ack["checkpoint"]
     finally:
         if runfolder.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)

@@ -70,7 +70,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         time.sleep(2.5)
         after = runfolder.read_status(run)
         assert after["state"] == "running" and runfolder.pid_alive(job_pid)
-        assert after["step"] >= before["step"] + 20 and after["updated"] > before["updated"]
+        assert after["step"] >= before["step"] + 10 and after["updated"] > before["updated"]
         losses = [e["train/loss"] for e in events(run, "metrics")]
         assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # still learning after the hang-up
 

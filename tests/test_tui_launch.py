@@ -82,6 +82,8 @@ async def test_wizard_launches_and_steers_a_real_run(corpus, tmp_path) -> None:
         async with again.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: len(again.screen.history.train) >= 3, timeout=30)
             assert [m.char for m in again.screen.history.marks].count("↺") >= 1  # the rollback is marked
+            await pilot.press("g", "enter")  # a sample from the newest checkpoint, generated in a subprocess
+            await wait_until(pilot, lambda: "sample: from step-" in screen_text(again), timeout=90)
             await pilot.press("S", "y")  # stop, after the question
             await wait_until(pilot, lambda: again.screen.history.state in ("stopped", "done"), timeout=90)
         assert json.loads((run / "status.json").read_text())["state"] in ("stopped", "done")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 import traceback
 from contextlib import nullcontext
@@ -26,6 +25,7 @@ from engine import checkpoint, controls, runfolder
 from engine.errors import UserError
 from engine.spec import RunSpec
 from engine.techniques.base import Prepared, SetupContext, get
+from engine.train_state import build_optimizer, rng_state, seed_all, set_rng_state, versions
 from engine.watchdogs import Watchdogs, fault, is_oom, nonfinite_alert, oom_alert
 
 EXIT_SIGNAL, EXIT_OOM = 11, 3
@@ -129,7 +129,7 @@ class Trainer:
         t = self.spec.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        _seed_all(self.spec.seed)
+        seed_all(self.spec.seed)
         if t.precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU", field="train.precision")
         self.technique = get(self.spec.technique)
@@ -138,7 +138,7 @@ class Trainer:
         n_train = self.prep.data.n_train_blocks
         self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
                                        cpu=not torch.cuda.is_available())
-        optimizer = _optimizer(self.prep.param_groups, t)
+        optimizer = build_optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
         if t.compile:
             self.model = torch.compile(self.model)  # techniques unwrap `_orig_mod` to save weights
@@ -367,7 +367,7 @@ class Trainer:
         def write(folder: Path) -> None:
             self.technique.save(self.prep, folder, final=False)
             torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
-            torch.save(_rng_state(), folder / "rng.pt")
+            torch.save(rng_state(), folder / "rng.pt")
             if self.accelerator.scaler is not None:
                 torch.save(self.accelerator.scaler.state_dict(), folder / "scaler.pt")
             (folder / "trainer_state.json").write_text(json.dumps(self._trainer_state()))
@@ -377,7 +377,7 @@ class Trainer:
         info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta={
             "metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
             "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
-            "versions": _versions()})
+            "versions": versions()})
         self.parent = info.name
         deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
         self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
@@ -410,7 +410,7 @@ class Trainer:
         self.batch_size, self.grad_accum = st.get("batch_size", self.batch_size), st.get("grad_accum", self.grad_accum)
         self.schedule.load_state_dict(st["schedule"])
         self.watchdogs.state = st["watchdogs"]
-        _set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
+        set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
         self.parent = info.name
 
     def rollback(self, info: checkpoint.CheckpointInfo) -> None:
@@ -435,54 +435,3 @@ class Trainer:
         os.rename(tmp, final)
         return final
 
-
-def _optimizer(groups: list[dict[str, Any]], t: Any) -> Any:
-    import torch
-
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=t.lr, momentum=0.9)
-    if t.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(groups, lr=t.lr, betas=(0.9, 0.95))
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.95))
-
-
-def _seed_all(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG as tensors and plain lists, so torch.load(weights_only=True) can read it back."""
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [random.getstate()[0], list(random.getstate()[1])],
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate((state["python"][0], tuple(state["python"][1]), None))
-    np.random.set_state((state["numpy"][0], np.array(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__}

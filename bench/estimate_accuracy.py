@@ -23,7 +23,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path[:0] = [str(_HERE.parent), str(_HERE.parent / "tests")]
 
 from engine.estimate import EstimateRequest, estimate  # noqa: E402
-from memory_measure import CASES, measurable_dims, measure  # noqa: E402
+from memory_measure import CASES, case_request, measurable_dims, measure  # noqa: E402
 
 # name -> request; measured under FakeTensorMode
 REALISTIC: dict[str, dict] = {
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':42} {'estimate':>14} {'measured':>14} {'ratio':>6} {'peak phase':>15} {'s':>5}")
     worst = 0.0
     for name, kw, fake in runs:
-        req = EstimateRequest(**kw)
+        req = case_request(name) if name in CASES else EstimateRequest(**kw)
         dims = measurable_dims(req)
         start = time.perf_counter()
         measured = measure(req, fake=fake, dims=dims)

@@ -204,8 +204,10 @@ def _teacher_bytes(req: EstimateRequest, tokens: int) -> tuple[int, int]:
         return 0, 0
     td = load_dims(req.teacher)
     elem = 4 if req.precision == "fp32" else 2
-    # the teacher's logits (model dtype), their float32 softmax at temperature T, and the KL terms
-    return td.params * elem, tokens * td.vocab_size * (elem + 4 + 4)
+    # The KL term at temperature T beside the student's CE: the teacher's logits (model dtype), the
+    # student's logits kept by the model output while the loss is built, the softmax target and
+    # the student's log-softmax at T (float32, kept for the backward), and their float32 gradients.
+    return td.params * elem, tokens * td.vocab_size * (2 * elem + 4 * 4)
 
 
 def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Any]:

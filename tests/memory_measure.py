@@ -165,6 +165,41 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
     return model, extra
 
 
+DISTILL_TEMPERATURE = 2.0
+DISTILL_ALPHA = 0.5
+
+
+def _teacher(req: EstimateRequest, fake: bool) -> Any:
+    """The distillation teacher: frozen, in eval mode, in the run's 16-bit or 32-bit dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.model_count import load_dims
+
+    dtype = torch.float32 if req.precision == "fp32" else torch.bfloat16
+    teacher = AutoModelForCausalLM.from_config(load_dims(req.teacher).to_transformers_config(), dtype=dtype)
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def _loss(model: Any, teacher: Any | None, ids: Any) -> Any:
+    """The causal-LM loss; with a teacher, the book's distillation loss (listing 5.4):
+    alpha x CE + (1 - alpha) x KL(teacher/T || student/T) x T^2. A function, so that the model's
+    output (and its logits) is freed before the backward, as in a trainer's compute_loss."""
+    import torch
+    import torch.nn.functional as F
+
+    out = model(input_ids=ids, labels=ids)
+    if teacher is None:
+        return out.loss
+    with torch.no_grad():
+        t_logits = teacher(input_ids=ids).logits
+    T = DISTILL_TEMPERATURE
+    kl = F.kl_div(F.log_softmax(out.logits.float() / T, dim=-1), F.softmax(t_logits.float() / T, dim=-1),
+                  reduction="batchmean") * T * T
+    return DISTILL_ALPHA * out.loss + (1 - DISTILL_ALPHA) * kl
+
+
 def _skip_frozen_grad_hooks(tracker: Any) -> None:
     """MemTracker registers a gradient hook on every parameter; a frozen one refuses it."""
     import types
@@ -207,6 +242,8 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         b, s = req.batch_size, req.seq_len
         vocab = dims.vocab_size
 
+        teacher = _teacher(req, fake) if req.technique == "distill" else None
+
         def step(tracker: Any | None) -> int:
             grads = 0
             for _ in range(req.grad_accum):
@@ -214,7 +251,7 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
                 if tracker is not None:
                     tracker.reset_mod_stats()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "mixed-bf16"):
-                    loss = model(input_ids=ids, labels=ids).loss / req.grad_accum
+                    loss = _loss(model, teacher, ids) / req.grad_accum
                 loss.backward()
                 grads = _storage_bytes(p.grad for p in params)
             opt.step()
@@ -224,7 +261,7 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         step(None)  # creates the optimizer state, as every step after the first has it
         tracker = MemTracker()
         _skip_frozen_grad_hooks(tracker)
-        tracker.track_external(model, opt, *extra)
+        tracker.track_external(model, opt, *extra, *([teacher] if teacher is not None else []))
         with tracker:
             grad_bytes = step(tracker)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
@@ -273,6 +310,30 @@ CASES: dict[str, dict[str, Any]] = {
     "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16", **_ACT),
     "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16",
                                             grad_checkpointing=True, **_OPT),
+    "llama distill fp32 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="fp32", **_ACT),
+    "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16", **_ACT),
     "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
+
+
+_TEACHER: list[str] = []
+
+
+def case_request(name: str) -> EstimateRequest:
+    """The request of a case; a distillation teacher is a config folder written once per process
+    (the student's shape with twice the layers)."""
+    kw = dict(CASES[name])
+    if kw.get("teacher") == "{teacher}":
+        if not _TEACHER:
+            import json
+            import tempfile
+            from pathlib import Path
+
+            folder = Path(tempfile.mkdtemp(prefix="llmw-teacher-"))
+            student = EstimateRequest(**{**kw, "technique": "full", "teacher": None}).dims()
+            config = {**student.config, "num_hidden_layers": 2 * student.layers}
+            (folder / "config.json").write_text(json.dumps(config))
+            _TEACHER.append(str(folder))
+        kw["teacher"] = _TEACHER[0]
+    return EstimateRequest(**kw)

@@ -21,8 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from engine import checkpoint, job, runfolder
     from engine import spec as spec_mod
     from engine.errors import UserError

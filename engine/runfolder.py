@@ -114,6 +114,24 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def read_events_with_offsets(run: str | os.PathLike[str], from_offset: int = 0) -> list[tuple[dict[str, Any], int]]:
+    """Complete event lines from byte `from_offset` on, each with the offset just after it."""
+    try:
+        with open(Path(run) / EVENTS, "rb") as f:
+            f.seek(from_offset)
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    out, pos = [], 0
+    while (nl := data.find(b"\n", pos)) >= 0:  # a line still being written is read next time
+        line, pos = data[pos:nl], nl + 1
+        try:
+            out.append((json.loads(line), from_offset + pos))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 def read_events(run: str | os.PathLike[str], from_offset: int = 0) -> tuple[list[dict[str, Any]], int]:
     """Complete event lines from byte `from_offset` on, and the offset to continue from."""
     try:
@@ -135,20 +153,19 @@ def read_events(run: str | os.PathLike[str], from_offset: int = 0) -> tuple[list
 def follow_events(run: str | os.PathLike[str], from_offset: int = 0, *, poll_s: float = 0.2,
                   until_exit: bool = True, stop: Callable[[], bool] | None = None
                   ) -> Iterator[tuple[dict[str, Any], int]]:
-    """Yield (event, next_offset) as the job writes them; ends after `done`, or when the job is gone."""
+    """Yield (event, offset after it) as the job writes them; ends after `done`, or when the job is gone
+    (`until_exit`), or when `stop()` says so. Restart from the last offset to miss nothing."""
     offset = from_offset
     while True:
-        events, offset_new = read_events(run, offset)
-        for i, event in enumerate(events):
-            yield event, offset_new if i == len(events) - 1 else offset
+        batch = read_events_with_offsets(run, offset)
+        for event, offset in batch:
+            yield event, offset
             if until_exit and event.get("type") == "done":
                 return
-        offset = offset_new
         if stop and stop():
             return
-        if until_exit and not events and read_status(run).get("state") not in LIVE_STATES:
-            tail, offset = read_events(run, offset)  # whatever the job wrote just before it went
-            for event in tail:
+        if until_exit and not batch and read_status(run).get("state") not in LIVE_STATES:
+            for event, offset in read_events_with_offsets(run, offset):  # written just before it went
                 yield event, offset
             return
         time.sleep(poll_s)

@@ -118,3 +118,18 @@ def test_wait_ack_and_dead_pid_detection(tmp_path: Path) -> None:
     (info,) = runfolder.list_runs(tmp_path)
     assert (info.id, info.technique, info.state) == (run.name, "scratch", "crashed")
     assert runfolder.resolve_run(run.name[-4:], tmp_path) == run == runfolder.resolve_run("latest", tmp_path)
+
+
+def test_follow_events_gives_resumable_offsets_and_ends_with_the_job(tmp_path: Path) -> None:
+    run = runfolder.create_run(tmp_path, "f", "technique = 'scratch'\n")
+    log = runfolder.EventLog(run)
+    for step in (1, 2, 3):
+        log.emit("metrics", flush=False, step=step)
+    log.flush()
+    runfolder.write_status(run, {"state": "done", "pid": None})
+    seen = list(runfolder.follow_events(run, poll_s=0.01))
+    assert [e["step"] for e, _ in seen] == [1, 2, 3]
+    rest = list(runfolder.follow_events(run, seen[0][1], poll_s=0.01))  # restart after the first event
+    assert [e["step"] for e, _ in rest] == [2, 3]
+    log.emit("done", state="done", step=3)
+    assert [e["type"] for e, _ in runfolder.follow_events(run, seen[-1][1], poll_s=0.01)] == ["done"]

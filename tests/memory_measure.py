@@ -312,28 +312,38 @@ CASES: dict[str, dict[str, Any]] = {
                                             grad_checkpointing=True, **_OPT),
     "llama distill fp32 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="fp32", **_ACT),
     "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16", **_ACT),
+    "mixtral moe fp32 adamw act": dict(model="{mixtral}", technique="moe", precision="fp32", batch_size=2, seq_len=128),
     "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
 
 
-_TEACHER: list[str] = []
+# A small Mixtral: 4 experts, 2 per token.
+MIXTRAL = dict(model_type="mixtral", vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
+_FOLDERS: dict[str, str] = {}
+
+
+def _config_folder(key: str, config: dict[str, Any]) -> str:
+    """A folder with this config.json, written once per process."""
+    if key not in _FOLDERS:
+        import json
+        import tempfile
+        from pathlib import Path
+
+        folder = Path(tempfile.mkdtemp(prefix=f"llmw-{key}-"))
+        (folder / "config.json").write_text(json.dumps(config))
+        _FOLDERS[key] = str(folder)
+    return _FOLDERS[key]
 
 
 def case_request(name: str) -> EstimateRequest:
-    """The request of a case; a distillation teacher is a config folder written once per process
-    (the student's shape with twice the layers)."""
+    """The request of a case, with its config folders written: the Mixtral, and a distillation
+    teacher of the student's shape with twice the layers."""
     kw = dict(CASES[name])
+    if kw.get("model") == "{mixtral}":
+        kw["model"] = _config_folder("mixtral", MIXTRAL)
     if kw.get("teacher") == "{teacher}":
-        if not _TEACHER:
-            import json
-            import tempfile
-            from pathlib import Path
-
-            folder = Path(tempfile.mkdtemp(prefix="llmw-teacher-"))
-            student = EstimateRequest(**{**kw, "technique": "full", "teacher": None}).dims()
-            config = {**student.config, "num_hidden_layers": 2 * student.layers}
-            (folder / "config.json").write_text(json.dumps(config))
-            _TEACHER.append(str(folder))
-        kw["teacher"] = _TEACHER[0]
+        student = EstimateRequest(**{**kw, "technique": "full", "teacher": None}).dims()
+        kw["teacher"] = _config_folder("teacher", {**student.config, "num_hidden_layers": 2 * student.layers})
     return EstimateRequest(**kw)

@@ -19,6 +19,7 @@ from tui.screens.base import WizardStep
 from tui.widgets.paths import PathSuggester
 
 PREVIEW_LINES = 8
+TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # sources with columns to choose from
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class DatasetScreen(WizardStep):
             yield Label("Text file or folder, .jsonl .csv .parquet, or stdlib (Python's source); → completes")
             yield Input(self.wizard.choices.dataset, suggester=PathSuggester(extra=("stdlib",)),
                         id="data-path")
+            yield Input(self.wizard.choices.text_column, placeholder="text column (JSONL/CSV/Parquet; empty: "
+                        "found by name)", id="data-column")
             yield Static("", id="data-info")
             yield ProgressBar(total=100, show_eta=False, id="data-progress")
             yield Static("", id="data-preview")
@@ -93,11 +96,16 @@ class DatasetScreen(WizardStep):
         return "data_tokens" in self.wizard.choices.extra
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        self.load(event.value.strip())
+        if event.input.id == "data-column":
+            self.wizard.choices.text_column = event.value.strip()
+            self.load(self.wizard.choices.dataset)
+        else:
+            self.load(event.value.strip())
 
     def load(self, source: str) -> None:
         c = self.wizard.choices
         c.dataset = source
+        self.query_one("#data-column", Input).display = Path(source).suffix.lower() in TABLE_SUFFIXES
         for key in ("data_bytes", "data_tokens", "data_files", "data_method"):
             c.extra.pop(key, None)
         self.changed()
@@ -118,6 +126,8 @@ class DatasetScreen(WizardStep):
             self.count_tokens(source, corpus, column)
         except UserError as err:
             self.post_message(CorpusFound(source, None, "", str(err)))
+        except Exception as err:  # a file the readers choke on: say so on the screen, never a traceback
+            self.post_message(CorpusFound(source, None, "", f"cannot read {source}: {type(err).__name__}: {err}"))
 
     def count_tokens(self, source: str, corpus: Corpus, column: str | None) -> None:
         """Tokens as training will see them: the byte tokenizer counts UTF-8 bytes (exact); a model's
@@ -138,7 +148,10 @@ class DatasetScreen(WizardStep):
             return
         from engine.datacheck import count_tokens, load_tokenizer
 
-        tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
+        try:
+            tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
+        except Exception:  # no usable tokenizer for this model id: count by the bytes-per-token ratio
+            tokenizer = None
         count = count_tokens(source, tokenizer=tokenizer, text_column=column,
                              progress=lambda d, t: self.post_message(TokensCounted(source, d, t, 0, False)))
         self.post_message(TokensCounted(source, corpus.bytes, corpus.bytes, count.tokens, True, count.method))

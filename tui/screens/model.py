@@ -7,6 +7,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Label, OptionList, Static
@@ -49,6 +50,8 @@ class ModelCounted(Message):
 
 class ModelScreen(WizardStep):
     STEP = 2
+    BINDINGS = [Binding("t", "tokenizer", "Tokenizer", tooltip="Scratch: byte-level (256 symbols, nothing to "
+                        "train) or BPE trained on your data")]
 
     def body(self) -> ComposeResult:
         scratch = self.wizard.choices.technique == "scratch"
@@ -82,6 +85,16 @@ class ModelScreen(WizardStep):
             size.focus()
         else:
             self.query_one("#model-path", Input).focus()
+        self.recount()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "tokenizer":
+            return self.wizard.choices.technique == "scratch"
+        return super().check_action(action, parameters)
+
+    def action_tokenizer(self) -> None:
+        c = self.wizard.choices
+        c.tokenizer = "bpe" if c.tokenizer == "byte" else "byte"
         self.recount()
 
     def ready(self) -> bool:

@@ -1,16 +1,19 @@
-"""Exact resume, in process, with its negative controls (RELIABILITY R1): a run stopped at step 10 and
-resumed to 20 matches a straight 20-step run bit for bit, with dropout on; leaving out the optimizer
-state, the data position or the RNG state on resume each makes it differ, so the check can fail."""
+"""Exact resume, in process, with its negative controls (RELIABILITY R1, L1, R3): a run stopped at step
+10 and resumed to 20 matches a straight 20-step run bit for bit, with dropout on; leaving out the
+optimizer state, the data position or the RNG state on resume each makes it differ, so the check can
+fail. A pause changes nothing; a resume with a changed model is refused."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from engine import job, runfolder, spec
 from engine.trainer import Trainer
-from run_helpers import losses_by_step, make_corpus, tiny_spec
+from run_helpers import control, losses_by_step, make_corpus, tiny_spec, wait_step
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,33 @@ def test_leaving_out_part_of_the_state_is_detected(setup: tuple, monkeypatch: py
     monkeypatch.setattr(Trainer, "_load", partial_load)
     after = _interrupted(s, runs)
     assert any(after[k] != straight[k] for k in after)
+
+
+def test_pause_and_resume_leave_the_losses_unchanged(setup: tuple) -> None:
+    s, straight, runs = setup
+    run = job.create(s, runs)
+    acks: list[dict] = []
+
+    def steer() -> None:
+        wait_step(run, 5)
+        acks.append(control(run, "pause"))
+        status = runfolder.read_status(run)
+        time.sleep(0.3)
+        acks.append({**control(run, "resume"), "status_step": status["step"]})
+
+    thread = threading.Thread(target=steer)
+    thread.start()
+    assert Trainer(run, s, step_sleep=0.05).run_job() == 0
+    thread.join()
+    assert [a["cmd"] for a in acks] == ["pause", "resume"] and acks[0]["step"] == acks[1]["step"] == acks[1]["status_step"]
+    assert _losses(run) == straight
+
+
+def test_resume_refuses_a_changed_model_or_data_setup(setup: tuple) -> None:
+    s, _, runs = setup
+    run = job.create(s, runs)
+    assert Trainer(run, spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 10}})).run_job() == 0
+    changed = spec.from_dict({**s.to_dict(), "model": {**s.to_dict()["model"], "width": 64}})
+    assert Trainer(run, changed, resume=True).run_job() == 2
+    errors = [e for e in runfolder.read_events(run)[0] if e["type"] == "error"]
+    assert "different model or data setup" in errors[-1]["message"] and errors[-1]["kind"] == "user"

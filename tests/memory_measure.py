@@ -150,7 +150,9 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
 
     config = (dims or measurable_dims(req)).to_transformers_config()
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if req.precision == "bf16" or req.technique == "qlora" else torch.float32
+    # A frozen base is loaded in 16 bits unless the run is fp32 (mixed precision trains fp32 adapters)
+    frozen_base = req.technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
+    dtype = torch.bfloat16 if req.precision == "bf16" or frozen_base or req.technique == "qlora" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     extra: list[Any] = []
     if req.grad_checkpointing:
@@ -306,6 +308,7 @@ CASES: dict[str, dict[str, Any]] = {
     "llama lora fp32 all-linear ckpt": dict(arch="llama", technique="lora", precision="fp32", grad_checkpointing=True,
                                             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"), **_ACT),
+    "llama lora mixed-bf16 adamw act": dict(arch="llama", technique="lora", precision="mixed-bf16", **_ACT),
     "gpt2 lora fp32 adamw act": dict(arch="gpt2", technique="lora", precision="fp32", **_ACT),
     "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16", **_ACT),
     "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16",

@@ -57,7 +57,7 @@ class ModelScreen(WizardStep):
         scratch = self.wizard.choices.technique == "scratch"
         with Vertical(id="model"):
             if scratch:
-                yield Label("Architecture and size (Tab moves between them); the tokenizer is trained on your data")
+                yield Label("Architecture and size (Tab switches lists; t switches the tokenizer)")
                 with Horizontal(id="scratch-pick"):
                     yield OptionList(*(Option(ARCH_TITLES[a], id=a) for a in ARCHS), id="arch")
                     yield OptionList(*(Option(self._size_label(s), id=s) for s in SIZES), id="size")

@@ -109,7 +109,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
             add(tname[w_train], p.numel * w_train)
             g = p.numel * w_train
             trainable += p.numel
-            shape = shapes.get(p.module) if p.kind == "linear" else None
+            shape = (shapes.get(p.module) or (p.numel // d.hidden, d.hidden)) if p.kind in ("linear", "embedding") else None
             s, tmp = _state_bytes(req.optimizer, p.numel, w_train, shape)
             states, temp = states + s, temp + tmp
             if req.precision.startswith("mixed") and p.kind == "linear":

@@ -295,6 +295,7 @@ CASES: dict[str, dict[str, Any]] = {
     "llama full bf16 sgd opt": dict(arch="llama", technique="full", precision="bf16", optimizer="sgd", **_OPT),
     "llama full fp32 adamw-8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw-8bit", **_OPT),
     "llama full bf16 adamw-8bit act": dict(arch="llama", technique="full", precision="bf16", optimizer="adamw-8bit", **_ACT),
+    "llama full bf16 adafactor opt": dict(arch="llama", technique="full", precision="bf16", optimizer="adafactor", **_OPT),
     "llama full fp32 adamw ckpt act": dict(arch="llama", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
     "llama full bf16 adamw ckpt act": dict(arch="llama", technique="full", precision="bf16", grad_checkpointing=True, **_ACT),
     "llama scratch fp32 adamw accum2": dict(arch="llama", technique="scratch", precision="fp32", grad_accum=2, **_ACT),

@@ -22,7 +22,7 @@ class QuitModal(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="modal"):
             yield Label("Close the UI or stop training?", classes="modal-title")
-            yield Label("Closing the UI leaves the run going; `llm-wizard attach` brings this back.")
+            yield Label("Closing the UI leaves the run going;\n`llm-wizard attach` brings this screen back.")
             with Horizontal(classes="modal-buttons"):
                 yield Button("Close UI [c]", id="detach", variant="primary")
                 yield Button("Stop training [s]", id="stop", variant="error")

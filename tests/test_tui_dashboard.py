@@ -162,3 +162,15 @@ def test_fake_run_fixture_is_valid_jsonl(tmp_path) -> None:
     run = fake_run(tmp_path)
     lines = (run / "events.jsonl").read_text().splitlines()
     assert all(json.loads(line)["v"] == 1 for line in lines)
+
+
+def test_snapshot_rollback_question(snap_compare, tmp_path) -> None:
+    run = fake_run(tmp_path, steps=400)
+    app = dashboard_app(run)
+
+    async def ask(pilot) -> None:
+        await wait_until(pilot, lambda: dash(app).history.step == 400 and dash(app).gpus)
+        await pilot.press("b")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=ask)

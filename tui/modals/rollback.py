@@ -24,7 +24,7 @@ class RollbackModal(ModalScreen[int | None]):
             yield Label(self.title_text, classes="modal-title")
             yield OptionList(*(Option(f"{name:<18} step {step:>7}" + (f"  loss {loss:.3f}" if loss is not None else ""),
                                       id=str(step)) for name, step, loss in self.checkpoints), id="checkpoints")
-            yield Label("enter rolls back (model, optimizer, data position); esc cancels", classes="modal-hint")
+            yield Label("enter: reload model, optimizer, data; esc: cancel", classes="modal-hint")
 
     def on_mount(self) -> None:
         self.query_one(OptionList).focus()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tui_helpers import fake_run, fixed_report, screen_text, wait_until
 
 from tui.app import make_app
@@ -47,7 +49,8 @@ def test_sparkline_reads_the_tail(tmp_path) -> None:
     assert str(sparkline([3.0, 2.0, 1.0])) == "█▄▁"
 
 
-def test_snapshot_runs_list(snap_compare, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("size", [(80, 24), (120, 36)])
+def test_snapshot_runs_list(snap_compare, tmp_path, monkeypatch, size) -> None:
     monkeypatch.chdir(tmp_path)
     two_runs(tmp_path / "runs")
-    assert snap_compare(make_app(hardware=fixed_report("none"), runs_dir="runs"), terminal_size=(80, 24))
+    assert snap_compare(make_app(hardware=fixed_report("none"), runs_dir="runs"), terminal_size=size)

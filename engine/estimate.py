@@ -12,7 +12,7 @@ MemTracker in tests/test_estimate_accuracy.py and bench/estimate_accuracy.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import UserError
@@ -122,7 +122,8 @@ class Breakdown:
 @dataclass(frozen=True)
 class Phase:
     name: str  # "forward", "backward", "optimizer step"
-    bytes: int
+    bytes: int  # the tensor total at that phase's largest moment, on one GPU before any sharding
+    gradient_bytes: int = 0  # the gradients among them (accumulated ones are counted in the state)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Estimate:
     phases: list[Phase]
     peak_phase: str
     peak_bytes: int  # the largest tensor total of a step on one GPU (torch.cuda.max_memory_allocated)
+    gpu_count: int  # the GPUs the run is spread over; phases are for one GPU before sharding
     total_bytes: int  # peak + fragmentation margin + CUDA context: compare with nvidia-smi
     margins: dict[str, int]
     gpus: list[GpuVerdict]
@@ -189,6 +191,7 @@ class Estimate:
 
 
 # --- the arithmetic ----------------------------------------------------------------------------------
+
 
 def _dequantized(req: EstimateRequest, d: ModelDims) -> int:
     """QLoRA: the largest Linear dequantized to bf16, with its float32 absmax, in the backward."""
@@ -232,8 +235,8 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], An
         step_extra=p.weights + p.grad_bytes + p.state_bytes + p.step_temp + inputs + t_weights,
         teacher_logits=t_logits,
     )
-    phases = [Phase("forward", tl.forward_peak), Phase("backward", tl.backward_peak),
-              Phase("optimizer step", tl.step_peak)]
+    phases = [Phase("forward", tl.forward_peak), Phase("backward", tl.backward_peak, tl.backward_grads),
+              Phase("optimizer step", tl.step_peak, p.grad_bytes)]
     bd = Breakdown(weights=p.weights, weights_by_dtype=p.by_dtype, gradients=p.grad_bytes,
                    optimizer_states=p.state_bytes, autocast_copies=p.cast_copies, activations=tl.activations,
                    logits_and_loss=tl.logits, optimizer_step_temp=p.step_temp, teacher=t_weights + t_logits,
@@ -242,18 +245,27 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], An
 
 
 def _sharded(req: EstimateRequest, bd: Breakdown, phases: list[Phase], n: int, layers: int) -> int:
-    """The peak on one of `n` GPUs: DDP replicates, ZeRO-2 shards gradients and optimizer states,
-    FSDP / ZeRO-3 also shards the weights (plus one gathered layer at a time)."""
-    top = max(ph.bytes for ph in phases)
+    """The peak on one of `n` GPUs, phase by phase: DDP replicates everything and adds its gradient
+    buckets; ZeRO-2 shards gradients and optimizer states; FSDP / ZeRO-3 also shards the weights,
+    gathering one layer at a time (and prefetching the next). Activations are never sharded."""
     if n <= 1:
-        return top
+        return max(ph.bytes for ph in phases)
     if req.strategy == "ddp":
-        return top + bd.gradients  # DDP's gradient buckets are a second copy of the gradients
-    saved = (bd.gradients + bd.optimizer_states + bd.optimizer_step_temp) * (n - 1) / n
-    if req.strategy in ("fsdp", "zero3"):
-        saved += bd.weights * (n - 1) / n
-        saved -= 2 * bd.weights / max(1, layers)  # the gathered layer and the prefetched next one
-    return int(max(top - saved, top / n))
+        return max(ph.bytes for ph in phases) + bd.gradients  # buckets: a second copy of the gradients
+    share = (n - 1) / n
+    accum = req.grad_accum > 1
+    out = []
+    for ph in phases:
+        # gradients at this phase's peak: partial in the backward, all of them with accumulation
+        grads = bd.gradients if accum else ph.gradient_bytes
+        temp = bd.optimizer_step_temp if ph.name == "optimizer step" else 0
+        shardable = bd.optimizer_states + grads + temp
+        gathered = 0
+        if req.strategy in ("fsdp", "zero3"):
+            shardable += bd.weights
+            gathered = 2 * bd.weights // max(1, layers)
+        out.append(int(ph.bytes - shardable * share + gathered))
+    return max(out)
 
 
 def rule_of_thumb(req: EstimateRequest, params: int) -> RuleOfThumb:
@@ -303,7 +315,7 @@ def estimate(req: EstimateRequest, *, gpus: list[tuple[int, str, int]] | None = 
     est = Estimate(
         model=ModelSummary(d.family, d.model_type, d.source, d.params, p.trainable, d.layers, d.hidden, d.vocab_size),
         rule_of_thumb=rule_of_thumb(req, d.params), breakdown=bd, phases=phases, peak_phase=top.name,
-        peak_bytes=per_gpu, total_bytes=total,
+        peak_bytes=per_gpu, gpu_count=n, total_bytes=total,
         margins={"fragmentation": int(per_gpu * FRAGMENTATION_MARGIN), "cuda_context": CUDA_CONTEXT_BYTES},
         gpus=verdicts, notes=notes, request=asdict(req),
     )
@@ -334,6 +346,3 @@ def probe_gpus(req: EstimateRequest) -> list[tuple[int, str, int]]:
         listed = [(i, first[1], first[2]) for i in range(req.gpus)] if req.gpus > len(listed) else listed[: req.gpus]
     return listed
 
-
-def with_changes(req: EstimateRequest, **changes: Any) -> EstimateRequest:
-    return replace(req, **changes)

@@ -176,6 +176,7 @@ def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False) ->
 class Timeline:
     forward_peak: int  # at the loss, all activations kept
     backward_peak: int  # the largest moment of the backward pass
+    backward_grads: int  # the gradient bytes alive at that moment (sharded by ZeRO-2/3 and FSDP)
     step_peak: int  # the optimizer step
     activations: int  # everything kept for the backward (without the loss's own tensors)
     logits: int  # the loss's largest moment: logits and their float32 gradients
@@ -208,19 +209,20 @@ def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: Activ
     lsm = 4 * T * vocab
     forward = base + all_kept + T * vocab * logit_bytes + cast + lsm + teacher_logits
     # backward: log_softmax kept, its incoming gradient and its output gradient, all float32
-    bwd = base + all_kept + 3 * lsm + teacher_logits
+    moments = [(base + all_kept + 3 * lsm + teacher_logits, 0)]  # (bytes, gradient bytes among them)
     # LM head: the logits' gradient in the model dtype, the head's weight gradient, the hidden grad
     grads = head_grad
-    bwd = max(bwd, base + all_kept + T * vocab * logit_bytes + grads + T * act.hidden_grad)
+    moments.append((base + all_kept + T * vocab * logit_bytes + grads + T * act.hidden_grad, grads))
     remaining = all_kept - final_kept
     for k in reversed(range(L)):
         # recomputed activations of this layer (its input is already counted among the kept inputs)
         live_layer = kept[k] - (T * act.layer_input if act.input_shared else 0) if checkpointing else 0
         grads += layer_grads[k]
-        bwd = max(bwd, base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad)
-                  + weight_transient)
+        moments.append((base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad)
+                        + weight_transient, grads))
         remaining -= inputs[k]
     grads += embed_grad
-    bwd = max(bwd, base + grads + embed_kept + T * act.hidden_grad + 2 * tied_grad)
-    return Timeline(forward_peak=forward, backward_peak=bwd, step_peak=step_extra,
+    moments.append((base + grads + embed_kept + T * act.hidden_grad + 2 * tied_grad, grads + 2 * tied_grad))
+    bwd, bwd_grads = max(moments)
+    return Timeline(forward_peak=forward, backward_peak=bwd, backward_grads=bwd_grads, step_peak=step_extra,
                     activations=all_kept, logits=max(3 * lsm, T * vocab * logit_bytes + cast + lsm))

@@ -112,7 +112,7 @@ def render(e) -> None:  # noqa: ANN001 (engine.estimate.Estimate)
                  f"{m.trainable_params / 1e6:,.2f}M trainable", style="bold"))
     c.print(f"Rule of thumb: {_b(e.rule_of_thumb.bytes)}: {e.rule_of_thumb.rule} [dim]({e.rule_of_thumb.label})[/]")
     b = e.breakdown
-    table = Table(title="Estimate (per GPU, one step)", title_justify="left", show_header=False)
+    table = Table(title="Estimate (one training step)", title_justify="left", show_header=False)
     table.add_column()
     table.add_column(justify="right")
     dtypes = ", ".join(f"{k} {_b(v)}" for k, v in b.weights_by_dtype.items())
@@ -128,6 +128,9 @@ def render(e) -> None:  # noqa: ANN001 (engine.estimate.Estimate)
     for ph in e.phases:
         mark = " <- peak" if ph.name == e.peak_phase else ""
         table.add_row(Text(f"{ph.name} phase total", style="bold" if mark else ""), _b(ph.bytes), mark.strip())
+    if e.gpu_count > 1:
+        strategy = e.request.get("strategy", "ddp")
+        table.add_row(f"across {e.gpu_count} GPUs ({strategy})", "", "per GPU below")
     table.add_row(Text("peak (max_memory_allocated)", style="bold"), _b(e.peak_bytes), "")
     table.add_row("+ fragmentation margin", _b(e.margins["fragmentation"]), "")
     table.add_row("+ CUDA context", _b(e.margins["cuda_context"]), "")

@@ -298,6 +298,9 @@ class Trainer:
              "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms}
         alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share())
         m["train/loss_smooth"] = self.watchdogs.state["smooth"]
+        technique_metrics = getattr(self.technique, "metrics", None)  # optional: e.g. MoE expert load
+        if technique_metrics is not None:
+            m.update(technique_metrics(self.prep))
         if torch.cuda.is_available():
             m["sys/gpu_mem"] = torch.cuda.max_memory_allocated()
         else:

@@ -15,6 +15,13 @@ accumulation, clipping, LR schedule, controls, checkpoints, events.
     load(prep: Prepared, folder: Path) -> None
         Load what save(final=False) wrote, strictly (a mismatch is an error, never silently skipped).
 
+Optional:
+    metrics(prep: Prepared) -> dict[str, float | list[float]]
+        Extra values merged into each metrics event at the logging interval (and reset by the
+        technique), e.g. MoE's router loss and the share of tokens each expert received.
+    load_inference(run: Path, folder: Path) -> (model, tokenizer)
+        For `llm-wizard generate` when a checkpoint or final/ is not a plain causal LM (engine/generate.py).
+
 Copy scratch.py to start a new technique: it is the smallest complete example.
 """
 

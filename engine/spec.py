@@ -27,6 +27,8 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
 TOKENIZERS = ("bpe", "byte", "char")
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
+DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
+DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -90,18 +92,44 @@ class TokenizerSpec:
 
 @dataclass
 class DataSpec:
-    path: str = _f("", f"a text file or a folder of them; {STDLIB!r} = Python's standard library source")
-    text_column: str = _f("text", "column holding the text (JSONL/CSV/Parquet sources)")
+    path: str = _f("", f"a text file or a folder of them; {STDLIB!r} = Python's standard library source; "
+                       "a JSONL/CSV/Parquet file, a Slack export folder, or a Hub dataset id (format = hub)")
+    text_column: str = _f("text", "column holding the text (JSONL/CSV/Parquet/Hub; empty = guess)")
     val_fraction: float = _f(0.05, "share of the token blocks held out for validation")
+    format: str = _f("auto", "auto (from the path), " + ", ".join(DATA_FORMATS[1:]))
+    prompt_column: str = _f("", "column with the prompt; with response_column, rows become template text")
+    response_column: str = _f("", "column with the response (trained on; the prompt can be masked)")
+    label_column: str = _f("", "column with a class label: rows become 'text : ... Label : <label>'")
+    template: str = _f(DEFAULT_TEMPLATE, "how a prompt and its response are joined: {prompt} then {response}")
+    mask_prompt: bool = _f(True, "no loss on the prompt (or the text before a label); train on the answer only")
+    slack_user: str = _f("", "Slack export: the user (id, name or display name) whose replies are learned")
+    context: int = _f(4, "Slack export: preceding messages kept as the prompt of each reply")
+    split: str = _f("train", "Hub dataset: the split to train on")
+    subset: str = _f("", "Hub dataset: the configuration (subset) name, if it has several")
 
     def __post_init__(self) -> None:
         if not self.path:
             raise _bad("data", "path", "is required: a text file, a folder, or 'stdlib'")
-        if self.path != STDLIB and not Path(self.path).expanduser().exists():
-            raise _bad("data", "path", f"file or folder not found: {self.path}")
+        _choice("data", self, "format", DATA_FORMATS)
+        if self.format == "hub":
+            if self.path.startswith((".", "/", "~")) or self.path.count("/") > 1:
+                raise _bad("data", "path", f"a Hub dataset id looks like 'owner/name', got {self.path!r}")
+        elif self.path != STDLIB and not Path(self.path).expanduser().exists():
+            hint = " (for a Hub dataset set data.format = \"hub\")" if self.path.count("/") == 1 else ""
+            raise _bad("data", "path", f"file or folder not found: {self.path}{hint}")
         _positive("data", self, "val_fraction", zero_ok=True)
         if self.val_fraction >= 0.5:
             raise _bad("data", "val_fraction", f"must be below 0.5, got {self.val_fraction}")
+        _positive("data", self, "context", zero_ok=True)
+        if bool(self.prompt_column) != bool(self.response_column):
+            raise _bad("data", "response_column" if self.prompt_column else "prompt_column",
+                       "set prompt_column and response_column together")
+        if self.label_column and self.prompt_column:
+            raise _bad("data", "label_column", "use either a label column or prompt/response columns, not both")
+        if self.template.count("{response}") != 1 or self.template.count("{prompt}") > 1 \
+                or self.template.find("{prompt}") > self.template.find("{response}"):
+            raise _bad("data", "template", "needs {response} once, after at most one {prompt}: "
+                       f"e.g. {DEFAULT_TEMPLATE!r}")
 
 
 @dataclass
@@ -259,7 +287,8 @@ def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
                 for pkey in ("path",):
                     p = value.get(pkey)
                     if isinstance(p, str) and p and p != STDLIB and not Path(p).expanduser().is_absolute() \
-                            and (key != "model" or (base_dir / p).exists()):
+                            and (key != "model" or (base_dir / p).exists()) \
+                            and not (key == "data" and value.get("format") == "hub"):  # a Hub id, not a path
                         value[pkey] = str((base_dir / p).resolve())
             kwargs[key] = _coerce(key, SECTIONS[key], value)
         elif key == "options":

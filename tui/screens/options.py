@@ -40,6 +40,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("precision", "precision", ("fp32", "mixed-bf16", "mixed-fp16", "bf16"), "speed, hard"),
     Setting("optimizer", "optimizer", ("adamw", "adamw-8bit", "sgd"), "speed + memory, easy"),
     Setting("compile", "torch.compile", (False, True), "speed, easy: slow first step"),
+    Setting("preload", "data preloading", ("mmap cache",), "speed, medium: tokenized once"),
     Setting("seq_len", "sequence length", (64, 128, 256, 512, 1024, 2048, 4096), "memory: activations grow with it"),
     Setting("lr", "learning rate", _lr_values(), "the peak, after warm-up"),
     Setting("schedule", "LR schedule", ("cosine", "linear", "constant"), "after warm-up, down to 10%"),
@@ -51,6 +52,8 @@ SETTINGS: tuple[Setting, ...] = (
 
 
 def value_of(c: Choices, s: Setting) -> Any:
+    if len(s.values) == 1:  # fixed by the engine, shown so the whole of table 5.2 is here
+        return s.values[0]
     return c.learning_rate() if s.key == "lr" else getattr(c, s.key)
 
 
@@ -66,6 +69,8 @@ def step_value(c: Choices, s: Setting, delta: int) -> None:
     """Move the setting to the next/previous value in its list (nearest, for a value not in it)."""
     current = value_of(c, s)
     values = list(s.values)
+    if len(values) == 1:
+        return
     if current in values:
         i = values.index(current) + delta
     else:

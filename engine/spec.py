@@ -24,8 +24,12 @@ from engine.errors import UserError
 TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd")
 TOKENIZERS = ("bpe", "byte", "char")
+# train settings a technique starts from when the spec leaves them out (fine-tuning wants a smaller LR
+# than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
+TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
 DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
@@ -145,7 +149,7 @@ class TrainSpec:
     epochs: float = _f(1.0, "passes over the training data when max_steps is 0")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    optimizer: str = _f("adamw", "adamw, adamw8bit (bitsandbytes) or sgd")
+    optimizer: str = _f("adamw", "adamw, adamw8bit, paged_adamw8bit (bitsandbytes; QLoRA's default) or sgd")
     precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs a GPU)")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
@@ -278,6 +282,10 @@ def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
     data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
     top = [f.name for f in fields(RunSpec)]
     _check_keys("", data, top)
+    train = data.setdefault("train", {})
+    if isinstance(train, dict) and isinstance(data.get("technique"), str):
+        for k, v in TECHNIQUE_DEFAULTS.get(data["technique"], {}).items():
+            train.setdefault(k, v)
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in SECTIONS:

@@ -16,6 +16,10 @@ def build_optimizer(groups: list[dict[str, Any]], t: Any) -> Any:
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, lr=t.lr, betas=(0.9, 0.95))
+    if t.optimizer == "paged_adamw8bit":  # states page out to the CPU under GPU memory pressure (QLoRA)
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(groups, lr=t.lr, betas=(0.9, 0.95))
     return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.95))
 
 

@@ -187,10 +187,11 @@ def build_token_file(
             pass  # incomplete or damaged: build it again below
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
-    dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
+    # By the largest id, not len(): added tokens may leave gaps above the base vocabulary.
+    max_id = max(max(tokenizer.get_vocab().values(), default=0), eos)
+    dtype = np.uint16 if max_id < 1 << 16 else np.uint32
     total = sum(f.stat().st_size for f in files)
     encode = _encoder(tokenizer)
-    limit = _batch_bytes()
     tmp = folder / f".tmp-{key}-{os.getpid()}.bin"
     started = time.monotonic()
     n_tokens = done = n_docs = 0
@@ -230,7 +231,6 @@ def build_token_file(
                 if should_stop is not None and should_stop():
                     raise PreparationStopped(f"stopped after {done / 1e6:.1f} of {total / 1e6:.1f} MB")
             flush(batch)
-            done = total
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)

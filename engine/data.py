@@ -330,11 +330,18 @@ def _hub_name(source: DataSource) -> str:
     return f"{source.path}{'/' + source.subset if source.subset else ''} [{source.split}]"
 
 
-_hub_cache: dict[tuple[str, str, str], Any] = {}
+_hub_cache: dict[tuple[str, str, str, str], Any] = {}
+
+
+def _datasets_cache() -> str:
+    """Where datasets keeps prepared data, read from the environment now (datasets reads it at import)."""
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
+    return os.path.expanduser(os.environ.get("HF_DATASETS_CACHE") or os.path.join(home, "datasets"))
 
 
 def _hub_dataset(source: DataSource) -> Any:
-    key = (source.path, source.subset, source.split)
+    cache = _datasets_cache()
+    key = (source.path, source.subset, source.split, cache)
     if key in _hub_cache:
         return _hub_cache[key]
     os.environ["HF_DATASETS_OFFLINE"] = "1"  # never reach the network, even if HF_HUB_OFFLINE is unset
@@ -342,8 +349,12 @@ def _hub_dataset(source: DataSource) -> Any:
     import datasets
 
     datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True  # if imported before
+    # Its "using the cached version" warnings and progress bars would scribble over the wizard's screen.
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(source.path, source.subset or None, split=source.split)
+        ds = datasets.load_dataset(source.path, source.subset or None, split=source.split, cache_dir=cache)
     except ValueError as exc:  # an unknown split or subset of a cached dataset
         raise UserError(f"Hub dataset {_hub_name(source)}: {exc}", field="data.split") from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not in the cache"
@@ -353,6 +364,8 @@ def _hub_dataset(source: DataSource) -> Any:
             f"datasets.load_dataset('{source.path}'{', ' + repr(source.subset) if source.subset else ''})\" "
             "and copy its ~/.cache/huggingface (or $HF_HOME) here, or export the data to JSONL/Parquet",
             field="data.path") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     _hub_cache[key] = ds
     return ds
 

@@ -138,11 +138,13 @@ def _char(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool
     return tok
 
 
-def tokenizer_key(files: Sequence[Path], kind: str, vocab_size: int) -> str:
+def tokenizer_key(
+    files: Sequence[Path], kind: str, vocab_size: int, should_stop: Callable[[], bool] | None = None
+) -> str:
     """The cache key: what the trained tokenizer depends on, and nothing else."""
     import tokenizers
 
-    corpus = "" if kind == "byte" else corpus_fingerprint(files)
+    corpus = "" if kind == "byte" else corpus_fingerprint(files, should_stop)
     size = 0 if kind == "byte" else vocab_size
     text = f"v{FORMAT_VERSION}|{kind}|{size}|{corpus}|tokenizers {tokenizers.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -152,10 +154,10 @@ def _save(tok: Tokenizer, kind: str, target: Path, meta: dict[str, object]) -> N
     """save_pretrained into a temporary folder next to `target`, then rename it into place."""
     from transformers import PreTrainedTokenizerFast
 
+    from engine.token_cache import remove_stale_temps  # here: token_cache imports this module
+
     extra = {"unk_token": UNK} if kind == "char" else {}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, **extra)
-    from engine.token_cache import remove_stale_temps
-
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
@@ -191,7 +193,7 @@ def train_tokenizer(
 
     _check_args(kind, vocab_size)
     files = [Path(f) for f in files]
-    key = tokenizer_key(files, kind, vocab_size)
+    key = tokenizer_key(files, kind, vocab_size, should_stop)
     target = cache_dir() / "tokenizers" / key
     if not (target / META_FILE).exists():
         if kind == "bpe":

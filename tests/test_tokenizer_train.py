@@ -104,6 +104,9 @@ def test_bad_file_is_named_before_training(corpus: list[Path], tmp_path: Path) -
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])
 def test_stop_while_reading_leaves_nothing(corpus: list[Path], kind: str) -> None:
+    from engine.corpus import corpus_fingerprint
+
+    corpus_fingerprint(corpus)  # hashed (and remembered) now, so every poll below is while reading
     polls = []
     with pytest.raises(PreparationStopped):
         train_tokenizer(corpus, kind, 300, should_stop=lambda: polls.append(1) or len(polls) > 2)  # type: ignore[arg-type]

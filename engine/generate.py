@@ -26,6 +26,10 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     final = run / "final"
     newest = checkpoint.find_resume(run)
     if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+        if (final / "adapter_config.json").is_file():  # a peft adapter: the technique puts it on its base
+            technique = get(spec_mod.load(run / runfolder.SPEC).technique)
+            model, tokenizer = technique.load_inference(run, final)
+            return model.eval(), tokenizer, "final"
         return AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
     target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
     if target is None:

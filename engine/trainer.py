@@ -213,9 +213,10 @@ class Trainer:
         if t.eval.every and self.step % t.eval.every:
             self._evaluate()
         self.save_checkpoint(reason="end")
-        final = self._save_final()
-        self.set_state("done", f"finished {self.step} steps")
-        self.events.emit("done", state="done", step=self.step, final=str(final))
+        final, summary = self._save_final()
+        note = f"; {summary['summary']}" if summary.get("summary") else ""
+        self.set_state("done", f"finished {self.step} steps{note}")
+        self.events.emit("done", state="done", step=self.step, final=str(final), **summary)
         return 0
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -426,15 +427,16 @@ class Trainer:
                          message=f"rolled back to {info.name} (branch {self.branch})")
         self.write_status()
 
-    def _save_final(self) -> Path:
+    def _save_final(self) -> tuple[Path, dict[str, Any]]:
+        """final/ written whole or not at all; save() may return fields for the done event (LoRA's adapter size)."""
         import shutil
 
         final, tmp = self.run / "final", self.run / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        self.technique.save(self.prep, tmp, final=True)
+        summary = self.technique.save(self.prep, tmp, final=True) or {}
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-        return final
+        return final, summary
 

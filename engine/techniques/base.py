@@ -9,9 +9,10 @@ accumulation, clipping, LR schedule, controls, checkpoints, events.
         input. Call ctx.progress(message) during slow work and stop early when ctx.should_stop().
     loss(prep: Prepared, batch: Tensor) -> Tensor
         One micro-batch's scalar loss. `batch` is what prep.data.train_batch() returned, on the device.
-    save(prep: Prepared, folder: Path, *, final: bool) -> None
+    save(prep: Prepared, folder: Path, *, final: bool) -> None | dict
         Checkpoint weights into `folder` as safetensors (final=False), or the finished, loadable
-        model/adapter + tokenizer (final=True; `from_pretrained` must read it).
+        model/adapter + tokenizer (final=True; `from_pretrained` must read it). A dict returned for
+        final=True goes into the `done` event; its "summary" text ends the final message (LoRA's size).
     load(prep: Prepared, folder: Path) -> None
         Load what save(final=False) wrote, strictly (a mismatch is an error, never silently skipped).
 
@@ -21,6 +22,9 @@ Optional:
         technique), e.g. MoE's router loss and the share of tokens each expert received.
     load_inference(run: Path, folder: Path) -> (model, tokenizer)
         For `llm-wizard generate` when a checkpoint or final/ is not a plain causal LM (engine/generate.py).
+    preflight(spec: RunSpec) -> None
+        Checks that need neither data nor model, run by `llm-wizard train` before the run folder
+        exists; raises UserError (QLoRA: can bitsandbytes run 4-bit here, else offer LoRA).
 
 Copy scratch.py to start a new technique: it is the smallest complete example.
 """

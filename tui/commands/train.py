@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give a spec file (see presets/), or --resume RUN", field="spec")
         spec = spec_mod.load(args.spec, args.overrides)
         _preflight_data(spec)
+        _preflight_technique(spec)
         explicit = getattr(args, "runs_dir", None) or spec.runs_dir or None
         run_path = job.create(spec, runs_dir(explicit))
 
@@ -78,3 +79,12 @@ def _preflight_data(spec: object) -> None:
     path = spec.data.path  # type: ignore[attr-defined]
     if path != STDLIB:
         check_text_files(text_files(path))
+
+
+def _preflight_technique(spec: object) -> None:
+    """A technique's own checks before launch (QLoRA: 4-bit support here, else LoRA is offered)."""
+    from engine.techniques.base import get
+
+    technique = get(spec.technique)  # type: ignore[attr-defined]
+    if hasattr(technique, "preflight"):
+        technique.preflight(spec)

@@ -58,6 +58,10 @@ class Example:
     prompt: str = ""  # the leading part of `text` with no loss on it
     ends: bool = True  # False: the document goes on in the next example (no eos in between)
 
+    def __post_init__(self) -> None:
+        if not self.text.startswith(self.prompt):
+            raise ValueError("Example.prompt must be the start of Example.text")
+
     @property
     def completion(self) -> str:
         return self.text[len(self.prompt):]
@@ -135,7 +139,7 @@ class DataSource:
 
 def iter_examples(source: DataSource) -> Iterator[Example]:
     """Every example, in a fixed order, streamed."""
-    for example, _ in _examples(source):
+    for example, _ in examples_with_bytes(source):
         yield example
 
 
@@ -162,7 +166,7 @@ def count_tokens(source: DataSource, tokenizer: Any, progress: Progress | None =
     tokens = 0
     batch: list[str] = []
     done = 0
-    for example, done in _examples(source):
+    for example, done in examples_with_bytes(source):
         batch.append(example.prompt)
         batch.append(example.completion)
         tokens += int(example.ends)
@@ -187,8 +191,8 @@ def source_bytes(source: DataSource) -> int:
 # --- examples from each kind of source ---------------------------------------------------------------
 
 
-def _examples(source: DataSource) -> Iterator[tuple[Example, int]]:
-    """(example, source bytes consumed so far) for the source's kind."""
+def examples_with_bytes(source: DataSource) -> Iterator[tuple[Example, int]]:
+    """(example, source bytes read so far): iter_examples with a position for progress bars."""
     kind = source.kind
     if kind == "text":
         if source.mode != "text":

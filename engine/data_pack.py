@@ -10,9 +10,11 @@ whose batches are (B, 2, T+1): row 0 the ids, row 1 the mask. `lm_loss(model, ba
 Examples are packed back to back (no padding), so a block may hold the end of one and the start of
 the next, as in the scratch technique.
 
-    blocks, fingerprint = example_blocks(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len,
-                                         val_fraction=spec.data.val_fraction, seed=spec.seed)
-    loss = lm_loss(model, batch)        # in the technique's loss(prep, batch)
+    # in a technique's setup(ctx): any data source, prompts masked as the spec says
+    data, fingerprint = source_blocks(ctx, tokenizer)
+    return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint, ...)
+    # in its loss(prep, batch)
+    return lm_loss(prep.model, batch)
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import paths
 from engine.corpus import PreparationStopped, corpus_fingerprint
-from engine.data import DataSource, _examples, source_bytes
+from engine.data import DataSource, examples_with_bytes, source_bytes
 from engine.errors import UserError
 from engine.token_cache import TokenBlocks, TokenFile, _encoder, build_token_file, load_token_file, \
     remove_stale_temps, tokenizer_fingerprint
@@ -36,6 +38,8 @@ from engine.token_cache import TokenBlocks, TokenFile, _encoder, build_token_fil
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from engine.techniques.base import SetupContext
 
 FORMAT_VERSION = 1
 BATCH_EXAMPLES = 1024  # examples tokenized together (one Rust call over all cores)
@@ -60,6 +64,9 @@ class MaskedBlocks(TokenBlocks):
         if trained == 0:  # RELIABILITY.md D7: a zero loss (or NaN) would follow
             raise UserError("every training token is masked (prompts only, no responses): nothing to learn; "
                             "check the response/label column or set data.mask_prompt = false", field="data.mask_prompt")
+        if self.val_tokens and not np.count_nonzero(self._mask[self.train_tokens + 1:]):
+            raise UserError(f"the validation split (the last {self.val_tokens} tokens) holds prompts only, so its "
+                            "loss would be empty; change data.val_fraction", field="data.val_fraction")
         self.trained_tokens = trained
 
     def _rows(self, starts: np.ndarray, torch: Any) -> torch.Tensor:
@@ -113,6 +120,21 @@ def example_blocks(
                                     should_stop=should_stop)
     cls = MaskedBlocks if source.masks else TokenBlocks
     return cls(token_file, seq_len, val_fraction, seed), token_file.fingerprint
+
+
+def source_blocks(ctx: SetupContext, tokenizer: Any) -> tuple[TokenBlocks, str]:
+    """example_blocks for a technique's setup(): the run's data spec, progress and stop request."""
+    spec = ctx.spec
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 1.0:
+            last[0] = time.monotonic()
+            ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
+
+    return example_blocks(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len,
+                          val_fraction=spec.data.val_fraction, seed=spec.seed, progress=progress,
+                          should_stop=ctx.should_stop)
 
 
 def source_fingerprint(source: DataSource, should_stop: Callable[[], bool] | None = None) -> str:
@@ -185,7 +207,7 @@ def build_example_file(
 
             batch: list[Any] = []
             done = 0
-            for example, done in _examples(source):
+            for example, done in examples_with_bytes(source):
                 batch.append(example)
                 n_examples += 1
                 if len(batch) >= BATCH_EXAMPLES:

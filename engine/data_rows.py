@@ -145,8 +145,9 @@ def arrow_rows(table: Any, name: str, resolve: Resolve, total_bytes: int, batch_
     n = len(table)
     if n == 0:
         raise UserError(f"{name} has no rows", field="dataset")
+    table = table.select_columns(columns)
     for first in range(0, n, batch_rows):
-        chunk = table.select_columns(columns)[first:first + batch_rows]  # a dict of lists
+        chunk = table[first:first + batch_rows]  # a dict of lists
         for k in range(len(chunk[columns[0]])):
             number = first + k + 1
             yield Row({c: chunk[c][k] for c in columns}, f"{name} row {number}", total_bytes * number // n)

@@ -429,12 +429,35 @@ def test_everything_masked_is_refused(tmp_path: Path, byte_tok, monkeypatch: pyt
 
     path = write_rows(tmp_path / "chat.jsonl", [{"q": "question " * 20, "a": "y"}] * 30, "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a", template="{prompt}{response}")
-    original = data_pack._examples
+    original = data_pack.examples_with_bytes
 
     def prompts_only(src: DataSource):  # noqa: ANN202 - answers tokenized to nothing
         for ex, done in original(src):
             yield Example(ex.prompt, ex.prompt, ends=False), done
 
-    monkeypatch.setattr(data_pack, "_examples", prompts_only)
+    monkeypatch.setattr(data_pack, "examples_with_bytes", prompts_only)
     with pytest.raises(UserError, match="every training token is masked"):
         data_pack.example_blocks(source, byte_tok, 16, cache_dir=tmp_path / "c")
+
+
+def test_source_blocks_from_a_run_spec(tmp_path: Path, byte_tok) -> None:
+    from engine.data_pack import MaskedBlocks, source_blocks
+    from engine.spec import from_dict
+    from engine.techniques.base import SetupContext
+
+    root = make_slack_export(tmp_path / "export")
+    for i in range(40):  # enough replies for a few blocks
+        (root / "random" / f"2023-12-{1 + i % 28:02d}.json").write_text(json.dumps([
+            {"user": "U3", "text": f"ping {i}", "ts": f"{1_701_000_000 + i * 100_000}.1"},
+            {"user": "U1", "text": f"pong {i}", "ts": f"{1_701_000_010 + i * 100_000}.1"}]))
+    spec = from_dict({"technique": "lora", "data": {"path": "export", "slack_user": "ann", "val_fraction": 0.1},
+                      "train": {"seq_len": 32}}, base_dir=tmp_path)
+    messages: list[str] = []
+    blocks, fingerprint = source_blocks(SetupContext(spec=spec, run=tmp_path, progress=messages.append), byte_tok)
+    assert isinstance(blocks, MaskedBlocks) and len(fingerprint) == 32
+    assert blocks.n_val_blocks >= 1 and 0 < blocks.trained_tokens < blocks.train_tokens
+    assert blocks.train_batch(0, 0, 2).shape == (2, 2, 33)
+    tokens, mask = blocks._tokens[:].tolist(), blocks._mask[:].tolist()
+    trained = bytes(t for t, m in zip(tokens, mask) if m and t < 256).decode()  # 256 is eos
+    replies = [e.completion for e in iter_examples(DataSource.from_spec(spec.data))]
+    assert trained == "".join(replies) and "pong 39" in trained  # only replies (and their eos) carry loss

@@ -1,4 +1,7 @@
-"""Shared pieces of the run tests: a learnable corpus, a tiny spec, launching and watching a job."""
+"""Shared pieces of the run tests: a learnable corpus, a tiny spec, launching and watching a job.
+
+Timeouts are generous (minutes): they only matter when something is broken, and a job's start-up
+(torch, transformers, accelerate imports) takes many seconds on a loaded 2-core machine."""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def resume(run: Path, *, step_sleep: float = 0.0, env: dict[str, str] | None = N
     return job.launch(run, resume=True, step_sleep=step_sleep, env=env)
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_for(check: Callable[[], Any], timeout: float = 240.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -55,11 +58,11 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condi
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def wait_step(run: Path, step: int, timeout: float = 60.0) -> dict[str, Any]:
+def wait_step(run: Path, step: int, timeout: float = 240.0) -> dict[str, Any]:
     return wait_for(lambda: (s := runfolder.read_status(run)).get("step", 0) >= step and s, timeout, f"step {step}")
 
 
-def wait_exit(pid: int, timeout: float = 60.0) -> int:
+def wait_exit(pid: int, timeout: float = 240.0) -> int:
     """The exit code of a job this test launched (it is our child)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,7 +78,7 @@ def events(run: Path, kind: str | None = None) -> list[dict[str, Any]]:
     return [e for e in evs if kind is None or e["type"] == kind]
 
 
-def control(run: Path, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+def control(run: Path, cmd: str, timeout: float = 240.0, **args: Any) -> dict[str, Any]:
     _, offset = runfolder.read_events(run)
     cid = runfolder.send_command(run, cmd, **args)
     ack = runfolder.wait_ack(run, cid, timeout=timeout, from_offset=offset)

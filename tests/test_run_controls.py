@@ -71,8 +71,8 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         _, offset = runfolder.read_events(run)
         c1 = runfolder.send_command(run, "rollback", step=10)
         c2 = runfolder.send_command(run, "save")
-        rb = runfolder.wait_ack(run, c1, 30, from_offset=offset)
-        sv = runfolder.wait_ack(run, c2, 30, from_offset=offset)
+        rb = runfolder.wait_ack(run, c1, 240, from_offset=offset)
+        sv = runfolder.wait_ack(run, c2, 240, from_offset=offset)
         assert rb["ok"] and rb["branch"] == 1 and rb["step"] == 10, rb
         assert sv["ok"] and sv["step"] == 10 and sv["checkpoint"] == "step-000010-b1", sv
         ckpts = run / "checkpoints"
@@ -118,7 +118,7 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
 
     # generate samples from the newest checkpoint (the run stopped before a final model)
     out = subprocess.run([sys.executable, "-m", "tui.cli", "generate", str(run), "the cat", "--max-new-tokens", "12",
-                          "--json"], capture_output=True, text=True, timeout=120)
+                          "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["source"].startswith("step-") and len(result["text"]) > 0

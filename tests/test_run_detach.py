@@ -34,7 +34,7 @@ def _read_until(fd: int, marker: bytes, timeout: float) -> bytes:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
     try:
         os.write(master, f"{sys.executable} -m tui.cli train {spec_file} --json --step-sleep 0.03 > {out}; "
                          f"echo LAUNCHED-$?\n".encode())
-        _read_until(master, b"LAUNCHED-0", 120)
+        _read_until(master, b"LAUNCHED-0", 300)
         info = json.loads(out.read_text())
         job_pid, run = info["pid"], Path(info["path"])
         assert set(info) == {"id", "path", "pid"} and run.name == info["id"]
@@ -62,7 +62,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         assert not any(os.readlink(f"/proc/{job_pid}/fd/{fd}").startswith("/dev/pts")
                        for fd in os.listdir(f"/proc/{job_pid}/fd"))
 
-        before = wait_for(lambda: (st := runfolder.read_status(run)).get("step", 0) >= 5 and st, 60, "step 5")
+        before = wait_for(lambda: (st := runfolder.read_status(run)).get("step", 0) >= 5 and st, 240, "step 5")
         os.close(master)  # the connection drops: the kernel hangs up the terminal, bash gets SIGHUP
         master = -1
         _, status = os.waitpid(shell, 0)
@@ -88,8 +88,8 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         paused_at = runfolder.read_status(run)["step"]
         t0 = time.monotonic()
         os.kill(job_pid, signal.SIGTERM)
-        wait_for(lambda: not runfolder.pid_alive(job_pid), 30, "the job to exit")
-        assert time.monotonic() - t0 < 10
+        wait_for(lambda: not runfolder.pid_alive(job_pid), 240, "the job to exit")
+        assert time.monotonic() - t0 < 30  # one step + a tiny save + exit, with room for a loaded machine
         final = runfolder.read_status(run)
         assert final["state"] == "stopped" and final["step"] == paused_at
         assert events(run, "checkpoint")[-1]["step"] == paused_at
@@ -118,7 +118,7 @@ def test_foreground_ctrl_c_saves_and_oom_backoff_keeps_the_effective_batch(tmp_p
             assert line, "".join(lines)[-3000:]
             lines.append(line)
         proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
-        rest, _ = proc.communicate(timeout=60)
+        rest, _ = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()

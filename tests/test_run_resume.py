@@ -36,7 +36,7 @@ def test_sigkill_then_resume_logs_the_same_losses_as_an_uninterrupted_run(tmp_pa
     straight, pid_s = launch(s, tmp_path / "runs")
     killed, pid_k = launch(s, tmp_path / "runs", step_sleep=0.05)
     try:
-        wait_for(lambda: (killed / "checkpoints" / "step-000020").is_dir(), 60, "checkpoint 20")
+        wait_for(lambda: (killed / "checkpoints" / "step-000020").is_dir(), 240, "checkpoint 20")
         wait_step(killed, 23)
         os.kill(pid_k, signal.SIGKILL)
         assert wait_exit(pid_k) == -signal.SIGKILL
@@ -61,7 +61,7 @@ def test_sigkill_then_resume_logs_the_same_losses_as_an_uninterrupted_run(tmp_pa
 
     # the finished run's final model loads with transformers and generates
     out = subprocess.run([sys.executable, "-m", "tui.cli", "generate", str(straight), "the", "--max-new-tokens", "8",
-                          "--json"], capture_output=True, text=True, timeout=120)
+                          "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["source"] == "final"
 
@@ -73,7 +73,7 @@ def test_rollback_crash_mid_save_resume_keeps_the_new_branch_then_set_lr_survive
     ckpts = run / "checkpoints"
     try:
         # three checkpoints, roll back to the first; the first save on the new branch is killed mid-write
-        wait_for(lambda: (ckpts / "step-000030").is_dir(), 60, "checkpoint 30")
+        wait_for(lambda: (ckpts / "step-000030").is_dir(), 240, "checkpoint 30")
         ack = control(run, "rollback", step=10)
         assert ack["ok"] and ack["branch"] == 1
         assert wait_exit(pid) == 137
@@ -86,7 +86,7 @@ def test_rollback_crash_mid_save_resume_keeps_the_new_branch_then_set_lr_survive
         pid = resume(run, step_sleep=0.02)
         early = control(run, "set_lr", factor=1.0)  # sent while the job still starts: kept and answered
         assert early["ok"] and early["step"] == 10
-        wait_for(lambda: (ckpts / "step-000020-b1" / "manifest.json").is_file(), 60, "branch 1's checkpoint 20")
+        wait_for(lambda: (ckpts / "step-000020-b1" / "manifest.json").is_file(), 240, "branch 1's checkpoint 20")
         evs = events(run)
         resumed = [e for e in evs if _resumed(e)][-1]
         assert resumed["resumed_from"] == "step-000010" and resumed["branch"] == 1
@@ -105,9 +105,9 @@ def test_rollback_crash_mid_save_resume_keeps_the_new_branch_then_set_lr_survive
         pid = resume(run, step_sleep=0.02, env={"LLMW_FAULT": f"nan@step:{at + 3}"})
 
         # NaN at step at+3: alert, step skipped, run paused, nothing non-finite kept
-        alert = wait_for(lambda: [e for e in events(run, "alert") if e["kind"] == "nan"], 60, "the NaN alert")[0]
+        alert = wait_for(lambda: [e for e in events(run, "alert") if e["kind"] == "nan"], 240, "the NaN alert")[0]
         assert alert["step"] == at + 3 and alert["suggest"] == "rollback"
-        status = wait_for(lambda: (st := runfolder.read_status(run))["state"] == "paused" and st, 30, "pause")
+        status = wait_for(lambda: (st := runfolder.read_status(run))["state"] == "paused" and st, 240, "pause")
         assert status["step"] == at + 2
         evs = events(run)
         after = [e for e in _after(evs, _resumed) if e["type"] == "metrics"]

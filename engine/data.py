@@ -28,6 +28,7 @@ Token blocks for training, with the prompt masked: engine/data_pack.py (`example
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -89,9 +90,9 @@ class DataSource:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in vars(data).items() if k in names})
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
-        """The format, with "auto" resolved from the path."""
+        """The format, with "auto" resolved from the path (a folder: Slack, all of one table format, or text)."""
         if self.format not in DATA_FORMATS:
             raise UserError(f"data.format: unknown value {self.format!r}: choose one of {', '.join(DATA_FORMATS)}",
                             field="data.format")
@@ -104,7 +105,11 @@ class DataSource:
             hint = " (for a Hub dataset set data.format = \"hub\")" if self.path.count("/") == 1 else ""
             raise UserError(f"no such file or folder: {p}{hint}", field="data.path")
         if p.is_dir():
-            return "slack" if data_slack.is_export(p) else "text"
+            if data_slack.is_export(p):
+                return "slack"
+            suffixes = {f.suffix.lower() for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")}
+            tables = [kind for kind, known in SUFFIXES.items() if suffixes and suffixes <= set(known)]
+            return tables[0] if tables else "text"
         for kind, suffixes in SUFFIXES.items():
             if p.suffix.lower() in suffixes:
                 return kind

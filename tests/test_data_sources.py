@@ -126,8 +126,21 @@ def test_folder_of_jsonl_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     write_rows(tmp_path / "d" / "b.jsonl", [{"text": "second"}], "jsonl")
     write_rows(tmp_path / "d" / "a.jsonl", [{"text": "first"}], "jsonl")
-    source = DataSource(str(tmp_path / "d"), format="jsonl")
-    assert [e.text for e in iter_examples(source)] == ["first", "second"]
+    for source in (DataSource(str(tmp_path / "d"), format="jsonl"), DataSource(str(tmp_path / "d"))):
+        assert source.kind == "jsonl" and [e.text for e in iter_examples(source)] == ["first", "second"]
+    (tmp_path / "d" / "notes.txt").write_text("a text file makes it a text folder\n")
+    assert DataSource(str(tmp_path / "d")).kind == "text"
+
+
+def test_too_small_for_a_validation_split(tmp_path: Path, byte_tok) -> None:  # D8
+    from engine.data_pack import example_blocks
+
+    path = write_rows(tmp_path / "chat.jsonl", ROWS[:2], "jsonl")
+    source = DataSource(str(path), prompt_column="q", response_column="a")
+    with pytest.raises(UserError, match=r"need at least 2 x \(seq_len\+1\)"):
+        example_blocks(source, byte_tok, 64, val_fraction=0.05, cache_dir=tmp_path / "c")
+    blocks, _ = example_blocks(source, byte_tok, 64, val_fraction=0.0, cache_dir=tmp_path / "c")
+    assert blocks.n_val_blocks == 0 and blocks.n_train_blocks == 1
 
 
 def make_hub_cache(home: Path, repo: str, rows: list[dict]) -> None:

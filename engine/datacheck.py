@@ -5,13 +5,12 @@ fewer than about 1e-5 x parameters tokens (10K for 1B) will do little, and LoRA 
 better tool. Tokens are counted exactly with the model's tokenizer up to `EXACT_LIMIT_BYTES` of
 text; beyond, evenly spaced samples give a bytes-per-token ratio that is extrapolated, with an error
 bar. Without a tokenizer (scratch, or a model folder without one) a stated bytes-per-token ratio is
-used. Plain text is read through engine.corpus (the same strict checks as training).
+used. Data is read through engine.data (text files through engine.corpus), the same readers and
+checks as training, so the count is what the trainer will see.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import statistics
@@ -30,7 +29,6 @@ SAMPLE_BYTES = 64 * 1024  # text per sample
 # Without a tokenizer: OpenAI's rule for English BPE text, "1 token ~ 4 characters"; for a byte- or
 # char-level scratch tokenizer it is 1.
 DEFAULT_BYTES_PER_TOKEN = 4.0
-TEXT_COLUMNS = ("text", "content", "body", "message", "document")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -66,110 +64,31 @@ class DataCheck:
         return asdict(self)
 
 
-# --- reading -----------------------------------------------------------------------------------------
+# --- reading: engine.data's sources, so the check counts what the trainer will read -------------
 
 
-def _kind(path: Path) -> str:
-    if path.is_dir():
-        return "folder"
-    suffix = path.suffix.lower()
-    return {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}.get(suffix, "text")
+def source_for(dataset: str, text_column: str | None = None) -> Any:
+    """engine.data.DataSource for a path (or, when no such path exists, a cached Hub dataset id)."""
+    from engine.data import DataSource
 
-
-def _pick_column(columns: list[str], text_column: str | None, where: str) -> str:
-    if text_column:
-        if text_column not in columns:
-            raise UserError(f"{where} has no column {text_column!r}; it has {', '.join(columns)}", field="text_column")
-        return text_column
-    for name in TEXT_COLUMNS:
-        if name in columns:
-            return name
-    raise UserError(f"{where}: which column holds the text? pass --text-column (columns: {', '.join(columns)})",
-                    field="text_column")
-
-
-def _jsonl_rows(path: Path, text_column: str | None) -> Iterator[tuple[str, int]]:
-    column = text_column
-    with _open(path) as handle:
-        for n, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:
-                raise UserError(f"{path} line {n} is not JSON", field="dataset") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path} line {n} is not a JSON object", field="dataset")
-            if column is None or n == 1:
-                column = _pick_column(list(row), column, f"{path} line {n}")
-            value = row.get(column)
-            text = value if isinstance(value, str) else "" if value is None else str(value)
-            yield text, len(line.encode("utf-8"))
-
-
-def _open(path: Path) -> Any:
-    try:
-        return path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}", field="dataset") from None
-
-
-def _csv_rows(path: Path, text_column: str | None) -> Iterator[tuple[str, int]]:
-    with _open(path) as handle:
-        reader = csv.DictReader(handle)
-        column = _pick_column(list(reader.fieldnames or []), text_column, str(path))
-        for row in reader:
-            text = row.get(column) or ""
-            yield text, len(text.encode("utf-8")) + 1
-
-
-def _parquet_rows(path: Path, text_column: str | None) -> Iterator[tuple[str, int]]:
-    try:
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-    except Exception as err:  # not parquet, truncated, unreadable
-        raise UserError(f"cannot read {path} as parquet: {err}", field="dataset") from None
-    column = _pick_column(pf.schema_arrow.names, text_column, str(path))
-    for batch in pf.iter_batches(columns=[column], batch_size=4096):
-        for value in batch.column(0).to_pylist():
-            text = value if isinstance(value, str) else "" if value is None else str(value)
-            yield text, len(text.encode("utf-8"))
-
-
-def _size(path: Path) -> int:
-    from engine.corpus import text_files
-
-    if path.is_dir():
-        return sum(p.stat().st_size for p in text_files(path))
-    return path.stat().st_size
-
-
-def iter_documents(path: Path, text_column: str | None = None) -> Iterator[tuple[str, int]]:
-    """(text, file bytes it came from) for every document of a dataset."""
-    from engine.corpus import iter_pieces, text_files
-
-    kind = _kind(path)
-    if kind in ("text", "folder"):
-        for f in text_files(path):
-            for text, n in iter_pieces(f):
-                yield text, n
-    elif kind == "jsonl":
-        yield from _jsonl_rows(path, text_column)
-    elif kind == "csv":
-        yield from _csv_rows(path, text_column)
-    else:
-        yield from _parquet_rows(path, text_column)
-
-
-def resolve_dataset(dataset: str) -> Path:
     path = Path(os.path.expanduser(dataset))
-    if not path.exists():
-        raise UserError(f"dataset {dataset} not found: pass a .txt, .jsonl, .csv or .parquet file or a folder "
-                        "of text files", field="dataset")
-    if not os.access(path, os.R_OK):
+    hub = not path.exists() and dataset.count("/") == 1 and not dataset.startswith((".", "/", "~"))
+    if not path.exists() and not hub:
+        raise UserError(f"dataset {dataset} not found: pass a .txt, .jsonl, .csv or .parquet file, a folder, or "
+                        "a Hub dataset id in the local cache", field="dataset")
+    if path.exists() and not os.access(path, os.R_OK):
         raise UserError(f"cannot read dataset {path}: permission denied", field="dataset")
-    return path
+    source = DataSource(dataset, format="hub" if hub else "auto", text_column=text_column or "")
+    source.kind  # noqa: B018 (resolves the format now: a bad source fails before counting)
+    return source
+
+
+def iter_documents(source: Any) -> Iterator[tuple[str, int]]:
+    """(text, source bytes read so far) for every example of a source."""
+    from engine.data import examples_with_bytes
+
+    for example, done in examples_with_bytes(source):
+        yield example.text, done
 
 
 # --- tokenizers --------------------------------------------------------------------------------------
@@ -205,98 +124,79 @@ def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str
                  progress: Progress | None = None, exact_limit: int = EXACT_LIMIT_BYTES,
                  bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN) -> TokenCount:
     """Tokens in a dataset: exact up to `exact_limit` bytes, sampled and extrapolated beyond."""
-    path = resolve_dataset(dataset)
-    total = _size(path)
+    from engine.data import count_tokens as exact_count, source_bytes
+
+    source = source_for(dataset, text_column)
+    total = source_bytes(source)
+    if tokenizer is not None and total > exact_limit:
+        return _sampled(source, tokenizer, total, progress)
+    n_bytes = docs = 0
+    for text, done in iter_documents(source):
+        n_bytes += len(text.encode("utf-8"))
+        docs += 1
+        if progress and tokenizer is None and docs % 256 == 0:
+            progress(min(done, total), total)
+    _nonempty(n_bytes, dataset)
     if tokenizer is None:
-        n_bytes = docs = done = 0
-        for text, file_bytes in iter_documents(path, text_column):
-            n_bytes += len(text.encode("utf-8"))
-            docs += 1
-            done += file_bytes
-            if progress and docs % 256 == 0:
-                progress(min(done, total), total)
         if progress:
             progress(total, total)
-        _nonempty(n_bytes, path)
         return TokenCount(int(round(n_bytes / bytes_per_token)), False, 0,
                           f"no tokenizer: {n_bytes} bytes / {bytes_per_token:g} bytes a token (estimate)",
                           n_bytes, docs)
-    if total <= exact_limit:
-        tokens = n_bytes = docs = done = 0
-        batch: list[str] = []
-        for text, file_bytes in iter_documents(path, text_column):
-            batch.append(text)
-            n_bytes += len(text.encode("utf-8"))
-            docs += 1
-            done += file_bytes
-            if len(batch) >= 256:
-                tokens += _encode_len(tokenizer, batch)
-                batch = []
-                if progress:
-                    progress(min(done, total), total)
-        tokens += _encode_len(tokenizer, batch)
-        if progress:
-            progress(total, total)
-        _nonempty(n_bytes, path)
-        return TokenCount(tokens, True, 0, "exact: every document through the model's tokenizer", n_bytes, docs)
-    return _sampled(path, tokenizer, text_column, total, progress)
+    # engine.data counts what the trainer sees: every example's ids and an end-of-text per document
+    tokens = exact_count(source, tokenizer, progress)
+    return TokenCount(tokens, True, 0, "exact: every example through the model's tokenizer", n_bytes, docs)
 
 
-def _nonempty(n_bytes: int, path: Path) -> None:
+def _nonempty(n_bytes: int, dataset: str) -> None:
     if n_bytes == 0:
-        raise UserError(f"dataset {path} has no text", field="dataset")
+        raise UserError(f"dataset {dataset} has no text", field="dataset")
 
 
-def _sampled(path: Path, tokenizer: Any, text_column: str | None, total: int, progress: Progress | None) -> TokenCount:
+def _sampled(source: Any, tokenizer: Any, total: int, progress: Progress | None) -> TokenCount:
     """Tokenize evenly spaced samples; tokens = bytes / (bytes per token) with a 2-sigma error bar."""
-    from engine.corpus import text_files
-
     ratios: list[float] = []
-    text_bytes = 0
-    docs = 0
-    if _kind(path) in ("text", "folder"):
-        files = text_files(path)
+    text_bytes = docs = 0
+    if source.kind == "text":
+        files = source.files()
         sizes = [f.stat().st_size for f in files]
-        text_bytes = sum(sizes)
-        offsets = [int((k + 0.5) * text_bytes / SAMPLES) for k in range(SAMPLES)]
-        starts, acc = [], 0
-        for f, s in zip(files, sizes):
-            starts.append(acc)
-            acc += s
-        for k, off in enumerate(offsets):
-            idx = max(i for i, st in enumerate(starts) if st <= off)
+        text_bytes, docs = sum(sizes), len(files)
+        starts = [sum(sizes[:i]) for i in range(len(sizes))]
+        for k in range(SAMPLES):
+            offset = int((k + 0.5) * text_bytes / SAMPLES)
+            idx = max(i for i, st in enumerate(starts) if st <= offset)
             with files[idx].open("rb") as handle:
-                handle.seek(off - starts[idx])
+                handle.seek(offset - starts[idx])
                 chunk = handle.read(SAMPLE_BYTES).decode("utf-8", errors="ignore")
             if chunk.strip():
                 ratios.append(len(chunk.encode("utf-8")) / max(1, _encode_len(tokenizer, [chunk])))
             if progress:
                 progress(int((k + 1) * total / SAMPLES), total)
-        docs = len(files)
     else:
-        # rows: one pass for the text bytes, tokenizing every n-th row group as the sample
+        # rows: one pass for the text bytes, tokenizing every n-th group of 64 rows as the sample
         every = max(1, total // (SAMPLES * SAMPLE_BYTES))
         group: list[str] = []
-        for i, (text, _) in enumerate(iter_documents(path, text_column)):
-            b = len(text.encode("utf-8"))
-            text_bytes += b
+        for i, (text, done) in enumerate(iter_documents(source)):
+            text_bytes += len(text.encode("utf-8"))
             docs += 1
             if (i // 64) % every == 0:
                 group.append(text)
                 if len(group) == 64:
-                    gb = sum(len(t.encode("utf-8")) for t in group)
-                    if gb:
-                        ratios.append(gb / max(1, _encode_len(tokenizer, group)))
+                    size = sum(len(t.encode("utf-8")) for t in group)
+                    if size:
+                        ratios.append(size / max(1, _encode_len(tokenizer, group)))
                     group = []
+            if progress and docs % 1024 == 0:
+                progress(min(done, total), total)
         if progress:
             progress(total, total)
-    _nonempty(text_bytes, path)
+    _nonempty(text_bytes, source.path)
     if not ratios:
-        raise UserError(f"dataset {path}: no text found in the samples", field="dataset")
+        raise UserError(f"dataset {source.path}: no text found in the samples", field="dataset")
     mean = statistics.fmean(ratios)
     sem = statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else mean
-    tokens = text_bytes / mean
-    error = tokens * 2 * sem / mean
+    error = text_bytes / mean * 2 * sem / mean
+    tokens = text_bytes / mean + docs  # the trainer's end-of-text token after each document
     return TokenCount(int(round(tokens)), False, int(round(error)),
                       f"sampled: {len(ratios)} samples, {mean:.2f} bytes a token, extrapolated to "
                       f"{text_bytes} bytes (+/- 2 standard errors)", text_bytes, docs)

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--gpu-memory", type=_size_arg, metavar="SIZE",
                    help="assume GPUs with this much free memory (e.g. 24GiB) instead of probing")
     d = parser.add_argument_group("data")
-    d.add_argument("--dataset", metavar="PATH", help=".txt, folder of text files, .jsonl, .csv or .parquet")
+    d.add_argument("--dataset", metavar="PATH_OR_ID", help=".txt, folder of text files, .jsonl, .csv, .parquet, a Slack "
+                   "export, or a Hub dataset id in the local cache")
     d.add_argument("--text-column", help="the column with the text (.jsonl/.csv/.parquet)")
     d.add_argument("--max-steps", type=int, help="planned optimizer steps, for the projected epochs")
     parser.add_argument("--json", action="store_true", help="machine-readable output")

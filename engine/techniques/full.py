@@ -1,0 +1,61 @@
+"""Full fine-tune (book 5.2.2, listing 5.2, done right): every weight of a pretrained causal LM trains.
+
+The listing fine-tunes GPT-2 with `DataCollatorForLanguageModeling(mlm=True)`: masked-LM targets for a
+model that predicts the next token. Here the loss is plain next-token cross-entropy (what `mlm=False`
+gives), on the user's text tokenized with the model's own tokenizer (no resized vocabulary, no added
+special tokens, so the pretrained embeddings keep their meaning). The weights load in fp32 (they are
+the master copy the optimizer updates; train.precision decides what runs in 16 bits). The learning
+rate defaults lower than scratch's (2e-5, engine/spec.py TECHNIQUE_DEFAULTS): a large step wipes out
+what pretraining learned.
+
+Checkpoints hold the whole model's weights (safetensors); final/ is a complete model + tokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.techniques import lora
+from engine.techniques.base import Prepared, SetupContext, decay_groups
+from engine.techniques.pretrained_models import unwrap
+
+WEIGHTS = "model.safetensors"
+
+
+def setup(ctx: SetupContext) -> Prepared:
+    from engine.data_pack import source_blocks
+
+    spec = ctx.spec
+    ctx.progress(f"loading {spec.model.path}")
+    model, tokenizer = lora.load_base(spec)  # fp32, remote code off, seq_len and tokenizer checked
+    data, fingerprint = source_blocks(ctx, tokenizer)  # any data source; prompts masked as data says
+    if spec.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # from_pretrained returns eval mode: the model's own dropout applies while training
+    return Prepared(model=model, tokenizer=tokenizer, data=data,
+                    param_groups=decay_groups(model, spec.train.weight_decay), data_fingerprint=fingerprint)
+
+
+def loss(prep: Prepared, batch: Any) -> Any:
+    from engine.data_pack import lm_loss
+
+    return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
+
+
+def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:
+    from safetensors.torch import save_model
+
+    model = unwrap(prep.model)
+    if final:
+        model.config.use_cache = True  # training turned the KV cache off; generation wants it
+        model.save_pretrained(folder, safe_serialization=True)
+        prep.tokenizer.save_pretrained(folder)
+    else:
+        save_model(model, str(folder / WEIGHTS))  # handles GPT-2's tied embedding/head weights
+
+
+def load(prep: Prepared, folder: Path) -> None:
+    from safetensors.torch import load_model
+
+    load_model(unwrap(prep.model), str(folder / WEIGHTS), strict=True)

@@ -26,8 +26,9 @@ OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor")
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 
 # The CUDA context and kernels loaded by torch: the transformers docs ("Model training anatomy")
-# measured 1343 MB before any tensor was allocated. Lazy module loading (CUDA >= 11.7, torch's
-# default) loads kernels on first use and a training step uses most of them, so 1 GiB is kept.
+# say they "can take up 1-2GB" and measured 1343 MB after a first tiny tensor. Lazy module loading
+# (CUDA >= 11.7, torch's default) loads kernels on first use and a training step uses many, so
+# 1 GiB is kept, the low end of that range.
 CUDA_CONTEXT_BYTES = 1 << 30
 # The caching allocator holds more than the tensors: sizes are rounded (512 B, 2 MiB segments
 # for large blocks) and freed blocks split. 10% is a judgment from the allocator's documented

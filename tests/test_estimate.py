@@ -238,3 +238,19 @@ def test_a_hub_id_is_read_from_the_local_hub_cache(tmp_path: Path, monkeypatch: 
     assert main(["estimate", "--model", "someone/tiny-llama", "--json", "--gpu-memory", "8GiB"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["model"]["params"] == _meta_count(SMALL_LLAMA) and "Hub cache" in data["model"]["source"]
+
+
+@pytest.mark.parametrize("arch, size", [("gpt2", "125M"), ("llama", "1B"), ("llama", "7B")])
+def test_scratch_shapes_match_engine_architectures(arch: str, size: str) -> None:
+    # model_count writes the config without importing transformers; it must build what
+    # engine.architectures.build_config builds (the scratch technique's model)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.architectures import build_config, shape_for
+
+    config = build_config(arch, shape_for(size), vocab_size=32000, max_seq_len=1024)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    dims = load_dims(arch=arch, size=size, vocab_size=32000, max_seq_len=1024)
+    assert dims.params == sum(p.numel() for p in model.parameters())

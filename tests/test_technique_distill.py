@@ -1,0 +1,161 @@
+"""Distillation (listing 5.4) of a tiny pretrained GPT-2 teacher into a smaller student: the loss falls, the
+student changes and the teacher does not, final/ loads and generates; pause, set_lr, rollback and exact
+resume work as for scratch; tokenizers that disagree are refused (exit 2), before launch by the CLI too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import job, runfolder, spec
+from engine.trainer import Trainer
+from run_helpers import control, losses_by_step, tiny_spec, wait_step
+from technique_models import corpus_and_tokenizer, gpt2, pretrain, tensors, tokenizer_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("distill")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
+    corpus, tokenizer = corpus_and_tokenizer(tmp)
+    teacher = pretrain(gpt2(tokenizer, tmp / "teacher", layers=2, width=48), corpus, steps=40)
+    student = gpt2(tokenizer, tmp / "student", layers=1, width=32, seed=1)
+    other = gpt2(tokenizer_for(corpus, vocab_size=300), tmp / "other", layers=1, width=32)  # another BPE
+    mp.undo()
+    return {"corpus": corpus, "teacher": teacher, "student": student, "other": other}
+
+
+def _spec(models: dict[str, Path], **sections) -> spec.RunSpec:
+    sections.setdefault("model", {"path": str(models["student"])})
+    return tiny_spec(models["corpus"], technique="distill", **{
+        "options": {"teacher": str(models["teacher"]), "alpha": 0.5, "temperature": 2.0}, **sections})
+
+
+def _losses(run: Path, offset: int = 0) -> dict[int, float]:
+    return losses_by_step(runfolder.read_events(run, offset)[0])
+
+
+def test_student_learns_teacher_unchanged_final_generates(models: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.generate import generate
+
+    s = _spec(models, train={"max_steps": 30})
+    run = job.create(s, tmp_path / "runs")
+    trainer = Trainer(run, s)
+    assert trainer.run_job() == 0
+    evs = runfolder.read_events(run)[0]
+    losses = losses_by_step(evs)
+    assert sum(losses[k] for k in range(26, 31)) < sum(losses[k] for k in range(1, 6)) - 5 * 0.3, losses
+    metrics = [e for e in evs if e["type"] == "metrics"]
+    assert metrics[-1]["distill/kl"] < metrics[0]["distill/kl"] and metrics[-1]["distill/ce"] < metrics[0]["distill/ce"]
+    first = metrics[0]
+    assert first["train/loss"] == pytest.approx(0.5 * first["distill/ce"] + 0.5 * first["distill/kl"], rel=1e-4)
+
+    teacher = trainer.prep.extra["teacher"]
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    saved_teacher, now = tensors(models["teacher"]), teacher.state_dict()
+    assert all(torch.equal(saved_teacher[k], now[k]) for k in saved_teacher)
+    before, after = tensors(models["student"]), tensors(run / "final")
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith(".weight") and "wpe" not in k)
+
+    model = AutoModelForCausalLM.from_pretrained(run / "final")
+    assert model.config.n_layer == 1  # the student, not the teacher
+    tokenizer = AutoTokenizer.from_pretrained(run / "final")
+    ids = tokenizer("the cat", return_tensors="pt")["input_ids"]
+    assert model.generate(input_ids=ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+    text, source = generate(run, "the cat", max_new_tokens=4)
+    assert source == "final" and text
+
+
+def test_pause_set_lr_rollback_on_a_new_student(models: dict[str, Path], tmp_path: Path) -> None:
+    """model.path empty: the student is a new 1-layer GPT-2 with the teacher's tokenizer."""
+    s = _spec(models, model={"arch": "gpt2", "size": "tiny", "layers": 1, "width": 32, "heads": 2, "path": ""},
+              train={"max_steps": 24, "schedule": "constant"}, checkpoint={"every": 10, "keep": 5})
+    run = job.create(s, tmp_path / "runs")
+    acks: dict[str, dict] = {}
+
+    def steer() -> None:
+        wait_step(run, 4)
+        acks["pause"] = control(run, "pause")
+        time.sleep(0.3)
+        acks["status"] = runfolder.read_status(run)
+        acks["set_lr"] = control(run, "set_lr", factor=0.5)
+        acks["resume"] = control(run, "resume")
+        wait_step(run, 14)
+        _, offset = runfolder.read_events(run)
+        c1 = runfolder.send_command(run, "rollback", step=10)
+        c2 = runfolder.send_command(run, "save")
+        acks["rollback"] = runfolder.wait_ack(run, c1, 30, from_offset=offset)
+        acks["save"] = runfolder.wait_ack(run, c2, 30, from_offset=offset)
+
+    thread = threading.Thread(target=steer)
+    thread.start()
+    assert Trainer(run, s, step_sleep=0.1).run_job() == 0
+    thread.join()
+    at = acks["pause"]["step"]
+    assert acks["status"]["state"] == "paused" and acks["status"]["step"] == at == acks["resume"]["step"]
+    assert acks["set_lr"]["ok"] and acks["set_lr"]["lr"] == pytest.approx(0.5 * s.train.lr)
+    metrics = [e for e in runfolder.read_events(run)[0] if e["type"] == "metrics"]
+    assert next(e for e in metrics if e["step"] == at + 1)["train/lr"] == pytest.approx(0.5 * s.train.lr)
+    assert acks["rollback"]["ok"] and acks["rollback"]["step"] == 10 and acks["rollback"]["branch"] == 1
+    assert acks["save"]["checkpoint"] == "step-000010-b1"
+    ckpts = run / "checkpoints"
+    old, new = tensors(ckpts / "step-000010"), tensors(ckpts / "step-000010-b1")
+    assert old.keys() == new.keys() and all((old[k] == new[k]).all() for k in old)
+    assert [e["branch"] for e in metrics if e["step"] == 11] == [0, 1]  # step 11 trained twice, once a branch
+    assert (run / "final" / "config.json").is_file()
+
+
+def test_resume_is_exact(models: dict[str, Path], tmp_path: Path) -> None:
+    s = _spec(models, train={"max_steps": 16, "schedule": "constant"}, checkpoint={"every": 8, "keep": 2})
+    straight = job.create(s, tmp_path / "runs")
+    assert Trainer(straight, s).run_job() == 0
+    short = spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 8}})
+    run = job.create(short, tmp_path / "runs")
+    assert Trainer(run, short).run_job() == 0
+    (run / runfolder.SPEC).write_text(spec.to_toml(s))
+    offset = runfolder.read_events(run)[1]
+    assert Trainer(run, s, resume=True).run_job() == 0
+    after, full = _losses(run, offset), _losses(straight)
+    assert sorted(after) == list(range(9, 17))
+    assert all(after[k] == full[k] for k in after), {k: (after[k], full[k]) for k in after}
+
+
+def test_tokenizer_mismatch_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    s = _spec(models, model={"path": str(models["other"])})
+    run = job.create(s, tmp_path / "runs")
+    assert Trainer(run, s).run_job() == 2
+    error = next(e for e in runfolder.read_events(run)[0] if e["type"] == "error")
+    assert error["kind"] == "user" and "same tokenizer" in error["message"]
+
+    # the CLI refuses before a run folder exists (the technique's preflight)
+    spec_file = tmp_path / "distill.toml"
+    spec_file.write_text(spec.to_toml(s))
+    runs = tmp_path / "cli-runs"
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "--runs-dir", str(runs), "train", str(spec_file), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("error:") and "same tokenizer" in out.stderr and "Traceback" not in out.stderr
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize("options,message", [({"alpha": 1.5}, "options.alpha"), ({"teacher": ""}, "options.teacher"),
+                                             ({"temp": 2}, "unknown")])
+def test_bad_options_are_user_errors(models: dict[str, Path], options: dict, message: str) -> None:
+    from engine.errors import UserError
+    from engine.techniques import distill
+
+    s = _spec(models)
+    s.options.update(options)
+    with pytest.raises(UserError, match=message):
+        distill.preflight(s)

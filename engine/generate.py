@@ -18,7 +18,7 @@ MODEL_DIR = "model"
 
 def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[Any, Any, str]:
     """(model in eval mode, tokenizer, a description of the source)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from engine import spec as spec_mod
     from engine.techniques.base import get
@@ -30,6 +30,10 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
             technique = get(spec_mod.load(run / runfolder.SPEC).technique)
             model, tokenizer = technique.load_inference(run, final)
             return model.eval(), tokenizer, "final"
+        if (final / "config.json").is_file() and AutoConfig.from_pretrained(final).is_encoder_decoder:
+            from transformers import AutoModelForSeq2SeqLM  # an encoder-decoder (MoE's Switch Transformers)
+
+            return AutoModelForSeq2SeqLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
         return AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
     target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
     if target is None:
@@ -39,7 +43,6 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
         model, tokenizer = technique.load_inference(run, target.path)
         return model.eval(), tokenizer, target.name
     from safetensors.torch import load_model
-    from transformers import AutoConfig
 
     base = run / MODEL_DIR
     if not (base / "config.json").is_file():
@@ -67,4 +70,5 @@ def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_n
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=min(max_new_tokens, limit - 1),
                              do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
                              top_k=top_k if temperature > 0 else None, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), source
+    new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1]:]  # a decoder's output is all new
+    return tokenizer.decode(new, skip_special_tokens=True), source

@@ -36,6 +36,7 @@ def corpus(tmp_path, monkeypatch) -> Path:
 async def test_wizard_launches_and_steers_a_real_run(corpus, tmp_path) -> None:
     app = make_app(hardware=fixed_report("none"), show_runs=False, runs_dir=str(tmp_path / "runs"))
     app.choices.dataset = "corpus.txt"
+    app.choices.log_every = 2  # metrics every 2 steps: the dashboard has a curve sooner on a busy machine
     run: Path | None = None
     try:
         async with app.run_test(size=(100, 30)) as pilot:

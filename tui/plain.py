@@ -52,20 +52,14 @@ def _check_model(value: str) -> bool | str:
 
 
 def _check_data(value: str) -> bool | str:
-    value = value.strip()
-    return True if value == "stdlib" or Path(value).expanduser().exists() else f"no such file or folder: {value}"
+    from engine.errors import UserError
+    from tui.screens.dataset import make_source
 
-
-def count_tokens(c: Choices) -> int:
-    from engine.corpus import iter_text, stdlib_corpus, text_files
-
-    if c.dataset == "stdlib" or (c.technique == "scratch" and c.tokenizer == "byte"):
-        files = stdlib_corpus() if c.dataset == "stdlib" else text_files(c.dataset)
-        return sum(len(piece.encode("utf-8")) for f in files for piece in iter_text(f))
-    from engine.datacheck import count_tokens as datacheck_count, load_tokenizer
-
-    tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
-    return datacheck_count(c.dataset, tokenizer=tokenizer, text_column=c.text_column or None).tokens
+    try:
+        make_source(value.strip(), None)
+    except UserError as err:
+        return str(err)
+    return True
 
 
 def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
@@ -101,8 +95,10 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     c.dataset = ask.text("Data (a text file or folder, .jsonl/.csv/.parquet, or stdlib)", default="stdlib",
                          validate=_check_data).strip()
     console.print("counting tokens…")
-    c.extra["data_tokens"] = count_tokens(c)
-    console.print(f"  {c.extra['data_tokens']:,} tokens")
+    from tui.screens.dataset import count_tokens
+
+    c.extra["data_tokens"], method = count_tokens(c)
+    console.print(f"  {c.extra['data_tokens']:,} tokens ({method})")
     c.max_steps = int(ask.select("Optimizer steps", list(STEPS_CHOICES), default=str(c.max_steps)))
 
     gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus]

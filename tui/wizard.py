@@ -47,6 +47,7 @@ class Choices:
     max_steps: int = 500
     eval_every: int = 100
     checkpoint_every: int = 100
+    log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
     num_virtual_tokens: int = 20
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
@@ -85,7 +86,11 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
                   "compile": c.compile},
         "eval": {"every": min(c.eval_every, c.max_steps)},
         "checkpoint": {"every": min(c.checkpoint_every, c.max_steps)},
+        "log": {"every": c.log_every},
     }
+    if scratch and c.size == "tiny":
+        # presets/tiny.toml's measurement: two tiny matrices per layer, more threads only add overhead
+        d["train"]["threads"] = 1
     if scratch:
         d["tokenizer"] = {"kind": c.tokenizer}
     if runs_dir:

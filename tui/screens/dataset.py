@@ -4,8 +4,10 @@ worker so the screen stays live on a large corpus."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -17,6 +19,7 @@ from textual.widgets import Input, Label, ProgressBar, Static
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
 from tui.widgets.paths import PathSuggester
+from tui.wizard import Choices
 
 PREVIEW_LINES = 8
 TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # sources with columns to choose from
@@ -24,35 +27,66 @@ TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # sources with columns
 
 @dataclass(frozen=True)
 class Corpus:
-    files: list[Path]
+    files: int
     bytes: int
+    kind: str  # text, jsonl, csv, parquet, slack, hub (engine.data's formats)
 
 
-def find_corpus(source: str) -> Corpus:
-    from engine.corpus import stdlib_corpus, text_files
+def make_source(dataset: str, text_column: str | None) -> Any:
+    """engine.data.DataSource for what was typed: stdlib, a path, or a cached Hub dataset id."""
+    from engine.data import DataSource
+    from engine.datacheck import source_for
 
-    if source == "stdlib":
-        files = stdlib_corpus()
-    elif Path(source).expanduser().is_file():
-        files = [Path(source).expanduser()]
-    else:
-        files = text_files(source)
-    return Corpus(files, sum(f.stat().st_size for f in files))
+    return DataSource("stdlib") if dataset == "stdlib" else source_for(dataset, text_column)
 
 
-def preview(source: str, files: list[Path], text_column: str | None, lines: int = PREVIEW_LINES) -> str:
-    """The first non-empty lines (or rows of a JSONL/CSV/Parquet file) as training will see them."""
-    from engine.datacheck import iter_documents
+def describe(source: Any) -> Corpus:
+    from engine.data import source_bytes
+
+    return Corpus(len(source.files()), source_bytes(source), source.kind)
+
+
+def preview(source: Any, lines: int = PREVIEW_LINES) -> str:
+    """The first examples as training will see them (prompt and response shown apart)."""
+    from engine.data import preview as first_examples
 
     out: list[str] = []
-    for f in files:
-        for text, _ in iter_documents(f, text_column):
-            out += [ln for ln in text.splitlines() if ln.strip()][:lines]
-            if len(out) >= lines:
-                break
+    for row in first_examples(source, lines):
+        if "text" in row:
+            out += [ln for ln in row["text"].splitlines() if ln.strip()]
+        else:
+            out.append(f"{' '.join(row['prompt'].split())[:80]}  →  {' '.join(row['response'].split())}")
         if len(out) >= lines:
             break
     return "\n".join(ln[:200] for ln in out[:lines])
+
+
+def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
+    """(tokens, how they were counted) for the chosen data and tokenizer. The byte tokenizer's count is
+    exact without a tokenizer (UTF-8 bytes plus an end-of-text per document); a model's tokenizer
+    counts through engine.datacheck (exact up to a few hundred MB, sampled beyond)."""
+    if c.technique == "scratch" and c.tokenizer == "byte":
+        from engine.data import examples_with_bytes, source_bytes
+
+        source = make_source(c.dataset, c.text_column or None)
+        total, tokens = source_bytes(source), 0
+        for i, (example, done) in enumerate(examples_with_bytes(source)):
+            tokens += len(example.text.encode("utf-8")) + int(example.ends)
+            if progress and i % 256 == 0:
+                progress(done, total)
+        return tokens, "exact: byte tokenizer"
+    from engine.datacheck import count_tokens as datacheck_count, load_tokenizer
+
+    try:
+        tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
+    except Exception:  # no usable tokenizer for this model id: count by the bytes-per-token ratio
+        tokenizer = None
+    dataset = c.dataset if c.dataset != "stdlib" else "stdlib"
+    if dataset == "stdlib":  # not a path datacheck knows: count the bytes, the BPE gives fewer
+        tokens, _ = count_tokens(Choices(technique="scratch", tokenizer="byte", dataset="stdlib"), progress)
+        return tokens, "bytes: an upper bound until the BPE tokenizer is trained"
+    count = datacheck_count(dataset, tokenizer=tokenizer, text_column=c.text_column or None, progress=progress)
+    return count.tokens, count.method
 
 
 class CorpusFound(Message):
@@ -76,10 +110,11 @@ class TokensCounted(Message):
 
 class DatasetScreen(WizardStep):
     STEP = 3
+    corpus: Corpus | None = None
 
     def body(self) -> ComposeResult:
         with Vertical(id="dataset"):
-            yield Label("Text file or folder, .jsonl .csv .parquet, or stdlib (Python's source); → completes")
+            yield Label("File or folder (.txt .jsonl .csv .parquet, Slack export), Hub id, or stdlib")
             yield Input(self.wizard.choices.dataset, suggester=PathSuggester(extra=("stdlib",)),
                         id="data-path")
             yield Input(self.wizard.choices.text_column, placeholder="text column (JSONL/CSV/Parquet; empty: "
@@ -119,57 +154,39 @@ class DatasetScreen(WizardStep):
     def scan(self, source: str) -> None:
         from engine.errors import UserError
 
+        c = self.wizard.choices
         try:
-            corpus = find_corpus(source)
-            column = self.wizard.choices.text_column or None
-            self.post_message(CorpusFound(source, corpus, preview(source, corpus.files, column)))
-            self.count_tokens(source, corpus, column)
+            data = make_source(source, c.text_column or None)
+            self.post_message(CorpusFound(source, describe(data), preview(data)))
+            tokens, method = count_tokens(c, lambda d, t: self.post_message(TokensCounted(source, d, t, 0, False)))
+            self.post_message(TokensCounted(source, 1, 1, tokens, True, method))
         except UserError as err:
             self.post_message(CorpusFound(source, None, "", str(err)))
         except Exception as err:  # a file the readers choke on: say so on the screen, never a traceback
             self.post_message(CorpusFound(source, None, "", f"cannot read {source}: {type(err).__name__}: {err}"))
 
-    def count_tokens(self, source: str, corpus: Corpus, column: str | None) -> None:
-        """Tokens as training will see them: the byte tokenizer counts UTF-8 bytes (exact); a model's
-        tokenizer counts through engine.datacheck (exact up to a few hundred MB, sampled beyond)."""
-        c = self.wizard.choices
-        if c.technique == "scratch" and c.tokenizer == "byte" or source == "stdlib":
-            from engine.corpus import iter_text
-
-            done = tokens = 0
-            for i, f in enumerate(corpus.files):
-                tokens += sum(len(piece.encode("utf-8")) for piece in iter_text(f))
-                done += f.stat().st_size
-                if i % 10 == 0:
-                    self.post_message(TokensCounted(source, done, corpus.bytes, tokens, False))
-            method = "exact: byte tokenizer" if c.tokenizer == "byte" or c.technique != "scratch" \
-                else "bytes: an upper bound until the BPE tokenizer is trained"
-            self.post_message(TokensCounted(source, done, corpus.bytes, tokens, True, method))
-            return
-        from engine.datacheck import count_tokens, load_tokenizer
-
-        try:
-            tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)
-        except Exception:  # no usable tokenizer for this model id: count by the bytes-per-token ratio
-            tokenizer = None
-        count = count_tokens(source, tokenizer=tokenizer, text_column=column,
-                             progress=lambda d, t: self.post_message(TokensCounted(source, d, t, 0, False)))
-        self.post_message(TokensCounted(source, corpus.bytes, corpus.bytes, count.tokens, True, count.method))
-
     def on_corpus_found(self, message: CorpusFound) -> None:
         if message.source != self.wizard.choices.dataset:
             return
         info = self.query_one("#data-info", Static)
+        self.corpus = message.corpus
         if message.error or message.corpus is None:
             info.update(Text(message.error or "?", style="red"))
             self.query_one("#data-preview", Static).update("")
             return
         c = message.corpus
-        self.wizard.choices.extra.update(data_bytes=c.bytes, data_files=len(c.files))
-        info.update(Text.assemble((f"{len(c.files):,} file(s)", "bold"), f", {human_bytes(c.bytes)} of text"))
+        self.wizard.choices.extra.update(data_bytes=c.bytes, data_files=c.files)
+        info.update(self.summary(c))
         self.query_one("#data-preview", Static).update(Text(message.preview, style="#b2b2b2", no_wrap=True,
                                                             overflow="ellipsis"))
         self.changed()
+
+    @staticmethod
+    def summary(c: Corpus | None) -> Text:
+        if c is None:
+            return Text("")
+        where = "a cached Hub dataset" if c.kind == "hub" else f"{c.files:,} {c.kind} file(s)"
+        return Text.assemble((where, "bold"), f", {human_bytes(c.bytes)}")
 
     def on_tokens_counted(self, message: TokensCounted) -> None:
         if message.source != self.wizard.choices.dataset:
@@ -179,8 +196,6 @@ class DatasetScreen(WizardStep):
         if message.final:
             self.wizard.choices.extra.update(data_tokens=message.tokens, data_method=message.method)
             info = self.query_one("#data-info", Static)
-            files = self.wizard.choices.extra.get("data_files", 0)
-            info.update(Text.assemble((f"{files:,} file(s)", "bold"),
-                                      f", {human_bytes(message.total_bytes)} of text, ",
-                                      (f"{message.tokens:,} tokens", "bold green"), f" ({message.method})"))
+            info.update(self.summary(self.corpus).append_text(Text.assemble(
+                ", ", (f"{message.tokens:,} tokens", "bold green"), f" ({message.method})")))
             self.changed()

@@ -67,6 +67,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         master = -1
         _, status = os.waitpid(shell, 0)
         assert os.WIFSIGNALED(status) or os.WIFEXITED(status)
+        os.kill(job_pid, signal.SIGHUP)  # a hang-up signal sent straight to the job is ignored too
         time.sleep(2.5)
         after = runfolder.read_status(run)
         assert after["state"] == "running" and runfolder.pid_alive(job_pid)

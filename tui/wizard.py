@@ -70,6 +70,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {"path": _absolute(c.dataset) if c.dataset and c.dataset != "stdlib" else "stdlib"}
     if c.text_column:
         data["text_column"] = c.text_column
+    if c.dataset and c.dataset != "stdlib" and not Path(c.dataset).expanduser().exists() and c.dataset.count("/") == 1:
+        data["format"] = "hub"  # owner/name that is no local path: a dataset from the Hub cache
     options: dict[str, Any] = {}
     if c.technique in ("lora", "qlora"):
         options["lora_rank"] = c.lora_rank

@@ -69,8 +69,9 @@ def test_demo_in_tmux_pause_resume_detach(tmp_path) -> None:
         "LLM_WIZARD_RUNS": str(runs), "LLM_WIZARD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
         "TERM": "xterm-256color", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}.items())
     term = Tmux("demo")
-    # `; sleep` keeps the pane readable for a moment after the app exits (its parting message)
-    term.start(f"env {env} {shlex.quote(sys.executable)} -m tui.cli demo; sleep 30")
+    # `; sleep` keeps the pane readable after the app exits (its parting message); metrics every 2
+    # steps so that a busy CI machine shows a loss sooner
+    term.start(f"env {env} {shlex.quote(sys.executable)} -m tui.cli demo --set log.every=2; sleep 30")
     try:
         screen = term.wait_for(r"loss\s+\d+\.\d+", timeout=120)
         assert "RUNNING" in screen

@@ -39,7 +39,12 @@ def _interrupted(s: spec.RunSpec, runs: Path) -> dict[int, float]:
 def setup(tmp_path_factory: pytest.TempPathFactory):
     import torch
 
-    threads = torch.get_num_threads()  # the spec's threads = 1 applies to this (pytest's) process: put it back after
+    from accelerate.state import AcceleratorState
+
+    # In process, the Trainer's settings touch pytest's process: accelerate's singleton state (one
+    # precision per process) and torch's thread count. Start clean and put both back afterwards.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("exact")
     mp = pytest.MonkeyPatch()  # module scope runs before conftest's per-test folders: isolate it here too
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
@@ -50,6 +55,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     assert Trainer(run, s).run_job() == 0
     yield s, _losses(run), tmp / "runs"
     torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
     mp.undo()
 
 

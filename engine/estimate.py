@@ -92,9 +92,6 @@ class EstimateRequest:
     def lora_target_names(self, dims: ModelDims | None = None) -> tuple[str, ...]:
         return self.lora_targets or (dims or self.dims()).default_lora_targets()
 
-    def transformers_config(self) -> Any:
-        return self.dims().to_transformers_config()
-
     def tokens_per_step(self, gpus: int = 1) -> int:
         """Tokens one optimizer step trains on: micro-batch x sequence x accumulation x GPUs."""
         return self.batch_size * self.seq_len * self.grad_accum * max(1, gpus)

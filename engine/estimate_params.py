@@ -59,6 +59,9 @@ class _Params:
 
 def _expand_targets(d: ModelDims, targets: tuple[str, ...]) -> frozenset[str]:
     names = set(targets)
+    if "all-linear" in names:  # peft's shorthand: every Linear of the decoder layers
+        names.discard("all-linear")
+        names |= set(d.linear_shapes())
     if d.family == "gpt2" and "c_proj" in names:
         names.add("mlp.c_proj")  # peft matches by suffix: "c_proj" is both of GPT-2's projections
     return frozenset(names)

@@ -254,3 +254,13 @@ def test_scratch_shapes_match_engine_architectures(arch: str, size: str) -> None
         model = AutoModelForCausalLM.from_config(config)
     dims = load_dims(arch=arch, size=size, vocab_size=32000, max_seq_len=1024)
     assert dims.params == sum(p.numel() for p in model.parameters())
+
+
+def test_lora_all_linear_is_every_decoder_linear() -> None:
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    base = dict(arch="llama", size="1B", technique="lora", batch_size=1, seq_len=256)
+    every = estimate(EstimateRequest(**base, lora_targets=("all-linear",)), gpus=[])
+    listed = estimate(EstimateRequest(**base, lora_targets=names), gpus=[])
+    default = estimate(EstimateRequest(**base), gpus=[])
+    assert every.model.trainable_params == listed.model.trainable_params > default.model.trainable_params
+    assert default.model.trainable_params == 22 * 8 * ((2048 + 2048) + (2048 + 256))  # q_proj, v_proj

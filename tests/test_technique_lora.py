@@ -102,7 +102,7 @@ def test_lora_trains_the_adapter_alone_and_reports_its_size(base, tmp_path: Path
     assert source == "step-000010" and text
 
 
-def test_options_are_validated_and_targets_detected_per_architecture(base) -> None:
+def test_options_are_validated_and_targets_detected_per_architecture(base, tmp_path: Path, capsys) -> None:
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     corpus, model_dir = base
@@ -119,6 +119,17 @@ def test_options_are_validated_and_targets_detected_per_architecture(base) -> No
         opts(lora_dropout=1.5)
     with pytest.raises(UserError, match="options.lora_targets"):
         opts(lora_targets="q_proj")
+
+    with pytest.raises(UserError, match="options.lora_alpha: a positive number"):
+        opts(lora_alpha=0)
+
+    # `llm-wizard train` refuses bad options before a run folder exists
+    from tui.cli import main
+
+    spec_file = tmp_path / "bad.toml"
+    spec_file.write_text(spec.to_toml(finetune_spec("lora", model_dir, corpus, options={"rank": 8})))
+    assert main(["train", str(spec_file), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "options.rank: unknown for lora" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
     gpt2 = AutoModelForCausalLM.from_pretrained(model_dir)
     assert lora.target_modules(gpt2, []) == ["c_attn"]

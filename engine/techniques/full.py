@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserError
 from engine.techniques import lora
 from engine.techniques.base import Prepared, SetupContext, decay_groups
 from engine.techniques.pretrained_models import unwrap
@@ -23,10 +24,19 @@ from engine.techniques.pretrained_models import unwrap
 WEIGHTS = "model.safetensors"
 
 
+def preflight(spec: Any) -> None:
+    """Before launch (and again in setup): the full fine-tune has no options, so any given is a mistake."""
+    if spec.options:
+        key = next(iter(spec.options))
+        raise UserError(f"options.{key}: the full fine-tune takes no options (LoRA's need technique = \"lora\")",
+                        field=f"options.{key}")
+
+
 def setup(ctx: SetupContext) -> Prepared:
     from engine.data_pack import source_blocks
 
     spec = ctx.spec
+    preflight(spec)
     ctx.progress(f"loading {spec.model.path}")
     model, tokenizer = lora.load_base(spec)  # fp32, remote code off, seq_len and tokenizer checked
     data, fingerprint = source_blocks(ctx, tokenizer)  # any data source; prompts masked as data says

@@ -45,11 +45,8 @@ def options(spec: Any, technique: str = "lora") -> dict[str, Any]:
         raise UserError(f"options.lora_rank: a whole number from 1 to 4096, got {rank!r}", field="options.lora_rank")
     if o["lora_alpha"] is None:
         o["lora_alpha"] = 2 * rank
-    for key, low, high in (("lora_alpha", 0.0, 1e6), ("lora_dropout", 0.0, 0.99)):
-        v = o[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high or (key == "lora_alpha" and v == 0):
-            raise UserError(f"options.{key}: a number {'above' if key == 'lora_alpha' else 'from'} {low:g} "
-                            f"{'up to' if key == 'lora_alpha' else 'to'} {high:g}, got {v!r}", field=f"options.{key}")
+    _number(o, "lora_alpha", "a positive number", lambda v: v > 0)
+    _number(o, "lora_dropout", "a number from 0 to below 1", lambda v: 0 <= v < 1)
     targets = o["lora_targets"]
     if targets != "all-linear" and not (isinstance(targets, list) and all(isinstance(t, str) and t for t in targets)):
         raise UserError(f"options.lora_targets: a list of module names (e.g. [\"q_proj\", \"v_proj\"]) or "
@@ -57,6 +54,12 @@ def options(spec: Any, technique: str = "lora") -> dict[str, Any]:
     if not isinstance(o["merge"], bool):
         raise UserError(f"options.merge: true or false, got {o['merge']!r}", field="options.merge")
     return o
+
+
+def _number(o: dict[str, Any], key: str, what: str, ok: Any) -> None:
+    v = o[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+        raise UserError(f"options.{key}: {what}, got {v!r}", field=f"options.{key}")
 
 
 def linear_names(model: Any) -> list[str]:
@@ -146,6 +149,11 @@ def base_dtype(spec: Any) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision, torch.float32)
 
 
+def preflight(spec: Any) -> None:
+    """Before launch: bad options are refused before a run folder exists."""
+    options(spec)
+
+
 def setup(ctx: SetupContext) -> Prepared:
     spec = ctx.spec
     options(spec)  # bad options fail before any loading
@@ -169,7 +177,8 @@ def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *
     wd = spec.train.weight_decay
     return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint,
                     param_groups=[{"params": trainable, "weight_decay": wd}],
-                    extra={"base_path": spec.model.path, "merge": options(spec, technique)["merge"]})
+                    extra={"base_path": spec.model.path, "merge": options(spec, technique)["merge"],
+                           "merge_dtype": base_dtype(spec)})
 
 
 def loss(prep: Prepared, batch: Any) -> Any:
@@ -193,7 +202,7 @@ def save(prep: Prepared, folder: Path, *, final: bool = False) -> dict[str, Any]
     model.save_pretrained(folder, safe_serialization=True)
     prep.tokenizer.save_pretrained(folder)
     if prep.extra.get("merge"):
-        write_merged(prep.extra["base_path"], folder, folder / MERGED, prep.tokenizer)
+        write_merged(prep.extra["base_path"], folder, folder / MERGED, prep.tokenizer, prep.extra["merge_dtype"])
     return size_summary(folder, prep.extra["base_path"])
 
 
@@ -233,13 +242,12 @@ def attach(base: Any, folder: Path) -> Any:
     return PeftModel.from_pretrained(base, str(folder), is_trainable=False)
 
 
-def write_merged(base_path: str, adapter: Path, target: Path, tokenizer: Any) -> None:
-    """The base, loaded afresh in full precision, with the adapter folded into its weights: a plain
-    model. (Merging into a 4-bit base would round the sum to NF4; a fresh base avoids that for QLoRA.)"""
-    import torch
+def write_merged(base_path: str, adapter: Path, target: Path, tokenizer: Any, dtype: Any) -> None:
+    """The base, loaded afresh (fp32, or the 16-bit type it trained in), with the adapter folded into its
+    weights: a plain model. (Merging into a 4-bit base would round the sum to NF4; QLoRA merges here too.)"""
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, trust_remote_code=False)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
     merged = attach(base, adapter).merge_and_unload()
     merged.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)

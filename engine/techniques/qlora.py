@@ -29,13 +29,15 @@ load = lora.load
 
 def device() -> Any:
     """The device this process trains on: its local GPU under accelerate/torchrun, else the CPU."""
-    import os
-
     import torch
 
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def compute_dtype() -> Any:
@@ -88,8 +90,13 @@ def quantization_config() -> Any:
 
 
 def load_quantized(spec: Any) -> tuple[Any, Any]:
+    import torch
+
+    # The whole model on this process's GPU (accelerate refuses a 4-bit model placed elsewhere), as
+    # device_map={"": index}; on the CPU, "cpu". 4-bit weights are quantized while loading, never moved.
+    place = local_rank() if torch.cuda.is_available() else "cpu"
     return lora.load_base(spec, dtype=lora.base_dtype(spec), quantization_config=quantization_config(),
-                          device_map={"": device()})
+                          device_map={"": place})
 
 
 def setup(ctx: SetupContext) -> Prepared:

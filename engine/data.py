@@ -353,19 +353,22 @@ def _hub_dataset(source: DataSource) -> Any:
     key = (source.path, source.subset, source.split, cache)
     if key in _hub_cache:
         return _hub_cache[key]
-    os.environ["HF_DATASETS_OFFLINE"] = "1"  # never reach the network, even if HF_HUB_OFFLINE is unset
-    os.environ["HF_HUB_OFFLINE"] = "1"
     import datasets
 
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True  # if imported before
+    # Offline for this call only (datasets reads these at import; a model download later may go online).
+    saved_env = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
+    saved_config = datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE
+    os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
     # Its "using the cached version" warnings and progress bars would scribble over the wizard's screen.
-    verbosity = datasets.logging.get_verbosity()
+    verbosity, bars = datasets.logging.get_verbosity(), datasets.is_progress_bar_enabled()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(source.path, source.subset or None, split=source.split, cache_dir=cache)
-    except ValueError as exc:  # an unknown split or subset of a cached dataset
-        raise UserError(f"Hub dataset {_hub_name(source)}: {exc}", field="data.split") from None
+    except ValueError as exc:  # an unknown split, or a subset that is not cached
+        raise UserError(f"Hub dataset {_hub_name(source)}: {exc}",
+                        field="data.subset" if "config" in str(exc) else "data.split") from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not in the cache"
         raise UserError(
             f"Hub dataset {source.path!r} is not in the local cache and this machine works offline "
@@ -375,6 +378,14 @@ def _hub_dataset(source: DataSource) -> Any:
             field="data.path") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
+        if bars:
+            datasets.enable_progress_bars()
+        datasets.config.HF_HUB_OFFLINE, datasets.config.HF_DATASETS_OFFLINE = saved_config
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     _hub_cache[key] = ds
     return ds
 

@@ -165,7 +165,13 @@ def make_hub_cache(home: Path, repo: str, rows: list[dict]) -> None:
 def test_hub_dataset_from_the_cache_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, byte_tok) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     make_hub_cache(tmp_path / "hf", "tester/tiny", ROWS)
+    import datasets
+
+    was_offline = False  # as in a process that may download a model later
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", was_offline)
     source = DataSource.from_spec(DataSpec(path="tester/tiny", format="hub", prompt_column="q", response_column="a"))
     examples = list(iter_examples(source))
     assert len(examples) == len(ROWS) and examples[2].completion == "answer 2."
@@ -175,6 +181,11 @@ def test_hub_dataset_from_the_cache_only(tmp_path: Path, monkeypatch: pytest.Mon
         list(iter_examples(DataSource("tester/tiny", format="hub", split="validation")))
     with pytest.raises(UserError, match=r"'tester/absent' is not in the local cache.*load_dataset\('tester/absent'\)"):
         preview(DataSource("tester/absent", format="hub"))
+    with pytest.raises(UserError, match=r"Couldn't find cache for tester/tiny for config 'other'") as info:
+        preview(DataSource("tester/tiny", format="hub", subset="other"))
+    assert info.value.field == "data.subset"
+    # offline for the read only: settings as they were before
+    assert datasets.config.HF_HUB_OFFLINE is was_offline and "HF_DATASETS_OFFLINE" not in os.environ
 
 
 def test_hub_id_is_not_taken_for_a_missing_path(tmp_path: Path) -> None:

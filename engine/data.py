@@ -268,9 +268,7 @@ def _resolver(source: DataSource) -> Callable[[list[str], str], list[str]]:
                 raise UserError(f"{where}: which column holds the text? set data.text_column "
                                 f"(columns: {', '.join(have) or 'none'})", field="data.text_column")
             wanted[0] = guess
-        if source.kind == "jsonl":  # rows may differ; each row's fields are checked as it comes
-            return wanted
-        for name in wanted:
+        for name in wanted:  # JSONL: the first row's keys (later rows' fields are checked as they come)
             if name not in have:
                 raise UserError(f"{where} has no column {name!r}; it has {', '.join(have) or 'none'}",
                                 field="data.text_column")

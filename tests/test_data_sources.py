@@ -286,10 +286,10 @@ def test_jsonl_with_a_broken_line(tmp_path: Path) -> None:
         list(iter_examples(DataSource(str(path))))
 
 
-@pytest.mark.parametrize("kind", ["csv", "parquet"])
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
 def test_table_without_the_named_column_lists_its_columns(tmp_path: Path, kind: str) -> None:
     path = write_rows(tmp_path / f"t.{kind}", ROWS, kind)
-    with pytest.raises(UserError, match=rf"t.{kind} has no column 'review'; it has q, a, label, body"):
+    with pytest.raises(UserError, match=rf"t.{kind}(:1)? has no column 'review'; it has q, a, label, body"):
         preview(DataSource(str(path), text_column="review"))
     with pytest.raises(UserError, match=r"has no column 'answer'"):
         preview(DataSource(str(path), prompt_column="q", response_column="answer"))

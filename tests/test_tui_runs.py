@@ -21,7 +21,9 @@ def two_runs(root: Path) -> None:
 
 async def test_no_runs_no_list(tmp_path) -> None:
     app = make_app(hardware=fixed_report("none"), runs_dir=str(tmp_path / "runs"))
-    async with app.run_test(size=(80, 24)):
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert isinstance(app.screen, HardwareScreen)
+        await pilot.press("a")  # dimmed: no runs to list
         assert isinstance(app.screen, HardwareScreen)
 
 
@@ -40,6 +42,8 @@ async def test_list_opens_a_dashboard_and_detach_comes_back(tmp_path) -> None:
         assert isinstance(app.screen, RunsScreen)
         await pilot.press("n")
         assert isinstance(app.screen, HardwareScreen)
+        await pilot.press("a")  # back to the list from the first step
+        assert isinstance(app.screen, RunsScreen)
 
 
 def test_sparkline_reads_the_tail(tmp_path) -> None:

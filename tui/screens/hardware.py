@@ -68,7 +68,10 @@ def problems_text(report: HardwareReport) -> Text | Table:
 
 class HardwareScreen(WizardStep):
     STEP = 0
-    BINDINGS = [Binding("r", "reprobe", "Re-probe", tooltip="Read the GPUs and the software again")]
+    BINDINGS = [
+        Binding("r", "reprobe", "Re-probe", tooltip="Read the GPUs and the software again"),
+        Binding("a", "runs", "Runs", tooltip="The runs on this machine: attach to one"),
+    ]
 
     def body(self) -> ComposeResult:
         with VerticalScroll(id="hardware"):
@@ -78,8 +81,14 @@ class HardwareScreen(WizardStep):
             yield Static("", id="problems")
             yield Static("", id="runs")
 
+    has_runs = False
+
     def on_mount(self) -> None:
         self.watch(self.app, "hardware", self.show_report, init=True)
+
+    def on_screen_resume(self) -> None:
+        self.has_runs = bool(self.wizard.runs_path().is_dir() and self.wizard.existing_runs())  # read once a visit
+        self.refresh_bindings()
 
     def ready(self) -> bool:
         return self.wizard.hardware is not None
@@ -97,6 +106,16 @@ class HardwareScreen(WizardStep):
         self.query_one("#runs", Static).update(
             Text.assemble(("Runs ", "bold"), report.runs_dir, f"  ({human_bytes(report.disk_free_bytes)} free)"))
         self.changed()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "runs":
+            return True if self.has_runs else None
+        return super().check_action(action, parameters)
+
+    def action_runs(self) -> None:
+        from tui.screens.runs import RunsScreen
+
+        self.app.push_screen(RunsScreen())
 
     def action_reprobe(self) -> None:
         self.query_one("#machine", Static).update(Text("Probing GPUs and software…", style="italic"))

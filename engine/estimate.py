@@ -12,7 +12,7 @@ MemTracker in tests/test_estimate_accuracy.py and bench/estimate_accuracy.py.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.errors import UserError
@@ -24,6 +24,7 @@ TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "m
 PRECISIONS = ("fp32", "mixed-bf16", "mixed-fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor")
 STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
+ATTENTIONS = ("sdpa", "eager")
 
 # The CUDA context and kernels loaded by torch: the transformers docs ("Model training anatomy")
 # say they "can take up 1-2GB" and measured 1343 MB after a first tiny tensor. Lazy module loading
@@ -59,6 +60,7 @@ class EstimateRequest:
     seq_len: int = 1024
     grad_accum: int = 1
     grad_checkpointing: bool = False
+    attention: str | None = None  # sdpa | eager; None: what the model's config says (transformers: sdpa)
     gpus: int | None = None  # None: the GPUs probe() finds
     strategy: str = "ddp"
     dataset: str | None = None  # the data check: a .txt/.jsonl/.csv/.parquet file or a folder
@@ -79,6 +81,9 @@ class EstimateRequest:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name.replace('_', '-')} must be positive, got {value}", field=name)
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise UserError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}",
+                            field="attention")
         if self.technique == "distill" and not self.teacher:
             raise UserError("distillation needs --teacher (a folder or Hub id)", field="teacher")
         if self.technique != "scratch" and not self.model and self.arch is None:
@@ -86,8 +91,9 @@ class EstimateRequest:
                             "--size for a config-only shape)", field="model")
 
     def dims(self) -> ModelDims:
-        return load_dims(self.model, arch=self.arch, size=self.size, layers=self.layers, width=self.width,
-                         heads=self.heads, vocab_size=self.vocab_size, max_seq_len=max(self.seq_len, 1024))
+        d = load_dims(self.model, arch=self.arch, size=self.size, layers=self.layers, width=self.width,
+                      heads=self.heads, vocab_size=self.vocab_size, max_seq_len=max(self.seq_len, 1024))
+        return replace(d, attention=self.attention) if self.attention else d
 
     def lora_target_names(self, dims: ModelDims | None = None) -> tuple[str, ...]:
         return self.lora_targets or (dims or self.dims()).default_lora_targets()
@@ -219,7 +225,8 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], An
     if req.technique == "qlora" and req.precision == "fp32":
         e = 4
     T = req.tokens_per_micro_batch()
-    act = activation_model(d, e, t, mixed=req.precision.startswith("mixed") and req.technique != "qlora")
+    act = activation_model(d, e, t, mixed=req.precision.startswith("mixed") and req.technique != "qlora",
+                           seq=T // req.batch_size)
     t_weights, t_logits = _teacher_bytes(req, T)
     inputs = 4 * 8 * req.batch_size * req.seq_len  # ids, labels, the loss's padded and shifted labels
     grads_exist = req.grad_accum > 1

@@ -10,6 +10,8 @@ The sizes below are the tensors autograd saves, read off the graph of transforme
   gate output, SiLU output and up output where gradients flow.
 - GPT-2 keeps LayerNorm inputs, the fused qkv output plus copies of k and v, and five tensors of
   the MLP width for its tanh GELU (it is written in Python ops).
+- Eager attention keeps the softmax of the s x s scores per head (Llama's in float32 plus a 16-bit
+  copy), which makes its bytes per token grow with the sequence length.
 - A frozen Linear keeps no input; nothing below the lowest trainable tensor keeps anything.
 - peft computes a LoRA branch in float32 (its adapters are upcast): with 16-bit activations each
   adapted Linear keeps its own float32 copy of its input.
@@ -62,7 +64,7 @@ def _lora_saves(name: str, in_dim: int, e: int, t: Trainable, shared_input_saved
     return out
 
 
-def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool) -> tuple[int, bool]:
+def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool, seq: int) -> tuple[int, bool]:
     h, i = d.hidden, d.intermediate * max(1, d.experts_per_token)
     saved = 0
     if mixed and t.full:
@@ -81,7 +83,11 @@ def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool)
     for name in ("q_proj", "k_proj", "v_proj"):
         saved += _lora_saves(name, h, e, t, t.full, shared)
     attn_grad = y_grad or bool({"q_proj", "k_proj", "v_proj"} & t.lora_targets)
-    if attn_grad:
+    if attn_grad and d.attention == "eager":
+        # q, k and v repeated to every head, the output; the float32 softmax (and its 16-bit cast)
+        # of the s x s scores: this is where eager attention grows with the sequence length
+        saved += e * 4 * d.q_dim + d.heads * seq * (4 + (e if e != 4 else 0))
+    elif attn_grad:
         saved += e * (2 * d.q_dim + 2 * d.kv_dim) + 4 * d.heads  # q, k, v, output, logsumexp
     saved += _lora_saves("o_proj", d.q_dim, e, t, attn_grad, set())  # input = SDPA output, kept by SDPA
     res_grad = grad_in or attn_grad or "o_proj" in t.lora_targets
@@ -111,7 +117,8 @@ def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool)
     return saved, res_grad or prod_grad or "down_proj" in t.lora_targets
 
 
-def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mixed: bool) -> tuple[int, bool]:
+def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mixed: bool,
+                seq: int) -> tuple[int, bool]:
     h, i = d.hidden, d.intermediate
     saved = 0
     if mixed and (grad_in or t.full):
@@ -122,7 +129,11 @@ def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mi
         saved += e * h  # c_attn input
     saved += _lora_saves("c_attn", h, e, t, t.full, set())
     attn_grad = grad_in or t.full or "c_attn" in t.lora_targets
-    if attn_grad:
+    if attn_grad and d.attention == "eager":
+        # copies of q, k, v for the matmuls, the output, the softmax of the s x s scores (and its
+        # dropout mask)
+        saved += e * 4 * h + d.heads * seq * (e + mask)
+    elif attn_grad:
         saved += e * (5 * h + h) + 4 * d.heads  # qkv, copies of k and v, output, logsumexp
     saved += _lora_saves("c_proj", h, e, t, attn_grad, set())  # input = SDPA output, kept by SDPA
     res_grad = attn_grad or "c_proj" in t.lora_targets
@@ -144,9 +155,10 @@ def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mi
     return saved, res_grad or fc_grad
 
 
-def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False) -> ActivationModel:
+def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False, seq: int = 1) -> ActivationModel:
     """Bytes per token for activation element size `e` (4 for fp32, 2 for 16-bit); `mixed`: autocast
-    over float32 weights (16-bit matmuls, float32 residual stream and norms)."""
+    over float32 weights (16-bit matmuls, float32 residual stream and norms); `seq`: the sequence
+    length (eager attention keeps s x s scores, so its bytes per token grow with it)."""
     # A dropout mask is one byte an element on CUDA (native_dropout keeps a bool mask).
     mask = 1 if d.dropout > 0 else 0
     grad_in = t.full or t.inputs_need_grad
@@ -154,9 +166,9 @@ def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False) ->
     layers = []
     for _ in range(d.layers):
         if d.family == "gpt2":
-            saved, grad_in = _gpt2_layer(d, e, t, grad_in, mask, mixed)
+            saved, grad_in = _gpt2_layer(d, e, t, grad_in, mask, mixed, seq)
         else:
-            saved, grad_in = _llama_layer(d, e, t, grad_in, mixed)
+            saved, grad_in = _llama_layer(d, e, t, grad_in, mixed, seq)
         layers.append(saved)
     head_trains = t.full or "lm_head" in t.lora_targets
     if d.family == "gpt2":
@@ -165,10 +177,15 @@ def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False) ->
         final = (4 * d.hidden + 4 if grad_in else 0) + (2 * e * d.hidden if head_trains else 0)
     i = d.intermediate * max(1, d.experts_per_token)
     # The largest moment of a layer's backward is the MLP product's: its input gradient and the two
-    # gradients it makes (3 x MLP width) while its own saved input is already freed: 2 x MLP width.
+    # gradients it makes (3 x MLP width) while its own saved input is already freed: 2 x MLP width,
+    transient = 2 * e * i
+    if d.attention == "eager":
+        # or the attention's: one gradient of the s x s scores (Llama's softmax runs in float32)
+        scores = e if d.family == "gpt2" else 4
+        transient = max(transient, d.heads * seq * scores)
     return ActivationModel(
         per_layer=tuple(layers), embedding=embedding, final=final, layer_input=e * d.hidden,
-        input_shared=d.family == "gpt2" or e == 4, transient=2 * e * i, hidden_grad=e * d.hidden,
+        input_shared=d.family == "gpt2" or e == 4, transient=transient, hidden_grad=e * d.hidden,
     )
 
 

@@ -49,6 +49,7 @@ class ModelDims:
     experts: int = 1  # MoE: experts per layer and how many each token uses
     experts_per_token: int = 1
     dropout: float = 0.0  # residual/embedding dropout; >0 keeps a 1-byte mask per element on CUDA
+    attention: str = "sdpa"  # the attention implementation: "sdpa" (flash / memory-efficient) or "eager"
     source: str = ""  # where the numbers came from, for the report
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     tensors: tuple[ParamTensor, ...] = field(default=(), repr=False)
@@ -85,7 +86,7 @@ class ModelDims:
         cfg.update(overrides)
         model_type = cfg.pop("model_type")
         config = AutoConfig.for_model(model_type, **cfg)
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = self.attention
         return config
 
     def with_dropout(self, p: float) -> ModelDims:
@@ -154,6 +155,13 @@ def _llama_tensors(d: ModelDims, cfg: dict[str, Any]) -> list[ParamTensor]:
 
 def dims_from_config(cfg: dict[str, Any], source: str = "") -> ModelDims:
     """ModelDims from a config.json's contents; unknown model types are counted on the meta device."""
+    d = _dims_from_config(cfg, source)
+    # transformers uses SDPA unless the config asks for another implementation
+    attention = str(cfg.get("_attn_implementation") or cfg.get("attn_implementation") or "sdpa")
+    return replace(d, attention="eager" if attention == "eager" else "sdpa")
+
+
+def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
     mt = str(cfg.get("model_type", ""))
     try:
         if mt == "gpt2":

@@ -322,6 +322,10 @@ CASES: dict[str, dict[str, Any]] = {
     "llama distill fp32 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="fp32", **_ACT),
     "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16", **_ACT),
     "mixtral moe fp32 adamw act": dict(model="{mixtral}", technique="moe", precision="fp32", batch_size=2, seq_len=128),
+    "llama lora bf16 eager s512": dict(arch="llama", technique="lora", precision="bf16", attention="eager",
+                                       **{**_ACT, "batch_size": 1, "seq_len": 512}),
+    "gpt2 full bf16 eager s512": dict(arch="gpt2", technique="full", precision="bf16", attention="eager",
+                                      **{**_ACT, "batch_size": 1, "seq_len": 512}),
     "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
@@ -332,6 +336,7 @@ CASES: dict[str, dict[str, Any]] = {
 BENCH_ONLY = frozenset({
     "llama full bf16 adamw-8bit act", "llama full bf16 adamw ckpt act", "gpt2 full mixed-bf16 adamw act",
     "llama lora mixed-bf16 adamw act", "llama distill fp32 adamw act", "llama qlora bf16 adamw opt ckpt",
+    "gpt2 full bf16 eager s512",
 })
 
 # A small Mixtral: 4 experts, 2 per token.

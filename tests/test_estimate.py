@@ -271,3 +271,18 @@ def test_lora_all_linear_is_every_decoder_linear() -> None:
     default = estimate(EstimateRequest(**base), gpus=[])
     assert every.model.trainable_params == listed.model.trainable_params > default.model.trainable_params
     assert default.model.trainable_params == 22 * 8 * ((2048 + 2048) + (2048 + 256))  # q_proj, v_proj
+
+
+def test_eager_attention_grows_with_the_sequence() -> None:
+    assert dims_from_config({**SMALL_LLAMA, "attn_implementation": "eager"}).attention == "eager"
+    assert dims_from_config(dict(SMALL_LLAMA)).attention == "sdpa"
+    base = dict(arch="llama", size="125M", technique="full", precision="bf16", batch_size=1)
+
+    def acts(attention: str, seq: int) -> int:
+        return estimate(EstimateRequest(**base, seq_len=seq, attention=attention), gpus=[]).breakdown.activations
+
+    # SDPA's activations are linear in the sequence length; eager's gain an s x s term per head
+    assert acts("sdpa", 4096) == pytest.approx(2 * acts("sdpa", 2048), rel=0.01)
+    assert acts("eager", 4096) > 2.5 * acts("eager", 2048)
+    with pytest.raises(UserError, match="unknown attention"):
+        EstimateRequest(**base, attention="flash")

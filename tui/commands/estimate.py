@@ -50,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (default 1024)")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     o.add_argument("--grad-checkpointing", action="store_true")
+    o.add_argument("--attention", choices=("sdpa", "eager"),
+                   help="attention implementation (default: the model config's; transformers uses sdpa)")
     o.add_argument("--gpus", type=int, help="number of GPUs (default: those found)")
     o.add_argument("--strategy", default="ddp", help=f"{' | '.join(STRATEGIES)} (default ddp)")
     o.add_argument("--gpu-memory", type=_size_arg, metavar="SIZE",
@@ -71,7 +73,7 @@ def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, i
         vocab_size=args.vocab_size, technique=args.technique, teacher=args.teacher, lora_rank=args.lora_rank,
         lora_targets=targets, num_virtual_tokens=args.num_virtual_tokens, precision=args.precision,
         optimizer=args.optimizer, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
-        grad_checkpointing=args.grad_checkpointing, gpus=args.gpus, strategy=args.strategy, dataset=args.dataset,
+        grad_checkpointing=args.grad_checkpointing, attention=args.attention, gpus=args.gpus, strategy=args.strategy, dataset=args.dataset,
         text_column=args.text_column, max_steps=args.max_steps,
     )
 

@@ -4,6 +4,7 @@ resume work as for scratch; tokenizers that disagree are refused (exit 2), befor
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -20,8 +21,14 @@ from technique_models import corpus_and_tokenizer, gpt2, pretrain, tensors, toke
 pytestmark = pytest.mark.slow
 
 
+PRESETS = Path(__file__).parent.parent / "presets"
+
+
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+
+    threads = torch.get_num_threads()  # specs set threads = 1 in this (pytest's) process: put it back after
     tmp = tmp_path_factory.mktemp("distill")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
@@ -30,7 +37,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     student = gpt2(tokenizer, tmp / "student", layers=1, width=32, seed=1)
     other = gpt2(tokenizer_for(corpus, vocab_size=300), tmp / "other", layers=1, width=32)  # another BPE
     mp.undo()
-    return {"corpus": corpus, "teacher": teacher, "student": student, "other": other}
+    yield {"corpus": corpus, "teacher": teacher, "student": student, "other": other}
+    torch.set_num_threads(threads)
 
 
 def _spec(models: dict[str, Path], **sections) -> spec.RunSpec:
@@ -159,3 +167,16 @@ def test_bad_options_are_user_errors(models: dict[str, Path], options: dict, mes
     s.options.update(options)
     with pytest.raises(UserError, match=message):
         distill.preflight(s)
+
+
+def test_tiny_preset_runs(models: dict[str, Path], tmp_path: Path) -> None:
+    """distill-tiny.toml with a local teacher: the student is new (model.path empty), built with its tokenizer."""
+    s = spec.load(PRESETS / "distill-tiny.toml", [f"options.teacher={models['teacher']}", f"data.path={models['corpus']}",
+                                                  "train.max_steps=4", "train.warmup_steps=1", "eval.every=2",
+                                                  "checkpoint.every=2", "log.every=1"])
+    run = job.create(s, tmp_path / "runs")
+    assert Trainer(run, s).run_job() == 0
+    assert sorted(_losses(run)) == [1, 2, 3, 4]
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["n_layer"] == 2 and config["n_embd"] == 64
+    assert spec.load(PRESETS / "distill-gpt2.toml").options == {"teacher": "gpt2-medium", "alpha": 0.5, "temperature": 4.0}

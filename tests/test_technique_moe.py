@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import technique_models
-from engine import job, runfolder
+from engine import job, runfolder, spec
 from engine.trainer import Trainer
 from run_helpers import losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, tensors
@@ -18,14 +18,21 @@ from technique_models import corpus_and_tokenizer, gpt2, tensors
 COEF = 0.1  # larger than the models' 0.001 so the auxiliary term is visible in the loss
 
 
+PRESETS = Path(__file__).parent.parent / "presets"
+
+
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, Path]:
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+
+    threads = torch.get_num_threads()  # specs set threads = 1 in this (pytest's) process: put it back after
     tmp = tmp_path_factory.mktemp("moe")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
     text, tokenizer = corpus_and_tokenizer(tmp)
     mp.undo()
-    return text, tokenizer, tmp
+    yield text, tokenizer, tmp
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("kind", ["mixtral", "qwen2_moe", "switch"])
@@ -78,3 +85,17 @@ def test_a_dense_model_is_refused(corpus, tmp_path: Path) -> None:
     assert Trainer(run, s).run_job() == 2
     error = next(e for e in runfolder.read_events(run)[0] if e["type"] == "error")
     assert error["kind"] == "user" and "not a mixture-of-experts" in error["message"]
+
+
+@pytest.mark.parametrize("preset,kind", [("moe-tiny.toml", "mixtral"), ("moe-switch-base-8.toml", "switch")])
+def test_presets_run_on_tiny_models(corpus, tmp_path: Path, preset: str, kind: str) -> None:
+    text, tokenizer, tmp = corpus
+    folder = getattr(technique_models, kind)(tokenizer, tmp / f"preset-{kind}")
+    s = spec.load(PRESETS / preset, [f"model.path={folder}", f"data.path={text}", "train.max_steps=4",
+                                     "train.warmup_steps=1", "train.seq_len=32", "train.batch_size=4",
+                                     "train.precision=\"fp32\"", "eval.every=2", "checkpoint.every=2"])
+    run = job.create(s, tmp_path / "runs")
+    assert Trainer(run, s).run_job() == 0
+    metrics = [e for e in runfolder.read_events(run)[0] if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [4] and len(metrics[0]["moe/expert_share"]) == 4
+    assert (run / "final" / "config.json").is_file()

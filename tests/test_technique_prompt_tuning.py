@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, runfolder
+from engine import job, runfolder, spec
 from engine.trainer import Trainer
 from run_helpers import losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, tensors
@@ -20,15 +20,23 @@ from technique_models import corpus_and_tokenizer, gpt2, tensors
 INIT = 0.2
 
 
+PRESETS = Path(__file__).parent.parent / "presets"
+SHORT = ["train.max_steps=4", "train.warmup_steps=1", "eval.every=2", "checkpoint.every=2", "log.every=1"]
+
+
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def base(tmp_path_factory: pytest.TempPathFactory):
+    import torch
+
+    threads = torch.get_num_threads()  # specs set threads = 1 in this (pytest's) process: put it back after
     tmp = tmp_path_factory.mktemp("pt")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
     corpus, tokenizer = corpus_and_tokenizer(tmp)
     folder = gpt2(tokenizer, tmp / "base", init=INIT)
     mp.undo()
-    return corpus, folder
+    yield corpus, folder
+    torch.set_num_threads(threads)
 
 
 def _train(s, runs: Path) -> tuple[Path, Trainer, dict[int, float]]:
@@ -119,3 +127,11 @@ def test_bad_options_fail_as_user_errors(base: tuple[Path, Path], tmp_path: Path
     assert Trainer(run, s).run_job() == 2
     error = next(e for e in runfolder.read_events(run)[0] if e["type"] == "error")
     assert error["kind"] == "user" and message in error["message"]
+
+
+def test_tiny_preset_runs(base: tuple[Path, Path], tmp_path: Path) -> None:
+    corpus, folder = base
+    s = spec.load(PRESETS / "prompt-tuning-tiny.toml", [f"model.path={folder}", f"data.path={corpus}", *SHORT])
+    run, _, losses = _train(s, tmp_path / "runs")
+    assert sorted(losses) == [1, 2, 3, 4] and (run / "final" / "adapter_model.safetensors").is_file()
+    assert spec.load(PRESETS / "prompt-tuning-bloomz.toml").options["num_virtual_tokens"] == 8  # the listing's

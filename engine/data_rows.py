@@ -146,8 +146,12 @@ def arrow_rows(table: Any, name: str, resolve: Resolve, total_bytes: int, batch_
     if n == 0:
         raise UserError(f"{name} has no rows", field="dataset")
     table = table.select_columns(columns)
+    # A class label is stored as an int; its name ("complaint") is what the model should learn to say.
+    names = {c: f.int2str for c, f in table.features.items() if type(f).__name__ == "ClassLabel"}
     for first in range(0, n, batch_rows):
         chunk = table[first:first + batch_rows]  # a dict of lists
+        for c, int2str in names.items():
+            chunk[c] = [int2str(v) if isinstance(v, int) and v >= 0 else v for v in chunk[c]]
         for k in range(len(chunk[columns[0]])):
             number = first + k + 1
             yield Row({c: chunk[c][k] for c in columns}, f"{name} row {number}", total_bytes * number // n)

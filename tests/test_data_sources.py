@@ -143,7 +143,7 @@ def test_too_small_for_a_validation_split(tmp_path: Path, byte_tok) -> None:  # 
     assert blocks.n_val_blocks == 0 and blocks.n_train_blocks == 1
 
 
-def make_hub_cache(home: Path, repo: str, rows: list[dict]) -> None:
+def make_hub_cache(home: Path, repo: str, rows: list[dict], features=None) -> None:  # noqa: ANN001
     """A dataset in the datasets cache as a download from the Hub leaves it (namespace___name/default/...)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -154,11 +154,11 @@ def make_hub_cache(home: Path, repo: str, rows: list[dict]) -> None:
     src = home / "src.parquet"
     pq.write_table(pa.Table.from_pylist(rows), src)
     owner, name = repo.split("/")
-    builder = Parquet(dataset_name=name, cache_dir=str(home / "build"),
+    builder = Parquet(dataset_name=name, cache_dir=str(home / "build"), features=features,
                       data_files=DataFilesDict.from_local_or_remote({"train": [str(src)]}, base_path=str(home)))
     builder.download_and_prepare()
     target = home / "datasets" / f"{owner}___{name}" / "default" / "0.0.0"
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     Path(builder.cache_dir).rename(target / "0123abcd")
 
 
@@ -186,6 +186,19 @@ def test_hub_dataset_from_the_cache_only(tmp_path: Path, monkeypatch: pytest.Mon
     assert info.value.field == "data.subset"
     # offline for the read only: settings as they were before
     assert datasets.config.HF_HUB_OFFLINE is was_offline and "HF_DATASETS_OFFLINE" not in os.environ
+
+
+def test_hub_class_labels_are_learned_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datasets import ClassLabel, Features, Value
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_DATASETS_CACHE", raising=False)
+    features = Features({"Tweet text": Value("string"), "Label": ClassLabel(names=["complaint", "no complaint"])})
+    make_hub_cache(tmp_path / "hf", "ought/complaints", [{"Tweet text": "late again", "Label": 0},
+                                                         {"Tweet text": "thanks!", "Label": 1}], features)
+    source = DataSource("ought/complaints", format="hub", text_column="Tweet text", label_column="Label")
+    assert preview(source) == [{"prompt": "Tweet text : late again Label : ", "response": "complaint"},
+                               {"prompt": "Tweet text : thanks! Label : ", "response": "no complaint"}]
 
 
 def test_hub_id_is_not_taken_for_a_missing_path(tmp_path: Path) -> None:

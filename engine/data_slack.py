@@ -150,7 +150,10 @@ def turns(root: Path, wanted: str, context: int) -> Iterator[Turn]:
         if path.parent != channel:
             channel, recent, threads = path.parent, deque(maxlen=max(context, 1)), {}
         done += path.stat().st_size
-        for ts, m, i in _messages(path):
+        messages = _messages(path)
+        if messages:  # threads quiet for longer than the gap can give no more context: bounded memory
+            threads = {k: h for k, h in threads.items() if h and messages[0][0] - h[-1][0] <= CONTEXT_GAP_SECONDS}
+        for ts, m, i in messages:
             text = clean(m["text"], users)
             if not text:
                 continue

@@ -240,6 +240,7 @@ def make_slack_export(root: Path) -> Path:
     day("general", "2023-11-15", [
         {"type": "message", "user": "U1", "text": "", "ts": f"{t + 86400}.000100"},  # a file without a caption
         {"type": "message", "user": "U1", "text": "new day", "ts": f"{t + 86410}.000100"},
+        {"type": "message", "user": "U1", "text": "tagged", "ts": f"{t + 86420}.000100", "thread_ts": f"{t + 30}.000100"},
     ])
     day("random", "2023-11-14", [
         {"type": "message", "user": "U3", "text": "lunch?", "ts": f"{t + 5}.000100"},
@@ -261,10 +262,11 @@ def test_slack_export_persona(tmp_path: Path, byte_tok) -> None:
         # a thread reply: the thread's parent and replies only, not the channel
         ("cat: release today?\nBob Ray: yes at noon", "I will tag it"),
         ("", "new day"),  # the day before is over six hours old: another conversation
+        ("", "tagged"),  # so is a thread's: a late reply starts afresh
         ("cat: lunch?", "sure"),  # the other channel starts its own context
     ]
     assert count_tokens(source, byte_tok) == sum(nbytes(e.text) + 1 for e in examples)
-    assert [(u.id, u.messages) for u in slack_users(root)] == [("U1", 4), ("U2", 2), ("U3", 2)]
+    assert [(u.id, u.messages) for u in slack_users(root)] == [("U1", 5), ("U2", 2), ("U3", 2)]
     for chosen in ("U1", "Ann Lee", "@ann"):  # id, real name, handle
         assert [e.completion for e in iter_examples(DataSource(str(root), slack_user=chosen))][0].startswith("hi ")
     one = DataSource(str(root), slack_user="ann", context=1)
@@ -273,9 +275,9 @@ def test_slack_export_persona(tmp_path: Path, byte_tok) -> None:
 
 def test_slack_user_must_be_chosen_and_exist(tmp_path: Path) -> None:
     root = make_slack_export(tmp_path / "export")
-    with pytest.raises(UserError, match=r"choose the Slack user.*annie \(4\), Bob Ray \(2\), cat \(2\)"):
+    with pytest.raises(UserError, match=r"choose the Slack user.*annie \(5\), Bob Ray \(2\), cat \(2\)"):
         preview(DataSource(str(root)))
-    with pytest.raises(UserError, match=r"no Slack user 'dave'.*annie \(4\)") as info:
+    with pytest.raises(UserError, match=r"no Slack user 'dave'.*annie \(5\)") as info:
         preview(DataSource(str(root), slack_user="dave"))
     assert info.value.field == "data.slack_user"
     (root / "random" / "2023-11-16.json").write_text('[{"user": "U1", "text": "x", "ts": "1"},\n {"user": }]')

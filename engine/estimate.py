@@ -17,7 +17,8 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.estimate_activations import activation_model, timeline
-from engine.estimate_params import NF4_BITS, bytes_for, parameters, trainable  # noqa: F401 (NF4_BITS re-exported)
+# NF4_BITS is re-exported: callers read the estimator's constants from engine.estimate
+from engine.estimate_params import NF4_BITS, ParamBytes, bytes_for, parameters, trainable  # noqa: F401
 from engine.model_count import ModelDims, load_dims
 
 TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
@@ -217,7 +218,7 @@ def _teacher_bytes(req: EstimateRequest, tokens: int) -> tuple[int, int]:
     return td.params * elem, tokens * td.vocab_size * (2 * elem + 4 * 4)
 
 
-def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Any]:
+def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], ParamBytes]:
     """The breakdown and the tensor total of each phase of a step, for one GPU without sharding."""
     t = trainable(req, d)
     p = parameters(req, d, t)
@@ -277,7 +278,8 @@ def rule_of_thumb(req: EstimateRequest, params: int) -> RuleOfThumb:
     if req.technique == "qlora":
         return RuleOfThumb(params, "fine-tuning with 4-bit quantization: about 1x the parameter count in bytes")
     if req.technique in ("lora", "prompt-tuning"):
-        return RuleOfThumb(2 * params, "fine-tuning a 16-bit model with adapters: about 2x the parameter count in bytes")
+        return RuleOfThumb(2 * params, "fine-tuning a 16-bit model with adapters: about 2x the parameter count "
+                                       "in bytes")
     return RuleOfThumb(4 * params, "training every weight: more than 4x the parameter count in bytes "
                                    "(a 1B model needs at least 5-6 GB with batch and context)")
 

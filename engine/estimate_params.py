@@ -43,7 +43,9 @@ def bytes_for(precision: str) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class _Params:
+class ParamBytes:
+    """Bytes of the parameters and what training keeps for them, and where the gradients appear."""
+
     weights: int
     by_dtype: dict[str, int]
     trainable: int  # count
@@ -95,7 +97,7 @@ def _state_bytes(optimizer: str, numel: int, elem: int, shape2d: tuple[int, int]
     raise AssertionError(optimizer)
 
 
-def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
+def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
     w_train, _ = bytes_for(req.precision)
     frozen = 4 if req.precision == "fp32" else 2
     by_dtype: dict[str, int] = {}
@@ -105,14 +107,15 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
         by_dtype[dtype] = by_dtype.get(dtype, 0) + int(round(n))
 
     layer_grads = [0] * d.layers
-    head = embed = tied = grads = states = temp = casts = trainable = 0
+    head = embed = tied = grads = states = temp = casts = n_trainable = 0
     tname = {4: "fp32", 2: "bf16" if "fp16" not in req.precision else "fp16"}
     for p in d.tensors:
         if t.full:
             add(tname[w_train], p.numel * w_train)
             g = p.numel * w_train
-            trainable += p.numel
-            shape = (shapes.get(p.module) or (p.numel // d.hidden, d.hidden)) if p.kind in ("linear", "embedding") else None
+            n_trainable += p.numel
+            matrix = p.kind in ("linear", "embedding")
+            shape = (shapes.get(p.module) or (p.numel // d.hidden, d.hidden)) if matrix else None
             s, tmp = _state_bytes(req.optimizer, p.numel, w_train, shape)
             states, temp = states + s, temp + tmp
             if req.precision.startswith("mixed") and p.kind == "linear":
@@ -141,14 +144,14 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> _Params:
                     s, tmp = _state_bytes(req.optimizer, numel, LORA_DTYPE_BYTES, shape)
                     states, temp = states + s * d.layers, temp + tmp * d.layers
         add("fp32", per_layer * d.layers * LORA_DTYPE_BYTES)
-        trainable += per_layer * d.layers
+        n_trainable += per_layer * d.layers
         layer_grads = [per_layer * LORA_DTYPE_BYTES] * d.layers
         grads = per_layer * d.layers * LORA_DTYPE_BYTES
     if t.inputs_need_grad:  # prompt tuning: the virtual token embeddings, float32
         n = req.num_virtual_tokens * d.hidden
         add("fp32", n * 4)
-        trainable += n
+        n_trainable += n
         s, temp = _state_bytes(req.optimizer, n, 4, (req.num_virtual_tokens, d.hidden))
         states, embed, grads = states + s, n * 4, n * 4
-    return _Params(sum(by_dtype.values()), by_dtype, trainable, grads, layer_grads, head, embed, tied, states, temp,
-                   casts)
+    return ParamBytes(sum(by_dtype.values()), by_dtype, n_trainable, grads, layer_grads, head, embed, tied, states,
+                      temp, casts)

@@ -66,7 +66,8 @@ def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, 
     return best
 
 
-def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate, gpus: list[tuple[int, str, int]]) -> list[Suggestion]:
+def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
+                gpus: list[tuple[int, str, int]]) -> list[Suggestion]:
     from engine.estimate import Suggestion, verdict
 
     free = min(g[2] for g in gpus)

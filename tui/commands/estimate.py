@@ -73,8 +73,8 @@ def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, i
         vocab_size=args.vocab_size, technique=args.technique, teacher=args.teacher, lora_rank=args.lora_rank,
         lora_targets=targets, num_virtual_tokens=args.num_virtual_tokens, precision=args.precision,
         optimizer=args.optimizer, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
-        grad_checkpointing=args.grad_checkpointing, attention=args.attention, gpus=args.gpus, strategy=args.strategy, dataset=args.dataset,
-        text_column=args.text_column, max_steps=args.max_steps,
+        grad_checkpointing=args.grad_checkpointing, attention=args.attention, gpus=args.gpus, strategy=args.strategy,
+        dataset=args.dataset, text_column=args.text_column, max_steps=args.max_steps,
     )
 
 

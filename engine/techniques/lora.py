@@ -263,8 +263,11 @@ def weights_bytes(path: str | Path) -> int | None:
             folder = Path(snapshot_download(str(path), local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached, or not a Hub id: the size is just unknown
             return None
-    files = [f for f in folder.iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin")]
-    return sum(os.path.getsize(f) for f in files) or None
+    for suffix in (".safetensors", ".bin"):  # what from_pretrained reads: safetensors when both are there
+        files = [f for f in folder.iterdir() if f.is_file() and f.suffix == suffix]
+        if files:
+            return sum(os.path.getsize(f) for f in files)
+    return None
 
 
 def size_summary(final: Path, base_path: str) -> dict[str, Any]:
@@ -277,8 +280,8 @@ def size_summary(final: Path, base_path: str) -> dict[str, Any]:
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"

@@ -87,15 +87,16 @@ def test_lora_trains_the_adapter_alone_and_reports_its_size(base, tmp_path: Path
     assert adapter_bytes < done["base_bytes"] / 10
     assert "adapter" in runfolder.read_status(run)["message"] and "% of the base" in done["summary"]
 
-    # final/ loads with peft on the base; merged/ is a plain model giving the same logits
+    # final/ loads with peft on the base, or with transformers alone; merged/ is a plain model; all agree
     ids = torch.tensor([[5, 17, 40, 9, 33]])
     with torch.no_grad():
         plain = AutoModelForCausalLM.from_pretrained(model_dir).eval()(ids).logits
         adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), run / "final").eval()
         with_adapter = adapted(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(run / "final" / lora.MERGED).eval()(ids).logits
+        direct = AutoModelForCausalLM.from_pretrained(run / "final").eval()(ids).logits  # transformers finds the base
     assert not torch.allclose(plain, with_adapter, atol=1e-3)
-    assert torch.allclose(merged, with_adapter, atol=1e-4)
+    assert torch.allclose(merged, with_adapter, atol=1e-4) and torch.allclose(direct, with_adapter, atol=1e-5)
     text, source = generate(run, "the cat", max_new_tokens=6)
     assert source == "final" and text
     text, source = generate(run, "the cat", checkpoint_ref="10", max_new_tokens=6)

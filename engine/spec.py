@@ -26,6 +26,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd")
 TOKENIZERS = ("bpe", "byte", "char")
+STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (DDP) or shard (FSDP, DeepSpeed ZeRO)
 # train settings a technique starts from when the spec leaves them out (fine-tuning wants a smaller LR
 # than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -204,6 +205,37 @@ class LogSpec:
 
 
 @dataclass
+class DistributedSpec:
+    num_processes: int = _f(1, "training processes in all (one per GPU); above 1 the run goes through `accelerate launch`")
+    num_machines: int = _f(1, "machines taking part (each runs `llm-wizard train --print-launch`'s command)")
+    machine_rank: int = _f(0, "this machine's index, 0 to num_machines - 1 (0 hosts the rendezvous)")
+    main_process_ip: str = _f("", "address of machine 0, reachable from every machine (several machines)")
+    main_process_port: int = _f(29500, "rendezvous port on machine 0 (one machine: a free port is picked)")
+    strategy: str = _f("ddp", "ddp (a full copy per GPU), fsdp (sharded), zero2 or zero3 (DeepSpeed)")
+
+    def __post_init__(self) -> None:
+        _positive("distributed", self, "num_processes", "num_machines")
+        _positive("distributed", self, "machine_rank", zero_ok=True)
+        _choice("distributed", self, "strategy", STRATEGIES)
+        if self.num_processes % self.num_machines:
+            raise _bad("distributed", "num_processes", f"{self.num_processes} does not split evenly over "
+                       f"{self.num_machines} machines")
+        if self.machine_rank >= self.num_machines:
+            raise _bad("distributed", "machine_rank", f"must be below num_machines ({self.num_machines}), "
+                       f"got {self.machine_rank}")
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise _bad("distributed", "main_process_ip", "several machines need the address of machine 0")
+        if not 0 < self.main_process_port < 65536:
+            raise _bad("distributed", "main_process_port", f"not a TCP port: {self.main_process_port}")
+        if self.strategy.startswith("zero") and self.num_processes > 1:
+            import importlib.util
+
+            if importlib.util.find_spec("deepspeed") is None:
+                raise _bad("distributed", "strategy", f"{self.strategy} needs DeepSpeed, which is not installed "
+                           "(pip install deepspeed); or choose ddp or fsdp")
+
+
+@dataclass
 class RunSpec:
     technique: str = _f("scratch", "how to train: " + ", ".join(TECHNIQUES))
     name: str = _f("run", "a short name; the run id is <time>-<name>-<suffix>")
@@ -216,6 +248,7 @@ class RunSpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     log: LogSpec = field(default_factory=LogSpec)
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)
     options: dict[str, Any] = _f({}, "technique-specific settings (validated by the technique)")
 
     def __post_init__(self) -> None:
@@ -231,7 +264,7 @@ class RunSpec:
     def fingerprint(self) -> str:
         """What must not change across a resume: everything that shapes the model and the data order."""
         d = self.to_dict()
-        for volatile in ("runs_dir", "name", "eval", "checkpoint", "log"):
+        for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "distributed"):  # DDP checkpoints fit any layout
             d.pop(volatile, None)
         for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio"):
             d["train"].pop(volatile, None)
@@ -240,7 +273,7 @@ class RunSpec:
 
 SECTIONS: dict[str, type] = {
     "model": ModelSpec, "tokenizer": TokenizerSpec, "data": DataSpec, "train": TrainSpec,
-    "eval": EvalSpec, "checkpoint": CheckpointSpec, "log": LogSpec,
+    "eval": EvalSpec, "checkpoint": CheckpointSpec, "log": LogSpec, "distributed": DistributedSpec,
 }
 
 
@@ -366,6 +399,8 @@ def to_toml(spec: RunSpec) -> str:
 
     emit(spec)
     for name in SECTIONS:
+        if name == "distributed" and spec.distributed == DistributedSpec():
+            continue  # one process: single-process specs read as before
         lines += ["", f"[{name}]"]
         emit(getattr(spec, name))
     if spec.options:

@@ -224,3 +224,28 @@ def test_tiny_preset_runs_on_a_local_model(base, tmp_path: Path) -> None:
     final = run / "final"
     assert (final / lora.ADAPTER_WEIGHTS).is_file() and (final / lora.MERGED / "model.safetensors").is_file()
     assert events(run, "done")[-1]["adapter_bytes"] > 0
+
+
+def test_lora_learns_responses_from_jsonl_with_the_prompt_masked(base, tmp_path: Path) -> None:
+    import json
+    import random
+
+    from engine.data_pack import MaskedBlocks
+    from run_helpers import WORDS
+
+    corpus, model_dir = base
+    rng = random.Random(0)
+    rows = []
+    for _ in range(600):  # the response repeats the prompt's words backwards: learnable, masked prompt
+        words = [rng.choice(WORDS) for _ in range(3)]
+        rows.append({"q": " ".join(words), "a": " ".join(reversed(words))})
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    s = finetune_spec("lora", model_dir, data, train={"lr": 1e-2, "max_steps": 20},
+                      data={"prompt_column": "q", "response_column": "a", "val_fraction": 0.05})
+    run = job.create(s, tmp_path / "runs")
+    trainer = Trainer(run, s)
+    assert trainer.run_job() == 0
+    assert isinstance(trainer.prep.data, MaskedBlocks)  # batches carry the loss mask; prompts are not trained on
+    losses = list(losses_by_step(events(run)).values())
+    assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.5, losses

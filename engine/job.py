@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import runfolder
+from engine import locks, runfolder, save_guard
 from engine.errors import UserError
 from engine.spec import RunSpec, to_toml
+
+EXIT_SECOND_SIGNAL = 130
 
 
 def create(spec: RunSpec, runs_dir: Path) -> Path:
@@ -34,6 +36,10 @@ def create(spec: RunSpec, runs_dir: Path) -> Path:
 
 def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dict[str, str] | None = None) -> int:
     """Start the detached job for `run`; returns its pid. The job writes status.json itself."""
+    owner = locks.holder(run)
+    if owner:  # RELIABILITY P6: checked here too, so the running job's status is never overwritten
+        raise UserError(f"run {run.name} is already being trained by process {owner}; watch it with "
+                        f"`llm-wizard attach {run.name}`", field="run")
     # Commands sent from now on are for this process, even those that arrive before it reads any.
     commands = run / runfolder.COMMANDS_FILE
     args = [sys.executable, "-m", "engine.job", str(run), "--commands-from",
@@ -118,6 +124,12 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
 
     run = Path(run).resolve()
     try:
+        locks.acquire(run)  # RELIABILITY P6: one owner per run folder, for this process's whole life
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)  # the owner's status and events stay untouched
+        return e.exit_code
+    save_guard.clean_leftovers(run)  # RELIABILITY C8: only now, as the sole owner
+    try:
         spec = spec_mod.load(run / runfolder.SPEC)
     except UserError as e:
         runfolder.EventLog(run).emit("error", message=str(e), kind="user")
@@ -127,6 +139,8 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
                       commands_from=commands_from)
 
     def on_signal(signum: int, frame: Any) -> None:
+        if trainer.stop_reason:  # RELIABILITY G4: a second signal means now; saves are atomic, so disk stays valid
+            os._exit(EXIT_SECOND_SIGNAL)
         trainer.request_stop(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -39,7 +39,7 @@ def create_run(runs_dir: Path, name: str, spec_toml: str) -> Path:
     for _ in range(10):
         path = runs_dir / new_run_id(name)
         try:
-            path.mkdir()
+            path.mkdir(mode=0o700)  # RELIABILITY S7: a run's data, spec and logs are its owner's alone
         except FileExistsError:
             continue
         write_text_atomic(path / SPEC, spec_toml)
@@ -70,7 +70,10 @@ def read_status(run: str | os.PathLike[str]) -> dict[str, Any]:
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     if status.get("state") in LIVE_STATES and not pid_alive(status.get("pid"), status.get("pid_start")):
+        from engine.locks import stale_message
+
         status["state"] = "crashed"
+        status["message"] = stale_message(Path(run), status)  # RELIABILITY P7, O5
     return status
 
 

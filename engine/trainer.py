@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, controls, runfolder
+from engine import checkpoint, controls, fingerprint, runfolder, save_guard
 from engine.errors import UserError
+from engine.redact import redact
 from engine.spec import RunSpec
 from engine.techniques.base import Prepared, SetupContext, get
 from engine.train_state import build_optimizer, rng_state, seed_all, set_rng_state, versions
@@ -111,12 +112,16 @@ class Trainer:
                 alert = oom_alert(self.batch_size, self.grad_accum, backed_off=False)
                 self.events.emit("alert", step=self.step, **alert.fields())
                 return self._fail(alert.message, "oom", EXIT_OOM)
-            return self._fail(f"{type(e).__name__}: {e}", "internal", 1,
+            last = checkpoint.lineage(self.run)
+            where = f"; last checkpoint {last[0].name} (resume from it)" if last else "; no checkpoint yet"
+            return self._fail(f"{type(e).__name__}: {e}{where}", "internal", 1,
                               traceback=traceback.format_exc(limit=8)[-4000:])
         finally:
             self.events.close()
 
     def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
+        message = redact(message)  # an error quoting a URL or header must not carry a token into the run folder
+        extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
         self.events.emit("error", message=message, kind=kind, step=self.step, **extra)
         self.set_state("failed", message)
         self.events.emit("done", state="failed", step=self.step, exit_code=code)
@@ -360,13 +365,24 @@ class Trainer:
                 ack = controls.handle(self, cmd)
             self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
 
-    def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo:
+    def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
         import torch
 
         name = checkpoint.name_for(self.step, self.branch)
         existing = self.run / checkpoint.CHECKPOINTS / name
         if existing.is_dir() and checkpoint.verify(existing, full=False) is None:
             return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
+
+        bad = save_guard.nonfinite_state(self.params, self.optimizer)
+        if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
+            message = (f"not saved at step {self.step}: {', '.join(bad)} not finite; roll back to an earlier "
+                       "checkpoint, perhaps with a lower learning rate")
+            self.events.emit("alert", step=self.step, kind="nan", message=message, suggest="rollback",
+                             severity="error")
+            if reason == "interval":
+                self.set_paused(True)
+                return None
+            raise UserError(message, field="checkpoint")
 
         def write(folder: Path) -> None:
             self.technique.save(self.prep, folder, final=False)
@@ -378,26 +394,52 @@ class Trainer:
 
         metrics = {"loss": self.last.get("train/loss"), "eval_loss": self.last.get("eval/loss")}
         metrics = {k: v for k, v in metrics.items() if v is not None}
-        info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta={
-            "metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
-            "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
-            "versions": versions()})
+        meta = {"metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
+                "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
+                "versions": versions()}
+        history = checkpoint.lineage(self.run)
+        needed = save_guard.folder_bytes(history[0].path) if history else 0
+        while (room := save_guard.room_problem(self.run, needed)) is not None:  # RELIABILITY C5
+            self._wait_for_space(room, "low_disk")
+        while True:
+            try:
+                info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta=meta)
+                break
+            except Exception as e:
+                full = save_guard.disk_full(e, self.run, needed)
+                if full is None:
+                    raise
+                # RELIABILITY C4: checkpoint.save removed its temporary folder; the previous one is intact
+                self._wait_for_space(save_guard.describe_pause(full, history[0].name if history else None),
+                                     "disk_full")
         self.parent = info.name
         deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
         self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
                          reason=reason, deleted=deleted)
         return info
 
+    def _wait_for_space(self, message: str, kind: str) -> None:
+        """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
+        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        self.paused = True
+        self.set_state("paused", message)
+        self._boundary()
+        if self.stop_reason:
+            raise UserError(message, field="checkpoint")
+
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "position": self.position, "tokens": self.tokens,
                 "branch": self.branch, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                 "schedule": self.schedule.state_dict(), "watchdogs": self.watchdogs.state,
-                "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint}
+                "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint,
+                "fingerprint_parts": fingerprint.parts(self.spec, self.prep.data_fingerprint)}
 
     def _load(self, info: checkpoint.CheckpointInfo) -> None:
         import torch
 
         st = json.loads((info.path / "trainer_state.json").read_text())
+        fingerprint.check(st.get("fingerprint_parts"), fingerprint.parts(self.spec, self.prep.data_fingerprint),
+                          info.name, self.run, self.spec.technique)
         if st.get("spec_fingerprint") != self.spec.fingerprint():
             raise UserError(f"{info.name} was saved with a different model or data setup than this spec; "
                             "resume refuses to mix them (start a new run instead)", field="resume")

@@ -107,12 +107,10 @@ def oom_alert(batch_size: int, grad_accum: int, backed_off: bool) -> Alert:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """torch.OutOfMemoryError and the RuntimeError spellings of the same thing."""
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(
-        s in text for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDA error: out of memory"))
+    """torch.OutOfMemoryError and every other form of the same fault (engine.oom, RELIABILITY O3)."""
+    from engine.oom import is_oom as classify
+
+    return classify(exc)
 
 
 _fired: set[str] = set()

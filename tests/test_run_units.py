@@ -133,3 +133,33 @@ def test_follow_events_gives_resumable_offsets_and_ends_with_the_job(tmp_path: P
     assert [e["step"] for e, _ in rest] == [2, 3]
     log.emit("done", state="done", step=3)
     assert [e["type"] for e, _ in runfolder.follow_events(run, seen[-1][1], poll_s=0.01)] == ["done"]
+
+
+@pytest.mark.parametrize(("argv", "want"), [
+    (["r", "lr", "0.5"], ("set_lr", {"factor": 0.5})),
+    (["r", "lr", "--value", "1e-4"], ("set_lr", {"value": 1e-4})),
+    (["r", "rollback", "10", "--lr-factor", "0.5"], ("rollback", {"step": 10, "lr_factor": 0.5})),
+    (["r", "rollback", "--checkpoint", "step-000010-b1"], ("rollback", {"checkpoint": "step-000010-b1"})),
+    (["r", "rescue", "--factor", "0.2", "--steps", "50"], ("rescue", {"factor": 0.2, "steps": 50})),
+    (["r", "pause"], ("pause", {})),
+])
+def test_control_cli_maps_onto_commands(argv: list[str], want: tuple) -> None:
+    import argparse
+
+    from tui.commands import control
+
+    parser = argparse.ArgumentParser()
+    control.add_arguments(parser)
+    assert control.command_args(parser.parse_args(argv)) == want
+
+
+@pytest.mark.parametrize("argv", [["r", "lr"], ["r", "rollback"], ["r", "rollback", "2.5"], ["r", "pause", "3"]])
+def test_control_cli_rejects_incomplete_commands(argv: list[str]) -> None:
+    import argparse
+
+    from tui.commands import control
+
+    parser = argparse.ArgumentParser()
+    control.add_arguments(parser)
+    with pytest.raises(UserError):
+        control.command_args(parser.parse_args(argv))

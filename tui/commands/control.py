@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("value", nargs="?", type=float,
                         help="lr: the factor (0.5 halves the LR); rollback: the checkpoint's step")
     parser.add_argument("--value", dest="lr_value", type=float, metavar="LR", help="lr: set this learning rate")
+    parser.add_argument("--checkpoint", metavar="NAME", help="rollback: a checkpoint by name (step-000500-b1), "
+                        "e.g. one on an abandoned branch")
     parser.add_argument("--lr-factor", type=float, help="rollback: also multiply the LR by this")
     parser.add_argument("--factor", type=float, help="rescue: LR factor while rescuing (default 0.1)")
     parser.add_argument("--steps", type=int, help="rescue: steps at the lowered LR (default 200)")
@@ -32,9 +34,13 @@ def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]
             raise UserError("lr needs a factor (`lr 0.5`) or a value (`lr --value 1e-4`)", field="value")
         extra = {"factor": args.value} if args.value is not None else {"value": args.lr_value}
     elif cmd == "rollback":
-        if args.value is None or args.value != int(args.value):
-            raise UserError("rollback needs the checkpoint's step, e.g. `rollback 500`", field="value")
-        extra = {"step": int(args.value)}
+        if args.checkpoint:
+            extra = {"checkpoint": args.checkpoint}
+        elif args.value is None or args.value != int(args.value):
+            raise UserError("rollback needs the checkpoint's step, e.g. `rollback 500`, or --checkpoint NAME",
+                            field="value")
+        else:
+            extra = {"step": int(args.value)}
         if args.lr_factor:
             extra["lr_factor"] = args.lr_factor
     elif cmd == "rescue":

@@ -249,3 +249,23 @@ def test_lora_learns_responses_from_jsonl_with_the_prompt_masked(base, tmp_path:
     assert isinstance(trainer.prep.data, MaskedBlocks)  # batches carry the loss mask; prompts are not trained on
     losses = list(losses_by_step(events(run)).values())
     assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.5, losses
+
+
+def test_train_merge_flag_writes_a_merged_model(base, tmp_path: Path) -> None:
+    import signal as signals
+
+    from tui.cli import main
+
+    corpus, model_dir = base
+    spec_file = tmp_path / "lora.toml"
+    spec_file.write_text(spec.to_toml(finetune_spec("lora", model_dir, corpus, train={"max_steps": 3},
+                                                    checkpoint={"every": 0})))
+    handlers = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM, signals.SIGHUP)}
+    try:  # --foreground trains in this process (and installs its signal handlers: put them back after)
+        assert main(["train", str(spec_file), "--merge", "--foreground", "--runs-dir", str(tmp_path / "runs")]) == 0
+    finally:
+        for s, handler in handlers.items():
+            signals.signal(s, handler)
+    run = next((tmp_path / "runs").iterdir())
+    assert "merge = true" in (run / runfolder.SPEC).read_text()
+    assert (run / "final" / lora.MERGED / "model.safetensors").is_file()

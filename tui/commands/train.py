@@ -12,6 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="RUN", help="continue a stopped or killed run from its newest checkpoint")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a spec setting, e.g. --set train.max_steps=100 (repeatable)")
+    parser.add_argument("--merge", action="store_true",
+                        help="LoRA/QLoRA: also write final/merged/, the base with the adapter folded in "
+                             "(= --set options.merge=true)")
     parser.add_argument("--foreground", action="store_true",
                         help="train in this terminal (Ctrl-C saves and stops) instead of detached")
     parser.add_argument("--no-wait", action="store_true",
@@ -28,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from tui.output import err, error, out, print_json
 
     if args.resume:
-        if args.spec or args.overrides:
-            raise UserError("--resume takes the run's own spec.toml; leave out SPEC and --set", field="resume")
+        if args.spec or args.overrides or args.merge:
+            raise UserError("--resume takes the run's own spec.toml; leave out SPEC, --set and --merge", field="resume")
         run_path = runfolder.resolve_run(args.resume, runs_dir(getattr(args, "runs_dir", None)))
         status = runfolder.read_status(run_path)
         if status.get("state") in runfolder.LIVE_STATES:
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.spec:
             raise UserError("give a spec file (see presets/), or --resume RUN", field="spec")
-        spec = spec_mod.load(args.spec, args.overrides)
+        spec = spec_mod.load(args.spec, args.overrides + (["options.merge=true"] if args.merge else []))
         _preflight_data(spec)
         _preflight_technique(spec)
         explicit = getattr(args, "runs_dir", None) or spec.runs_dir or None

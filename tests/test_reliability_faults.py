@@ -1,0 +1,143 @@
+"""Faults on real detached jobs (RELIABILITY P6, P8, G4, C4, C8, S1, S6, S7): each test names its rows.
+
+One run goes through three faults in turn, because each needs the checkpoints the one before left:
+an exception at step 5 (failed status with a traceback summary and the last checkpoint), a resume
+under RLIMIT_FSIZE (disk full: paused with "free space, then resume", the previous checkpoint intact,
+the temporary folder removed), and a resume whose optimizer.pt is a pickle payload (refused, never
+run). A canary Hub token in every job's environment appears in no file of the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import checkpoint as ck
+from engine import job, runfolder
+from engine.errors import UserError
+from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+CANARY = "hf_CANARY" + "x7Qz" * 6 + "k"  # the shape of a Hub token, 34 characters
+
+LIMITED_RESUME = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from engine.job import main
+sys.exit(main([sys.argv[1], "--resume"]))
+"""
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _files_with(folder: Path, needle: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def _rewrite_manifest(folder: Path) -> None:
+    """Make a tampered file pass the integrity check, so only the loader stands between it and the process."""
+    manifest = json.loads((folder / ck.MANIFEST).read_text())
+    for rel in manifest["files"]:
+        data = (folder / rel).read_bytes()
+        manifest["files"][rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / ck.MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_P8_C4_S1_S6_S7_exception_disk_full_pickle_payload_and_canary(tmp_path: Path) -> None:
+    env = {"HF_TOKEN": CANARY, "HUGGING_FACE_HUB_TOKEN": CANARY}
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 30}, checkpoint={"every": 2, "keep": 3})
+    # P8: an exception fails the run with a traceback summary and names the last valid checkpoint; exit 1
+    run, pid = launch(s, tmp_path / "runs", env={**env, "LLMW_FAULT": "raise@step:5"})
+    assert wait_exit(pid) == 1
+    status = runfolder.read_status(run)
+    assert status["state"] == "failed" and "injected fault at step 5" in status["message"]
+    assert "last checkpoint step-000004" in status["message"]
+    error = events(run, "error")[-1]
+    assert error["kind"] == "internal" and "RuntimeError" in error["traceback"] and "trainer.py" in error["traceback"]
+    assert run.stat().st_mode & 0o777 == 0o700  # S7
+
+    # C4: disk full while saving step 6 (files limited to half a checkpoint's weights file)
+    weights = run / "checkpoints" / "step-000004" / "model.safetensors"
+    limit = weights.stat().st_size // 2
+    assert max(p.stat().st_size for p in run.iterdir() if p.is_file()) < limit // 2
+    with open(run / runfolder.LOG, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-c", LIMITED_RESUME, str(run), str(limit)], cwd=ROOT, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env})
+    status = wait_for(lambda: (st := runfolder.read_status(run)).get("state") == "paused" and st, what="disk-full pause")
+    assert "disk full" in status["message"] and "step-000004 is intact" in status["message"]
+    assert "Free space, then resume" in status["message"] and proc.poll() is None  # paused, not dead
+    alert = events(run, "alert")[-1]
+    assert alert["kind"] == "disk_full" and alert["suggest"] == "resume"
+    assert ck.verify(run / "checkpoints" / "step-000004") is None
+    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    assert ck.find_resume(run).name == "step-000004"
+    assert control(run, "stop")["ok"]
+    assert proc.wait(timeout=120) == 2
+    assert runfolder.read_status(run)["state"] == "failed" and "disk full" in runfolder.read_status(run)["message"]
+
+    # S1: a pickle payload as optimizer.pt (integrity check passed) is refused and never runs
+    marker = tmp_path / "PAYLOAD_RAN"
+    (run / "checkpoints" / "step-000004" / "optimizer.pt").write_bytes(pickle.dumps({"state": _Evil(marker)}))
+    _rewrite_manifest(run / "checkpoints" / "step-000004")
+    pid = job.launch(run, resume=True, env=env)
+    assert wait_exit(pid) == 1
+    assert not marker.exists()
+    assert "Weights only load failed" in events(run, "error")[-1]["message"]
+
+    # S6: the canary is in no file of the run folder (spec, events, status, job.log with its tracebacks)
+    assert _files_with(run, CANARY) == []
+    assert _files_with(run, "CANARY") == []
+
+
+def test_P6_G4_C8_second_start_refused_second_signal_exits_at_once(tmp_path: Path) -> None:
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 400}, checkpoint={"every": 2, "keep": 3})
+    run, pid = launch(s, tmp_path / "runs", step_sleep=0.2)
+    wait_step(run, 3)
+    # P6: refused by the launcher and by the job itself, naming the owner; the owner's status untouched
+    with pytest.raises(UserError, match=f"already being trained by process {pid}"):
+        job.launch(run, resume=True)
+    second = subprocess.run([sys.executable, "-m", "engine.job", str(run), "--resume"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=240)
+    assert second.returncode == 2 and f"already being trained by process {pid}" in second.stderr
+    assert runfolder.read_status(run)["pid"] == pid and runfolder.read_status(run)["state"] == "running"
+    # G4: a second SIGTERM 50 ms after the first ends the job at once; what is on disk stays valid
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.05)
+    os.kill(pid, signal.SIGTERM)
+    sent = time.monotonic()
+    assert wait_exit(pid, timeout=30) == job.EXIT_SECOND_SIGNAL
+    assert time.monotonic() - sent < 5
+    for c in ck.list_checkpoints(run, include_invalid=True):
+        assert ck.verify(c.path) is None, c.name
+    newest = ck.find_resume(run)
+    assert newest is not None
+    # C8: leftovers of ours are removed at the next start, and nothing else
+    (run / "checkpoints" / ".tmp-step-000099-12345").mkdir()
+    (run / ".tmp-final").mkdir()
+    (run / "checkpoints" / "notes.txt").write_text("the user's")
+    pid = job.launch(run, resume=True, step_sleep=0.2)
+    wait_for(lambda: runfolder.read_status(run).get("state") == "running" and runfolder.read_status(run).get("pid") == pid,
+             what="resumed job running")
+    assert not (run / "checkpoints" / ".tmp-step-000099-12345").exists() and not (run / ".tmp-final").exists()
+    assert (run / "checkpoints" / "notes.txt").exists()
+    assert [e for e in events(run, "state") if e.get("resumed_from") == newest.name]
+    assert control(run, "stop")["ok"]
+    assert wait_exit(pid) == 0

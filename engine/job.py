@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import locks, runfolder, save_guard
+from engine import launch_config, locks, runfolder, save_guard
 from engine.errors import UserError
 from engine.spec import RunSpec, to_toml
 
@@ -42,7 +42,8 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
                         f"`llm-wizard attach {run.name}`", field="run")
     # Commands sent from now on are for this process, even those that arrive before it reads any.
     commands = run / runfolder.COMMANDS_FILE
-    args = [sys.executable, "-m", "engine.job", str(run), "--commands-from",
+    # Several processes: the supervisor runs `accelerate launch` (engine/dist_supervisor.py), same arguments.
+    args = [sys.executable, "-m", launch_config.job_module(run), str(run), "--commands-from",
             str(commands.stat().st_size if commands.exists() else 0)]
     if resume:
         args.append("--resume")

@@ -1,0 +1,294 @@
+"""The shared training loop on several processes (one per GPU, started by `accelerate launch`).
+
+`DistributedTrainer` is engine.trainer.Trainer with what changes when there are several ranks:
+- rank 0 alone writes events, status and checkpoints (the others keep the same state in memory);
+- commands: rank 0 reads commands.jsonl, then broadcasts them with torch.distributed at the same step
+  boundary, so pause, set_lr, rollback, rescue and stop act on every rank before the same step. A stop
+  asked by a signal on any rank is agreed on in the same exchange (one all_reduce of two integers a
+  step; the command bytes are broadcast only when there are some);
+- data: rank r takes the r-th micro-batch of each group of world-size micro-batches from the global
+  position, which advances by world x batch, so the checkpointed position means the same on any layout;
+- metrics: the loss is averaged over ranks at the logging interval, tokens (and tokens/s) summed.
+
+A test hook (env LLM_WIZARD_RANK_PROBE=1) makes every rank append its step, pause state, learning rate
+and a digest of its parameters to `<run>/ranks/rank-<r>.jsonl` at each step boundary and after each
+command, so tests can see that all ranks act together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoint, runfolder
+from engine.trainer import Trainer
+
+PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
+SUPERVISOR_PID_ENV = "LLM_WIZARD_SUPERVISOR_PID"
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size, from the variables `accelerate launch` sets."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def param_digest(model: Any) -> str:
+    """A hash of every parameter's bytes: equal on two ranks only if the parameters are identical."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class _NoEvents:
+    """What ranks other than 0 write instead of events: nothing."""
+
+    def emit(self, type: str, flush: bool = True, **fields: Any) -> dict[str, Any]:
+        return {"type": type, **fields}
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DistributedTrainer(Trainer):
+    def __init__(self, run: Path, spec: Any, *, rank: int, world: int, **kw: Any) -> None:
+        super().__init__(run, spec, **kw)
+        self.rank, self.world = rank, world
+        self.pending_signal: int = 0  # a signal this rank received, not yet agreed on by all ranks
+        self._looping = False
+        if rank:
+            self.events.close()
+            self.events = _NoEvents()  # type: ignore[assignment]
+        self._probe = Path(run) / "ranks" / f"rank-{rank}.jsonl" if os.environ.get(PROBE_ENV) else None
+        self._probed: tuple[int, bool] | None = None
+        sup = os.environ.get(SUPERVISOR_PID_ENV, "")
+        self._status_pid = int(sup) if sup.isdigit() else os.getpid()
+
+    # ---- signals and status -------------------------------------------------------------------
+
+    def signal_stop(self, signum: int) -> None:
+        """From a signal handler: before the loop each rank stops its own preparation; in the loop the
+        stop is agreed on at the next boundary, so no rank leaves a collective the others are in."""
+        import signal
+
+        if self._looping:
+            self.pending_signal = self.pending_signal or signum
+        else:
+            self.request_stop(signal.Signals(signum).name)
+
+    def write_status(self, **extra: Any) -> None:
+        if self.rank:
+            self._last_status = time.monotonic()
+            return
+        # The supervisor's pid: the process a reader checks for life and signals to stop the whole run.
+        super().write_status(pid=self._status_pid, pid_start=runfolder.pid_start_time(self._status_pid),
+                             rank0_pid=os.getpid(), world_size=self.world, **extra)
+
+    def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
+        """Rank 0 reports its error; the `done` event is the supervisor's, which knows which rank died first."""
+        if self.rank:
+            return code
+        from engine.redact import redact
+
+        message = redact(message)
+        extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
+        self.events.emit("error", message=message, kind=kind, step=self.step, rank=0, **extra)
+        self.set_state("failed", message)
+        return code
+
+    # ---- collectives --------------------------------------------------------------------------
+
+    def _device(self) -> Any:
+        import torch.distributed as dist
+
+        return self.accelerator.device if dist.get_backend() == "nccl" else "cpu"
+
+    def _broadcast_bytes(self, payload: bytes, n: int) -> bytes:
+        import torch
+        import torch.distributed as dist
+
+        if self.rank == 0:
+            buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self._device())
+        else:
+            buf = torch.empty(n, dtype=torch.uint8, device=self._device())
+        dist.broadcast(buf, src=0)
+        return bytes(buf.cpu().numpy().tobytes())
+
+    def _broadcast_text(self, text: str) -> str:
+        import torch
+        import torch.distributed as dist
+
+        data = text.encode() if self.rank == 0 else b""
+        n = torch.tensor([len(data)], dtype=torch.int64, device=self._device())
+        dist.broadcast(n, src=0)
+        return self._broadcast_bytes(data, int(n.item())).decode() if int(n.item()) else ""
+
+    def _exchange(self) -> tuple[list[dict[str, Any]], int]:
+        """Rank 0's new commands and any rank's pending signal, the same on every rank."""
+        import torch
+        import torch.distributed as dist
+
+        payload = b""
+        if self.rank == 0:
+            cmds = self.commands.poll()
+            payload = json.dumps(cmds).encode() if cmds else b""
+        flags = torch.tensor([len(payload), self.pending_signal], dtype=torch.int64, device=self._device())
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        n, signum = (int(x) for x in flags.tolist())
+        cmds = json.loads(self._broadcast_bytes(payload, n)) if n else []
+        return cmds, signum
+
+    # ---- the loop's hooks ---------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        import torch.distributed as dist
+
+        from engine.watchdogs import Watchdogs
+
+        super()._prepare()
+        # Each rank prepared its own data: a rank with other data (another tokenizer, another file on a
+        # machine without shared storage) would train on something else while DDP keeps the weights equal.
+        prints = [None] * self.world
+        dist.all_gather_object(prints, self.prep.data_fingerprint)
+        if len(set(prints)) > 1:
+            from engine.errors import UserError
+
+            raise UserError(f"the ranks prepared different data (fingerprints {sorted(set(map(str, prints)))}); "
+                            "every machine must see the same data and tokenizer", field="data.path")
+        t = self.spec.train
+        if not t.max_steps:  # an epoch now takes world-size fewer steps
+            per_epoch = self.prep.data.n_train_blocks // (self.batch_size * self.grad_accum * self.world) or 1
+            self.total_steps = max(1, math.ceil(t.epochs * per_epoch))
+            self.schedule.total_steps = self.total_steps
+            self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
+        d = self.spec.distributed
+        self.events.emit("state", state="starting", step=0, world_size=self.world, strategy=d.strategy,
+                         num_machines=d.num_machines, total_steps=self.total_steps,
+                         backend=dist.get_backend(), device=str(self.accelerator.device),
+                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum * self.world,
+                         message=f"{self.world} processes ({d.strategy}, {dist.get_backend()}) on "
+                                 f"{d.num_machines} machine(s)")
+
+    def _loop(self) -> int:
+        self._looping = True
+        return super()._loop()
+
+    def _handle_commands(self) -> None:
+        import signal
+
+        cmds, signum = self._exchange()
+        if signum and not self.stop_reason:
+            self.request_stop(signal.Signals(signum).name)
+        for cmd in cmds:
+            if cmd.get("cmd") == "stop" and cmd.get("signal"):  # the supervisor passing on a signal
+                self.request_stop(str(cmd["signal"]))
+                self.events.emit("control_ack", id=cmd.get("id"), cmd="stop", step=self.step, ok=True,
+                                 message=f"saving and stopping ({cmd['signal']})")
+                continue
+            if cmd.get("cmd") == "?":
+                ack = {"ok": False, "message": f"not a command: {cmd.get('invalid')!r}"}
+            else:
+                from engine import controls
+
+                ack = controls.handle(self, cmd)
+            self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
+            self._write_probe(cmd=cmd.get("cmd"), ok=ack.get("ok"))
+        if self._probed != (self.step, self.paused):
+            self._write_probe()
+
+    def _next_batch(self) -> Any:
+        data = self.prep.data
+        at = data.advance(self.epoch, self.position, self.rank * self.batch_size) if self.rank \
+            else (self.epoch, self.position)
+        batch = data.train_batch(at[0], at[1], self.batch_size)
+        self.epoch, self.position = data.advance(self.epoch, self.position, self.world * self.batch_size)
+        return batch.to(self.accelerator.device, non_blocking=True)
+
+    def _train_step(self) -> bool:
+        before = self.tokens
+        done = super()._train_step()
+        if done:  # every rank trained as many tokens as this one
+            extra = (self.tokens - before) * (self.world - 1)
+            self.tokens += extra
+            self.interval.tokens += extra
+        return done
+
+    def _log_metrics(self) -> None:
+        import torch.distributed as dist
+
+        if self.interval.steps:  # every rank logs at the same steps: the mean loss over ranks
+            loss = self.interval.loss.to(self._device())
+            dist.all_reduce(loss)
+            self.interval.loss = (loss / self.world).to(self.interval.loss.device)
+        super()._log_metrics()
+
+    def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
+        """Rank 0 writes; every rank learns its outcome (name, or none and paused) before going on."""
+        info = super().save_checkpoint(reason) if self.rank == 0 else None
+        outcome = self._broadcast_text(json.dumps([info.name if info else "", self.paused]))
+        name, paused = json.loads(outcome)
+        if self.rank and paused and not self.paused:
+            self.paused = True
+        if not name:
+            return None
+        if self.rank:
+            info = checkpoint.CheckpointInfo(name, self.run / checkpoint.CHECKPOINTS / name, self.step, self.branch,
+                                             self.parent)
+            self.parent = name
+        return info
+
+    def _resume(self) -> None:
+        """Rank 0 chooses the checkpoint (and cleans up); every rank loads that one."""
+        name = ""
+        if self.rank == 0:
+            super()._resume()
+            name = self.parent or ""
+        name = self._broadcast_text(name)
+        if self.rank:
+            self._load(checkpoint.find(self.run, name))
+
+    def rollback(self, info: checkpoint.CheckpointInfo) -> None:
+        if self.rank == 0:
+            super().rollback(info)
+            return
+        import torch
+
+        from engine.trainer import Interval
+
+        self._load(info)  # the branch bookkeeping on disk is rank 0's
+        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
+
+    def _save_final(self) -> tuple[Path, dict[str, Any]]:
+        if self.rank:
+            return self.run / "final", {}
+        return super()._save_final()
+
+    def run_job(self) -> int:
+        code = super().run_job()
+        if self._probe is not None and getattr(self, "model", None) is not None:
+            self._write_probe(end=True, code=code)
+        return code
+
+    # ---- test hook ----------------------------------------------------------------------------
+
+    def _write_probe(self, **fields: Any) -> None:
+        if self._probe is None:
+            return
+        self._probed = (self.step, self.paused)
+        self._probe.parent.mkdir(exist_ok=True)
+        row = {"rank": self.rank, "step": self.step, "paused": self.paused, "t": time.time(),
+               "lr": self.schedule.lrs(self.step)[0], "multiplier": self.schedule.multiplier,
+               "position": [self.epoch, self.position], **fields}
+        if fields:  # a digest after each command and at the end (cheap on the tiny test models only)
+            row["digest"] = param_digest(self.prep.model)
+        with open(self._probe, "a") as f:
+            f.write(json.dumps(row) + "\n")

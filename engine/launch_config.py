@@ -136,9 +136,14 @@ def node_command(run: Path, machine_rank: int, *, resume: bool = False, python: 
     return f"setsid nohup {shlex.join(args)} >> {shlex.quote(str(log))} 2>&1 < /dev/null &"
 
 
-def launch_plan(run: Path, spec: Any, *, resume: bool = False) -> str:
-    """What `llm-wizard train --print-launch` shows: one exact command per machine, and what they need."""
+def launch_plan(run: Path, spec: Any, *, resume: bool = False, started: bool = False) -> str:
+    """What `llm-wizard train --print-launch` shows: one exact command per machine, and what they need
+    (`started`: machine 0's is being started by this command, so only the others are listed)."""
     d = spec.distributed
+    if not is_multi(spec):
+        args = [sys.executable, "-m", "engine.job", str(run)] + (["--resume"] if resume else [])
+        return (f"run {Path(run).name}: one process (no accelerate launch):\n"
+                f"setsid nohup {shlex.join(args)} >> {shlex.quote(str(Path(run) / 'job.log'))} 2>&1 < /dev/null &")
     per = d.num_processes // d.num_machines
     lines = [f"run {Path(run).name}: {d.num_processes} processes ({per} per machine, strategy {d.strategy}) "
              f"on {d.num_machines} machine(s), started by `accelerate launch` with {Path(run) / CONFIG}"]
@@ -146,6 +151,6 @@ def launch_plan(run: Path, spec: Any, *, resume: bool = False) -> str:
         lines.append(f"machine 0 ({d.main_process_ip}) hosts the rendezvous on port {d.main_process_port} and "
                      "writes events, status and checkpoints. The run folder must be at this same path on every "
                      "machine (shared storage) and the same Python environment at the same path.")
-    for rank in range(d.num_machines):
+    for rank in range(1 if started else 0, d.num_machines):
         lines += [f"# machine {rank}:", node_command(run, rank, resume=resume)]
     return "\n".join(lines)

@@ -232,7 +232,7 @@ class DistributedSpec:
 
             if importlib.util.find_spec("deepspeed") is None:
                 raise _bad("distributed", "strategy", f"{self.strategy} needs DeepSpeed, which is not installed "
-                           "(pip install deepspeed); or choose ddp or fsdp")
+                           "(pip install deepspeed); or choose ddp")
 
 
 @dataclass

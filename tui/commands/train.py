@@ -20,11 +20,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", action="store_true",
                         help="return as soon as the job is started, before data preparation is checked")
     parser.add_argument("--json", action="store_true", help='print {"id", "path", "pid"}')
+    parser.add_argument("--print-launch", action="store_true",
+                        help="several processes/machines: prepare the run folder and print the command to run on "
+                             "each machine, without starting anything")
     parser.add_argument("--step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: fixed step time
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import checkpoint, job, runfolder
+    from engine import checkpoint, job, launch_config, runfolder
     from engine import spec as spec_mod
     from engine.errors import UserError
     from engine.paths import runs_dir
@@ -47,13 +50,26 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_mod.load(args.spec, args.overrides + (["options.merge=true"] if args.merge else []))
         _preflight_data(spec)
         _preflight_technique(spec)
+        launch_config.check_supported(spec)
         explicit = getattr(args, "runs_dir", None) or spec.runs_dir or None
         run_path = job.create(spec, runs_dir(explicit))
 
+    if args.print_launch:
+        launch_config.write_config(run_path, spec)
+        print(launch_config.launch_plan(run_path, spec, resume=bool(args.resume)))
+        return 0
     if args.foreground:
         out().print(f"run [bold]{run_path.name}[/] in {run_path}")
+        if launch_config.is_multi(spec):
+            from engine.dist_supervisor import supervise
+
+            return supervise(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
         return job.run_job(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
 
+    if spec.distributed.num_machines > 1:  # the other machines join the rendezvous that this one hosts
+        launch_config.write_config(run_path, spec)
+        err().print(launch_config.launch_plan(run_path, spec, resume=bool(args.resume), started=True),
+                    markup=False)
     pid = job.launch(run_path, resume=bool(args.resume), step_sleep=args.step_sleep)
     if not args.no_wait:
         show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))

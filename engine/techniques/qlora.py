@@ -4,13 +4,14 @@ The recipe of the QLoRA paper: NF4 weights with double quantization (the block s
 about 4.13 bits a parameter), bf16 compute inside the 4-bit layers (fp16 on GPUs without bf16),
 paged 8-bit AdamW (spec train.optimizer = "paged_adamw8bit", the default for this technique; its
 pages move to the CPU under memory pressure on CUDA; on the CPU bitsandbytes uses its plain 8-bit
-AdamW). peft's prepare_model_for_kbit_training keeps norms and embeddings in fp32 for stability.
+AdamW). peft's prepare_model_for_kbit_training keeps the norms in fp32 for stability; under mixed
+precision the frozen embeddings and head go back to 16 bits, as in the QLoRA reference code.
 
 On CUDA the base loads straight onto this process's GPU (device_map; 4-bit weights cannot move after
 loading). bitsandbytes 0.50 also runs NF4 on the CPU, so the technique is tested here. Where it
 cannot run 4-bit, `preflight` says so before launch and offers LoRA (a 16-bit base, about 4x the
 base's memory). Options, checkpoints and final/ are LoRA's: the adapter alone. `options.merge`
-folds the adapter into a freshly loaded full-precision base, never into the 4-bit one.
+folds the adapter into a freshly loaded 16-bit (or fp32) base, never into the 4-bit one.
 """
 
 from __future__ import annotations

@@ -74,10 +74,16 @@ def _error(run: Path) -> str:
     return [e for e in events(run, "error")][-1]["message"]
 
 
-def test_bad_model_input_is_a_clear_error(base, tmp_path: Path) -> None:
+def test_bad_model_input_is_a_clear_error(base, tmp_path: Path, capsys) -> None:
+    from tui.cli import main
+
     corpus, model_dir = base
     missing = finetune_spec("full", "someone/not-cached-model", corpus)  # type: ignore[arg-type]
-    run = job.create(missing, tmp_path / "runs")
+    spec_file = tmp_path / "missing.toml"
+    spec_file.write_text(spec.to_toml(missing))
+    assert main(["train", str(spec_file), "--runs-dir", str(tmp_path / "refused")]) == 2  # before launch
+    assert "someone/not-cached-model" in capsys.readouterr().err and not (tmp_path / "refused").exists()
+    run = job.create(missing, tmp_path / "runs")  # launched some other way: the job says the same
     assert Trainer(run, missing).run_job() == 2
     assert "someone/not-cached-model" in _error(run) and "model.path" in _error(run)
 

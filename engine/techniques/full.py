@@ -19,17 +19,19 @@ from typing import Any
 from engine.errors import UserError
 from engine.techniques import lora
 from engine.techniques.base import Prepared, SetupContext, decay_groups
-from engine.techniques.pretrained_models import unwrap
+from engine.techniques.pretrained_models import load_config, unwrap
 
 WEIGHTS = "model.safetensors"
 
 
 def preflight(spec: Any) -> None:
-    """Before launch (and again in setup): the full fine-tune has no options, so any given is a mistake."""
+    """Before launch (and again in setup): the full fine-tune has no options, so any given is a mistake;
+    the model must be found (its config is read, no weights)."""
     if spec.options:
         key = next(iter(spec.options))
         raise UserError(f"options.{key}: the full fine-tune takes no options (LoRA's need technique = \"lora\")",
                         field=f"options.{key}")
+    load_config(spec.model.path, "model.path")
 
 
 def setup(ctx: SetupContext) -> Prepared:

@@ -149,9 +149,11 @@ def base_dtype(spec: Any) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision, torch.float32)
 
 
-def preflight(spec: Any) -> None:
-    """Before launch: bad options are refused before a run folder exists."""
-    options(spec)
+def preflight(spec: Any, technique: str = "lora") -> None:
+    """Before launch, before a run folder exists: bad options, and a model that cannot be found (a Hub id
+    not in the cache while offline), are refused. Reads the config only, no weights."""
+    options(spec, technique)
+    load_config(spec.model.path, "model.path")
 
 
 def setup(ctx: SetupContext) -> Prepared:

@@ -74,8 +74,8 @@ def check_support() -> str | None:
 
 
 def preflight(spec: Any) -> None:
-    """Before launch: bad options, and a machine where 4-bit cannot run, are refused with LoRA offered."""
-    lora.options(spec, "qlora")
+    """Before launch: lora.preflight's checks, and a machine where 4-bit cannot run is refused with LoRA offered."""
+    lora.preflight(spec, "qlora")
     problem = check_support()
     if problem:
         raise UserError(f"qlora: {problem}. LoRA trains the same adapter on an unquantized base (about 4x the "

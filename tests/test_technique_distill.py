@@ -170,13 +170,58 @@ def test_bad_options_are_user_errors(models: dict[str, Path], options: dict, mes
 
 
 def test_tiny_preset_runs(models: dict[str, Path], tmp_path: Path) -> None:
-    """distill-tiny.toml with a local teacher: the student is new (model.path empty), built with its tokenizer."""
+    """distill-tiny.toml with a local teacher: the student is new (model.path empty), built with its tokenizer;
+    under bf16 the frozen teacher loads in bf16."""
     s = spec.load(PRESETS / "distill-tiny.toml", [f"options.teacher={models['teacher']}", f"data.path={models['corpus']}",
                                                   "train.max_steps=4", "train.warmup_steps=1", "eval.every=2",
-                                                  "checkpoint.every=2", "log.every=1"])
+                                                  "checkpoint.every=2", "log.every=1", 'train.precision="bf16"'])
     run = job.create(s, tmp_path / "runs")
-    assert Trainer(run, s).run_job() == 0
+    trainer = Trainer(run, s)
+    assert trainer.run_job() == 0
     assert sorted(_losses(run)) == [1, 2, 3, 4]
+    assert str(trainer.prep.extra["teacher"].dtype) == "torch.bfloat16"  # frozen: loaded in the compute type
     config = json.loads((run / "final" / "config.json").read_text())
     assert config["n_layer"] == 2 and config["n_embd"] == 64
     assert spec.load(PRESETS / "distill-gpt2.toml").options == {"teacher": "gpt2-medium", "alpha": 0.5, "temperature": 4.0}
+
+
+def test_classifier_distillation(models: dict[str, Path], tmp_path: Path) -> None:
+    """options.task = classification (the listing's own case): class logits, the teacher's label order."""
+    import random
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(models["student"])
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=1, n_head=2,
+                        id2label={0: "yes", 1: "no"}, label2id={"yes": 0, "no": 1}, pad_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(3)
+    teacher_dir = tmp_path / "classifier"
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    rng = random.Random(0)
+    words = "the sat on a mat and ran to big red house".split()
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w") as f:
+        for _ in range(200):
+            last = rng.choice(["cat", "dog"])  # the label is the last word's: a classifier reads the last token
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 6))) + " " + last
+            f.write(json.dumps({"text": text, "label": "yes" if last == "cat" else "no"}) + "\n")
+    s = _spec(models, data={"path": str(rows), "label_column": "label", "val_fraction": 0.1},
+              train={"max_steps": 30}, eval={"every": 30, "batches": 0},
+              options={"teacher": str(teacher_dir), "task": "classification", "alpha": 0.5, "temperature": 2.0})
+    run = job.create(s, tmp_path / "runs")
+    trainer = Trainer(run, s)
+    assert trainer.run_job() == 0, [e for e in runfolder.read_events(run)[0] if e["type"] == "error"]
+    metrics = [e for e in runfolder.read_events(run)[0] if e["type"] == "metrics"]
+    ce = [m["distill/ce"] for m in metrics]
+    assert sum(ce[-5:]) / 5 < sum(ce[:5]) / 5 - 0.1, ce  # measured 0.47 -> 0.30
+    saved, now = tensors(teacher_dir), trainer.prep.extra["teacher"].state_dict()
+    assert all(torch.equal(saved[k], now[k]) for k in saved)
+
+    student = AutoModelForSequenceClassification.from_pretrained(run / "final").eval()
+    assert student.config.id2label == {0: "yes", 1: "no"}  # the teacher's order, not the sorted one
+    batch = AutoTokenizer.from_pretrained(run / "final")(["the mat cat", "a red dog"], return_tensors="pt")
+    with torch.no_grad():
+        predicted = student(**batch).logits.argmax(-1).tolist()
+    assert predicted == [0, 1]

@@ -8,9 +8,11 @@ built from model.arch/size with the teacher's tokenizer. Per target token:
 
 (T^2 keeps the soft term's gradient on the CE's scale as T grows: Hinton et al. 2015). The listing does
 this for sequence classification with a HF Trainer subclass; here it is the causal LM case on the shared
-loop. Both models must tokenize alike (the listing's sanity check): `preflight` and `setup` compare
-their ids on sample texts and refuse with a UserError otherwise. Options: teacher, alpha (0.5),
-temperature (2.0). Checkpoints and final/ hold the student only.
+loop; options.task = "classification" distils a sequence classifier on labelled rows, the listing's
+own case (distill_classify.py). Both models must tokenize alike (the listing's sanity check):
+`preflight` and `setup` compare their ids on sample texts and refuse with a UserError otherwise.
+Options: teacher, alpha (0.5), temperature (2.0), task (causal). Checkpoints and final/ hold the
+student only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from engine.techniques.base import Prepared, SetupContext, decay_groups
 from engine.techniques.pretrained_models import load_pretrained, load_tokenizer, unwrap
 
 WEIGHTS = "model.safetensors"
-DEFAULTS: dict[str, Any] = {"teacher": "", "alpha": 0.5, "temperature": 2.0}
+DEFAULTS: dict[str, Any] = {"teacher": "", "alpha": 0.5, "temperature": 2.0, "task": "causal"}
+TASKS = ("causal", "classification")
 # The listing's sample, plus text that splits differently under different vocabularies.
 SAMPLES = ("Here's our sanity check.", "def f(x):\n    return x ** 2  # 12345", "naïve café, 東京, emoji 🙂")
 
@@ -36,6 +39,8 @@ def options(spec: Any) -> dict[str, Any]:
     opts = {**DEFAULTS, **spec.options}
     if not isinstance(opts["teacher"], str) or not opts["teacher"]:
         raise UserError("options.teacher: give the teacher model (a Hub id or a local folder)", field="options.teacher")
+    if opts["task"] not in TASKS:
+        raise UserError(f"options.task: {opts['task']!r} is not one of {', '.join(TASKS)}", field="options.task")
     for key, low, high in (("alpha", 0.0, 1.0), ("temperature", 1e-3, 100.0)):
         value = opts[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
@@ -83,6 +88,8 @@ def setup(ctx: SetupContext) -> Prepared:
     opts = options(spec)
     ctx.progress(f"loading the teacher {opts['teacher']}")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)  # frozen: no fp32 copy needed
+    if opts["task"] == "classification":
+        return _setup_classifier(ctx, opts, dtype)
     teacher, tokenizer = load_pretrained(opts["teacher"], "options.teacher", **({"dtype": dtype} if dtype else {}))
     teacher.eval().requires_grad_(False)
     if spec.model.path:
@@ -111,6 +118,28 @@ def setup(ctx: SetupContext) -> Prepared:
                            "sums": None})
 
 
+def _setup_classifier(ctx: SetupContext, opts: dict[str, Any], dtype: Any) -> Prepared:
+    from engine.techniques import distill_classify
+
+    spec = ctx.spec
+    if not spec.model.path:
+        raise UserError("model.path: distilling a classifier needs a pretrained student (the listing's gpt2)",
+                        field="model.path")
+    tokenizer = load_tokenizer(spec.tokenizer.path or spec.model.path, "model.path")
+    check_tokenizers(load_tokenizer(opts["teacher"], "options.teacher"), tokenizer, _sample_texts(spec))
+    pairs = distill_classify.rows(spec)
+    classes = distill_classify.class_order(opts["teacher"], pairs)
+    data = distill_classify.ClassRows(pairs, classes, tokenizer, spec.train.seq_len, spec.data.val_fraction, spec.seed)
+    ctx.progress(f"loading the teacher {opts['teacher']} and the student {spec.model.path}")
+    teacher, student, _ = distill_classify.load_classifiers(spec, opts["teacher"], data.classes, dtype)
+    teacher.eval().requires_grad_(False)
+    student.train()
+    return Prepared(model=student, tokenizer=tokenizer, data=data, data_fingerprint=data.fingerprint,
+                    param_groups=decay_groups(student, spec.train.weight_decay),
+                    extra={"teacher": teacher, "alpha": float(opts["alpha"]), "T": float(opts["temperature"]),
+                           "sums": None, "classify": True})
+
+
 def _new_student(spec: Any, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -127,14 +156,31 @@ def _new_student(spec: Any, tokenizer: Any) -> Any:
 
 def loss(prep: Prepared, batch: Any) -> Any:
     import torch
+
+    teacher = prep.extra["teacher"]
+    if teacher.device != batch.device:
+        teacher.to(batch.device)  # the trainer moves the student only; the teacher follows once
+    if prep.extra.get("classify"):
+        from engine.techniques.distill_classify import loss as classify_terms
+
+        ce, kl = classify_terms(prep, batch)
+    else:
+        ce, kl = _causal_terms(prep, batch)
+    if torch.is_grad_enabled():  # training, not evaluation: keep the two terms for the metrics event
+        both = torch.stack([ce.detach(), kl.detach(), torch.ones((), device=ce.device)])
+        prep.extra["sums"] = both if prep.extra["sums"] is None else prep.extra["sums"] + both
+    return prep.extra["alpha"] * ce + (1 - prep.extra["alpha"]) * kl
+
+
+def _causal_terms(prep: Prepared, batch: Any) -> tuple[Any, Any]:
+    """(CE on the next token, KL x T^2), each a mean over the trained target tokens."""
+    import torch
     import torch.nn.functional as F
 
     ids, mask = (batch, None) if batch.dim() == 2 else (batch[:, 0], batch[:, 1])
     inputs, targets = ids[:, :-1], ids[:, 1:]
     keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask[:, 1:] != 0
-    teacher, alpha, T = prep.extra["teacher"], prep.extra["alpha"], prep.extra["T"]
-    if teacher.device != inputs.device:
-        teacher.to(inputs.device)  # the trainer moves the student only; the teacher follows once
+    teacher, T = prep.extra["teacher"], prep.extra["T"]
     student_logits = prep.model(input_ids=inputs).logits.float()
     with torch.no_grad():
         teacher_logits = teacher(input_ids=inputs).logits.float()
@@ -144,11 +190,7 @@ def loss(prep: Prepared, batch: Any) -> Any:
                          ignore_index=-100, reduction="sum") / n
     kl_tokens = F.kl_div(F.log_softmax(student_logits / T, dim=-1), F.log_softmax(teacher_logits / T, dim=-1),
                          log_target=True, reduction="none").sum(-1)
-    kl = (kl_tokens * keep).sum() / n * T * T
-    if torch.is_grad_enabled():  # training, not evaluation: keep the two terms for the metrics event
-        both = torch.stack([ce.detach(), kl.detach(), torch.ones((), device=ce.device)])
-        prep.extra["sums"] = both if prep.extra["sums"] is None else prep.extra["sums"] + both
-    return alpha * ce + (1 - alpha) * kl
+    return ce, (kl_tokens * keep).sum() / n * T * T
 
 
 def metrics(prep: Prepared) -> dict[str, float]:

@@ -41,17 +41,21 @@ def load_tokenizer(path: str, field: str) -> Any:
     return tokenizer
 
 
-def load_pretrained(path: str, field: str, kind: str = "causal", **model_kwargs: Any) -> tuple[Any, Any]:
-    """(model in fp32 on the CPU, tokenizer). `kind` picks the Auto class; `model_kwargs` go to from_pretrained."""
+def load_pretrained(path: str, field: str, kind: str = "causal", *, config_updates: dict[str, Any] | None = None,
+                    **model_kwargs: Any) -> tuple[Any, Any]:
+    """(model in fp32 on the CPU, tokenizer). `kind` picks the Auto class; `config_updates` are set on the
+    config first (a classifier's labels); `model_kwargs` go to from_pretrained."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     config = load_config(path, field)
+    for key, value in (config_updates or {}).items():
+        setattr(config, key, value)
     tokenizer = load_tokenizer(path, field)
     auto = {"causal": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
             "classification": AutoModelForSequenceClassification}[kind]
     try:
-        model = auto.from_pretrained(path, config=config, dtype=torch.float32, trust_remote_code=False, **model_kwargs)
+        model = auto.from_pretrained(path, config=config, trust_remote_code=False, **{"dtype": torch.float32, **model_kwargs})
     except (OSError, ValueError) as e:
         raise UserError(f"{field}: {path!r} cannot be loaded as a {kind} model: {str(e).splitlines()[0]}",
                         field=field) from None

@@ -55,11 +55,11 @@ def parse_failures(log_text: str) -> list[RankFailure]:
 
 
 def first_failure(failures: list[RankFailure]) -> RankFailure | None:
-    """The rank that ended the run: one killed by a signal (the others then fail on the broken
-    connection), else the agent's root cause, else any."""
+    """The rank that ended the run: one killed by a signal (the others then fail on the broken connection,
+    or get the agent's SIGTERM), else the agent's root cause, else any."""
     if not failures:
         return None
-    killed = [f for f in failures if f.exitcode < 0]
+    killed = [f for f in failures if f.exitcode < 0 and f.exitcode != -signal.SIGTERM]  # SIGTERM: the agent's
     roots = [f for f in failures if f.root_cause]
     return (sorted(killed, key=lambda f: (not f.root_cause, f.rank)) or roots or failures)[0]
 
@@ -165,8 +165,9 @@ def _finish(run: Path, code: int, events_from: int, log_from: int) -> int:
     step = status.get("step", 0)
     log = runfolder.EventLog(run)
     extra = {"rank": failure.rank, "exitcode": failure.exitcode} if failure else {}
-    if not (failure and failure.rank == 0 and failure.exitcode > 0 and any(e.get("type") == "error" for e in events)):
-        log.emit("error", message=message, kind="rank", step=step, **extra)  # rank 0's own error says it already
+    user_error = any(e.get("type") == "error" and e.get("kind") == "user" for e in events)
+    if not user_error:  # bad input (the same on every rank) is rank 0's error event already
+        log.emit("error", message=message, kind="rank", step=step, **extra)
     runfolder.write_status(run, {**status, "state": "failed", "pid": os.getpid(),
                                  "pid_start": runfolder.pid_start_time(os.getpid()), "message": message})
     log.emit("done", state="failed", step=step, exit_code=code or 1)

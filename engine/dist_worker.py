@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine import spec as spec_mod
     from engine.distributed import DistributedTrainer, rank_and_world
 
+    import torch
+
+    if not torch.cuda.is_available():  # accelerate would say "cpu:<rank>", which torch.load cannot map to
+        os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
     run = a.run.resolve()
     rank, world = rank_and_world()
     try:

@@ -95,9 +95,11 @@ class DistributedTrainer(Trainer):
 
     def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
         """Rank 0 reports its error; the `done` event is the supervisor's, which knows which rank died first."""
-        if self.rank:
-            return code
         from engine.redact import redact
+
+        if self.rank:
+            print(f"error: rank {self.rank}: {redact(message)}", flush=True)  # job.log; rank 0 writes the event
+            return code
 
         message = redact(message)
         extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
@@ -285,7 +287,7 @@ class DistributedTrainer(Trainer):
             return
         self._probed = (self.step, self.paused)
         self._probe.parent.mkdir(exist_ok=True)
-        row = {"rank": self.rank, "step": self.step, "paused": self.paused, "t": time.time(),
+        row = {"rank": self.rank, "pid": os.getpid(), "step": self.step, "paused": self.paused, "t": time.time(),
                "lr": self.schedule.lrs(self.step)[0], "multiplier": self.schedule.multiplier,
                "position": [self.epoch, self.position], **fields}
         if fields:  # a digest after each command and at the end (cheap on the tiny test models only)

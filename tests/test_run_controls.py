@@ -37,7 +37,7 @@ def _tensors(path: Path) -> dict:
 
 
 def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
-    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 5000}, checkpoint={"every": 10, "keep": 10})
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 5000}, checkpoint={"every": 10, "keep": 1000})  # no rotation mid-test
     run, pid = launch(s, tmp_path / "runs", step_sleep=0.02)
     sched = LRSchedule([s.train.lr], s.train.max_steps, s.train.warmup_steps, s.train.schedule, s.train.min_lr_ratio)
     try:

@@ -107,10 +107,10 @@ def test_P8_C4_S1_S6_S7_exception_disk_full_pickle_payload_and_canary(tmp_path: 
     assert _files_with(run, "CANARY") == []
 
 
-def test_P6_G4_C8_second_start_refused_second_signal_exits_at_once(tmp_path: Path) -> None:
+def test_P6_G4_C3_C8_P7_O5_second_start_refused_second_signal_damaged_newest_then_sigkill(tmp_path: Path) -> None:
     s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 400}, checkpoint={"every": 2, "keep": 3})
     run, pid = launch(s, tmp_path / "runs", step_sleep=0.2)
-    wait_step(run, 3)
+    wait_step(run, 5)
     # P6: refused by the launcher and by the job itself, naming the owner; the owner's status untouched
     with pytest.raises(UserError, match=f"already being trained by process {pid}"):
         job.launch(run, resume=True)
@@ -127,8 +127,14 @@ def test_P6_G4_C8_second_start_refused_second_signal_exits_at_once(tmp_path: Pat
     assert time.monotonic() - sent < 5
     for c in ck.list_checkpoints(run, include_invalid=True):
         assert ck.verify(c.path) is None, c.name
-    newest = ck.find_resume(run)
-    assert newest is not None
+    history = [c for c in ck.lineage(run) if ck.verify(c.path) is None]
+    assert len(history) >= 2
+    # C3: the newest checkpoint is damaged (same size, one byte flipped): the resume falls back and says so
+    weights = history[0].path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    newest = history[1]
     # C8: leftovers of ours are removed at the next start, and nothing else
     (run / "checkpoints" / ".tmp-step-000099-12345").mkdir()
     (run / ".tmp-final").mkdir()
@@ -138,6 +144,13 @@ def test_P6_G4_C8_second_start_refused_second_signal_exits_at_once(tmp_path: Pat
              what="resumed job running")
     assert not (run / "checkpoints" / ".tmp-step-000099-12345").exists() and not (run / ".tmp-final").exists()
     assert (run / "checkpoints" / "notes.txt").exists()
-    assert [e for e in events(run, "state") if e.get("resumed_from") == newest.name]
-    assert control(run, "stop")["ok"]
-    assert wait_exit(pid) == 0
+    resumed = [e for e in events(run, "state") if e.get("resumed_from")][-1]
+    assert resumed["resumed_from"] == newest.name
+    assert f"checkpoint {history[0].name} is not usable" in resumed["message"] and "damaged" in resumed["message"]
+    # P7, O5: killed with SIGKILL (as the host's OOM killer does): never shown as running
+    wait_step(run, newest.step + 2)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_exit(pid) == -signal.SIGKILL
+    status = runfolder.read_status(run)
+    assert status["state"] == "crashed" and "stopped unexpectedly" in status["message"]
+    assert f"resumable from step {ck.lineage(run)[0].step}" in status["message"]

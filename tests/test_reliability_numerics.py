@@ -1,0 +1,73 @@
+"""Numerical faults inside a real Trainer (in process, tiny model): an infinite gradient with a finite loss
+is caught through the gradient norm before the optimizer step (RELIABILITY N2), and a model holding NaN
+is never checkpointed (C10): an interval save pauses with an alert, a final save fails the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine import checkpoint as ck
+from engine import job, runfolder
+from engine.errors import UserError
+from engine.trainer import Interval, Trainer
+from run_helpers import make_corpus, tiny_spec
+
+
+@pytest.fixture
+def trainer(tmp_path: Path):
+    import torch
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # one accelerate state per process: start clean
+    threads = torch.get_num_threads()
+    s = tiny_spec(make_corpus(tmp_path, lines=400))
+    t = Trainer(job.create(s, tmp_path / "runs"), s)
+    t._prepare()
+    t.interval = Interval(loss=torch.zeros(()))
+    yield t
+    t.events.close()
+    torch.set_num_threads(threads)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _alerts(run: Path) -> list[dict]:
+    return [e for e in runfolder.read_events(run)[0] if e["type"] == "alert"]
+
+
+def test_N2_infinite_gradient_with_finite_loss_is_skipped_before_the_step(trainer: Trainer) -> None:
+    import torch
+
+    assert trainer._train_step() and trainer.step == 1  # one real step: the optimizer has moments
+    before = [p.detach().clone() for p in trainer.params]
+    moments = [v.clone() for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    hook = trainer.params[3].register_hook(lambda g: torch.full_like(g, float("inf")))
+    assert trainer._train_step() is False
+    hook.remove()
+    assert trainer.step == 1 and trainer.paused
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.params))  # the step never reached the weights
+    after = [v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    assert all(torch.equal(a, b) for a, b in zip(moments, after)) and all(bool(torch.isfinite(v).all()) for v in after)
+    alert = _alerts(trainer.run)[-1]
+    assert alert["kind"] == "nan" and "gradient norm" in alert["message"] and alert["suggest"] == "rollback"
+
+
+def test_C10_nan_weights_are_never_checkpointed(trainer: Trainer) -> None:
+    import torch
+
+    assert trainer._train_step()
+    with torch.no_grad():
+        trainer.params[0][0, 0] = float("nan")
+    assert trainer.save_checkpoint(reason="interval") is None
+    assert trainer.paused and trainer.state == "paused"
+    assert ck.list_checkpoints(trainer.run, include_invalid=True) == []
+    assert not list((trainer.run / ck.CHECKPOINTS).glob(".tmp-*"))  # nothing was even started
+    alert = _alerts(trainer.run)[-1]
+    assert alert["kind"] == "nan" and "parameter 0" in alert["message"] and "not saved" in alert["message"]
+    with pytest.raises(UserError, match="not saved at step 1"):  # a stop or end save fails the run instead
+        trainer.save_checkpoint(reason="end")
+    with torch.no_grad():
+        trainer.params[0][0, 0] = 0.0
+    info = trainer.save_checkpoint(reason="interval")  # finite again: saved
+    assert info is not None and ck.verify(info.path) is None

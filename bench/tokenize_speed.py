@@ -1,8 +1,8 @@
 """Data preparation speed: build_token_file against one `tokenizer(text)` call over the same text.
 
-    .venv/bin/python bench/tokenize.py            # ~100 MB generated from the stdlib sources
-    .venv/bin/python bench/tokenize.py --mb 20 --rounds 3   # smaller, interleaved rounds
-    .venv/bin/python bench/tokenize.py --path DIR --tokenizer TOKENIZER_DIR
+    .venv/bin/python bench/tokenize_speed.py            # ~100 MB generated from the stdlib sources
+    .venv/bin/python bench/tokenize_speed.py --mb 20 --rounds 3   # smaller, interleaved rounds
+    .venv/bin/python bench/tokenize_speed.py --path DIR --tokenizer TOKENIZER_DIR
 
 The corpus (unless --path) is the Python standard library's source, repeated to --mb megabytes
 and cut into files of about 1 MB. The tokenizer (unless --tokenizer) is a byte-level BPE of
@@ -22,11 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# This file's name shadows the standard library's `tokenize` (which inspect and linecache import):
-# take its folder off the path and put the project root there instead.
-_here = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
-sys.path.insert(0, str(_here.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, when run from a checkout
 # Rust-side parallelism on unless the caller chose otherwise; set before tokenizers is imported.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

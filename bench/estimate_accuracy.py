@@ -16,11 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-# bench/ holds a tokenize.py that would shadow the standard library's (torch imports it): run this
-# script's imports from the repository root and tests/ instead of from bench/.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path[:0] = [str(_HERE.parent), str(_HERE.parent / "tests")]
+# The project and tests/ (the measuring code the accuracy tests share) when run from a checkout.
+_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
 
 from engine.estimate import EstimateRequest, estimate  # noqa: E402
 from memory_measure import CASES, case_request, measurable_dims, measure  # noqa: E402

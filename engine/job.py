@@ -146,6 +146,7 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_signal)  # RELIABILITY G6: a scheduler's warning before preemption (Slurm)
     if not foreground:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     else:

@@ -35,15 +35,19 @@ def new_run_id(name: str = "run") -> str:
 
 def create_run(runs_dir: Path, name: str, spec_toml: str) -> Path:
     """A new, empty run folder holding spec.toml; never reuses an existing folder."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    for _ in range(10):
-        path = runs_dir / new_run_id(name)
-        try:
-            path.mkdir(mode=0o700)  # RELIABILITY S7: a run's data, spec and logs are its owner's alone
-        except FileExistsError:
-            continue
-        write_text_atomic(path / SPEC, spec_toml)
-        return path
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            path = runs_dir / new_run_id(name)
+            try:
+                path.mkdir(mode=0o700)  # RELIABILITY S7: a run's data, spec and logs are its owner's alone
+            except FileExistsError:
+                continue
+            write_text_atomic(path / SPEC, spec_toml)  # RELIABILITY C6: a write test before anything heavy
+            return path
+    except OSError as e:  # read-only, permission denied, full: said before any training starts
+        raise UserError(f"cannot write to the runs folder {runs_dir}: {e.strerror or e}; choose another with "
+                        "--runs-dir or LLM_WIZARD_RUNS", field="runs_dir") from None
     raise UserError(f"could not create a new run folder in {runs_dir}")
 
 

@@ -38,11 +38,11 @@ import torch, transformers, accelerate, safetensors.torch  # imported once; ever
 from engine import checkpoint, job, trainer as trainer_mod
 
 orig_save, orig_rng = checkpoint.save, trainer_mod.rng_state
-SAVE_SLEEP = float(os.environ.get("KILL_SAVE_SLEEP", "0.05"))
+save_sleep = 0.05
 
 
 def slow_rng_state():
-    time.sleep(SAVE_SLEEP)  # mid-save: optimizer.pt is written, rng.pt and trainer_state.json are not
+    time.sleep(save_sleep)  # mid-save: optimizer.pt is written, rng.pt and trainer_state.json are not
     return orig_rng()
 
 
@@ -70,6 +70,7 @@ for line in sys.stdin:
         print(code, flush=True)
     elif cmd[0] == "run":
         run, resume, mode = Path(cmd[1]), cmd[2] == "1", cmd[3]
+        save_sleep = float(cmd[5])
         pid = os.fork()
         if pid == 0:
             fd = os.open(run / "job.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -100,8 +101,9 @@ class Zygote:
         assert answer, f"zygote died answering {line!r}"
         return answer
 
-    def start(self, run: Path, resume: bool, mode: str = "atomic", step_sleep: float = 0.02) -> int:
-        return int(self._ask(f"run {run} {int(resume)} {mode} {step_sleep}"))
+    def start(self, run: Path, resume: bool, mode: str = "atomic", step_sleep: float = 0.02,
+              save_sleep: float = 0.05) -> int:
+        return int(self._ask(f"run {run} {int(resume)} {mode} {step_sleep} {save_sleep}"))
 
     def warm(self, s: spec.RunSpec, runs: Path) -> None:
         run = job.create(spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 2}}), runs)
@@ -255,3 +257,22 @@ def test_control_resume_without_rng_state_differs(zygote: tuple, tmp_path: Path)
     reference = _reference(zygote, s, tmp_path / "runs", steps)
     logged = logged_losses(run)
     assert any(values != {reference[step]} for step, values in logged.items())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_G2_G6_signal_during_a_save_lets_it_finish_then_saves_and_exits_11(zygote: tuple, tmp_path: Path, sig) -> None:
+    zygote, corpus = zygote
+    run = job.create(_spec(corpus), tmp_path / "runs")
+    pid = zygote.start(run, resume=False, save_sleep=1.5)  # each save takes 1.5 s
+    root = run / ck.CHECKPOINTS
+    deadline = time.monotonic() + 120
+    while not (root.is_dir() and list(root.glob(".tmp-step-000004-*"))):  # the second save is in progress
+        assert time.monotonic() < deadline, "no save started"
+        time.sleep(0.01)
+    os.kill(pid, sig)
+    assert zygote.wait(pid) == 11
+    names = [c.name for c in ck.list_checkpoints(run)]
+    assert names[:2] == ["step-000002", "step-000004"]  # the save the signal interrupted was completed
+    assert all(ck.verify(root / n) is None for n in names) and not list(root.glob(".tmp-*"))
+    stopped = [e for e in runfolder.read_events(run)[0] if e["type"] == "state" and e["state"] == "stopped"]
+    assert stopped and sig.name in stopped[-1]["message"] and f"step {names[-1][5:].lstrip('0')}" in stopped[-1]["message"]

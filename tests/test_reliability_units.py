@@ -393,3 +393,29 @@ def test_G3_sigterm_during_a_long_eval_is_honoured_within_a_batch() -> None:
     started = time.monotonic()
     Trainer._evaluate(fake)
     assert time.monotonic() - started < 2.0 and len(calls) < 100  # 1000 batches would take 50 s
+
+
+def test_C6_unwritable_runs_folder_is_refused_before_anything_heavy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if self.parent == tmp_path / "runs":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(UserError, match="cannot write to the runs folder .*Read-only file system.*--runs-dir") as e:
+        runfolder.create_run(tmp_path / "runs", "t", "name = 't'\n")
+    assert e.value.exit_code == 2
+
+
+def test_M6_a_run_folder_that_exists_is_never_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "same-id"
+    other.mkdir()
+    (other / "spec.toml").write_text("someone else's")
+    monkeypatch.setattr(runfolder, "new_run_id", lambda name: "same-id")
+    with pytest.raises(UserError, match="could not create a new run folder"):
+        runfolder.create_run(tmp_path, "t", "name = 't'\n")
+    assert (other / "spec.toml").read_text() == "someone else's"

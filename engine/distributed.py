@@ -70,6 +70,7 @@ class DistributedTrainer(Trainer):
             self.events = _NoEvents()  # type: ignore[assignment]
         self._probe = Path(run) / "ranks" / f"rank-{rank}.jsonl" if os.environ.get(PROBE_ENV) else None
         self._probed: tuple[int, bool] | None = None
+        self.exchange_cost = [0, 0.0, 0.0]  # boundaries, seconds reading commands.jsonl, seconds in collectives
         sup = os.environ.get(SUPERVISOR_PID_ENV, "")
         self._status_pid = int(sup) if sup.isdigit() else os.getpid()
 
@@ -90,8 +91,10 @@ class DistributedTrainer(Trainer):
             self._last_status = time.monotonic()
             return
         # The supervisor's pid: the process a reader checks for life and signals to stop the whole run.
+        n, read_s, sync_s = self.exchange_cost
         super().write_status(pid=self._status_pid, pid_start=runfolder.pid_start_time(self._status_pid),
-                             rank0_pid=os.getpid(), world_size=self.world, **extra)
+                             rank0_pid=os.getpid(), world_size=self.world, commands_read_ms=1000 * read_s / max(n, 1),
+                             commands_sync_ms=1000 * sync_s / max(n, 1), **extra)
 
     def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
         """Rank 0 reports its error; the `done` event is the supervisor's, which knows which rank died first."""
@@ -139,14 +142,19 @@ class DistributedTrainer(Trainer):
         import torch
         import torch.distributed as dist
 
+        started = time.perf_counter()
         payload = b""
         if self.rank == 0:
             cmds = self.commands.poll()
             payload = json.dumps(cmds).encode() if cmds else b""
+        polled = time.perf_counter()
         flags = torch.tensor([len(payload), self.pending_signal], dtype=torch.int64, device=self._device())
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         n, signum = (int(x) for x in flags.tolist())
         cmds = json.loads(self._broadcast_bytes(payload, n)) if n else []
+        self.exchange_cost[0] += 1  # for bench/ddp.py, in status.json: what reading and agreeing costs a step
+        self.exchange_cost[1] += polled - started
+        self.exchange_cost[2] += time.perf_counter() - polled
         return cmds, signum
 
     # ---- the loop's hooks ---------------------------------------------------------------------

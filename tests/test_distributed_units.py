@@ -133,3 +133,19 @@ def test_the_rank_that_died_is_named() -> None:
     # the survivors' SIGTERM comes from the agent: the rank that exited on its own is the cause
     assert first_failure([RankFailure(0, 0, -15, 5, False), RankFailure(1, 1, 2, 6, True)]).rank == 1
     assert first_failure([]) is None
+
+
+def test_wizard_choice_of_gpus_reaches_spec_and_estimate() -> None:
+    from engine.estimate import estimate
+    from tui.wizard import Choices, estimate_request, spec_dict
+
+    one, two = Choices(), Choices(num_processes=2)
+    assert "distributed" not in spec_dict(one) and estimate_request(one).gpus is None
+    s = spec.from_dict(spec_dict(two))
+    assert s.distributed.num_processes == 2 and s.distributed.strategy == "ddp"
+    req = estimate_request(two)
+    assert req.gpus == 2 and req.strategy == "ddp"
+    gpus = [(0, "L4", 24 << 30), (1, "L4", 24 << 30)]
+    # DDP keeps a full copy on each GPU plus its gradient buckets: more per GPU than one process
+    assert estimate(req, gpus=gpus, with_suggestions=False).total_bytes > \
+        estimate(estimate_request(one), gpus=gpus[:1], with_suggestions=False).total_bytes

@@ -50,6 +50,7 @@ class Choices:
     log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
     num_virtual_tokens: int = 20
+    num_processes: int = 1  # GPUs trained on (DDP through `accelerate launch` when above 1)
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
 
     def learning_rate(self) -> float:
@@ -95,6 +96,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         d["train"]["threads"] = 1
     if scratch:
         d["tokenizer"] = {"kind": c.tokenizer}
+    if c.num_processes > 1:
+        d["distributed"] = {"num_processes": c.num_processes, "strategy": "ddp"}
     if runs_dir:
         d["runs_dir"] = runs_dir
     if options:
@@ -126,6 +129,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
         dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
         text_column=c.text_column or None, max_steps=c.max_steps,
+        **({"gpus": c.num_processes, "strategy": "ddp"} if c.num_processes > 1 else {}),  # per-GPU, replicated
     )
 
 

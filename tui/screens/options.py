@@ -27,6 +27,7 @@ class Setting:
     values: tuple[Any, ...]
     effect: str  # table 5.2: speed / memory / difficulty, or what it does
     techniques: tuple[str, ...] = ()  # empty: every technique
+    multi_gpu: bool = False  # shown only when the machine has several GPUs (values up to their number)
 
 
 def _lr_values() -> tuple[float, ...]:
@@ -48,6 +49,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_steps", "steps", (50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000), "optimizer steps"),
     Setting("lora_rank", "LoRA rank", (4, 8, 16, 32, 64), "adapter size", ("lora", "qlora")),
     Setting("num_virtual_tokens", "virtual tokens", (8, 20, 50, 100), "prompt length", ("prompt-tuning",)),
+    Setting("num_processes", "GPUs (DDP)", (1, 2, 4, 8, 16), "speed: a full copy per GPU, N x the tokens a step",
+            multi_gpu=True),
 )
 
 
@@ -92,8 +95,13 @@ class OptionsScreen(WizardStep):
             yield Static("", id="options-estimate")
 
     def settings(self) -> list[Setting]:
+        from dataclasses import replace
+
         t = self.wizard.choices.technique
-        return [s for s in SETTINGS if not s.techniques or t in s.techniques]
+        report = self.wizard.hardware
+        n_gpus = len(report.gpus) if report else 0
+        return [replace(s, values=tuple(v for v in s.values if v <= n_gpus)) if s.multi_gpu else s
+                for s in SETTINGS if (not s.techniques or t in s.techniques) and (not s.multi_gpu or n_gpus > 1)]
 
     def on_mount(self) -> None:
         self.fill()
@@ -147,8 +155,9 @@ class OptionsScreen(WizardStep):
             label, style = VERDICT.get(g.verdict, (g.verdict, ""))
             text.append(f"  GPU {g.index} ")
             text.append(label, style=style)
-        tps = c.batch_size * c.seq_len * c.grad_accum
-        text.append(f"\n{tps:,} tokens a step (batch {c.batch_size} x {c.seq_len} x {c.grad_accum} accumulation)")
+        tps = c.batch_size * c.seq_len * c.grad_accum * c.num_processes
+        gpus = f" x {c.num_processes} GPUs" if c.num_processes > 1 else ""
+        text.append(f"\n{tps:,} tokens a step (batch {c.batch_size} x {c.seq_len} x {c.grad_accum} accumulation{gpus})")
         if message.data is not None and message.data.projected_epochs:
             text.append(f"; {message.data.projected_epochs:.2f} passes over the data in {c.max_steps:,} steps")
         out.update(text)

@@ -68,10 +68,9 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         _, status = os.waitpid(shell, 0)
         assert os.WIFSIGNALED(status) or os.WIFEXITED(status)
         os.kill(job_pid, signal.SIGHUP)  # a hang-up signal sent straight to the job is ignored too
-        time.sleep(2.5)
-        after = runfolder.read_status(run)
-        assert after["state"] == "running" and runfolder.pid_alive(job_pid)
-        assert after["step"] >= before["step"] + 10 and after["updated"] > before["updated"]
+        after = wait_for(lambda: (st := runfolder.read_status(run))["step"] >= before["step"] + 10 and st, 240,
+                         "10 more steps after the hang-up")
+        assert after["state"] == "running" and runfolder.pid_alive(job_pid) and after["updated"] > before["updated"]
         losses = [e["train/loss"] for e in events(run, "metrics")]
         assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # still learning after the hang-up
 

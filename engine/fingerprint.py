@@ -100,3 +100,16 @@ def check(saved: dict[str, Any] | None, current: dict[str, Any], checkpoint_name
                     + "; ".join(diffs[:6])
                     + (f" (and {len(diffs) - 6} more)" if len(diffs) > 6 else "")
                     + f". A resume continues the same run only; {keep}", field="resume")
+
+
+def version_changes(checkpoint_path: Path, current: dict[str, str]) -> list[str]:
+    """Libraries whose version differs from the one that wrote the checkpoint (RELIABILITY R9): a resume
+    still loads (the fingerprint matched) but says so, since kernels and defaults can change results."""
+    import json
+
+    try:
+        saved = json.loads((Path(checkpoint_path) / "meta.json").read_text()).get("versions") or {}
+    except (OSError, ValueError):
+        return []
+    return [f"{name} was {saved[name]} when {Path(checkpoint_path).name} was saved, now {version}"
+            for name, version in sorted(current.items()) if name in saved and saved[name] != version]

@@ -44,6 +44,8 @@ class Interval:
 
 
 class Trainer:
+    writes_files = True  # False on ranks other than 0 of a multi-process run (engine/distributed.py)
+
     def __init__(self, run: Path, spec: RunSpec, *, resume: bool = False, step_sleep: float = 0.0,
                  echo: Any = None, commands_from: int | None = None) -> None:
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
@@ -155,7 +157,7 @@ class Trainer:
                                             t.warmup_steps, t.schedule, t.min_lr_ratio)
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
         model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
-        if hasattr(self.prep.model, "config") and not model_dir.exists():
+        if self.writes_files and hasattr(self.prep.model, "config") and not model_dir.exists():
             self.prep.model.config.save_pretrained(model_dir)
             self.prep.tokenizer.save_pretrained(model_dir)
         total, trainable = self.prep.n_params()
@@ -178,6 +180,7 @@ class Trainer:
         newest = checkpoint.lineage(self.run)
         self.branch = checkpoint.read_branches(self.run)["active"]
         self._load(target)
+        notes += fingerprint.version_changes(target.path, versions())  # RELIABILITY R9: warn, still load
         if newest and newest[0].name != target.name:
             # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
             self.branch = checkpoint.start_branch(self.run, target.name)

@@ -1,9 +1,12 @@
 """Numerical faults inside a real Trainer (in process, tiny model): an infinite gradient with a finite loss
 is caught through the gradient norm before the optimizer step (RELIABILITY N2), and a model holding NaN
-is never checkpointed (C10): an interval save pauses with an alert, a final save fails the run."""
+is never checkpointed (C10): an interval save pauses with an alert, a final save fails the run. A resume
+keeps a backed-off micro-batch (R6) and names libraries whose version changed since the save (R9)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,31 @@ def test_C10_nan_weights_are_never_checkpointed(trainer: Trainer) -> None:
         trainer.params[0][0, 0] = 0.0
     info = trainer.save_checkpoint(reason="interval")  # finite again: saved
     assert info is not None and ck.verify(info.path) is None
+
+
+def _resumed(trainer: Trainer) -> Trainer:
+    t = Trainer(trainer.run, trainer.spec, resume=True)
+    t._prepare()
+    t._resume()
+    return t
+
+
+def test_R6_R9_resume_reuses_the_backed_off_micro_batch_and_warns_of_new_library_versions(trainer: Trainer) -> None:
+    assert trainer._train_step()
+    trainer.batch_size, trainer.grad_accum = 2, 2  # as after an out-of-memory back-off from 4 x 1
+    info = trainer.save_checkpoint(reason="interval")
+    meta = json.loads((info.path / "meta.json").read_text())
+    assert set(meta["versions"]) >= {"torch", "transformers"}  # R9: versions recorded
+    meta["versions"]["torch"] = "2.0.0"
+    (info.path / "meta.json").write_text(json.dumps(meta))
+    manifest = json.loads((info.path / ck.MANIFEST).read_text())  # keep the edited checkpoint whole
+    data = (info.path / "meta.json").read_bytes()
+    manifest["files"]["meta.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (info.path / ck.MANIFEST).write_text(json.dumps(manifest))
+    resumed = _resumed(trainer)
+    try:
+        assert (resumed.batch_size, resumed.grad_accum) == (2, 2)  # R6: the same effective batch of 4
+        event = [e for e in runfolder.read_events(trainer.run)[0] if e.get("resumed_from")][-1]
+        assert event["resumed_from"] == info.name and "torch was 2.0.0 when step-000001 was saved" in event["message"]
+    finally:
+        resumed.events.close()

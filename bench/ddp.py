@@ -13,9 +13,10 @@ reading commands.jsonl and in the exchange (one all_reduce of two integers, plus
 there are commands); the exchange also waits for the slower rank, so it is an upper bound on its own
 cost. With one process, the boundary is one CommandReader.poll(), timed here on the run's own folder.
 
-On a 2-core machine shared with other work, two processes cannot be faster than one: the second rank
-competes for the same cores and adds an all-reduce of the gradients per step. The load average is
-printed with each run so the numbers can be read against it.
+On an idle 2-core machine two one-thread processes could at best use both cores, less an all-reduce of
+the gradients per step; this machine is shared (load averages of 10+ on 2 cores while measuring), so
+the numbers say how the scheduler shared the cores as much as what DDP costs: two processes get two
+shares of a busy machine where one process gets one. The load average is printed with each run.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from engine import launch_config, locks, runfolder
 from engine.errors import UserError
 
 # One entry of torch elastic's ChildFailedError summary ("rank : 1 (local_rank: 1)" then "exitcode : -9 (pid: N)").
+EXIT_SIGNAL = 11  # stopped by a signal, state saved (as engine.trainer)
 _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)")
 
 
@@ -138,7 +139,8 @@ def supervise(run: Path, *, resume: bool = False, foreground: bool = False, mach
     code = proc.wait()
     if not main_machine:
         return code
-    return _finish(run, code, events_from, log_from)
+    code = _finish(run, code, events_from, log_from)
+    return EXIT_SIGNAL if code == 0 and signals and runfolder.read_status(run).get("state") == "stopped" else code
 
 
 def _finish(run: Path, code: int, events_from: int, log_from: int) -> int:

@@ -63,6 +63,7 @@ class DistributedTrainer(Trainer):
     def __init__(self, run: Path, spec: Any, *, rank: int, world: int, **kw: Any) -> None:
         super().__init__(run, spec, **kw)
         self.rank, self.world = rank, world
+        self.writes_files = rank == 0
         self.pending_signal: int = 0  # a signal this rank received, not yet agreed on by all ranks
         self._looping = False
         if rank:

@@ -107,6 +107,8 @@ def test_two_process_scratch_controls_kill_and_exact_resume(tmp_path: Path) -> N
     pid = resume(run, step_sleep=0.2, env=PROBE)
     try:
         wait_step(run, killed_at + 2)
+        os.kill(pid, signal.SIGHUP)  # the supervisor is the run's pid; a hang-up does not reach the ranks
+        wait_step(run, killed_at + 4)
         control(run, "stop")
         assert wait_exit(pid, 180) == 0
     finally:

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic commit at every crash point, damaged/partial folders never trusted, branches never mixed."""
+"""Checkpoints: atomic commit at every crash point, damaged/partial folders never trusted, branches never mixed
+(RELIABILITY C1, C2, C3, C7, C11, G5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Finding, reading and fingerprinting text corpora, and the messages for bad files (D1-D3)."""
+"""Finding, reading and fingerprinting text corpora, and the messages for bad files (RELIABILITY D1-D3, D11, M2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Bad input: one clear line, exit 2, and nothing a later run would take for a checkpoint."""
+"""Bad input: one clear line, exit 2, and nothing a later run would take for a checkpoint
+(RELIABILITY D6, M7, R8, L5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Pure pieces of the run engine: watchdogs, the LR schedule, the run folder's readers and writers."""
+"""Pure pieces of the run engine: watchdogs, the LR schedule, the run folder's readers and writers
+(RELIABILITY N4, O3, P7, L5)."""
 
 from __future__ import annotations
 

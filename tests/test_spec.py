@@ -1,4 +1,5 @@
-"""The run spec: defaults round-trip through TOML, bad values name their field, presets validate."""
+"""The run spec: defaults round-trip through TOML, bad values name their field, presets validate
+(RELIABILITY M4, M7)."""
 
 from __future__ import annotations
 

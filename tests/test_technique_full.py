@@ -1,6 +1,6 @@
 """Full fine-tune on a tiny "pretrained" GPT-2 built here: the loss falls, every weight moves, the final
 model loads with transformers and generates; the default LR is below scratch's; bad model input is a
-clear error; the tiny preset runs when pointed at a local model."""
+clear error; the tiny preset runs when pointed at a local model (RELIABILITY M1 for models)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """LoRA on a tiny "pretrained" GPT-2 built here: the loss falls, only the adapter trains and the base
 stays bit-identical, checkpoints and final/ hold the adapter alone (its size reported, a small share of
 the base's), the adapter and the merged model load and agree; options and target detection; pause,
-set_lr, rollback in a detached job; exact resume; the tiny preset runs on a local model."""
+set_lr, rollback in a detached job; exact resume (RELIABILITY R2); the tiny preset runs on a local model."""
 
 from __future__ import annotations
 

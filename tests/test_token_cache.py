@@ -1,4 +1,5 @@
-"""Token files (built once, cached by content, stoppable) and the blocks served from them."""
+"""Token files (built once, cached by content, stoppable) and the blocks served from them
+(RELIABILITY D6, R5, G3 for data preparation)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ VOLATILE = ("runs_dir", "name", "eval", "checkpoint", "log")  # as RunSpec.finge
 VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio")
 LABELS = {"train.batch_size": "batch size", "train.grad_accum": "gradient accumulation", "train.seq_len":
           "sequence length", "data.contents": "the dataset's contents", "model.files": "the base model's files",
-          "model.path": "the model", "technique": "the technique", "data.path": "the dataset"}
+          "model.path": "the model", "technique": "the technique", "data.path": "the dataset",
+          "options.teacher.files": "the teacher model's files"}
 SAMPLE = 1 << 20  # bytes read from each end of a weight file: the header and some weights
 
 

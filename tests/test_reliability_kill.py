@@ -148,13 +148,13 @@ def set_max_steps(run: Path, steps: int) -> None:
     (run / runfolder.SPEC).write_text(spec.to_toml(s))
 
 
-def kill_trials(z: Zygote, run: Path, n: int, mode: str, rng: random.Random) -> dict[str, int]:
+def kill_trials(z: Zygote, run: Path, n: int, mode: str, rng: random.Random, save_sleep: float = 0.05) -> dict[str, int]:
     """Start (resuming) and SIGKILL the job n times; checks after each kill. Returns counters."""
     seen = {"kills": 0, "broken": 0, "resumes_checked": 0, "tmp_left": 0}
     while seen["kills"] < n:
         expected = ck.find_resume(run)
         offset = runfolder.read_events(run)[1]
-        pid = z.start(run, resume=expected is not None, mode=mode)
+        pid = z.start(run, resume=expected is not None, mode=mode, save_sleep=save_sleep)
         if rng.random() < 0.2:  # during preparation (loading, data), before any step
             time.sleep(rng.uniform(0.05, 0.5))
         else:  # while training: steps, saves and everything between them
@@ -239,7 +239,7 @@ def test_control_inplace_writer_corrupts_under_the_same_kills(zygote: tuple, tmp
     zygote, corpus = zygote
     s = _spec(corpus)
     run = job.create(s, tmp_path / "runs")
-    seen = kill_trials(zygote, run, 6, "inplace", random.Random(2))
+    seen = kill_trials(zygote, run, 8, "inplace", random.Random(2), save_sleep=0.3)
     assert seen["broken"] >= 1, f"the in-place writer survived {seen['kills']} kills: the harness cannot fail"
 
 

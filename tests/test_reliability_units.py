@@ -289,6 +289,11 @@ def test_R4_adapter_on_another_base_of_the_same_shape_is_refused(tmp_path: Path)
     with pytest.raises(UserError, match="the base model's files changed") as e:
         fingerprint.check(saved, fingerprint.parts(s, "d1"), "step-000010", tmp_path, "lora")
     assert "adapter" in str(e.value)
+    # distillation: a teacher swapped in place under the same path is named too
+    d = tiny_spec(corpus, technique="distill", options={"teacher": str(base)})
+    saved = fingerprint.parts(d, "d1")
+    weights.write_bytes(b"\x03" * 3_000_000)
+    assert fingerprint.differences(saved, fingerprint.parts(d, "d1")) == ["the teacher model's files changed"]
 
 
 # ---- security ---------------------------------------------------------------------------------

@@ -120,7 +120,8 @@ def supervise(run: Path, *, resume: bool = False, foreground: bool = False, mach
     _, events_from = runfolder.read_events(run)
     cmd = launch_config.accelerate_command(run, machine_rank=rank, resume=resume, commands_from=commands_from,
                                            step_sleep=step_sleep)
-    env = {**os.environ, "LLM_WIZARD_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "LLM_WIZARD_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
+           **({"LLM_WIZARD_ECHO_EVENTS": "1"} if foreground else {})}
     # Its own session: a Ctrl-C or hang-up of a terminal reaches this process only, which turns it into a stop.
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, cwd=str(run), start_new_session=True,
                             preexec_fn=_die_with_parent)

@@ -17,6 +17,7 @@ from typing import Any
 from engine.errors import UserError
 
 EXIT_SECOND_SIGNAL = 130
+ECHO_ENV = "LLM_WIZARD_ECHO_EVENTS"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # the supervisor checked it already; it changed on disk since
         print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
+    from engine.job import _echo
+
+    echo = _echo if rank == 0 and os.environ.get(ECHO_ENV) else None  # `train --foreground`: events on the terminal
     trainer = DistributedTrainer(run, spec, rank=rank, world=world, resume=a.resume, step_sleep=a.step_sleep,
-                                 commands_from=a.commands_from)
+                                 commands_from=a.commands_from, echo=echo)
 
     def on_signal(signum: int, frame: Any) -> None:
         if trainer.stop_reason or trainer.pending_signal:  # a second signal means now; checkpoints are written atomically

@@ -33,7 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory):
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
     corpus, tokenizer = corpus_and_tokenizer(tmp)
-    teacher = pretrain(gpt2(tokenizer, tmp / "teacher", layers=2, width=48), corpus, steps=40)
+    teacher = pretrain(gpt2(tokenizer, tmp / "teacher", layers=2, width=48), corpus, steps=15, lr=1e-2)
     student = gpt2(tokenizer, tmp / "student", layers=1, width=32, seed=1)
     other = gpt2(tokenizer_for(corpus, vocab_size=300), tmp / "other", layers=1, width=32)  # another BPE
     mp.undo()
@@ -170,18 +170,22 @@ def test_bad_options_are_user_errors(models: dict[str, Path], options: dict, mes
 
 
 def test_tiny_preset_runs(models: dict[str, Path], tmp_path: Path) -> None:
-    """distill-tiny.toml with a local teacher: the student is new (model.path empty), built with its tokenizer;
-    under bf16 the frozen teacher loads in bf16."""
+    """distill-tiny.toml with a local teacher: the student is new (model.path empty), built with its tokenizer.
+    Under bf16 the frozen teacher loads in bf16 (setup only: accelerate fixes the precision once a process)."""
     s = spec.load(PRESETS / "distill-tiny.toml", [f"options.teacher={models['teacher']}", f"data.path={models['corpus']}",
                                                   "train.max_steps=4", "train.warmup_steps=1", "eval.every=2",
-                                                  "checkpoint.every=2", "log.every=1", 'train.precision="bf16"'])
+                                                  "checkpoint.every=2", "log.every=1"])
     run = job.create(s, tmp_path / "runs")
-    trainer = Trainer(run, s)
-    assert trainer.run_job() == 0
+    assert Trainer(run, s).run_job() == 0
     assert sorted(_losses(run)) == [1, 2, 3, 4]
-    assert str(trainer.prep.extra["teacher"].dtype) == "torch.bfloat16"  # frozen: loaded in the compute type
     config = json.loads((run / "final" / "config.json").read_text())
     assert config["n_layer"] == 2 and config["n_embd"] == 64
+    from engine.techniques import distill
+    from engine.techniques.base import SetupContext
+
+    bf16 = spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "precision": "bf16"}})
+    prep = distill.setup(SetupContext(bf16, run))
+    assert str(prep.extra["teacher"].dtype) == "torch.bfloat16" and str(prep.model.dtype) == "torch.float32"
     assert spec.load(PRESETS / "distill-gpt2.toml").options == {"teacher": "gpt2-medium", "alpha": 0.5, "temperature": 4.0}
 
 

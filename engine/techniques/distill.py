@@ -183,7 +183,7 @@ def _causal_terms(prep: Prepared, batch: Any) -> tuple[Any, Any]:
     teacher, T = prep.extra["teacher"], prep.extra["T"]
     student_logits = prep.model(input_ids=inputs).logits.float()
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=inputs).logits.float()
+        teacher_logits = teacher(input_ids=inputs, use_cache=False).logits.float()
     n = keep.sum().clamp(min=1)
     vocab = student_logits.size(-1)
     ce = F.cross_entropy(student_logits.reshape(-1, vocab), targets.masked_fill(~keep, -100).reshape(-1),

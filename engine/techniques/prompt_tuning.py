@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.data_pack import source_blocks
 from engine.techniques.base import Prepared, SetupContext
 from engine.techniques.pretrained_models import load_pretrained, unwrap
 
@@ -58,6 +57,8 @@ def build(spec: Any, base: Any, tokenizer: Any) -> Any:
 def setup(ctx: SetupContext) -> Prepared:
     import torch
 
+    from engine.data_pack import source_blocks
+
     spec = ctx.spec
     opts = options(spec)
     ctx.progress(f"loading {spec.model.path}")
@@ -80,7 +81,8 @@ def loss(prep: Prepared, batch: Any) -> Any:
     import torch.nn.functional as F
 
     ids, mask = (batch, None) if batch.dim() == 2 else (batch[:, 0], batch[:, 1])
-    logits = prep.model(input_ids=ids[:, :-1]).logits[:, prep.extra["virtual_tokens"]:]  # peft prepends them
+    logits = prep.model(input_ids=ids[:, :-1], use_cache=False).logits[:, prep.extra["virtual_tokens"]:]  # after
+    # the virtual tokens peft prepends; no KV cache while training
     targets = ids[:, 1:] if mask is None else ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
     total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100,
                             reduction="sum")

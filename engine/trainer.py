@@ -2,8 +2,9 @@
 
 One optimizer step = `grad_accum` micro-batches, then clip, a non-finite check and the step. Between
 two steps (never mid-accumulation) the loop reads commands, honours pause/stop and signals, logs,
-evaluates and saves. `.item()` is called at the logging interval only, apart from one boolean per step
-for the non-finite guard (a NaN must never reach the weights or a checkpoint).
+evaluates and saves. Nothing is read back from the device between logging intervals: the non-finite
+guard skips a bad step on the device and is read at the next log, checkpoint or evaluation
+(engine/step_guard.py), so a NaN never reaches the weights or a checkpoint.
 
 Exit codes: 0 done or stopped by command, 2 bad input, 3 out of memory, 11 stopped by a signal
 (state saved), 1 anything else (traceback in job.log and an error event).
@@ -17,11 +18,11 @@ import os
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, controls, fingerprint, runfolder, save_guard
+from engine import checkpoint, controls, fingerprint, flops, runfolder, save_guard, step_guard
 from engine.errors import UserError
 from engine.redact import redact
 from engine.spec import RunSpec
@@ -41,6 +42,7 @@ class Interval:
     seconds: float = 0.0
     grad_norm: Any = None
     lr: float = 0.0
+    flags: list[Any] = field(default_factory=list)  # per step, on the device: [loss, grad norm] not finite
 
 
 class Trainer:
@@ -151,6 +153,9 @@ class Trainer:
             self.model = torch.compile(self.model)  # techniques unwrap `_orig_mod` to save weights
         self.prep.model = self.model
         self.params = [p for g in self.prep.param_groups for p in g["params"]]
+        self.device_guard = step_guard.skips_on_device(self.optimizer, self.accelerator.scaler)
+        self.flops_per_token = flops.flops_per_token(getattr(self.prep.model, "_orig_mod", self.prep.model), t.seq_len)
+        self.peak_flops = flops.device_peak()
         steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         self.schedule = controls.LRSchedule([t.lr for _ in self.optimizer.param_groups], self.total_steps,
@@ -200,14 +205,20 @@ class Trainer:
                 break
             if not self._train_step():
                 continue
-            if self.step % t.log.every == 0 or self.step == self.total_steps:
+            log = self.step % t.log.every == 0 or self.step == self.total_steps
+            evaluate = t.eval.every and self.step % t.eval.every == 0
+            save = t.checkpoint.every and self.step % t.checkpoint.every == 0
+            if (log or evaluate or save) and not self._settle_guard():
+                continue  # steps were skipped: alerted and paused, the step count taken back
+            if log:
                 self._log_metrics()
-            if t.eval.every and self.step % t.eval.every == 0:
+            if evaluate:
                 self._evaluate()
-            if t.checkpoint.every and self.step % t.checkpoint.every == 0:
+            if save:
                 self.save_checkpoint(reason="interval")
             if time.monotonic() - self._last_status > 2.0:
                 self.write_status()
+        self._settle_guard()
         if self.stop_reason:
             self.set_state("stopping", f"saving at step {self.step} ({self.stop_reason})")
             if self.step > 0:
@@ -269,27 +280,60 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         clip = self.spec.train.grad_clip or float("inf")
         grad_norm = acc.clip_grad_norm_(self.params, clip)
-        if not bool(torch.isfinite(loss_sum) & torch.isfinite(grad_norm)):  # the one per-step sync
+        flags = step_guard.nonfinite_flags(loss_sum, grad_norm)
+        bad = flags.any()
+        iv = self.interval
+        if self.device_guard:  # skipped by the fused kernel; read at the next log (_settle_guard)
+            step_guard.step_unless(self.optimizer, bad)
+            iv.flags.append(flags)
+        elif bool(bad):  # optimizers without a device skip: one sync a step
             self.optimizer.zero_grad(set_to_none=True)
-            what = "the loss" if not torch.isfinite(loss_sum) else "the gradient norm"
+            what = "the loss" if bool(flags[0]) else "the gradient norm"
             self.events.emit("alert", step=self.step + 1, **nonfinite_alert(self.step + 1, what).fields())
             self.set_paused(True)
             return False
-        self.optimizer.step()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len
         self.tokens += tokens
-        iv = self.interval
-        iv.loss += loss_sum
+        ok = ~bad
+        iv.loss += torch.where(ok, loss_sum, 0.0)  # a skipped step adds nothing to the logged mean
         iv.steps += 1
         iv.tokens += tokens
-        iv.grad_norm = grad_norm
+        iv.grad_norm = grad_norm if iv.grad_norm is None else torch.where(ok, grad_norm, iv.grad_norm)
         iv.lr = lr
         if self.step_sleep:
             time.sleep(self.step_sleep)
         iv.seconds += time.perf_counter() - started
         return True
+
+    def _settle_guard(self) -> bool:
+        """Read the device-side non-finite flags (one sync); if steps were skipped, take them off the count,
+        alert and pause. False when that happened."""
+        import torch
+
+        iv = self.interval
+        if not iv.flags:
+            return True
+        flags = torch.stack(iv.flags).cpu().tolist()
+        iv.flags = []
+        bad = [i for i, f in enumerate(flags) if any(f)]
+        if not bad:
+            return True
+        first = self.step - len(flags) + bad[0] + 1  # the step number the first bad one would have had
+        per_step = self.batch_size * self.grad_accum * self.spec.train.seq_len * getattr(self, "world", 1)
+        self.step -= len(bad)
+        self.tokens -= len(bad) * per_step
+        iv.steps -= len(bad)
+        iv.tokens -= len(bad) * per_step
+        what = "the loss" if flags[bad[0]][0] else "the gradient norm"
+        self.events.emit("alert", step=first, skipped=len(bad), **nonfinite_alert(first, what).fields())
+        if iv.steps:
+            self._log_metrics()
+        self.set_paused(True)
+        return False
 
     def _log_metrics(self) -> None:
         import torch
@@ -304,7 +348,9 @@ class Trainer:
         else:
             self._step_ms_smooth = 0.8 * self._step_ms_smooth + 0.2 * step_ms
         m = {"train/loss": loss, "train/lr": iv.lr, "train/grad_norm": float(iv.grad_norm.item()),
-             "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms}
+             "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms,
+             "train/mfu": flops.mfu(self.flops_per_token, iv.tokens / max(iv.seconds, 1e-9),
+                                    self.peak_flops and self.peak_flops * getattr(self, "world", 1))}
         alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share())
         m["train/loss_smooth"] = self.watchdogs.state["smooth"]
         technique_metrics = getattr(self.technique, "metrics", None)  # optional: e.g. MoE expert load
@@ -371,6 +417,7 @@ class Trainer:
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
         import torch
 
+        self._settle_guard()  # skipped steps come off the count before it names a checkpoint
         name = checkpoint.name_for(self.step, self.branch)
         existing = self.run / checkpoint.CHECKPOINTS / name
         if existing.is_dir() and checkpoint.verify(existing, full=False) is None:

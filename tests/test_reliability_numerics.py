@@ -46,8 +46,9 @@ def test_N2_infinite_gradient_with_finite_loss_is_skipped_before_the_step(traine
     before = [p.detach().clone() for p in trainer.params]
     moments = [v.clone() for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
     hook = trainer.params[3].register_hook(lambda g: torch.full_like(g, float("inf")))
-    assert trainer._train_step() is False
+    assert trainer._train_step()  # skipped on the device (engine/step_guard.py); read at the next log or save
     hook.remove()
+    assert trainer._settle_guard() is False
     assert trainer.step == 1 and trainer.paused
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.params))  # the step never reached the weights
     after = [v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]

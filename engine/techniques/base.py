@@ -118,5 +118,5 @@ def causal_lm_loss(model: Any, batch: Any) -> Any:
     import torch.nn.functional as F
 
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    logits = model(input_ids=inputs).logits
+    logits = model(input_ids=inputs, use_cache=False).logits  # a KV cache is for generation: no per-layer cat
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))

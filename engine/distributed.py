@@ -257,6 +257,15 @@ class DistributedTrainer(Trainer):
             self.parent = name
         return info
 
+    def _wait_for_space(self, message: str, kind: str) -> None:
+        """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
+        exchanges with their wait and hang both. End the run instead; the previous checkpoint is intact."""
+        from engine.errors import UserError
+
+        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        raise UserError(f"{message} (with several processes the run ends here; the previous checkpoint is "
+                        f"intact: free space, then `llm-wizard train --resume {self.run.name}`)", field="checkpoint")
+
     def _resume(self) -> None:
         """Rank 0 chooses the checkpoint (and cleans up); every rank loads that one."""
         name = ""

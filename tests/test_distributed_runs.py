@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import time
 from pathlib import Path
@@ -150,3 +151,22 @@ def test_two_process_lora(tmp_path: Path) -> None:
     done = events(run, "done")
     assert len(done) == 1 and done[0]["state"] == "done"
     assert not list(run.glob("checkpoints/*/rank*"))  # no per-rank files: DDP checkpoints are rank 0's copy
+
+
+def test_two_process_disk_full_ends_the_run_without_hanging(tmp_path: Path) -> None:
+    # RLIMIT_FSIZE (inherited by every process) makes the optimizer file of the first checkpoint too big
+    s = tiny_spec(make_corpus(tmp_path, lines=600), train={"max_steps": 50}, checkpoint={"every": 4},
+                  distributed=TWO)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, hard))
+    try:
+        run, pid = launch(s, tmp_path / "runs")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert wait_exit(pid, 240) != 0
+    alerts = [e for e in events(run, "alert") if e.get("kind") == "disk_full"]
+    assert alerts and alerts[0]["step"] == 4, events(run, "alert")
+    errors = events(run, "error")
+    assert errors and "several processes the run ends" in errors[0]["message"], errors
+    assert events(run)[-1]["type"] == "done" and events(run)[-1]["state"] == "failed"
+    assert checkpoint.list_checkpoints(run, include_invalid=True) == []  # nothing half-written left

@@ -84,10 +84,15 @@ def test_text_virtual_tokens_learn_base_unchanged_final_generates(base: tuple[Pa
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder), run / "final").eval()
     tokenizer = AutoTokenizer.from_pretrained(run / "final")
     ids = tokenizer("the cat", return_tensors="pt")["input_ids"]
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+    model.base_model.generation_config.use_cache = False  # see prompt_tuning.load_inference
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                          pad_token_id=tokenizer.eos_token_id)
-    assert out.shape[1] == ids.shape[1] + 5
-    text, source = generate(run, "the cat", max_new_tokens=5)
+    seq = ids  # greedy by hand: the virtual tokens once in front of the whole sequence, every step
+    with torch.no_grad():
+        for _ in range(12):
+            seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert out.tolist() == seq.tolist()
+    text, source = generate(run, "the cat", max_new_tokens=40)  # a cached decode failed past ~13 tokens
     assert source == "final" and text
     text, source = generate(run, "the cat", checkpoint_ref="20", max_new_tokens=5)  # a checkpoint: prompt only
     assert source == "step-000020" and text

@@ -8,7 +8,7 @@ every token) or, with data.label_column set, labelled rows in the book's format
 
 Options: num_virtual_tokens (8), init_text ("" = random init).
 Checkpoints hold the virtual-token embeddings only; final/ is a peft adapter folder with the tokenizer,
-loaded with `PeftModel.from_pretrained(base, final)`.
+loaded with `PeftModel.from_pretrained(base, final)`; generate with `use_cache=False` (see load_inference).
 """
 
 from __future__ import annotations
@@ -123,6 +123,10 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
 
     spec = spec_mod.load(run / runfolder.SPEC)
     base, tokenizer = load_pretrained(spec.model.path, "model.path")
+    # peft 0.21 looks for the KV cache under `past_key_values`, which transformers 5 renamed: with a cache,
+    # it would insert the virtual tokens again at every decoding step. Without one, every step reads the
+    # whole sequence with the virtual tokens in front once, which is right (and cheap for samples).
+    base.generation_config.use_cache = False
     if (folder / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(base, folder), tokenizer
     model = build(spec, base, tokenizer)

@@ -379,13 +379,27 @@ class Trainer:
         if not data.n_val_blocks:
             return
         self.model.eval()
-        total, n = 0.0, 0
-        with torch.no_grad(), self.accelerator.autocast():
-            for batch in data.val_batches(self.batch_size):
-                total += float(self.technique.loss(self.prep, batch.to(self.accelerator.device)))
-                n += 1
-                if (n_max and n >= n_max) or self.stop_reason:
-                    break
+        eval_batch = getattr(self, "eval_batch_size", self.batch_size)
+        while True:
+            total, n = 0.0, 0
+            try:
+                with torch.no_grad(), self.accelerator.autocast():
+                    for batch in data.val_batches(eval_batch):
+                        total += float(self.technique.loss(self.prep, batch.to(self.accelerator.device)))
+                        n += 1
+                        if (n_max and n >= n_max) or self.stop_reason:
+                            break
+                break
+            except Exception as e:  # RELIABILITY O4: an OOM in eval shrinks the eval batch only
+                if not is_oom(e) or eval_batch == 1:
+                    raise
+                eval_batch //= 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.events.emit("alert", step=self.step, kind="oom", severity="warning", suggest="pause",
+                                 message=f"out of memory in evaluation: eval batch lowered to {eval_batch} "
+                                 f"(training keeps micro-batch {self.batch_size})")
+        self.eval_batch_size = eval_batch
         self.model.train()
         if not n:
             return

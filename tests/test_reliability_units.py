@@ -424,3 +424,37 @@ def test_M6_a_run_folder_that_exists_is_never_reused(tmp_path: Path, monkeypatch
     with pytest.raises(UserError, match="could not create a new run folder"):
         runfolder.create_run(tmp_path, "t", "name = 't'\n")
     assert (other / "spec.toml").read_text() == "someone else's"
+
+
+def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
+    import torch
+
+    from engine.trainer import Trainer
+
+    seen_sizes, alerts = [], []
+
+    def loss(prep, batch):
+        if batch.size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.tensor(1.5)
+
+    def val_batches(size):
+        seen_sizes.append(size)
+        return iter([SimpleNamespace(size=size, to=lambda device, s=size: SimpleNamespace(size=s))] * 3)
+
+    fake = SimpleNamespace(
+        prep=SimpleNamespace(data=SimpleNamespace(n_val_blocks=30, val_batches=val_batches)),
+        spec=SimpleNamespace(eval=SimpleNamespace(batches=0)), model=torch.nn.Linear(1, 1),
+        accelerator=SimpleNamespace(autocast=nullcontext, device="cpu"), technique=SimpleNamespace(loss=loss),
+        batch_size=8, stop_reason=None, last={}, step=5, watchdogs=Watchdogs(total_steps=100),
+        events=SimpleNamespace(emit=lambda event_type, **f: alerts.append((event_type, f))))
+    Trainer._evaluate(fake)
+    assert seen_sizes == [8, 4, 2] and fake.batch_size == 8 and fake.eval_batch_size == 2
+    assert fake.last["eval/loss"] == pytest.approx(1.5)
+    assert [f["kind"] for k, f in alerts if k == "alert"] == ["oom", "oom"]
+    seen_sizes.clear()
+    Trainer._evaluate(fake)  # the next evaluation starts from the size that fitted
+    assert seen_sizes == [2]
+    fake.technique = SimpleNamespace(loss=lambda prep, batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # anything but an OOM still fails loudly
+        Trainer._evaluate(fake)

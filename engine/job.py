@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import launch_config, locks, runfolder, save_guard
+from engine import launch_config, locks, runfolder, save_guard, security
 from engine.errors import UserError
 from engine.spec import RunSpec, to_toml
 
@@ -131,6 +131,7 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         return e.exit_code
     save_guard.clean_leftovers(run)  # RELIABILITY C8: only now, as the sole owner
     try:
+        security.check_torch()
         spec = spec_mod.load(run / runfolder.SPEC)
     except UserError as e:
         runfolder.EventLog(run).emit("error", message=str(e), kind="user")

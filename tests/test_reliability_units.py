@@ -458,3 +458,16 @@ def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
     fake.technique = SimpleNamespace(loss=lambda prep, batch: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):  # anything but an OOM still fails loudly
         Trainer._evaluate(fake)
+
+
+def test_S3_a_torch_with_unsafe_weights_only_loading_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from engine import security
+
+    security.check_torch()  # the installed one
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    with pytest.raises(UserError, match="torch 2.5.1\\+cu121 is too old .* upgrade torch"):
+        security.check_torch()
+    for fine in ("2.10.0", "2.13.0+cpu", "3.0.0a0"):
+        security.check_torch(fine)

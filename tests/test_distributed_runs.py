@@ -170,3 +170,30 @@ def test_two_process_disk_full_ends_the_run_without_hanging(tmp_path: Path) -> N
     assert errors and "several processes the run ends" in errors[0]["message"], errors
     assert events(run)[-1]["type"] == "done" and events(run)[-1]["state"] == "failed"
     assert checkpoint.list_checkpoints(run, include_invalid=True) == []  # nothing half-written left
+
+
+def test_print_launch_commands_run_two_machines_on_localhost(tmp_path: Path) -> None:
+    # two "machines" of one process each on this host: the printed lines, run as they are, train together
+    import subprocess
+    import sys
+
+    from engine import launch_config, spec
+
+    port = launch_config.free_port()
+    s = tiny_spec(make_corpus(tmp_path, lines=600), train={"max_steps": 4}, checkpoint={"every": 0},
+                  distributed={"num_processes": 2, "num_machines": 2, "main_process_ip": "127.0.0.1",
+                               "main_process_port": port})
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(spec.to_toml(s))
+    runs = tmp_path / "runs"
+    plan = subprocess.run([sys.executable, "-m", "tui.cli", "--runs-dir", str(runs), "train", str(spec_file),
+                           "--print-launch"], capture_output=True, text=True, timeout=120, check=True).stdout
+    (run,) = runs.iterdir()
+    for line in reversed([x for x in plan.splitlines() if x.startswith("setsid nohup")]):
+        subprocess.run(["bash", "-c", line], check=True, timeout=30)
+    status = wait_for(lambda: (st := runfolder.read_status(run)).get("state") in ("done", "failed") and st, 240,
+                      "the two-machine run to end")
+    assert status["state"] == "done" and status["step"] == 4, (run / "job.log").read_text()[-2000:]
+    starting = [e for e in events(run, "state") if e.get("world_size")]
+    assert starting[0]["world_size"] == 2 and starting[0]["num_machines"] == 2
+    assert (run / "final" / "model.safetensors").is_file() and (run / "job-machine1.log").is_file()

@@ -132,6 +132,9 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     from engine import job
     from engine.paths import runs_dir as resolve_runs
 
+    from tui.wizard import preflight
+
+    preflight(spec)  # the technique's own checks, before a run folder exists (as `llm-wizard train`)
     run = job.create(spec, resolve_runs(runs_dir or spec.runs_dir or None))
     pid = job.launch(run)
     console.print(f"started run [bold]{run.name}[/] (pid {pid})\n  dashboard: llm-wizard attach {run.name}\n"

@@ -4,7 +4,9 @@
 `Choices` is what the user has picked so far, shared by the Textual wizard and the `--plain`
 prompts, so both write the same spec. Precision and optimizer use the estimator's vocabulary (it
 tells autocast from pure 16-bit, and paged from plain 8-bit Adam); `spec_dict` maps them onto the
-run spec's.
+run spec's, and writes `options` under the names the technique module reads (engine/techniques/*.py
+DEFAULTS). `preflight` runs the technique's own checks before a run folder exists, as `llm-wizard
+train` does.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from pathlib import Path
 from typing import Any
 
 TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
-# A learning rate that suits each technique as a start (the book: fine-tuning uses a smaller LR).
+# A learning rate that suits each technique as a start (the book: fine-tuning uses a smaller LR);
+# full/lora/qlora are engine.spec.TECHNIQUE_DEFAULTS' (a test keeps them equal).
 DEFAULT_LR = {"scratch": 1e-3, "full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2,
               "distill": 5e-5, "moe": 2e-5}
 SPEC_PRECISION = {"fp32": "fp32", "mixed-bf16": "bf16", "mixed-fp16": "fp16", "bf16": "bf16"}
-SPEC_OPTIMIZER = {"adamw": "adamw", "adamw-8bit": "adamw8bit", "paged-adamw-8bit": "adamw8bit", "sgd": "sgd",
-                  "adafactor": "adamw"}
+# Estimator name -> spec name. The estimator also knows adafactor, which the run engine does not train:
+# it is left out so that it can never be written as something else.
+SPEC_OPTIMIZER = {"adamw": "adamw", "adamw-8bit": "adamw8bit", "paged-adamw-8bit": "paged_adamw8bit", "sgd": "sgd"}
+# The optimizer a technique starts with (engine.spec.TECHNIQUE_DEFAULTS: QLoRA's paper uses paged 8-bit AdamW).
+DEFAULT_OPTIMIZER = {"qlora": "paged-adamw-8bit"}
 
 
 @dataclass
@@ -39,7 +45,7 @@ class Choices:
     grad_accum: int = 1
     grad_checkpointing: bool = False
     precision: str = "fp32"  # the estimator's names: fp32, mixed-bf16, mixed-fp16, bf16
-    optimizer: str = "adamw"  # the estimator's names: adamw, adamw-8bit, sgd
+    optimizer: str = ""  # the estimator's names: adamw, adamw-8bit, paged-adamw-8bit, sgd; empty: the technique's
     compile: bool = False
     lr: float | None = None  # None: DEFAULT_LR for the technique
     schedule: str = "cosine"
@@ -49,12 +55,16 @@ class Choices:
     checkpoint_every: int = 100
     log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = 8  # engine/techniques/prompt_tuning.py's default (the book's listing 5.3)
     num_processes: int = 1  # GPUs trained on (DDP through `accelerate launch` when above 1)
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.technique]
+
+    def optimizer_name(self) -> str:
+        """The optimizer in the estimator's vocabulary: the one picked, else the technique's default."""
+        return self.optimizer or DEFAULT_OPTIMIZER.get(self.technique, "adamw")
 
     def scratch_vocab(self) -> int:
         """The vocabulary a scratch model gets: 256 bytes + end-of-text, or the spec's BPE default."""
@@ -84,7 +94,7 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         "technique": c.technique, "name": c.run_name(), "model": model, "data": data,
         "train": {"seq_len": c.seq_len, "batch_size": c.batch_size, "grad_accum": c.grad_accum,
                   "lr": c.learning_rate(), "schedule": c.schedule, "warmup_steps": min(c.warmup_steps, c.max_steps - 1),
-                  "max_steps": c.max_steps, "optimizer": SPEC_OPTIMIZER[c.optimizer],
+                  "max_steps": c.max_steps, "optimizer": SPEC_OPTIMIZER[c.optimizer_name()],
                   "precision": SPEC_PRECISION[c.precision], "gradient_checkpointing": c.grad_checkpointing,
                   "compile": c.compile},
         "eval": {"every": min(c.eval_every, c.max_steps)},
@@ -125,7 +135,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
         model=None if scratch else c.model or None, arch=c.arch if scratch else None,
         size=c.size if scratch else None, vocab_size=vocab, technique=c.technique,
         teacher=c.teacher or None, lora_rank=c.lora_rank, num_virtual_tokens=c.num_virtual_tokens,
-        precision=c.precision, optimizer=c.optimizer, batch_size=c.batch_size, seq_len=c.seq_len,
+        precision=c.precision, optimizer=c.optimizer_name(), batch_size=c.batch_size, seq_len=c.seq_len,
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
         dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
         text_column=c.text_column or None, max_steps=c.max_steps,
@@ -147,13 +157,29 @@ def apply_flags(c: Choices, flags: str) -> bool:
             changes["grad_checkpointing"] = True
         elif flag in ("batch_size", "grad_accum", "seq_len") and value:
             changes[flag] = int(value)
-        elif flag in ("optimizer", "precision", "technique") and value:
+        elif flag == "optimizer" and value in SPEC_OPTIMIZER:
+            changes[flag] = value
+        elif flag in ("precision", "technique") and value:
             changes[flag] = value
         else:
             return False
     for key, value in changes.items():
         setattr(c, key, value)
     return True
+
+
+def preflight(spec: Any) -> None:
+    """The technique's checks before launch, as `llm-wizard train` makes them (UserError with the
+    message to show): its `preflight` (options, the model found, QLoRA's 4-bit support, distillation's
+    tokenizers), else its option validation (prompt-tuning, moe), then what several processes cannot do."""
+    from engine import launch_config
+    from engine.techniques.base import get
+
+    technique = get(spec.technique)
+    check = getattr(technique, "preflight", None) or getattr(technique, "options", None)
+    if check is not None:
+        check(spec)
+    launch_config.check_supported(spec)
 
 
 def open_wizard(args: argparse.Namespace) -> int:

@@ -39,7 +39,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grad_accum", "grad accumulation", (1, 2, 4, 8, 16, 32), "memory, medium: same effective batch"),
     Setting("grad_checkpointing", "grad checkpointing", (False, True), "memory, medium: ~30% slower"),
     Setting("precision", "precision", ("fp32", "mixed-bf16", "mixed-fp16", "bf16"), "speed, hard"),
-    Setting("optimizer", "optimizer", ("adamw", "adamw-8bit", "sgd"), "speed + memory, easy"),
+    Setting("optimizer", "optimizer", ("adamw", "adamw-8bit", "sgd"), "speed + memory, easy",
+            ("scratch", "full", "lora", "prompt-tuning", "distill", "moe")),
+    # QLoRA starts from paged 8-bit AdamW (its paper's choice; spikes page out to CPU memory)
+    Setting("optimizer", "optimizer", ("paged-adamw-8bit", "adamw-8bit", "adamw"), "speed + memory, easy", ("qlora",)),
     Setting("compile", "torch.compile", (False, True), "speed, easy: slow first step"),
     Setting("preload", "data preloading", ("mmap cache",), "speed, medium: tokenized once"),
     Setting("seq_len", "sequence length", (64, 128, 256, 512, 1024, 2048, 4096), "memory: activations grow with it"),
@@ -57,7 +60,9 @@ SETTINGS: tuple[Setting, ...] = (
 def value_of(c: Choices, s: Setting) -> Any:
     if len(s.values) == 1:  # fixed by the engine, shown so the whole of table 5.2 is here
         return s.values[0]
-    return c.learning_rate() if s.key == "lr" else getattr(c, s.key)
+    if s.key == "lr":
+        return c.learning_rate()
+    return c.optimizer_name() if s.key == "optimizer" else getattr(c, s.key)
 
 
 def shown(v: Any) -> str:
@@ -76,6 +81,8 @@ def step_value(c: Choices, s: Setting, delta: int) -> None:
         return
     if current in values:
         i = values.index(current) + delta
+    elif isinstance(current, str):  # a name this technique does not offer (picked under another): the first
+        i = 0
     else:
         nearest = min(range(len(values)), key=lambda k: abs(float(values[k]) - float(current)))
         i = nearest + (delta if (float(values[nearest]) - float(current)) * delta <= 0 else 0)

@@ -1,6 +1,8 @@
 """Step 7: the run spec that will run (TOML), the equivalent `llm-wizard train` command, save, and
-launch. Launching uses the run engine's own API (engine.job.create + launch: a detached process in
-its own session) and opens the dashboard on the new run."""
+launch. Launching first makes the technique's own checks (tui.wizard.preflight, as `llm-wizard train`:
+a bad option, a missing model, QLoRA without 4-bit support, a teacher whose tokenizer differs), so a
+bad choice is refused here with its message and no run folder; then the run engine's own API
+(engine.job.create + launch: a detached process in its own session) and the dashboard on the new run."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from tui.screens.base import WizardStep
-from tui.wizard import spec_dict, train_command
+from tui.wizard import preflight, spec_dict, train_command
 
 
 class Launched(Message):
@@ -46,6 +48,7 @@ class ReviewScreen(WizardStep):
         self.error: str | None = None
         self.saved: Path | None = None
         self.launching = False
+        self.refused: str | None = None  # why the last launch was refused (shown under the command)
 
     def body(self) -> ComposeResult:
         yield Static("", id="review-command")
@@ -78,6 +81,8 @@ class ReviewScreen(WizardStep):
         text = Text.assemble(("Same run from a shell: ", "bold"), (train_command(shown), "cyan"))
         if self.saved is None:
             text.append("  (s saves the spec there)", style="#9e9e9e")
+        if self.refused:
+            text.append(f"\nNot launched: {self.refused}", style="bold red")
         self.query_one("#review-command", Static).update(text)
 
     def ready(self) -> bool:
@@ -122,6 +127,7 @@ class ReviewScreen(WizardStep):
             spec = from_dict(spec_dict(self.wizard.choices))
             if spec.data.path != STDLIB and Path(spec.data.path).suffix not in (".jsonl", ".csv", ".parquet"):
                 check_text_files(text_files(spec.data.path))
+            preflight(spec)
             run = job.create(spec, runs_dir(self.wizard.runs_dir or spec.runs_dir or None))
             job.launch(run)
         except (UserError, OSError) as err:
@@ -131,6 +137,7 @@ class ReviewScreen(WizardStep):
 
     def on_launched(self, message: Launched) -> None:
         self.launching = False
+        self.refused = message.error if message.run is None else None
         if message.run is None:
             self.notify(message.error or "launch failed", severity="error", timeout=10)
             self.show_command()

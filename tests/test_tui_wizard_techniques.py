@@ -1,0 +1,123 @@
+"""The wizard writes what each technique reads: option names, defaults and optimizer names equal the
+engine's (engine/techniques/*.py DEFAULTS, engine.spec.TECHNIQUE_DEFAULTS), the spec it writes for LoRA,
+prompt tuning and distillation passes that technique's own preflight/option validation, and a launch
+the technique refuses is refused on the review screen with its message, before any run folder exists."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+from finetune_helpers import base_model, corpus_and_tokenizer
+from tui_helpers import fixed_report, screen_text, wait_until
+
+from engine import spec as spec_mod
+from engine.techniques import distill, lora, prompt_tuning
+from tui.app import make_app
+from tui.screens.checks import ChecksScreen
+from tui.screens.dataset import DatasetScreen
+from tui.screens.model import ModelScreen
+from tui.screens.options import OptionsScreen
+from tui.screens.review import ReviewScreen
+from tui.wizard import SPEC_OPTIMIZER, TECHNIQUES, Choices, DEFAULT_LR, apply_flags, spec_dict
+
+MODULES = {"lora": lora, "qlora": lora, "prompt-tuning": prompt_tuning, "distill": distill}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny GPT-2 base, a teacher with the same tokenizer, one with another tokenizer, and a corpus."""
+    root = tmp_path_factory.mktemp("wizard-models")
+    corpus, tok = corpus_and_tokenizer(root, lines=300, vocab_size=320)
+    (root / "other").mkdir()
+    _, other_tok = corpus_and_tokenizer(root / "other", lines=200, vocab_size=290)  # other ids for the same text
+    return {"corpus": corpus, "base": base_model("gpt2", tok, root / "base"),
+            "teacher": base_model("gpt2", tok, root / "teacher", layers=3, seed=1),
+            "other": base_model("gpt2", other_tok, root / "other-teacher")}
+
+
+def test_defaults_and_names_are_the_engines() -> None:
+    for technique, defaults in spec_mod.TECHNIQUE_DEFAULTS.items():
+        train = spec_mod.from_dict(spec_dict(Choices(technique=technique, model="m", teacher="t"))).train
+        assert train.lr == defaults["lr"] == DEFAULT_LR[technique]
+        assert train.optimizer == defaults.get("optimizer", "adamw"), technique
+    assert set(SPEC_OPTIMIZER.values()) <= set(spec_mod.OPTIMIZERS)
+    c = Choices()
+    assert c.lora_rank == lora.DEFAULTS["lora_rank"]
+    assert c.num_virtual_tokens == prompt_tuning.DEFAULTS["num_virtual_tokens"]
+    for technique in TECHNIQUES:  # every option the wizard writes is one the technique knows
+        options = spec_dict(Choices(technique=technique, model="m", teacher="t")).get("options", {})
+        assert set(options) <= set(getattr(MODULES.get(technique), "DEFAULTS", {})), technique
+    assert spec_mod.from_dict(spec_dict(Choices(technique="qlora", model="m",
+                                                optimizer="paged-adamw-8bit"))).train.optimizer == "paged_adamw8bit"
+    assert not apply_flags(Choices(), "--optimizer adafactor")  # the engine cannot train it: never written as another
+
+
+async def _walk_to_review(pilot, technique: str, model: str, teacher: str = "",
+                          setting: str | None = None) -> None:
+    """Technique by keys, the model (and teacher) typed, then every step to the review; on the options
+    step `setting` is moved one value to the right."""
+    app = pilot.app
+    await pilot.press("enter")  # hardware
+    await pilot.press(*["down"] * TECHNIQUES.index(technique), "enter")
+    assert app.choices.technique == technique and isinstance(app.screen, ModelScreen)
+    app.screen.query_one("#model-path").insert_text_at_cursor(model)
+    if teacher:
+        app.screen.query_one("#teacher-path").insert_text_at_cursor(teacher)
+    await wait_until(pilot, lambda: app.choices.extra.get("model_params") is not None)
+    await pilot.press("enter")
+    assert isinstance(app.screen, DatasetScreen)
+    await wait_until(pilot, lambda: "data_tokens" in app.choices.extra)
+    await pilot.press("enter")
+    assert isinstance(app.screen, ChecksScreen)
+    await wait_until(pilot, lambda: "estimate" in app.choices.extra)
+    await pilot.press("enter")
+    assert isinstance(app.screen, OptionsScreen)
+    if setting:
+        app.screen.query_one("#settings").highlighted = [s.key for s in app.screen.settings()].index(setting)
+        await pilot.press("right")
+    await pilot.press("enter")
+    assert isinstance(app.screen, ReviewScreen)
+    await pilot.pause()
+
+
+@pytest.mark.parametrize(("technique", "setting", "written"), [
+    ("lora", "lora_rank", {"lora_rank": 32}),
+    ("prompt-tuning", "num_virtual_tokens", {"num_virtual_tokens": 20}),
+    ("distill", None, {}),
+])
+async def test_written_spec_passes_the_techniques_checks(models, tmp_path, monkeypatch, technique, setting,
+                                                         written) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = make_app(hardware=fixed_report("2xL4"), show_runs=False)
+    app.choices.dataset = str(models["corpus"])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _walk_to_review(pilot, technique, str(models["base"]),
+                              str(models["teacher"]) if technique == "distill" else "", setting)
+        assert app.screen.toml is not None, app.screen.error
+        spec = spec_mod.from_dict(tomllib.loads(app.screen.toml))
+    if technique == "distill":
+        written = {"teacher": str(models["teacher"])}
+    assert spec.options == written
+    module = MODULES[technique]
+    validated = module.options(spec)  # the technique's own reading of the options: the values chosen
+    assert {k: validated[k] for k in written} == written
+    if hasattr(module, "preflight"):
+        module.preflight(spec)  # raises UserError on a name or value the technique does not accept
+
+
+async def test_launch_refused_with_the_techniques_message(models, tmp_path, monkeypatch) -> None:
+    """A teacher whose tokenizer gives other ids: the review shows distill's refusal, no run is created."""
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    app = make_app(hardware=fixed_report("2xL4"), show_runs=False, runs_dir=str(runs))
+    app.choices.dataset = str(models["corpus"])
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _walk_to_review(pilot, "distill", str(models["base"]), str(models["other"]))
+        assert app.screen.toml is not None  # a valid spec: only the technique's check can refuse it
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "Not launched" in screen_text(app), timeout=30)
+        text = " ".join(screen_text(app).split())
+        assert "options.teacher" in text or "tokenizer" in text
+        assert isinstance(app.screen, ReviewScreen) and app.screen.ready()  # still here, free to change
+    assert not runs.exists() or not any(runs.iterdir())

@@ -138,6 +138,11 @@ def test_resume_is_exact(models: dict[str, Path], tmp_path: Path) -> None:
     assert sorted(after) == list(range(9, 17))
     assert all(after[k] == full[k] for k in after), {k: (after[k], full[k]) for k in after}
 
+    from engine.generate import generate  # a checkpoint holds the student: generate rebuilds it from model/
+
+    text, source = generate(run, "the cat", checkpoint_ref="8", max_new_tokens=4)
+    assert source == "step-000008" and text
+
 
 def test_tokenizer_mismatch_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
     s = _spec(models, model={"path": str(models["other"])})

@@ -276,3 +276,23 @@ def test_G2_G6_signal_during_a_save_lets_it_finish_then_saves_and_exits_11(zygot
     assert all(ck.verify(root / n) is None for n in names) and not list(root.glob(".tmp-*"))
     stopped = [e for e in runfolder.read_events(run)[0] if e["type"] == "state" and e["state"] == "stopped"]
     assert stopped and sig.name in stopped[-1]["message"] and f"step {names[-1][5:].lstrip('0')}" in stopped[-1]["message"]
+
+
+def test_C9_save_now_during_a_periodic_save_is_serialised_one_checkpoint_per_step(zygote: tuple, tmp_path: Path) -> None:
+    zygote, corpus = zygote
+    run = job.create(_spec(corpus), tmp_path / "runs")
+    pid = zygote.start(run, resume=False, save_sleep=1.0)
+    root = run / ck.CHECKPOINTS
+    deadline = time.monotonic() + 120
+    while not (root.is_dir() and list(root.glob(".tmp-step-000002-*"))):  # the first periodic save is running
+        assert time.monotonic() < deadline, "no save started"
+        time.sleep(0.01)
+    _, offset = runfolder.read_events(run)
+    ack = runfolder.wait_ack(run, runfolder.send_command(run, "save"), timeout=120, from_offset=offset)
+    assert ack and ack["ok"] and ack["checkpoint"] == "step-000002"  # handled after the save, not beside it
+    stop = runfolder.wait_ack(run, runfolder.send_command(run, "stop"), timeout=120, from_offset=offset)
+    assert stop and stop["ok"]
+    assert zygote.wait(pid) == 0
+    saved = [e["name"] for e in runfolder.read_events(run)[0] if e["type"] == "checkpoint"]
+    assert len(saved) == len(set(saved)) and saved[0] == "step-000002"  # one checkpoint per step
+    assert all(ck.verify(root / n) is None for n in saved) and not list(root.glob(".tmp-*"))

@@ -120,3 +120,32 @@ def causal_lm_loss(model: Any, batch: Any) -> Any:
     inputs, targets = batch[:, :-1], batch[:, 1:]
     logits = model(input_ids=inputs, use_cache=False).logits  # a KV cache is for generation: no per-layer cat
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def save_whole_model(prep: Prepared, folder: Path, *, final: bool) -> None:
+    """The techniques that train every weight (scratch, full, distill's student, moe) save alike:
+    a checkpoint is one safetensors file (save_model handles GPT-2's tied embedding/head weights);
+    final/ is a from_pretrained folder with its tokenizer and the KV cache that training turned off."""
+    from safetensors.torch import save_model
+
+    from engine.techniques.pretrained_models import unwrap
+
+    model = unwrap(prep.model)
+    if final:
+        model.config.use_cache = True
+        model.save_pretrained(folder, safe_serialization=True)
+        prep.tokenizer.save_pretrained(folder)
+    else:
+        save_model(model, str(folder / MODEL_WEIGHTS))
+
+
+def load_whole_model(prep: Prepared, folder: Path) -> None:
+    """What save_whole_model(final=False) wrote, strictly: a missing or extra tensor is an error."""
+    from safetensors.torch import load_model
+
+    from engine.techniques.pretrained_models import unwrap
+
+    load_model(unwrap(prep.model), str(folder / MODEL_WEIGHTS), strict=True)

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.techniques.base import Prepared, SetupContext, decay_groups
-from engine.techniques.pretrained_models import load_pretrained, load_tokenizer, unwrap
+from engine.techniques.base import (
+    Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+)
+from engine.techniques.pretrained_models import load_pretrained, load_tokenizer
 
-WEIGHTS = "model.safetensors"
 DEFAULTS: dict[str, Any] = {"teacher": "", "alpha": 0.5, "temperature": 2.0, "task": "causal"}
 TASKS = ("causal", "classification")
 # The listing's sample, plus text that splits differently under different vocabularies.
@@ -203,19 +204,9 @@ def metrics(prep: Prepared) -> dict[str, float]:
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:
-    from safetensors.torch import save_model
-
-    model = unwrap(prep.model)
-    if final:
-        model.config.use_cache = True  # generation wants the KV cache that training turned off
-        model.save_pretrained(folder, safe_serialization=True)
-        prep.tokenizer.save_pretrained(folder)
-    else:
-        save_model(model, str(folder / WEIGHTS))
+    save_whole_model(prep, folder, final=final)
 
 
 def load(prep: Prepared, folder: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(unwrap(prep.model), str(folder / WEIGHTS), strict=True)
+    load_whole_model(prep, folder)
     prep.extra["sums"] = None  # after a rollback, the metrics restart from the restored step

@@ -18,10 +18,11 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques import lora
-from engine.techniques.base import Prepared, SetupContext, decay_groups
-from engine.techniques.pretrained_models import load_config, unwrap
+from engine.techniques.base import (
+    Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+)
+from engine.techniques.pretrained_models import load_config
 
-WEIGHTS = "model.safetensors"
 
 
 def preflight(spec: Any) -> None:
@@ -56,18 +57,8 @@ def loss(prep: Prepared, batch: Any) -> Any:
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:
-    from safetensors.torch import save_model
-
-    model = unwrap(prep.model)
-    if final:
-        model.config.use_cache = True  # training turned the KV cache off; generation wants it
-        model.save_pretrained(folder, safe_serialization=True)
-        prep.tokenizer.save_pretrained(folder)
-    else:
-        save_model(model, str(folder / WEIGHTS))  # handles GPT-2's tied embedding/head weights
+    save_whole_model(prep, folder, final=final)
 
 
 def load(prep: Prepared, folder: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(unwrap(prep.model), str(folder / WEIGHTS), strict=True)
+    load_whole_model(prep, folder)

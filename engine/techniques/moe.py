@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.techniques.base import Prepared, SetupContext, decay_groups
-from engine.techniques.pretrained_models import load_config, load_pretrained, unwrap
+from engine.techniques.base import (
+    MODEL_WEIGHTS, Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+)
+from engine.techniques.pretrained_models import load_config, load_pretrained
 
-WEIGHTS = "model.safetensors"
 DEFAULTS: dict[str, Any] = {"aux_loss_coef": None}
 
 
@@ -123,21 +124,11 @@ def metrics(prep: Prepared) -> dict[str, Any]:
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:
-    from safetensors.torch import save_model
-
-    model = unwrap(prep.model)
-    if final:
-        model.config.use_cache = True
-        model.save_pretrained(folder, safe_serialization=True)
-        prep.tokenizer.save_pretrained(folder)
-    else:
-        save_model(model, str(folder / WEIGHTS))
+    save_whole_model(prep, folder, final=final)
 
 
 def load(prep: Prepared, folder: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(unwrap(prep.model), str(folder / WEIGHTS), strict=True)
+    load_whole_model(prep, folder)
     prep.extra["sums"] = prep.extra["counts"] = None
 
 
@@ -154,5 +145,5 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     if source == folder:
         return auto.from_pretrained(folder), load_tokenizer(str(folder), "run")
     model = auto.from_config(config)
-    load_model(model, str(folder / WEIGHTS), strict=True)
+    load_model(model, str(folder / MODEL_WEIGHTS), strict=True)
     return model, load_tokenizer(str(source), "run")

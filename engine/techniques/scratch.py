@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.techniques.base import Prepared, SetupContext, causal_lm_loss, corpus_files, decay_groups, text_blocks
-
-WEIGHTS = "model.safetensors"
+from engine.techniques.base import (
+    Prepared, SetupContext, causal_lm_loss, corpus_files, decay_groups, load_whole_model, save_whole_model, text_blocks,
+)
 
 
 def setup(ctx: SetupContext) -> Prepared:
@@ -52,23 +52,8 @@ def loss(prep: Prepared, batch: Any) -> Any:
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:
-    from safetensors.torch import save_model
-
-    model = _unwrap(prep.model)
-    if final:
-        model.save_pretrained(folder, safe_serialization=True)
-        prep.tokenizer.save_pretrained(folder)
-    else:
-        save_model(model, str(folder / WEIGHTS))  # handles GPT-2's tied embedding/head weights
+    save_whole_model(prep, folder, final=final)
 
 
 def load(prep: Prepared, folder: Path) -> None:
-    from safetensors.torch import load_model
-
-    load_model(_unwrap(prep.model), str(folder / WEIGHTS), strict=True)
-
-
-def _unwrap(model: Any) -> Any:
-    """The plain model inside torch.compile's and DDP's wrappers (the weights are the inner one's)."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
+    load_whole_model(prep, folder)

@@ -1,7 +1,7 @@
 """Training throughput: the run engine against hand-written loops, in one process, in interleaved rounds.
 
-    .venv/bin/python bench/throughput.py                    # the issue's shape, 3 rounds (~10 min on 2 busy cores)
-    .venv/bin/python bench/throughput.py --rounds 5 --steps 40
+    .venv/bin/python bench/throughput.py                    # the README's run: 3 rounds, ~13 min on 2 busy cores
+    .venv/bin/python bench/throughput.py --rounds 5 --steps 40 --log-every 10 --checkpoint-every 20
     .venv/bin/python bench/throughput.py --compile          # also torch.compile on (reference and engine)
     .venv/bin/python bench/throughput.py --only scratch     # scratch, full or lora
 
@@ -17,8 +17,9 @@ Pairs, each measured on the same model size, sequence, batch, thread count and d
            LoRA technique through the engine.
 Tokens/s is timed over the steps after a warm-up (the first log interval): the reference around those
 steps, the engine from its logging calls (so everything it does between two logs counts, logging and
-the interval checkpoint included), both by the wall clock and by this process's CPU time. Rounds interleave every measurement so a busy
-moment on a shared machine hits all of them; ratios are taken within a round. The load average and
+the interval checkpoint included), both by the wall clock and by this process's CPU time. Rounds
+interleave every measurement so a busy moment on a shared machine hits all of them; ratios are taken
+within a round. The load average and
 the share of the cores busy (psutil) are printed with each round: other people's work on the machine
 moves absolute numbers, the ratios much less.
 """
@@ -218,9 +219,9 @@ def load_line() -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--steps", type=int, default=40, help="optimizer steps per measurement (incl. warm-up)")
-    p.add_argument("--log-every", type=int, default=10, help="engine log interval; the first interval is warm-up")
-    p.add_argument("--checkpoint-every", type=int, default=20)
+    p.add_argument("--steps", type=int, default=12, help="optimizer steps per measurement (incl. warm-up)")
+    p.add_argument("--log-every", type=int, default=4, help="engine log interval; the first interval is warm-up")
+    p.add_argument("--checkpoint-every", type=int, default=8, help="engine checkpoints (one inside the window)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)

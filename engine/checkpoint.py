@@ -93,13 +93,16 @@ def _sha256(path: Path) -> str:
 
 
 def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None], *,
-         parent: str | None = None, meta: dict[str, Any] | None = None) -> CheckpointInfo:
-    """Write a checkpoint atomically; raises FileExistsError if that step already has one on this branch."""
+         parent: str | None = None, meta: dict[str, Any] | None = None, replace: bool = False) -> CheckpointInfo:
+    """Write a checkpoint atomically; raises FileExistsError if that step already has one on this branch,
+    unless `replace`: the same step saved again with newer controls state (an LR set after the interval
+    save). The old folder is renamed to a `.tmp-` name first, so a kill between the two renames leaves
+    the previous checkpoint as the newest, never a mixed folder."""
     root = Path(run) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     name = name_for(step, branch)
     final = root / name
-    if final.exists():
+    if final.exists() and not replace:
         raise FileExistsError(final)
     tmp = root / f".tmp-{name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -122,7 +125,13 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
             f.flush()
             os.fsync(f.fileno())
         crash_point("ckpt:after_manifest", branch)
-        os.rename(tmp, final)
+        if final.exists():  # replace=True
+            old = final.with_name(f".tmp-replaced-{name}-{os.getpid()}")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

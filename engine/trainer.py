@@ -434,8 +434,14 @@ class Trainer:
         self._settle_guard()  # skipped steps come off the count before it names a checkpoint
         name = checkpoint.name_for(self.step, self.branch)
         existing = self.run / checkpoint.CHECKPOINTS / name
+        replace = False
         if existing.is_dir() and checkpoint.verify(existing, full=False) is None:
-            return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
+            # The interval save of this step may predate a control (set_lr, rescue) taken at the boundary
+            # after it: then save again, or a resume would lose the user's learning rate.
+            saved = json.loads((existing / "trainer_state.json").read_text()).get("schedule")
+            if saved == json.loads(json.dumps(self.schedule.state_dict())):
+                return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
+            replace = True
 
         bad = save_guard.nonfinite_state(self.params, self.optimizer)
         if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
@@ -467,7 +473,8 @@ class Trainer:
             self._wait_for_space(room, "low_disk")
         while True:
             try:
-                info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta=meta)
+                info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta=meta,
+                                       replace=replace)
                 break
             except Exception as e:
                 full = save_guard.disk_full(e, self.run, needed)

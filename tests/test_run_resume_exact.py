@@ -122,3 +122,33 @@ def test_resume_refuses_a_changed_model_or_data_setup(setup: tuple) -> None:
     assert Trainer(run, changed, resume=True).run_job() == 2
     errors = [e for e in runfolder.read_events(run)[0] if e["type"] == "error"]
     assert "different model or data setup" in errors[-1]["message"] and errors[-1]["kind"] == "user"
+
+
+def test_a_save_after_set_lr_at_an_interval_step_keeps_the_new_lr(setup: tuple) -> None:
+    """L2: the interval checkpoint of step N is written before the boundary's commands; a set_lr then a
+    save at that boundary must not be answered with the older checkpoint (a resume would lose the LR)."""
+    import json
+    from types import SimpleNamespace
+
+    from engine import checkpoint, controls
+
+    s, _, runs = setup
+    short = spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 10}})
+    run = job.create(short, runs)
+    t = Trainer(run, short)
+    assert t.run_job() == 0  # step 10 was saved at the interval, before any command
+    emitted: list[tuple] = []
+    t.events = SimpleNamespace(emit=lambda *a, **k: emitted.append((a, k)))  # the job closed its writer
+    folder = run / checkpoint.CHECKPOINTS / checkpoint.name_for(10, 0)
+    before = json.loads((folder / "trainer_state.json").read_text())["schedule"]["multiplier"]
+    assert controls.handle(t, {"cmd": "set_lr", "factor": 0.5})["ok"]
+    info = t.save_checkpoint(reason="requested")
+    after = json.loads((info.path / "trainer_state.json").read_text())["schedule"]["multiplier"]
+    assert (before, after) == (1.0, 0.5) and info.path == folder
+    assert [a for a, _ in emitted if a == ("checkpoint",)], emitted
+    assert checkpoint.verify(folder) is None  # replaced whole, manifest and all
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]
+    # nothing changed since: the same checkpoint is answered, not written again
+    mtime = (folder / "manifest.json").stat().st_mtime_ns
+    assert t.save_checkpoint(reason="requested").path == folder
+    assert (folder / "manifest.json").stat().st_mtime_ns == mtime

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine import paths
 from engine.corpus import PreparationStopped, corpus_fingerprint, iter_pieces
 from engine.errors import UserError
+from engine.runfolder import pid_alive
 from engine.tokenizer_train import encoding_rules, is_byte_tokenizer
 
 if TYPE_CHECKING:
@@ -111,22 +112,12 @@ def remove_stale_temps(folder: Path) -> None:
 
     for tmp in folder.glob(".tmp-*"):
         pid = tmp.name.split(".")[1].rsplit("-", 1)[-1]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _batch_bytes() -> int:

@@ -8,8 +8,9 @@ The sizes below are the tensors autograd saves, read off the graph of transforme
   keep their input (q/k/v share one, gate/up share one). SDPA (flash / memory-efficient) keeps
   q, k, v, its output and a float32 logsumexp per head, never the s x s matrix. The gated MLP keeps
   gate output, SiLU output and up output where gradients flow.
-- GPT-2 keeps LayerNorm inputs, the fused qkv output plus copies of k and v, and five tensors of
-  the MLP width for its tanh GELU (it is written in Python ops).
+- GPT-2 keeps LayerNorm inputs, the fused qkv output plus copies of k and v, and what its MLP
+  activation saves (ACTIVATION_SAVES): a fused kernel (gelu, gelu_pytorch_tanh, silu) keeps its
+  input only, GPT-2's default gelu_new is written in Python ops and keeps four tensors of the MLP width.
 - Eager attention keeps the softmax of the s x s scores per head (Llama's in float32 plus a 16-bit
   copy), which makes its bytes per token grow with the sequence length.
 - A frozen Linear keeps no input; nothing below the lowest trainable tensor keeps anything.
@@ -26,6 +27,24 @@ from dataclasses import dataclass
 from engine.model_count import ModelDims
 
 LORA_DTYPE_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtype=True)
+
+# What autograd saves for transformers' ACT2FN activations, in tensors of the input's size: (besides the
+# output, whether the output itself is saved). The output is usually kept anyway by the next Linear or
+# by Llama's act * up. Measured with saved_tensors_hooks (tests/test_estimate.py checks every entry).
+ACTIVATION_SAVES: dict[str, tuple[int, bool]] = {
+    "gelu": (1, False), "gelu_pytorch_tanh": (1, False), "silu": (1, False), "swish": (1, False),
+    "gelu_new": (4, False), "gelu_python_tanh": (4, False), "gelu_accurate": (4, False), "gelu_fast": (7, False),
+    "gelu_python": (3, False), "gelu_10": (2, False), "quick_gelu": (2, False), "relu": (0, True),
+    "relu2": (1, False), "relu6": (1, False), "leaky_relu": (1, False), "mish": (1, False),
+    "hardswish": (1, False), "laplace": (1, False), "sigmoid": (0, True), "tanh": (0, True),
+    "sqrtsoftplus": (1, True), "linear": (0, False),
+}
+UNKNOWN_ACTIVATION = (4, False)  # as gelu_new: a Python-composed activation, the common case among the rest
+
+
+def activation_saves(name: str) -> tuple[int, bool]:
+    """(tensors of the MLP width the activation keeps besides its output, whether it keeps its output)."""
+    return ACTIVATION_SAVES.get(name, UNKNOWN_ACTIVATION)
 
 
 @dataclass(frozen=True)
@@ -102,10 +121,11 @@ def _llama_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mixed: bool,
         saved += _lora_saves(name, h, e, t, t.full, shared)
     g_grad = y2_grad or "gate_proj" in t.lora_targets
     u_grad = y2_grad or "up_proj" in t.lora_targets
+    act_saves, act_out = activation_saves(d.activation or "silu")
     if g_grad:
-        saved += e * i  # SiLU input
-    if u_grad:
-        saved += e * i  # SiLU output, for act * up
+        saved += act_saves * e * i  # what the activation keeps (SiLU: its input)
+    if u_grad or (g_grad and act_out):
+        saved += e * i  # the activation's output, for act * up
     if g_grad:
         saved += e * i  # up output, for act * up
     prod_grad = g_grad or u_grad
@@ -145,10 +165,11 @@ def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mi
         saved += e * h  # c_fc input
     saved += _lora_saves("c_fc", h, e, t, t.full, set())
     fc_grad = res_grad or t.full or "c_fc" in t.lora_targets
+    act_saves, act_out = activation_saves(d.activation or "gelu_new")
     if fc_grad:
-        saved += 4 * e * i  # tanh GELU's intermediate tensors
-    if t.full:
-        saved += e * i  # c_proj input
+        saved += act_saves * e * i  # what the activation keeps (fused GELU: its input; gelu_new: four tensors)
+    if t.full or (fc_grad and act_out):
+        saved += e * i  # c_proj input, the activation's output
     saved += _lora_saves("mlp.c_proj", i, e, t, t.full, set())
     if fc_grad:
         saved += mask * h  # MLP dropout mask

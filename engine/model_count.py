@@ -50,6 +50,7 @@ class ModelDims:
     experts_per_token: int = 1
     dropout: float = 0.0  # residual/embedding dropout; >0 keeps a 1-byte mask per element on CUDA
     attention: str = "sdpa"  # the attention implementation: "sdpa" (flash / memory-efficient) or "eager"
+    activation: str = ""  # the MLP's activation (GPT-2 activation_function, Llama hidden_act): what autograd saves
     source: str = ""  # where the numbers came from, for the report
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     tensors: tuple[ParamTensor, ...] = field(default=(), repr=False)
@@ -171,7 +172,7 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
             v, pos = int(cfg.get("vocab_size", 50257)), int(cfg.get("n_positions", 1024))
             drop = max(float(cfg.get("resid_pdrop", 0.1)), float(cfg.get("embd_pdrop", 0.1)))
             d = ModelDims("gpt2", mt, v, h, n, heads, heads, h // heads, i, pos, True, dropout=drop,
-                          source=source, config=cfg)
+                          activation=str(cfg.get("activation_function", "gelu_new")), source=source, config=cfg)
             return replace(d, tensors=tuple(_gpt2_tensors(v, h, n, i, pos)))
         if mt in LLAMA_LIKE:
             h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
@@ -181,7 +182,8 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
             d = ModelDims("llama", mt, int(cfg["vocab_size"]), h, int(cfg["num_hidden_layers"]), heads, kv, hd,
                           int(cfg["intermediate_size"]), int(cfg.get("max_position_embeddings", 2048)),
                           bool(cfg.get("tie_word_embeddings", False)), experts=experts,
-                          experts_per_token=int(cfg.get("num_experts_per_tok", 1) or 1), source=source, config=cfg)
+                          experts_per_token=int(cfg.get("num_experts_per_tok", 1) or 1),
+                          activation=str(cfg.get("hidden_act", "silu")), source=source, config=cfg)
             return replace(d, tensors=tuple(_llama_tensors(d, cfg)))
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{source or 'config'}: config.json lacks or garbles {err} for model_type {mt!r}",
@@ -217,7 +219,9 @@ def meta_dims(cfg: dict[str, Any], source: str) -> ModelDims:
                      g("num_key_value_heads", default=heads), h // heads if heads else h,
                      g("intermediate_size", "n_inner", "ffn_dim", default=4 * h),
                      g("max_position_embeddings", "n_positions", default=2048),
-                     bool(cfg.get("tie_word_embeddings", True)), source=source, config=cfg, tensors=tuple(tensors))
+                     bool(cfg.get("tie_word_embeddings", True)),
+                     activation=str(cfg.get("hidden_act") or cfg.get("activation_function") or ""), source=source,
+                     config=cfg, tensors=tuple(tensors))
 
 
 # --- where configs come from -------------------------------------------------------------------------
@@ -257,7 +261,8 @@ def scratch_config(arch: str, layers: int, width: int, heads: int, kv_heads: int
     """The config.json that engine.architectures.build_config would write, without importing transformers."""
     if arch == "gpt2":
         return {"model_type": "gpt2", "vocab_size": vocab_size, "n_positions": max_seq_len, "n_embd": width,
-                "n_layer": layers, "n_head": heads, "n_inner": mlp, "bos_token_id": 0, "eos_token_id": 0}
+                "n_layer": layers, "n_head": heads, "n_inner": mlp, "bos_token_id": 0, "eos_token_id": 0,
+                "activation_function": "gelu_pytorch_tanh"}
     if arch == "llama":
         return {"model_type": "llama", "vocab_size": vocab_size, "hidden_size": width, "intermediate_size": mlp,
                 "num_hidden_layers": layers, "num_attention_heads": heads,

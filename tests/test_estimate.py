@@ -286,3 +286,53 @@ def test_eager_attention_grows_with_the_sequence() -> None:
     assert acts("eager", 4096) > 2.5 * acts("eager", 2048)
     with pytest.raises(UserError, match="unknown attention"):
         EstimateRequest(**base, attention="flash")
+
+
+def test_activation_saves_match_autograd() -> None:
+    # The table of what each activation keeps for the backward, against autograd's saved tensors
+    import torch
+    from transformers.activations import ACT2FN
+
+    from engine.estimate_activations import ACTIVATION_SAVES
+
+    for name, (besides, keeps_output) in ACTIVATION_SAVES.items():
+        x = torch.randn(8, 64, requires_grad=True) * 1.0  # a non-leaf, like a Linear's output
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = ACT2FN[name](x)
+        out = y.untyped_storage()._cdata
+        others = sum(n for key, n in saved.items() if key != out)
+        assert (others / x.untyped_storage().nbytes(), out in saved) == (besides, keeps_output), name
+
+
+def test_activation_read_from_config() -> None:
+    gpt2 = scratch_config("gpt2", 2, 64, 2, None, 256, 1000, 128)
+    assert dims_from_config(gpt2).activation == "gelu_pytorch_tanh"  # what build_config writes
+    assert dims_from_config({k: v for k, v in gpt2.items() if k != "activation_function"}).activation == "gelu_new"
+    assert dims_from_config(SMALL_LLAMA).activation == "silu"
+    assert dims_from_config({**SMALL_LLAMA, "hidden_act": "gelu_pytorch_tanh"}).activation == "gelu_pytorch_tanh"
+    # a Python-composed GELU keeps three more tensors of the MLP width per layer than the fused one
+    fused = estimate(EstimateRequest(arch="gpt2", size="tiny", technique="scratch", precision="fp32",
+                                     batch_size=1, seq_len=64, vocab_size=1000), gpus=[], dims=dims_from_config(gpt2))
+    slow = estimate(EstimateRequest(arch="gpt2", size="tiny", technique="scratch", precision="fp32", batch_size=1,
+                                    seq_len=64, vocab_size=1000), gpus=[],
+                    dims=dims_from_config({**gpt2, "activation_function": "gelu_new"}))
+    assert slow.breakdown.activations - fused.breakdown.activations == 3 * 4 * 256 * 64 * 2
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_scratch_config_matches_build_config(arch: str) -> None:
+    # The estimator's scratch config must be the model the trainer builds (activation included)
+    from engine.architectures import build_config, shape_for
+
+    shape = shape_for("tiny")
+    ours = scratch_config(arch, shape.layers, shape.width, shape.heads, shape.kv_heads, shape.mlp_width(arch),
+                          1000, 256)
+    built = build_config(arch, shape, vocab_size=1000, max_seq_len=256).to_dict()
+    assert {k: built[k] for k in ours} == ours
+    assert dims_from_config(ours).activation == dims_from_config(built).activation

@@ -262,7 +262,9 @@ def scratch_config(arch: str, layers: int, width: int, heads: int, kv_heads: int
     if arch == "gpt2":
         return {"model_type": "gpt2", "vocab_size": vocab_size, "n_positions": max_seq_len, "n_embd": width,
                 "n_layer": layers, "n_head": heads, "n_inner": mlp, "bos_token_id": 0, "eos_token_id": 0,
-                "activation_function": "gelu_pytorch_tanh"}
+                "activation_function": "gelu_pytorch_tanh",
+                # the scratch technique sets dropout from the run spec (engine/spec.py), 0 unless asked
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     if arch == "llama":
         return {"model_type": "llama", "vocab_size": vocab_size, "hidden_size": width, "intermediate_size": mlp,
                 "num_hidden_layers": layers, "num_attention_heads": heads,

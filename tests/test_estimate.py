@@ -334,5 +334,7 @@ def test_scratch_config_matches_build_config(arch: str) -> None:
     ours = scratch_config(arch, shape.layers, shape.width, shape.heads, shape.kv_heads, shape.mlp_width(arch),
                           1000, 256)
     built = build_config(arch, shape, vocab_size=1000, max_seq_len=256).to_dict()
-    assert {k: built[k] for k in ours} == ours
+    # dropout is the run spec's (engine/techniques/scratch.py sets it on the built config; default 0)
+    same = {k: v for k, v in ours.items() if not k.endswith("pdrop")}
+    assert {k: built[k] for k in same} == same
     assert dims_from_config(ours).activation == dims_from_config(built).activation

@@ -8,7 +8,8 @@ The sizes below are the tensors autograd saves, read off the graph of transforme
   keep their input (q/k/v share one, gate/up share one). SDPA (flash / memory-efficient) keeps
   q, k, v, its output and a float32 logsumexp per head, never the s x s matrix. The gated MLP keeps
   gate output, SiLU output and up output where gradients flow.
-- GPT-2 keeps LayerNorm inputs, the fused qkv output plus copies of k and v, and what its MLP
+- GPT-2 keeps LayerNorm inputs, the fused qkv output (with use_cache=True, as every technique
+  trains without, the KV cache would keep copies of k and v too), and what its MLP
   activation saves (ACTIVATION_SAVES): a fused kernel (gelu, gelu_pytorch_tanh, silu) keeps its
   input only, GPT-2's default gelu_new is written in Python ops and keeps four tensors of the MLP width.
 - Eager attention keeps the softmax of the s x s scores per head (Llama's in float32 plus a 16-bit
@@ -154,7 +155,7 @@ def _gpt2_layer(d: ModelDims, e: int, t: Trainable, grad_in: bool, mask: int, mi
         # dropout mask)
         saved += e * 4 * h + d.heads * seq * (e + mask)
     elif attn_grad:
-        saved += e * (5 * h + h) + 4 * d.heads  # qkv, copies of k and v, output, logsumexp
+        saved += e * (3 * h + h) + 4 * d.heads  # qkv, output, logsumexp (no KV cache in training)
     saved += _lora_saves("c_proj", h, e, t, attn_grad, set())  # input = SDPA output, kept by SDPA
     res_grad = attn_grad or "c_proj" in t.lora_targets
     if res_grad:

@@ -191,11 +191,12 @@ def _loss(model: Any, teacher: Any | None, ids: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    out = model(input_ids=ids, labels=ids)
+    # use_cache=False as every technique trains (engine/techniques): GPT-2's KV cache would keep k and v
+    out = model(input_ids=ids, labels=ids, use_cache=False)
     if teacher is None:
         return out.loss
     with torch.no_grad():
-        t_logits = teacher(input_ids=ids).logits
+        t_logits = teacher(input_ids=ids, use_cache=False).logits
     T = DISTILL_TEMPERATURE
     kl = F.kl_div(F.log_softmax(out.logits.float() / T, dim=-1), F.softmax(t_logits.float() / T, dim=-1),
                   reduction="batchmean") * T * T

@@ -46,7 +46,7 @@ def slow_rng_state():
     return orig_rng()
 
 
-def inplace_save(run, step, branch, write_files, *, parent=None, meta=None):
+def inplace_save(run, step, branch, write_files, *, parent=None, meta=None, replace=False):
     # Negative control: what a naive trainer does, writing straight into the checkpoint's own folder.
     final = Path(run) / checkpoint.CHECKPOINTS / checkpoint.name_for(step, branch)
     final.mkdir(parents=True, exist_ok=True)

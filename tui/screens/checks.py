@@ -63,6 +63,22 @@ class Estimated(Message):
         self.est, self.data, self.error = est, data, error
 
 
+def estimate_choices(wizard: Any, *, with_suggestions: bool) -> Estimated:
+    """The estimate for the wizard's choices on the probed GPUs (run from a worker thread: the checks
+    step wants the suggestions, the options step re-estimates on every change and does not)."""
+    from engine.errors import UserError
+    from engine.estimate import estimate
+
+    c = wizard.choices
+    report = wizard.hardware
+    gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus] if report else []
+    try:
+        est = estimate(estimate_request(c), gpus=gpus, with_suggestions=with_suggestions)
+        return Estimated(est, data_check(est, c))
+    except UserError as err:
+        return Estimated(None, None, str(err))
+
+
 def memory_view(est: Any, width: int) -> Table:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
@@ -111,17 +127,7 @@ class ChecksScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
-        from engine.errors import UserError
-        from engine.estimate import estimate
-
-        c = self.wizard.choices
-        report = self.wizard.hardware
-        gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus] if report else []
-        try:
-            est = estimate(estimate_request(c), gpus=gpus)
-            self.post_message(Estimated(est, data_check(est, c)))
-        except UserError as err:
-            self.post_message(Estimated(None, None, str(err)))
+        self.post_message(estimate_choices(self.wizard, with_suggestions=True))
 
     def on_estimated(self, message: Estimated) -> None:
         c = self.wizard.choices

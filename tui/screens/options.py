@@ -16,8 +16,8 @@ from textual.widgets.option_list import Option
 
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
-from tui.screens.checks import VERDICT, Estimated, data_check
-from tui.wizard import Choices, estimate_request
+from tui.screens.checks import VERDICT, Estimated, estimate_choices
+from tui.wizard import Choices
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,7 @@ class OptionsScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
-        from engine.errors import UserError
-        from engine.estimate import estimate
-
-        c = self.wizard.choices
-        report = self.wizard.hardware
-        gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus] if report else []
-        try:
-            est = estimate(estimate_request(c), gpus=gpus, with_suggestions=False)
-            self.post_message(Estimated(est, data_check(est, c)))
-        except UserError as err:
-            self.post_message(Estimated(None, None, str(err)))
+        self.post_message(estimate_choices(self.wizard, with_suggestions=False))
 
     def on_estimated(self, message: Estimated) -> None:
         out = self.query_one("#options-estimate", Static)

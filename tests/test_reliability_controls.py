@@ -12,6 +12,10 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +263,63 @@ def test_L5_a_dead_run_refuses_commands_and_a_resume_never_replays_old_ones(tmp_
             if p and runfolder.pid_alive(p):
                 os.kill(p, signal.SIGKILL)
                 wait_exit(p)
+
+
+# ---- L5: the protocol without a model -----------------------------------------------------------------
+
+def test_L5_a_repeat_from_before_a_restart_is_decided_once_for_every_rank(tmp_path: Path) -> None:
+    """With several processes only rank 0 reads commands.jsonl and events.jsonl; the earlier answer it
+    attaches travels with the command, so a rank without the run folder answers the repeat alike."""
+    from types import SimpleNamespace
+
+    from engine import controls
+
+    run = runfolder.create_run(tmp_path, "p", "technique = 'scratch'\n")
+    runfolder.EventLog(run).emit("control_ack", id="c1", cmd="save", ok=True, step=4, message="saved step-000004")
+    inbox = controls.CommandInbox(run)
+    runfolder.send_command(run, "save", cid="c1")
+    (cmd,) = json.loads(json.dumps(inbox.poll()))  # as broadcast to the other ranks
+    assert cmd[controls.FIRST_ACK]["step"] == 4
+    elsewhere = tmp_path / "rank1"
+    elsewhere.mkdir()
+    for folder in (run, elsewhere):
+        rank = SimpleNamespace(commands=controls.CommandInbox(folder), stop_reason=None, in_save=False, step=9)
+        ack = controls.handle(rank, cmd)  # a save would fail on this stand-in: it must not be attempted
+        assert ack["duplicate"] and ack["ok"] and ack["first_step"] == 4 and "saved step-000004" in ack["message"]
+
+
+def test_L5_control_cli_says_queued_with_the_id_and_a_retry_by_id_gets_the_answer(tmp_path: Path, capsys) -> None:
+    from tui.cli import main
+
+    run = runfolder.create_run(tmp_path, "q", "technique = 'scratch'\n")
+    runfolder.write_status(run, {"state": "running", "pid": os.getpid(), "step": 3,
+                                 "pid_start": runfolder.pid_start_time(os.getpid())})
+    # busy: nobody answers within the timeout; the command is queued under its id
+    assert main(["control", str(run), "lr", "0.5", "--timeout", "0.3"]) == 1
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
+    (sent,) = [json.loads(line) for line in (run / runfolder.COMMANDS_FILE).read_text().splitlines()]
+    assert "queued" in err and f"lr 0.5 --id {sent['id']}" in err
+    # the job answers it; the retry by id sends the same id again and gets the answer, not a second run
+    runfolder.EventLog(run).emit("control_ack", id=sent["id"], cmd="set_lr", ok=True, step=4, message="lr now 1e-3")
+    log = runfolder.EventLog(run)
+
+    def answer_repeat() -> None:  # what the job does with the repeat (tested with a real Trainer above)
+        time.sleep(0.3)
+        log.emit("control_ack", id=sent["id"], cmd="set_lr", ok=True, step=5, duplicate=True, first_step=4,
+                 message="already answered at step 4, not run again: lr now 1e-3")
+
+    threading.Thread(target=answer_repeat).start()
+    assert main(["control", str(run), "lr", "0.5", "--id", sent["id"], "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == sent["id"] and shown["duplicate"] and shown["first_step"] == 4
+    ids = [json.loads(line)["id"] for line in (run / runfolder.COMMANDS_FILE).read_text().splitlines()]
+    assert ids == [sent["id"]] * 2
+
+    # the job dies while the client waits: said so, with what a resume does with the command
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    runfolder.write_status(run, {"state": "running", "pid": child.pid, "step": 5,
+                                 "pid_start": runfolder.pid_start_time(child.pid)})
+    assert main(["control", str(run), "pause", "--timeout", "60"]) == 1
+    child.wait()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ended (state: crashed) before acknowledging pause" in err and "does not execute" in err

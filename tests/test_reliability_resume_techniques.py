@@ -109,7 +109,10 @@ def test_R2_prompt_tuning_stop_and_resume_is_bit_identical(models, tmp_path: Pat
     # the same config is enforced: more virtual tokens is another model, refused before training
     changed = _spec(models, "prompt-tuning", num_virtual_tokens=6)
     (spare / runfolder.SPEC).write_text(spec.to_toml(changed))
+    offset = runfolder.read_events(spare)[1]
     assert Trainer(spare, changed, resume=True).run_job() == 2
+    (error,) = [e for e in runfolder.read_events(spare, offset)[0] if e["type"] == "error"]
+    assert "num_virtual_tokens" in error["message"] and "was 4, now 6" in error["message"]
     (spare / runfolder.SPEC).write_text(spec.to_toml(_spec(models, "prompt-tuning", num_virtual_tokens=4)))
 
     # negative control: a resume that does not load the virtual tokens differs

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ EVENT_TYPES = ("metrics", "eval", "checkpoint", "state", "alert", "control_ack",
 STATES = ("starting", "running", "paused", "stopping", "done", "failed", "stopped", "crashed")
 LIVE_STATES = ("starting", "running", "paused", "stopping")
 COMMANDS = ("pause", "resume", "save", "stop", "set_lr", "rollback", "rescue")
+CMD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 SPEC, EVENTS, COMMANDS_FILE, STATUS, LOG = "spec.toml", "events.jsonl", "commands.jsonl", "status.json", "job.log"
 
@@ -180,11 +182,16 @@ def follow_events(run: str | os.PathLike[str], from_offset: int = 0, *, poll_s: 
 
 # ---- commands -----------------------------------------------------------------------------------
 
-def send_command(run: str | os.PathLike[str], cmd: str, **args: Any) -> str:
-    """Append one command; returns its id, which the job's `control_ack` event carries."""
+def send_command(run: str | os.PathLike[str], cmd: str, *, cid: str | None = None, **args: Any) -> str:
+    """Append one command; returns its id, which the job's `control_ack` event carries. Pass the id of an
+    earlier send as `cid` to retry it: the job runs each id once and answers a repeat with the first outcome
+    (`duplicate: true`), so a retry after a timeout never pauses, saves or rolls back twice."""
     if cmd not in COMMANDS:
         raise UserError(f"unknown command {cmd!r}: choose one of {', '.join(COMMANDS)}", field="cmd")
-    cid = secrets.token_hex(6)
+    if cid is None:
+        cid = secrets.token_hex(6)
+    elif not (isinstance(cid, str) and CMD_ID.fullmatch(cid)):
+        raise UserError(f"command id {cid!r}: 1 to 64 letters, digits, '.', '_' or '-'", field="id")
     line = json.dumps({"id": cid, "cmd": cmd, "t": round(time.time(), 3), **args}) + "\n"
     fd = os.open(Path(run) / COMMANDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

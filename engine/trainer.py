@@ -52,7 +52,8 @@ class Trainer:
                  echo: Any = None, commands_from: int | None = None) -> None:
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
         self.events = runfolder.EventLog(self.run, echo)
-        self.commands = runfolder.CommandReader(self.run, commands_from)
+        self.commands = controls.CommandInbox(self.run, commands_from)  # each command id runs once (L5)
+        self.in_save = False  # a save waits for disk space: controls refuse save/rollback/rescue (L7)
         self.step = self.epoch = self.position = self.tokens = 0
         self.branch, self.parent = 0, None
         self.paused, self.stop_reason = False, None
@@ -494,7 +495,11 @@ class Trainer:
         self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
         self.paused = True
         self.set_state("paused", message)
-        self._boundary()
+        self.in_save = True
+        try:
+            self._boundary()
+        finally:
+            self.in_save = False
         if self.stop_reason:
             raise UserError(message, field="checkpoint")
 

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="rescue: steps at the lowered LR (default 200)")
     parser.add_argument("--back", type=int, help="rescue: roll back about this many steps (default 100)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the acknowledgement")
+    parser.add_argument("--id", dest="cmd_id", metavar="ID", help="send with this command id: retry a command whose "
+                        "acknowledgement did not come (the run executes each id once; a repeat gets the first answer)")
     parser.add_argument("--json", action="store_true", help='print the ack {"id", "cmd", "ok", "step", "message"}')
 
 
@@ -63,18 +65,37 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"run {run_path.name} is not running (state: {status.get('state', 'unknown')}); "
                         f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
     _, offset = runfolder.read_events(run_path)
-    cid = runfolder.send_command(run_path, cmd, **extra)
+    cid = runfolder.send_command(run_path, cmd, cid=getattr(args, "cmd_id", None), **extra)
     ack = runfolder.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset)
     if ack is None:
-        error(f"no acknowledgement from run {run_path.name} within {args.timeout:g} s (command id {cid}); "
-              "it is applied at the next optimizer step if the run is still alive")
+        state = runfolder.read_status(run_path).get("state", "unknown")
+        if state not in runfolder.LIVE_STATES:
+            error(f"run {run_path.name} ended (state: {state}) before acknowledging {cmd} (command id {cid}); "
+                  f"a resumed run does not execute commands sent before it started: send it again after "
+                  f"`llm-wizard train --resume {run_path.name}`")
+        else:
+            error(f"no acknowledgement from run {run_path.name} within {args.timeout:g} s: {cmd} is queued as "
+                  f"command id {cid} and runs at the next optimizer step; to wait again without running it twice: "
+                  f"`llm-wizard control {run_path.name} {args.cmd}{_retry_args(args)} --id {cid}`")
         return 1
     fields = {k: ack.get(k) for k in ("id", "cmd", "ok", "step", "message")}
     fields.update({k: v for k, v in ack.items() if k not in fields and k not in ("v", "t", "type")})
     if args.json:
         print_json(fields)
+    elif ack.get("duplicate"):
+        out().print(f"[yellow]duplicate[/] {cid}: {ack.get('message')}")
     elif ack.get("ok"):
         out().print(f"[green]ok[/] step {ack.get('step')}: {ack.get('message')}")
     else:
         error(f"{cmd} refused at step {ack.get('step')}: {ack.get('message')}")
     return 0 if ack.get("ok") else 1
+
+
+def _retry_args(args: argparse.Namespace) -> str:
+    """The command's own arguments, as typed, for the retry line."""
+    parts = [f" {args.value:g}"] if args.value is not None else []
+    for flag, key in (("--value", "lr_value"), ("--checkpoint", "checkpoint"), ("--lr-factor", "lr_factor"),
+                      ("--factor", "factor"), ("--steps", "steps"), ("--back", "back")):
+        if (v := getattr(args, key, None)) is not None:
+            parts.append(f" {flag} {v}")
+    return "".join(parts)

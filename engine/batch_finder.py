@@ -182,7 +182,7 @@ def estimate_for(trainer: Any, micro_batch: int, available: int | None, suggesti
             width=(m.width or None) if scratch else None, heads=(m.heads or None) if scratch else None,
             vocab_size=getattr(config, "vocab_size", None) if scratch else None, technique=spec.technique,
             teacher=o.get("teacher") or None, lora_rank=int(o.get("lora_rank", 16)),
-            num_virtual_tokens=int(o.get("num_virtual_tokens", 20)), precision=ESTIMATE_PRECISION[t.precision],
+            num_virtual_tokens=int(o.get("num_virtual_tokens", 8)), precision=ESTIMATE_PRECISION[t.precision],
             optimizer=ESTIMATE_OPTIMIZER[t.optimizer], batch_size=micro_batch, seq_len=t.seq_len,
             grad_accum=max(1, trainer.batch_size * trainer.grad_accum // micro_batch),
             grad_checkpointing=t.gradient_checkpointing, gpus=1)

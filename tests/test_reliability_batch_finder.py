@@ -170,3 +170,32 @@ def test_O1_find_batch_setting_validates_and_leaves_the_fingerprint(tmp_path: Pa
         tiny_spec(corpus, train={"find_batch": "maybe"})
     with pytest.raises(UserError, match="one process only"):
         tiny_spec(corpus, train={"find_batch": "on"}, distributed={"num_processes": 2})
+
+
+def test_O1_auto_asks_the_estimator_for_each_technique(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The estimate behind "auto" is made for every technique's spec (no estimate would mean always probing)."""
+    from transformers import GPT2Config
+
+    from finetune_helpers import finetune_spec
+
+    corpus = make_corpus(tmp_path, lines=50)
+    GPT2Config(vocab_size=320, n_positions=128, n_embd=64, n_layer=2, n_head=2).save_pretrained(tmp_path / "base")
+    gpu = [80 * 2**30]
+    monkeypatch.setattr(batch_finder, "cuda_available_bytes", lambda device: gpu[0])
+
+    def trainer(s: spec_mod.RunSpec) -> Any:
+        return SimpleNamespace(spec=s, resume=False, batch_size=s.train.batch_size, grad_accum=s.train.grad_accum,
+                               prep=SimpleNamespace(model=SimpleNamespace(config=GPT2Config(vocab_size=256))),
+                               accelerator=SimpleNamespace(device=SimpleNamespace(type="cuda")))
+
+    totals = {}
+    for technique in ("full", "lora", "qlora", "prompt-tuning"):
+        est = batch_finder.estimate_for(trainer(finetune_spec(technique, tmp_path / "base", corpus)), 8, gpu[0])
+        assert est is not None, technique
+        totals[technique] = est.peak_bytes
+    assert totals["lora"] < totals["full"]
+    scratch = trainer(tiny_spec(corpus, train={"batch_size": 8}))
+    assert batch_finder.estimate_for(scratch, 8, gpu[0]).model.vocab_size == 256
+    assert batch_finder.reason_to_run(scratch) is None  # fits easily in 80 GiB
+    gpu[0] = 2**30  # less than the estimate's CUDA context alone
+    assert "is over for the 1.0 GiB" in batch_finder.reason_to_run(scratch)

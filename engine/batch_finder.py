@@ -118,8 +118,9 @@ def reason_to_run(trainer: Any) -> str | None:
     v = est.gpus[0]
     if v.verdict == "fits":
         return None
-    return (f"train.find_batch = auto: the estimate of {gib(v.needed_bytes)} is {'tight' if v.verdict == 'tight' else 'over'}"
-            f" for the {gib(available)} this process can use")
+    how = "tight" if v.verdict == "tight" else "over"
+    return f"train.find_batch = auto: the estimate of {gib(v.needed_bytes)} is {how} for the {gib(available)} this " \
+           "process can use"
 
 
 def probe_step(trainer: Any, micro_batch: int, extra_bytes: int = 0) -> int | None:

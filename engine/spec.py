@@ -264,7 +264,8 @@ class RunSpec:
         if self.train.find_batch == "on" and self.distributed.num_processes > 1:
             # each rank would probe on its own while DDP's backward waits for all of them
             raise UserError("train.find_batch: the batch finder runs in one process only; with several set "
-                            "train.batch_size and train.grad_accum (or find_batch = \"auto\")", field="train.find_batch")
+                            "train.batch_size and train.grad_accum (or find_batch = \"auto\")",
+                            field="train.find_batch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

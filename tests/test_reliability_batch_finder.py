@@ -139,12 +139,18 @@ def test_O1_margin_is_memory_headroom_when_the_probe_measures() -> None:
 def test_O1_when_the_finder_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     def trainer(setting: str, device: str = "cuda", resume: bool = False, world: int = 1) -> Any:
         return SimpleNamespace(spec=SimpleNamespace(train=SimpleNamespace(find_batch=setting)), resume=resume,
-                               world=world, batch_size=8, accelerator=SimpleNamespace(device=SimpleNamespace(type=device)))
+                               world=world, batch_size=8,
+                               accelerator=SimpleNamespace(device=SimpleNamespace(type=device)))
 
     verdict = ["fits"]
+
+    def estimate(t: Any, micro_batch: int, free: int) -> Any:
+        if verdict[0] is None:
+            return None
+        return SimpleNamespace(gpus=[SimpleNamespace(verdict=verdict[0], needed_bytes=75 * 2**30)])
+
     monkeypatch.setattr(batch_finder, "cuda_available_bytes", lambda device: 80 * 2**30)
-    monkeypatch.setattr(batch_finder, "estimate_for", lambda t, b, free: None if verdict[0] is None else SimpleNamespace(
-        gpus=[SimpleNamespace(verdict=verdict[0], needed_bytes=75 * 2**30)]))
+    monkeypatch.setattr(batch_finder, "estimate_for", estimate)
     assert batch_finder.reason_to_run(trainer("auto")) is None  # the estimate fits: leave the spec's batch
     verdict[0] = "tight"
     assert "75.0 GiB is tight for the 80.0 GiB" in batch_finder.reason_to_run(trainer("auto"))

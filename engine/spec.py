@@ -32,6 +32,7 @@ STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
+FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/batch_finder.py)
 DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
 
@@ -155,6 +156,8 @@ class TrainSpec:
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
     oom_backoff: bool = _f(False, "on out-of-memory, halve the micro-batch and double accumulation")
+    find_batch: str = _f("auto", "before the first step, probe for the largest micro-batch that fits (same "
+                                 "effective batch): on, off, or auto (on a GPU when the estimate is tight)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
 
     def __post_init__(self) -> None:
@@ -164,6 +167,7 @@ class TrainSpec:
         _choice("train", self, "schedule", SCHEDULES)
         _choice("train", self, "optimizer", OPTIMIZERS)
         _choice("train", self, "precision", PRECISIONS)
+        _choice("train", self, "find_batch", FIND_BATCH)
         if self.min_lr_ratio > 1:
             raise _bad("train", "min_lr_ratio", f"must be at most 1, got {self.min_lr_ratio}")
         if self.max_steps == 0 and self.epochs == 0:
@@ -257,6 +261,11 @@ class RunSpec:
             raise UserError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}", field="name")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise UserError(f"seed: must be an integer, got {self.seed!r}", field="seed")
+        if self.train.find_batch == "on" and self.distributed.num_processes > 1:
+            # each rank would probe on its own while DDP's backward waits for all of them
+            raise UserError("train.find_batch: the batch finder runs in one process only; with several set "
+                            "train.batch_size and train.grad_accum (or find_batch = \"auto\")",
+                            field="train.find_batch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -266,7 +275,8 @@ class RunSpec:
         d = self.to_dict()
         for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "distributed"):  # DDP checkpoints fit any layout
             d.pop(volatile, None)
-        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio"):
+        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
+                         "find_batch"):  # the finder's choice is in the checkpoint, and a resume keeps it
             d["train"].pop(volatile, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

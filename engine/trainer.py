@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, controls, fingerprint, flops, runfolder, save_guard, step_guard
+from engine import batch_finder, checkpoint, controls, fingerprint, flops, runfolder, save_guard, step_guard
 from engine.errors import UserError
 from engine.redact import redact
 from engine.spec import RunSpec
@@ -61,6 +61,7 @@ class Trainer:
         self.started = time.time()
         self.last: dict[str, Any] = {}
         self.batch_size, self.grad_accum = spec.train.batch_size, spec.train.grad_accum
+        self.batch_choice: dict[str, Any] | None = None  # the preflight batch finder's, kept in checkpoints
         self._step_ms_smooth: float | None = None
         self._last_status = 0.0
 
@@ -77,7 +78,8 @@ class Trainer:
             "technique": self.spec.technique, "started": self.started, "step": self.step,
             "total_steps": getattr(self, "total_steps", None), "branch": self.branch, "message": self.message,
             "lr": self.last.get("train/lr"), "loss": self.last.get("train/loss"),
-            "eval_loss": self.last.get("eval/loss"), "epoch": self.epoch_share(), **extra})
+            "eval_loss": self.last.get("eval/loss"), "epoch": self.epoch_share(), "micro_batch": self.batch_size,
+            "grad_accum": self.grad_accum, **extra})
 
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
         self.state, self.message = state, message
@@ -142,7 +144,7 @@ class Trainer:
         seed_all(self.spec.seed)
         if t.precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU", field="train.precision")
-        self.technique = get(self.spec.technique)
+        self.technique = batch_finder.with_fault_allocator(get(self.spec.technique), t.seq_len)  # LLMW_FAULT=oom_over
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
         n_train = self.prep.data.n_train_blocks
@@ -171,6 +173,8 @@ class Trainer:
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
                          tokens_per_step=t.seq_len * self.batch_size * self.grad_accum)
+        # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
+        self.batch_choice = batch_finder.preflight(self) or self.batch_choice
 
     def _progress(self, message: str) -> None:
         self.message = message
@@ -506,6 +510,7 @@ class Trainer:
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "position": self.position, "tokens": self.tokens,
                 "branch": self.branch, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                "batch_choice": self.batch_choice,
                 "schedule": self.schedule.state_dict(), "watchdogs": self.watchdogs.state,
                 "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint,
                 "fingerprint_parts": fingerprint.parts(self.spec, self.prep.data_fingerprint)}
@@ -530,6 +535,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step, self.epoch, self.position, self.tokens = st["step"], st["epoch"], st["position"], st["tokens"]
         self.batch_size, self.grad_accum = st.get("batch_size", self.batch_size), st.get("grad_accum", self.grad_accum)
+        self.batch_choice = st.get("batch_choice", self.batch_choice)
         self.schedule.load_state_dict(st["schedule"])
         self.watchdogs.state = st["watchdogs"]
         set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))

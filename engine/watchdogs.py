@@ -116,9 +116,21 @@ def is_oom(exc: BaseException) -> bool:
 _fired: set[str] = set()
 
 
+def fault_budget(kind: str = "oom_over") -> int | None:
+    """Test hook: LLMW_FAULT=oom_over:<tokens> makes a fake allocator (engine/batch_finder.py) raise
+    torch.OutOfMemoryError for every micro-batch of more than <tokens> tokens, for the whole run (a
+    device of that size), not once. None when not set."""
+    for part in filter(None, os.environ.get("LLMW_FAULT", "").split(",")):
+        name, _, arg = part.partition(":")
+        if name == kind and arg.isdigit():
+            return int(arg)
+    return None
+
+
 def fault(kind: str, step: int) -> str | None:
     """Test hook: LLMW_FAULT=<kind>@step:<k>[:<arg>] fires once per process at step k; returns the arg
-    ('' if none). Kinds the trainer knows: nan (loss x NaN), oom (raise OutOfMemoryError), raise."""
+    ('' if none). Kinds the trainer knows: nan (loss x NaN), oom (raise OutOfMemoryError), raise.
+    `fault_budget` reads the one fault that is a condition rather than an event (oom_over:<tokens>)."""
     spec = os.environ.get("LLMW_FAULT", "")
     for part in filter(None, spec.split(",")):
         name, _, rest = part.partition("@step:")

@@ -52,7 +52,8 @@ class Trainer:
                  echo: Any = None, commands_from: int | None = None) -> None:
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
         self.events = runfolder.EventLog(self.run, echo)
-        self.commands = runfolder.CommandReader(self.run, commands_from)
+        self.commands = runfolder.CommandReader(self.run, commands_from, alert=lambda message: self.events.emit(
+            "alert", step=self.step, kind="commands", message=message, severity="error"))  # RELIABILITY S8
         self.step = self.epoch = self.position = self.tokens = 0
         self.branch, self.parent = 0, None
         self.paused, self.stop_reason = False, None

@@ -77,7 +77,7 @@ def load_weights(auto: Any, path: str, field: str, config: Any, model: Any = Non
     except (OSError, ValueError, pickle.UnpicklingError) as e:
         reason = str(e).splitlines()[0]
         if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in reason:
-            # torch's text suggests weights_only=False; that is never done here (RELIABILITY S1, S2)
+            # torch's text suggests loading without weights_only; never done here (RELIABILITY S1, S2)
             reason = ("its pickle weights hold more than tensors, which weights_only=True refuses; they are not "
                       "read any other way: use safetensors weights")
         raise UserError(f"{field}: {path!r} cannot be loaded as {what}: {reason}", field=field) from None

@@ -96,6 +96,17 @@ def test_M3_remote_code_runs_only_with_an_opt_in_pinned_to_its_code(base: Path, 
     assert type(model).__name__ == "XModel" and marker.exists()
     assert len(tokenizer) == model.get_input_embeddings().weight.shape[0]
 
+    from engine.techniques import full, lora
+
+    corpus = make_corpus(tmp_path, lines=20)
+    run_spec = {"technique": "full", "model": {"path": path}, "data": {"path": str(corpus)}, "train": {"seq_len": 32}}
+    with pytest.raises(UserError, match="model.code_sha256 = "):  # the spec path says the same
+        full.preflight(spec_mod.from_dict(run_spec))
+    run_spec["model"].update(trust_remote_code=True, code_sha256=sha)
+    opted_spec = spec_mod.from_dict(run_spec)
+    full.preflight(opted_spec)
+    assert type(lora.load_base(opted_spec)[0]).__name__ == "XModel"  # full, lora and qlora load through it
+
 
 def test_M3_a_hub_snapshot_is_pinned_by_its_commit(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants as hub

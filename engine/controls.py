@@ -122,8 +122,8 @@ class CommandInbox(runfolder.CommandReader):
     decides alike.
     """
 
-    def __init__(self, run: Path, from_offset: int | None = None) -> None:
-        super().__init__(run, from_offset)
+    def __init__(self, run: Path, from_offset: int | None = None, alert: Any = None) -> None:
+        super().__init__(run, from_offset, alert=alert)
         self.answered: dict[str, dict[str, Any]] = {}
         self._earlier: dict[str, dict[str, Any]] | None = None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.spec import CONSENT_FIELDS
 
 VOLATILE = ("runs_dir", "name", "eval", "checkpoint", "log")  # as RunSpec.fingerprint(): may change on resume
 VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
@@ -62,6 +63,8 @@ def parts(spec: Any, data_fingerprint: str | None) -> dict[str, Any]:
         d.pop(key, None)
     for key in VOLATILE_TRAIN:
         d.get("train", {}).pop(key, None)
+    for key in CONSENT_FIELDS:  # opt-ins, not the model (as RunSpec.fingerprint())
+        d.get("model", {}).pop(key, None)
     flat = _flatten(d)
     flat["data.contents"] = data_fingerprint
     for key, value in list(flat.items()):

@@ -223,29 +223,56 @@ def wait_ack(run: str | os.PathLike[str], cid: str, timeout: float = 30.0, *, fr
 
 
 class CommandReader:
-    """The job's side of commands.jsonl: new commands since the last poll, one stat() when none."""
+    """The job's side of commands.jsonl: new commands since the last poll, one stat() when none.
 
-    def __init__(self, run: Path, from_offset: int | None = None) -> None:
+    RELIABILITY S8: there is no socket whose peer uid could be checked (SO_PEERCRED); the equivalent is
+    that commands count only from a run folder and a commands file that this process's uid owns and that
+    no group or other user can write. New bytes that fail the check are skipped, never run, and `alert`
+    is told once per problem."""
+
+    def __init__(self, run: Path, from_offset: int | None = None,
+                 alert: Callable[[str], None] | None = None) -> None:
         self.path = Path(run) / COMMANDS_FILE
         # By default skip commands sent before this process started (a resumed run ignores old ones).
         self.offset = from_offset if from_offset is not None else self._size()
         self._sig = (-1, -1)
+        self.alert = alert
+        self.refused: str | None = None  # the last problem alerted
 
     def _size(self) -> int:
         try:
-            return self.path.stat().st_size
+            return _stat(self.path).st_size
         except FileNotFoundError:
             return 0
 
+    def _foreign(self, st: os.stat_result) -> str | None:
+        """Why commands in this file must not be trusted (None: they may be)."""
+        uid = os.geteuid()
+        for what, s in ((f"the run folder {self.path.parent}", _stat(self.path.parent)), (f"{self.path}", st)):
+            if s.st_uid != uid:
+                return f"{what} belongs to uid {s.st_uid}, not to this run's uid {uid}"
+            if s.st_mode & 0o022:
+                return f"{what} is writable by other users (mode {s.st_mode & 0o777:o})"
+        return None
+
     def poll(self) -> list[dict[str, Any]]:
         try:
-            st = self.path.stat()
+            st = _stat(self.path)
         except FileNotFoundError:
             return []
         sig = (st.st_size, st.st_mtime_ns)
         if sig == self._sig or st.st_size <= self.offset:
             self._sig = sig
             return []
+        problem = self._foreign(st)
+        if problem:
+            self.offset, self._sig = st.st_size, sig  # these bytes are skipped for good, not run later
+            if problem != self.refused and self.alert:
+                self.alert(f"commands ignored: {problem}; only this user's own commands steer the run "
+                           "(chmod go-w, and send them as the user who started it)")
+            self.refused = problem
+            return []
+        self.refused = None
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             data = f.read()
@@ -262,6 +289,10 @@ class CommandReader:
                 cmd = {"id": None, "cmd": "?", "invalid": line.decode(errors="replace")[:200]}
             out.append(cmd)
         return out
+
+
+def _stat(path: Path) -> os.stat_result:
+    return os.stat(path)  # one place, so that a test can fake another owner (RELIABILITY S8)
 
 
 # ---- processes and listing ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,16 +32,19 @@ STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (
 # than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
+CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_weights")  # ModelSpec opt-ins
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
 FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/batch_finder.py)
 DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
+def _f(default: Any, help: str, quiet: bool = False, **kw: Any) -> Any:
+    """A field with its help text; `quiet` ones are left out of spec.toml while they hold their default."""
+    metadata = {"help": help, "quiet": quiet}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
 
 
 def _bad(section: str, name: str, message: str) -> UserError:
@@ -72,6 +76,13 @@ class ModelSpec:
     heads: int = _f(0, "override the size's attention heads (0 = the size's)")
     dropout: float = _f(0.0, "dropout in the scratch model (0 is usual for short runs)")
     path: str = _f("", "a pretrained model: Hub id or local folder (fine-tuning techniques)")
+    # Opt-ins for model.path (engine/security.py, RELIABILITY M3 and S2): written to spec.toml only when set.
+    trust_remote_code: bool = _f(False, "run this model's own Python code (config.json auto_map); needs a pin: "
+                                        "revision (Hub id) or code_sha256 (folder)", quiet=True)
+    revision: str = _f("", "the Hub cache snapshot commit (40 hex) that trust_remote_code is pinned to", quiet=True)
+    code_sha256: str = _f("", "sha256 of a local folder's code files that trust_remote_code is pinned to", quiet=True)
+    allow_pickle_weights: bool = _f(False, "load .bin/.pt weights when there are no safetensors (read as plain "
+                                           "tensors only, weights_only=True)", quiet=True)
 
     def __post_init__(self) -> None:
         from engine.architectures import ARCHS, SIZES
@@ -81,6 +92,13 @@ class ModelSpec:
         _positive("model", self, "layers", "width", "heads", "dropout", zero_ok=True)
         if self.dropout >= 1:
             raise _bad("model", "dropout", f"must be below 1, got {self.dropout}")
+        for name, pattern, what in (("revision", "[0-9a-f]{40}", "a 40-digit commit hash"),
+                                    ("code_sha256", "[0-9a-f]{64}", "a 64-digit sha256")):
+            value = getattr(self, name)
+            if value and not re.fullmatch(pattern, value):
+                raise _bad("model", name, f"must be {what} (lower-case hex), got {value!r}")
+            if value and not self.trust_remote_code:
+                raise _bad("model", name, "pins the model's code: it goes with trust_remote_code = true")
 
 
 @dataclass
@@ -275,6 +293,8 @@ class RunSpec:
         d = self.to_dict()
         for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "distributed"):  # DDP checkpoints fit any layout
             d.pop(volatile, None)
+        for consent in CONSENT_FIELDS:  # permissions, not the model: the model's files are fingerprinted
+            d["model"].pop(consent, None)
         for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
                          "find_batch"):  # the finder's choice is in the checkpoint, and a resume keeps it
             d["train"].pop(volatile, None)
@@ -404,6 +424,8 @@ def to_toml(spec: RunSpec) -> str:
     def emit(obj: Any) -> None:
         for f in fields(obj):
             if dataclasses.is_dataclass(getattr(obj, f.name)) or f.name == "options":
+                continue
+            if f.metadata.get("quiet") and getattr(obj, f.name) == f.default:
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}  # {f.metadata.get('help', '')}")
 

@@ -52,7 +52,9 @@ class Trainer:
                  echo: Any = None, commands_from: int | None = None) -> None:
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
         self.events = runfolder.EventLog(self.run, echo)
-        self.commands = controls.CommandInbox(self.run, commands_from)  # each command id runs once (L5)
+        self.commands = controls.CommandInbox(  # each command id runs once (L5); foreign-owned files ignored (S8)
+            self.run, commands_from, alert=lambda message: self.events.emit(
+                "alert", step=self.step, kind="commands", message=message, severity="error"))
         self.in_save = False  # a save waits for disk space: controls refuse save/rollback/rescue (L7)
         self.step = self.epoch = self.position = self.tokens = 0
         self.branch, self.parent = 0, None

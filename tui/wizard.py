@@ -78,6 +78,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     """The run spec (engine.spec.from_dict's input) these choices describe."""
     scratch = c.technique == "scratch"
     model: dict[str, Any] = {"arch": c.arch, "size": c.size} if scratch else {"path": _absolute(c.model)}
+    if not scratch:  # the model step's consents: running the model's pinned code, pickle weights
+        model.update(c.extra.get("model_consent", {}))
     data: dict[str, Any] = {"path": _absolute(c.dataset) if c.dataset and c.dataset != "stdlib" else "stdlib"}
     if c.text_column:
         data["text_column"] = c.text_column

@@ -77,7 +77,7 @@ def preflight(spec: Any) -> None:
     opts = options(spec)
     if spec.model.path:
         check_tokenizers(load_tokenizer(opts["teacher"], "options.teacher"),
-                         load_tokenizer(spec.tokenizer.path or spec.model.path, "model.path"), _sample_texts(spec))
+                         load_tokenizer(spec.tokenizer.path or spec.model.path, "model.path", spec.model), _sample_texts(spec))
 
 
 def setup(ctx: SetupContext) -> Prepared:
@@ -95,7 +95,7 @@ def setup(ctx: SetupContext) -> Prepared:
     teacher.eval().requires_grad_(False)
     if spec.model.path:
         ctx.progress(f"loading the student {spec.model.path}")
-        student, student_tokenizer = load_pretrained(spec.model.path, "model.path")
+        student, student_tokenizer = load_pretrained(spec.model.path, "model.path", model=spec.model)
         check_tokenizers(tokenizer, student_tokenizer, _sample_texts(spec))
         tokenizer = student_tokenizer
     else:
@@ -126,7 +126,7 @@ def _setup_classifier(ctx: SetupContext, opts: dict[str, Any], dtype: Any) -> Pr
     if not spec.model.path:
         raise UserError("model.path: distilling a classifier needs a pretrained student (the listing's gpt2)",
                         field="model.path")
-    tokenizer = load_tokenizer(spec.tokenizer.path or spec.model.path, "model.path")
+    tokenizer = load_tokenizer(spec.tokenizer.path or spec.model.path, "model.path", spec.model)
     check_tokenizers(load_tokenizer(opts["teacher"], "options.teacher"), tokenizer, _sample_texts(spec))
     pairs = distill_classify.rows(spec)
     classes = distill_classify.class_order(opts["teacher"], pairs)

@@ -108,7 +108,7 @@ def load_classifiers(spec: Any, teacher_path: str, classes: list[str], teacher_d
     teacher, tokenizer = load_pretrained(teacher_path, "options.teacher", "classification",
                                          **({"dtype": teacher_dtype} if teacher_dtype else {}))
     torch.manual_seed(spec.seed)  # the student's new classification head
-    student, student_tokenizer = load_pretrained(spec.model.path, "model.path", "classification",
+    student, student_tokenizer = load_pretrained(spec.model.path, "model.path", "classification", model=spec.model,
                                                  config_updates={**labels, "pad_token_id": tokenizer.pad_token_id})
     teacher.config.pad_token_id = tokenizer.pad_token_id  # GPT-2 style models find the last token by it
     return teacher, student, student_tokenizer

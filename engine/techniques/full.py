@@ -32,7 +32,7 @@ def preflight(spec: Any) -> None:
         key = next(iter(spec.options))
         raise UserError(f"options.{key}: the full fine-tune takes no options (LoRA's need technique = \"lora\")",
                         field=f"options.{key}")
-    load_config(spec.model.path, "model.path")
+    load_config(spec.model.path, "model.path", spec.model)
 
 
 def setup(ctx: SetupContext) -> Prepared:

@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques.base import Prepared, SetupContext
-from engine.techniques.pretrained_models import load_config, load_tokenizer, unwrap
+from engine.techniques.pretrained_models import load_config, load_tokenizer, load_weights, unwrap
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, so a checkpoint is a peft folder too
 ADAPTER_CONFIG = "adapter_config.json"
@@ -113,19 +113,17 @@ def wrap(base: Any, spec: Any, technique: str = "lora") -> Any:
 
 def load_base(spec: Any, *, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """(pretrained causal LM, its tokenizer) from spec.model.path (a local folder or a cached Hub id);
-    remote code never runs. `kwargs` go to from_pretrained (QLoRA's quantization_config, device_map)."""
+    its own code and pickle weights load only as spec.model opts in (engine/security.py). `kwargs` go to
+    from_pretrained (QLoRA's quantization_config, device_map)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = spec.model.path
-    config = load_config(path, "model.path")
-    tokenizer = load_tokenizer(spec.tokenizer.path or path, "tokenizer.path" if spec.tokenizer.path else "model.path")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype or torch.float32,
-                                                     trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model.path: {path!r} cannot be loaded as a causal LM: {str(e).splitlines()[0]}",
-                        field="model.path") from None
+    config = load_config(path, "model.path", spec.model)
+    tokenizer = load_tokenizer(spec.tokenizer.path or path, "tokenizer.path" if spec.tokenizer.path else "model.path",
+                               spec.model)
+    model = load_weights(AutoModelForCausalLM, path, "model.path", config, spec.model, dtype=dtype or torch.float32,
+                         **kwargs)
     check_fit(spec, model, tokenizer)
     model.config.use_cache = False  # no KV cache while training (it also conflicts with checkpointing)
     return model, tokenizer
@@ -153,7 +151,7 @@ def preflight(spec: Any, technique: str = "lora") -> None:
     """Before launch, before a run folder exists: bad options, and a model that cannot be found (a Hub id
     not in the cache while offline), are refused. Reads the config only, no weights."""
     options(spec, technique)
-    load_config(spec.model.path, "model.path")
+    load_config(spec.model.path, "model.path", spec.model)
 
 
 def setup(ctx: SetupContext) -> Prepared:

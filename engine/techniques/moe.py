@@ -53,14 +53,15 @@ def setup(ctx: SetupContext) -> Prepared:
 
     spec = ctx.spec
     opts = options(spec)
-    config = load_config(spec.model.path, "model.path")
+    config = load_config(spec.model.path, "model.path", spec.model)
     n_experts, top_k = experts_of(config)
     if not n_experts or not top_k:
         raise UserError(f"model.path: {spec.model.path!r} ({config.model_type}) is not a mixture-of-experts model; "
                         "use technique 'full' or 'lora' for a dense one", field="model.path")
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     ctx.progress(f"loading {spec.model.path}")
-    model, tokenizer = load_pretrained(spec.model.path, "model.path", "seq2seq" if seq2seq else "causal")
+    model, tokenizer = load_pretrained(spec.model.path, "model.path", "seq2seq" if seq2seq else "causal",
+                                       model=spec.model)
     limit = getattr(config, "max_position_embeddings", None)
     if limit and spec.train.seq_len > limit:
         raise UserError(f"train.seq_len {spec.train.seq_len} exceeds the model's {limit} positions",

@@ -62,7 +62,7 @@ def setup(ctx: SetupContext) -> Prepared:
     spec = ctx.spec
     opts = options(spec)
     ctx.progress(f"loading {spec.model.path}")
-    base, tokenizer = load_pretrained(spec.model.path, "model.path")
+    base, tokenizer = load_pretrained(spec.model.path, "model.path", model=spec.model)
     limit = getattr(base.config, "n_positions", None) or getattr(base.config, "max_position_embeddings", None)
     if limit and spec.train.seq_len + opts["num_virtual_tokens"] > limit:
         raise UserError(f"train.seq_len {spec.train.seq_len} + {opts['num_virtual_tokens']} virtual tokens exceed the "
@@ -122,7 +122,7 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     from engine import spec as spec_mod
 
     spec = spec_mod.load(run / runfolder.SPEC)
-    base, tokenizer = load_pretrained(spec.model.path, "model.path")
+    base, tokenizer = load_pretrained(spec.model.path, "model.path", model=spec.model)
     # peft 0.21 looks for the KV cache under `past_key_values`, which transformers 5 renamed: with a cache,
     # it would insert the virtual tokens again at every decoding step. Without one, every step reads the
     # whole sequence with the virtual tokens in front once, which is right (and cheap for samples).

@@ -1,8 +1,12 @@
 """Step 3: which model. A Hub id or a local folder for fine-tuning, an architecture and a size for
 scratch. Only config.json is read; parameters are counted by the estimator's config arithmetic
-(engine.model_count), never by loading weights."""
+(engine.model_count), never by loading weights. A model that needs its own Python code, or has only
+pickle weights, shows what would run and asks for consent (a checkbox) before Next applies: the consent
+is written into the spec as the engine's opt-ins (engine/security.py, RELIABILITY M3 and S2)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -10,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets import Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.architectures import ARCHS, SIZES
@@ -34,6 +38,16 @@ def scratch_parameters(arch: str, size: str, vocab_size: int, seq_len: int) -> i
     return load_dims(arch=arch, size=size, vocab_size=vocab_size, max_seq_len=seq_len).params
 
 
+def model_risks(source: str) -> tuple[Any, list[str]]:
+    """(the code loading `source` would run, or None; its pickle weight files if it has no safetensors)."""
+    from engine.security import pickle_only, remote_code, resolve
+
+    where = resolve(source)
+    if where is None:
+        return None, []
+    return remote_code(where), pickle_only(where.folder)
+
+
 def model_parameters(source: str) -> tuple[int, str]:
     """(parameters, architecture) of a folder or cached Hub id: only config.json is read."""
     from engine.model_count import load_dims
@@ -43,9 +57,11 @@ def model_parameters(source: str) -> tuple[int, str]:
 
 
 class ModelCounted(Message):
-    def __init__(self, key: str, params: int | None, kind: str, error: str | None = None) -> None:
+    def __init__(self, key: str, params: int | None, kind: str, error: str | None = None, code: Any = None,
+                 pickled: list[str] | None = None) -> None:
         super().__init__()
         self.key, self.params, self.kind, self.error = key, params, kind, error
+        self.code, self.pickled = code, pickled or []
 
 
 class ModelScreen(WizardStep):
@@ -70,6 +86,10 @@ class ModelScreen(WizardStep):
                     yield Input(self.wizard.choices.teacher, placeholder="a larger model's folder or id",
                                 suggester=PathSuggester(), id="teacher-path")
             yield Static("", id="model-info")
+            if not scratch:
+                yield Static("", id="model-risk")
+                yield Checkbox("Run this model's code, pinned as shown", id="trust-code")
+                yield Checkbox("Allow its pickle weights (read as plain tensors only)", id="allow-pickle")
 
     @staticmethod
     def _size_label(size: str) -> str:
@@ -85,6 +105,9 @@ class ModelScreen(WizardStep):
             size.focus()
         else:
             self.query_one("#model-path", Input).focus()
+            self._code = None
+            for box in self.query(Checkbox):
+                box.display = False  # shown once the model's files are known
         self.recount()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -103,7 +126,11 @@ class ModelScreen(WizardStep):
             return True
         if c.technique == "distill" and not c.teacher:
             return False
-        return bool(c.model) and c.extra.get("model_params") is not None
+        needs = c.extra.get("model_needs", {})
+        consent = c.extra.get("model_consent", {})
+        return (bool(c.model) and c.extra.get("model_params") is not None
+                and (not needs.get("code") or consent.get("trust_remote_code", False))
+                and (not needs.get("pickle") or consent.get("allow_pickle_weights", False)))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option_list.id == "arch":
@@ -116,6 +143,8 @@ class ModelScreen(WizardStep):
         if event.input.id == "model-path":
             self.wizard.choices.model = event.value.strip()
             self.wizard.choices.extra.pop("model_params", None)
+            self.wizard.choices.extra["model_consent"] = {}  # a consent is for one model: another asks again
+            self._show_risks(None, [])
             self.recount()
         elif event.input.id == "teacher-path":
             self.wizard.choices.teacher = event.value.strip()
@@ -139,13 +168,17 @@ class ModelScreen(WizardStep):
         from engine.errors import UserError
 
         try:
+            code, pickled = model_risks(key)  # shown even when the count fails (a model type only its code knows)
+        except OSError:
+            code, pickled = None, []
+        try:
             n, kind = model_parameters(key)
         except UserError as err:
-            self.post_message(ModelCounted(key, None, "", str(err)))
+            self.post_message(ModelCounted(key, None, "", str(err), code, pickled))
         except Exception as err:  # a config transformers cannot build: say so, keep the wizard alive
-            self.post_message(ModelCounted(key, None, "", f"cannot read this model's config: {err}"))
+            self.post_message(ModelCounted(key, None, "", f"cannot read this model's config: {err}", code, pickled))
         else:
-            self.post_message(ModelCounted(key, n, kind))
+            self.post_message(ModelCounted(key, n, kind, code=code, pickled=pickled))
 
     def on_model_counted(self, message: ModelCounted) -> None:
         c = self.wizard.choices
@@ -154,11 +187,57 @@ class ModelScreen(WizardStep):
             return  # an answer for what was typed before
         info = self.query_one("#model-info", Static)
         if message.error:
-            info.update(Text(message.error, style="red"))
+            error = message.error if message.code is None else (
+                f"parameters unknown: model type {message.code.model_type!r} is defined only by its own code, "
+                "which the estimator cannot count (train it with `llm-wizard train` and a spec)")
+            info.update(Text(error[:300], style="red"))  # transformers lists every model type it knows
             c.extra.pop("model_params", None)
         else:
             c.extra["model_params"] = message.params
             note = f" (vocabulary of {c.scratch_vocab()}: {c.tokenizer})" if c.technique == "scratch" else ""
             info.update(Text.assemble((f"{human_count(message.params or 0)} parameters", "bold green"),
                                       f"  {message.kind}{note}"))
+        if c.technique != "scratch":
+            self._show_risks(message.code, message.pickled)
+        self.changed()
+
+    def _show_risks(self, code: Any, pickled: list[str]) -> None:
+        """What loading this model would run or unpickle, and the checkboxes that consent to it."""
+        c = self.wizard.choices
+        c.extra["model_needs"] = {"code": code is not None, "pickle": bool(pickled)}
+        prior, kept = c.extra.get("model_consent", {}), {}
+        self._code = code
+        text = Text()
+        if pickled and prior.get("allow_pickle_weights"):
+            kept["allow_pickle_weights"] = True
+        if code is not None:
+            key, value = code.pin()
+            if prior.get("trust_remote_code") and prior.get(key) == value:  # the same code as consented to
+                kept.update({"trust_remote_code": True, key: value})
+            text.append("This model runs its own Python code to load: ", style="bold yellow")
+            text.append(", ".join(code.files) + f"\nin {code.source.folder}. Read them first; the consent is pinned "
+                        f"to {key} {value} (a change to the files asks again).\n")
+        if pickled:
+            text.append("Only pickle weights: ", style="bold yellow")
+            text.append(", ".join(pickled) + ". safetensors is preferred: a pickle file can run code when read.")
+        self.query_one("#model-risk", Static).update(text)
+        c.extra["model_consent"] = kept
+        for box, shown, ticked in (("#trust-code", code is not None, "trust_remote_code" in kept),
+                                   ("#allow-pickle", bool(pickled), "allow_pickle_weights" in kept)):
+            widget = self.query_one(box, Checkbox)
+            widget.display = shown
+            with widget.prevent(Checkbox.Changed):
+                widget.value = ticked
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        consent = self.wizard.choices.extra.setdefault("model_consent", {})
+        if event.checkbox.id == "trust-code" and self._code is not None:
+            key, value = self._code.pin()
+            consent.pop("trust_remote_code", None), consent.pop("revision", None), consent.pop("code_sha256", None)
+            if event.value:
+                consent.update({"trust_remote_code": True, key: value})
+        elif event.checkbox.id == "allow-pickle":
+            consent.pop("allow_pickle_weights", None)
+            if event.value:
+                consent["allow_pickle_weights"] = True
         self.changed()

@@ -16,8 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from run_helpers import make_corpus, tiny_spec
 
-from engine import hardware, job, logind, runfolder
+from engine import hardware, job, logind, runfolder, spec
 from engine.hardware import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +114,6 @@ def test_P9_doctor_and_launch_carry_the_warning(monkeypatch, tmp_path) -> None:
 
     assert warning in hardware.probe(nvml=fixture("none"), import_torch=False).problems  # `llm-wizard doctor`
     # launching still happens (a warning, not a refusal) and the dashboard/attach see it as an alert
-    from run_helpers import make_corpus, tiny_spec
-
     run = job.create(tiny_spec(make_corpus(tmp_path)), tmp_path / "runs")
     monkeypatch.setattr(job, "spawn_detached", lambda args, **kw: SimpleNamespace(pid=os.getpid()))
     assert job.launch(run) == os.getpid()
@@ -230,10 +229,14 @@ def test_P3_ctrl_c_in_the_terminal_asks_and_never_reaches_the_runner(tmp_path) -
         "LLM_WIZARD_RUNS": str(runs), "LLM_WIZARD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
         "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}.items())
     py = shlex.quote(sys.executable)
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(spec.to_toml(tiny_spec(make_corpus(tmp_path), train={"max_steps": 100000},
+                                                checkpoint={"every": 10000})))
     term = Tmux("ctrlc")
-    # the demo starts its runner from this terminal; after the UI closes, a script in cooked mode shows
-    # that Ctrl-C does send SIGINT to the terminal's foreground processes
-    term.start(f"env {env} {py} -m tui.cli demo --set log.every=2; {py} -c {shlex.quote(SIGINT_REPORTER)}; sleep 30")
+    # the runner is started from this terminal, then its dashboard opens there; after the UI closes, a
+    # script in cooked mode shows that Ctrl-C does send SIGINT to the terminal's foreground processes
+    term.start(f"env {env} {py} -m tui.cli train {spec_file} --no-wait --step-sleep 0.05 && "
+               f"env {env} {py} -m tui.cli attach latest; {py} -c {shlex.quote(SIGINT_REPORTER)}; sleep 30")
     pid = None
     try:
         term.wait_for(r"loss\s+\d+\.\d+", timeout=120)
@@ -259,5 +262,4 @@ def test_P3_ctrl_c_in_the_terminal_asks_and_never_reaches_the_runner(tmp_path) -
     finally:
         term.kill()
         if pid and runfolder.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            _wait(lambda: not runfolder.pid_alive(pid), 60, "the runner to stop")
+            os.kill(pid, signal.SIGKILL)

@@ -52,7 +52,7 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
     from engine.logind import logout_risk
 
     if (risk := logout_risk()) is not None:  # RELIABILITY P9: a warning on the dashboard, not a refusal
-        runfolder.EventLog(run).emit("alert", kind="logout", message=risk.message, suggest=None, fix=risk.fix)
+        runfolder.EventLog(run).emit("alert", kind="logout", message=f"{risk.message}. {risk.fix}", suggest=None)
     proc = spawn_detached(args, log=run / runfolder.LOG, cwd=run, env=env)
     # Record the pid at once, so a reader never sees the previous process's pid (the job soon rewrites
     # the status with its start time; if it already has, leave its status alone).

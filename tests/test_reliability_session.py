@@ -33,8 +33,9 @@ fi
 case "$1" in
   show-session)
     [ -n "$FAKE_NO_MANAGER" ] && exit 1
-    printf 'KillUserProcesses=%s\\nKillOnlyUsers=%s\\nKillExcludeUsers=%s\\n' "$FAKE_KILL" "$FAKE_ONLY" "${FAKE_EXCLUDE-root}" ;;
-  show-user) printf 'Linger=%s\\n' "$FAKE_LINGER" ;;
+    printf 'KillUserProcesses=%s\\nKillOnlyUsers=%s\\n' "$FAKE_KILL" "$FAKE_ONLY"
+    printf 'KillExcludeUsers=%s\\n' "${FAKE_EXCLUDE-root}" ;;
+  show-user) [ -n "$FAKE_NO_USER" ] && exit 1; printf 'Linger=%s\\n' "$FAKE_LINGER" ;;
   list-sessions) echo "  4 1000 alice pts/0" ;;
   *) exit 1 ;;
 esac
@@ -52,7 +53,7 @@ def loginctl(tmp_path, monkeypatch):
     fake.write_text(FAKE_LOGINCTL)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    for var in ("FAKE_FAIL", "FAKE_NO_MANAGER", "FAKE_ONLY", "FAKE_EXCLUDE"):
+    for var in ("FAKE_FAIL", "FAKE_NO_MANAGER", "FAKE_NO_USER", "FAKE_ONLY", "FAKE_EXCLUDE"):
         monkeypatch.delenv(var, raising=False)
 
     def risk(kill: str, linger: str, cgroup: str = SESSION_CGROUP, **kw) -> Problem | None:
@@ -107,7 +108,15 @@ def test_P9_manager_unreadable_falls_back_to_logind_conf(loginctl, monkeypatch, 
     assert loginctl("ignored", "no", conf=[main]) is None
 
 
-def test_P9_doctor_and_launch_carry_the_warning(monkeypatch, tmp_path) -> None:
+def test_P9_linger_read_from_its_file_when_show_user_fails(loginctl, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("FAKE_NO_USER", "1")
+    assert "enable-linger alice" in loginctl("yes", "ignored").fix
+    (tmp_path / "linger").mkdir()
+    (tmp_path / "linger" / "alice").touch()  # what `loginctl enable-linger alice` creates
+    assert "enable-linger" not in loginctl("yes", "ignored").fix
+
+
+def test_P9_doctor_and_launch_carry_the_warning(monkeypatch, tmp_path, capfd) -> None:
     warning = Problem("warning", "logout-kills-runs", "logind has KillUserProcesses=yes: ...", "Run loginctl ...")
     monkeypatch.setattr(logind, "logout_risk", lambda **kw: warning)
     from engine.fake_nvml import fixture
@@ -118,7 +127,16 @@ def test_P9_doctor_and_launch_carry_the_warning(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(job, "spawn_detached", lambda args, **kw: SimpleNamespace(pid=os.getpid()))
     assert job.launch(run) == os.getpid()
     alerts = [e for e in runfolder.read_events(run)[0] if e["type"] == "alert"]
-    assert alerts == [{**alerts[0], "kind": "logout", "message": warning.message, "fix": warning.fix}]
+    assert alerts == [{**alerts[0], "kind": "logout", "message": f"{warning.message}. {warning.fix}"}]
+    # `llm-wizard train` says it before starting the run
+    from tui.cli import main
+
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(spec.to_toml(tiny_spec(make_corpus(tmp_path))))
+    capfd.readouterr()
+    assert main(["--runs-dir", str(tmp_path / "runs"), "train", str(spec_file), "--no-wait"]) == 0
+    said = capfd.readouterr()
+    assert f"warning: {warning.message}" in said.err and f"fix: {warning.fix}" in said.err and "started run" in said.out
 
 
 # --- P10: a torchrun-like child under our launcher survives the terminal's hang-up -----------------

@@ -160,7 +160,8 @@ def test_P11_crash_says_the_run_goes_on_and_exits_1(tmp_path, capfd) -> None:
     app.call_later(lambda: app.set_timer(0.3, broken))
     assert app.run(headless=True, size=(80, 24)) == 1  # the CLI's exit code: not 0 after a crash
     err = capfd.readouterr().err
-    assert "a bug in a timer" in err and f"goes on (the error did not reach it). Back to it: llm-wizard attach {run.name}" in err
+    assert "a bug in a timer" in err  # Textual's traceback, then our note under it
+    assert f"run {run.name} goes on (the error did not reach it). Back to it: llm-wizard attach {run.name}" in err
     assert make_app(hardware=fixed_report("none")).crash_note() is None  # no crash, no note
 
 

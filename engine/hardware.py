@@ -333,4 +333,8 @@ def probe(*, nvml: Any | None = None, import_torch: bool | None = None, runs: st
         disk_free_bytes=disk_free(where),
     )
     report.problems = find_problems(report)
+    from engine.logind import logout_risk  # here, not at the top: logind imports Problem from this module
+
+    if (risk := logout_risk()) is not None:  # RELIABILITY P9: logout would end detached runs
+        report.problems.append(risk)
     return report

@@ -49,9 +49,11 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
         args.append("--resume")
     if step_sleep:
         args += ["--step-sleep", str(step_sleep)]
-    with open(os.devnull, "rb") as devnull, open(run / runfolder.LOG, "ab") as log:
-        proc = subprocess.Popen(args, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True, cwd=str(run), env={**os.environ, **(env or {})})
+    from engine.logind import logout_risk
+
+    if (risk := logout_risk()) is not None:  # RELIABILITY P9: a warning on the dashboard, not a refusal
+        runfolder.EventLog(run).emit("alert", kind="logout", message=f"{risk.message}. {risk.fix}", suggest=None)
+    proc = spawn_detached(args, log=run / runfolder.LOG, cwd=run, env=env)
     # Record the pid at once, so a reader never sees the previous process's pid (the job soon rewrites
     # the status with its start time; if it already has, leave its status alone).
     before = runfolder.read_status(run)
@@ -59,6 +61,16 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
         runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": before.get("step", 0),
                                      "message": "launching"})
     return proc.pid
+
+
+def spawn_detached(args: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start `args` in a new session with no terminal: stdin /dev/null, stdout and stderr appended to
+    `log`. A hang-up or Ctrl-C of the starting terminal never reaches it, even if it installs its own
+    SIGHUP or SIGINT handler (torchrun and accelerate launch do): the kernel only signals the
+    terminal's session (RELIABILITY P1, P3, P10)."""
+    with open(os.devnull, "rb") as devnull, open(log, "ab") as out:
+        return subprocess.Popen(args, stdin=devnull, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True, cwd=str(cwd), env={**os.environ, **(env or {})})
 
 
 def wait_started(run: Path, pid: int, timeout: float = 600.0, on_message: Any = None) -> dict[str, Any]:

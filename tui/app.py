@@ -70,6 +70,7 @@ class WizardApp(App[int]):
         self.attach_to = attach
         self.show_runs = show_runs
         self.choices = Choices()
+        self.crashed_run: Path | None = None  # the run followed when the UI crashed (RELIABILITY P11)
 
     def on_mount(self) -> None:
         if self.attach_to:
@@ -139,6 +140,28 @@ class WizardApp(App[int]):
 
         if not isinstance(self.screen, QuitModal):
             self.push_screen(QuitModal(), answered)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook for an unhandled exception (it ends the app). RELIABILITY P11: the run is
+        another process and goes on; note which, so that `run()` can say so under the traceback."""
+        try:
+            self.crashed_run = self.crashed_run or self.followed_run()  # the first error's run
+        except Exception:  # the note is a nicety: never hide the original error behind a second one
+            self.crashed_run = None
+        super()._handle_exception(error)
+
+    def crash_note(self) -> str | None:
+        run = self.crashed_run
+        if self.return_code != 1 or run is None:
+            return None
+        return (f"The UI stopped on the error above; run {run.name} goes on (the error did not reach it). "
+                f"Back to it: llm-wizard attach {run.name}")
+
+    def run(self, *args: Any, **kwargs: Any) -> int | None:
+        result = super().run(*args, **kwargs)
+        if note := self.crash_note():
+            print(note, file=sys.stderr)
+        return self.return_code if result is None and self.return_code else result  # a crash exits 1, not 0
 
     def detach(self, run: Path) -> None:
         """Leave the run's dashboard; the run goes on. Back to the runs list if it was opened from

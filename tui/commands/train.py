@@ -70,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         launch_config.write_config(run_path, spec)
         err().print(launch_config.launch_plan(run_path, spec, resume=bool(args.resume), started=True),
                     markup=False)
+    from engine.logind import logout_risk
+
+    if (risk := logout_risk()) is not None:  # RELIABILITY P9: said before the run starts; it still starts
+        err().print(f"warning: {risk.message}\n  fix: {risk.fix}", style="yellow", markup=False)
     pid = job.launch(run_path, resume=bool(args.resume), step_sleep=args.step_sleep)
     if not args.no_wait:
         show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))

@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(event: dict[str, Any]) -> str:
-    """One line of Rich markup for an event."""
+    """One line of Rich markup for an event (its texts escaped: a message may hold brackets)."""
+    from rich.markup import escape
+
     kind, step = event.get("type"), event.get("step", "")
     if kind == "metrics":
         eta = event.get("eta_s")
@@ -31,16 +33,19 @@ def describe(event: dict[str, Any]) -> str:
         return f"[cyan]step {step:>6}  eval loss {event.get('eval/loss', float('nan')):.4f}[/]"
     if kind == "checkpoint":
         return f"[blue]step {step:>6}  checkpoint {event.get('name')}[/]"
-    if kind == "alert":
-        return f"[bold yellow]alert ({event.get('kind')}): {event.get('message')} -> {event.get('suggest')}[/]"
+    if kind == "alert":  # info alerts (the batch finder's choice) are notes, not warnings
+        severity = event.get("severity", "warning")
+        style, label = {"info": ("cyan", "note"), "error": ("bold red", "alert")}.get(severity, ("bold yellow", "alert"))
+        suggest = f" -> {event['suggest']}" if event.get("suggest") else ""
+        return f"[{style}]step {step:>6}  {label} ({event.get('kind')}): {escape(str(event.get('message')))}{escape(suggest)}[/]"
     if kind == "control_ack":
         colour = "green" if event.get("ok") else "red"
-        return f"[{colour}]{event.get('cmd')}: {event.get('message')}[/]"
+        return f"[{colour}]{event.get('cmd')}: {escape(str(event.get('message')))}[/]"
     if kind == "error":
-        return f"[bold red]error: {event.get('message')}[/]"
+        return f"[bold red]error: {escape(str(event.get('message')))}[/]"
     if kind == "done":
         return f"[bold]done ({event.get('state')}) at step {step}[/]"
-    return f"[magenta]{event.get('state', kind)}[/] {event.get('message', '')}"
+    return f"[magenta]{event.get('state', kind)}[/] {escape(str(event.get('message', '')))}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,9 +24,9 @@ class QuitModal(ModalScreen[str | None]):
             yield Label("Close the UI or stop training?", classes="modal-title")
             yield Label("Closing the UI leaves the run going;\n`llm-wizard attach` brings this screen back.")
             with Horizontal(classes="modal-buttons"):
-                yield Button("Close UI [c]", id="detach", variant="primary")
-                yield Button("Stop training [s]", id="stop", variant="error")
-                yield Button("Stay [esc]", id="stay")
+                yield Button(r"Close UI \[c]", id="detach", variant="primary")
+                yield Button(r"Stop training \[s]", id="stop", variant="error")
+                yield Button(r"Stay \[esc]", id="stay")
 
     def on_mount(self) -> None:
         self.query_one("#detach", Button).focus()
@@ -53,8 +53,8 @@ class ConfirmModal(ModalScreen[bool]):
             if self.detail:
                 yield Label(self.detail)
             with Horizontal(classes="modal-buttons"):
-                yield Button("Yes [y]", id="yes", variant="error")
-                yield Button("No [n]", id="no")
+                yield Button(r"Yes \[y]", id="yes", variant="error")
+                yield Button(r"No \[n]", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -41,7 +41,7 @@ def tiny_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
 
 
-def sharded_model(seed: int) -> tuple[Any, Any]:
+def sharded_model(seed: int, lr: float = 1e-2) -> tuple[Any, Any]:
     """A tiny GPT-2 with each block and the root sharded over all ranks (as accelerate's fsdp_version 2 wraps
     transformer layers), and its AdamW (fused, as engine/train_state.py builds it)."""
     import torch
@@ -55,7 +55,7 @@ def sharded_model(seed: int) -> tuple[Any, Any]:
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     return model, opt
 
 
@@ -116,7 +116,7 @@ def _scenario(rank: int, out: Path) -> dict[str, Any]:
     train(model, opt, STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER, rank)  # the uninterrupted run
     straight = local_state(model, opt)
 
-    fresh, fresh_opt = sharded_model(seed=1)  # other weights, no optimizer state yet
+    fresh, fresh_opt = sharded_model(seed=1, lr=0.5)  # other weights and LR, no optimizer state yet
     facts["fresh_differs"] = any(not torch.equal(a, saved[k]) for k, a in local_state(fresh, fresh_opt).items())
     ckpt = run / checkpoint.CHECKPOINTS / name
     try:
@@ -125,6 +125,7 @@ def _scenario(rank: int, out: Path) -> dict[str, Any]:
         facts["mismatch"] = str(e)
     sc.read_shards(ckpt, fresh, fresh_opt, world=WORLD)
     loaded = local_state(fresh, fresh_opt)
+    facts["lr_after_load"] = [g["lr"] for g in fresh_opt.param_groups]
     train(fresh, fresh_opt, STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER, rank)  # the resumed run
     resumed = local_state(fresh, fresh_opt)
     save_file(saved, str(out / f"saved-{rank}.safetensors"))

@@ -59,6 +59,7 @@ def test_load_restores_parameters_and_optimizer_state_exactly(scenario) -> None:
 
     out, facts = scenario
     assert all(f["fresh_differs"] for f in facts)  # the fresh model started elsewhere: the load did the work
+    assert all(f["lr_after_load"] == [1e-2] for f in facts)  # the fresh optimizer's LR was 0.5: hyperparameters too
     for r in range(h.WORLD):
         saved, loaded = _load(out / f"saved-{r}.safetensors"), _load(out / f"loaded-{r}.safetensors")
         assert saved.keys() == loaded.keys()

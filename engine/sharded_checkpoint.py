@@ -167,12 +167,42 @@ def read_shards(folder: Path, model: Any, optimizer: Any | None, *, world: int) 
 
 # ---- the multi-process save around engine/checkpoint.py ----------------------------------------------
 
+def _device() -> Any:
+    import torch
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _local(t: Any) -> Any:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def any_nonfinite(model: Any, optimizer: Any | None) -> bool:
+    """Collective: does any rank's shard of a parameter or optimizer tensor hold NaN or inf? (Each rank
+    checks only its own shards, so no DTensor reduction is needed; one all_reduce of a flag.)"""
+    import torch
+    import torch.distributed as dist
+
+    bad = False
+    for p in model.parameters():
+        tensors = [p.detach()] + [t for t in (optimizer.state.get(p, {}) if optimizer is not None else {}).values()
+                                  if torch.is_tensor(t)]
+        for t in tensors:
+            t = _local(t)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = True
+    flag = torch.tensor([int(bad)], device=_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def _broadcast_json(obj: Any, rank: int) -> Any:
     """Rank 0's JSON-able value on every rank (plain tensors: no pickle between ranks)."""
     import torch
     import torch.distributed as dist
 
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    device = _device()
     data = json.dumps(obj).encode() if rank == 0 else b""
     n = torch.tensor([len(data)], dtype=torch.int64, device=device)
     dist.broadcast(n, src=0)

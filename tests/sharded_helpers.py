@@ -166,3 +166,61 @@ def run_scenario(out: Path) -> list[dict[str, Any]]:
     out.mkdir(parents=True, exist_ok=True)
     mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
     return [json.loads((out / f"facts-{r}.json").read_text()) for r in range(WORLD)]
+
+
+# ---- the real trainer (engine/distributed.py) under accelerate's own FSDP2 preparation ------------------
+
+def fsdp_env(spec: Any) -> dict[str, str]:
+    """The FSDP_* variables `accelerate launch` derives from launch_config's fsdp_config (booleans as "true"/
+    "false", the rest as written): FullyShardedDataParallelPlugin() reads them."""
+    from engine import launch_config
+
+    cfg = launch_config.accelerate_config(spec, cuda=True)["fsdp_config"]
+    return {"FSDP_" + k.removeprefix("fsdp_").upper(): str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in cfg.items()}
+
+
+def _force_fsdp2() -> None:
+    """accelerate sets DistributedType.FSDP only on accelerators (accelerate/state.py); on this CPU machine the
+    test makes the Accelerator the trainer builds an FSDP one after the fact, so accelerator.prepare takes its
+    real FSDP2 path (fully_shard per transformer block, optimizer switched to the DTensor parameters)."""
+    import accelerate
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    original = accelerate.Accelerator.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        self.state.distributed_type = DistributedType.FSDP
+
+    accelerate.Accelerator.__init__ = init
+
+
+def _trainer_worker(rank: int, port: int, run: str, resume: bool) -> None:
+    import torch
+
+    from engine import runfolder
+    from engine import spec as spec_mod
+    from engine.distributed import DistributedTrainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), ACCELERATE_TORCH_DEVICE="cpu",
+                      OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    spec = spec_mod.load(Path(run) / runfolder.SPEC)
+    os.environ.update(fsdp_env(spec))
+    _force_fsdp2()
+    trainer = DistributedTrainer(Path(run), spec, rank=rank, world=WORLD, resume=resume)
+    code = trainer.run_job()
+    Path(run, f"exit-{rank}.json").write_text(json.dumps({"code": code, "sharded": trainer.sharded}))
+
+
+def run_trainer(run: Path, *, resume: bool = False) -> list[dict[str, Any]]:
+    """Both ranks of DistributedTrainer on `run` (made by engine.job.create); each rank's exit code."""
+    import torch.multiprocessing as mp
+
+    for r in range(WORLD):
+        Path(run, f"exit-{r}.json").unlink(missing_ok=True)
+    mp.spawn(_trainer_worker, args=(free_port(), str(run), resume), nprocs=WORLD, join=True)
+    return [json.loads(Path(run, f"exit-{r}.json").read_text()) for r in range(WORLD)]

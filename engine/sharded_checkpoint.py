@@ -311,7 +311,13 @@ def consolidate_offline(ckpt: Path, model_dir: Path, out: Path) -> Path:
     model.to_empty(device="cpu")  # no random initialisation: every tensor is read from the shards
     model.tie_weights()
     state = {"model": model.state_dict()}  # DCP fills these tensors in place
-    dcp.load(state, storage_reader=_reader(ckpt / SHARDS), planner=_planner(), no_dist=True)
+    reader = _reader(ckpt / SHARDS)
+    saved = reader.read_metadata().state_dict_metadata
+    missing = [k for k in state["model"] if f"model.{k}" not in saved]
+    if missing:  # e.g. a LoRA run: its shards hold base_model.model.* names; its final/ is consolidated live
+        raise UserError(f"{ckpt.name} does not hold a whole {config.model_type} model (missing {missing[:3]}); "
+                        "offline consolidation reads checkpoints of runs that train every weight", field="checkpoint")
+    dcp.load(state, storage_reader=reader, planner=_planner(), no_dist=True)
     missing = [k for k, v in state["model"].items() if not isinstance(v, torch.Tensor)]
     if missing:
         raise UserError(f"{ckpt.name}: tensors not filled from the shards: {missing[:5]}", field="checkpoint")

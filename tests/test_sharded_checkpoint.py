@@ -175,3 +175,40 @@ def test_check_layout_refuses_a_folder_that_is_not_sharded(tmp_path) -> None:
     (tmp_path / "layout.json").write_text(json.dumps({"format": "other", "world_size": 2}))
     with pytest.raises(UserError, match="format 'other'"):
         check_layout(tmp_path, 2)
+
+
+@pytest.mark.slow
+def test_offline_consolidation_refuses_shards_of_another_model(scenario, tmp_path) -> None:
+    from engine import sharded_checkpoint as sc
+    from engine.errors import UserError
+
+    out, _ = scenario
+    config = h.tiny_config()
+    config.n_layer = 3  # a block the shards do not have
+    config.save_pretrained(tmp_path / "model")
+    h.tiny_tokenizer().save_pretrained(tmp_path / "model")
+    with pytest.raises(UserError, match=r"does not hold a whole gpt2 model \(missing \['transformer\.h\.2"):
+        sc.consolidate_offline(out / "run" / "checkpoints" / "step-000002", tmp_path / "model", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_gathered_peft_state_is_written_as_an_adapter_folder(tmp_path) -> None:
+    """What consolidate writes for a LoRA run (its gathered state is the peft model's whole state dict)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import GPT2LMHeadModel
+
+    from engine.sharded_checkpoint import save_pretrained
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(h.tiny_config())
+    base.save_pretrained(tmp_path / "base")
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    save_pretrained(model, state, tmp_path / "adapter", h.tiny_tokenizer())
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "adapter" / "tokenizer.json").is_file()
+    loaded = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    ids = h.probe_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)

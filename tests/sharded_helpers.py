@@ -142,7 +142,19 @@ def _scenario(rank: int, out: Path) -> dict[str, Any]:
     return facts
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _crash_scenario(rank: int, out: Path) -> dict[str, Any]:
+    """Two saves; with LLMW_CRASH_AT=ckpt:before_manifest:2 rank 0 dies inside the second, after every rank
+    wrote its shards (mp.spawn then ends rank 1)."""
+    from engine import sharded_checkpoint as sc
+
+    model, opt = sharded_model(seed=0)
+    for step in (1, 2):
+        train(model, opt, step - 1, step, rank)
+        sc.save(out / "run", step, 0, model, opt, lambda folder: None, rank=rank, world=WORLD)
+    return {"rank": rank, "saved": 2}
+
+
+def _worker(rank: int, port: int, out: str, scenario: str = "main") -> None:
     import torch
     import torch.distributed as dist
 
@@ -150,7 +162,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
-        facts = _scenario(rank, Path(out))
+        facts = (_crash_scenario if scenario == "crash" else _scenario)(rank, Path(out))
     except BaseException:
         facts = {"rank": rank, "error": traceback.format_exc()}
         raise
@@ -159,12 +171,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def run_scenario(out: Path) -> list[dict[str, Any]]:
-    """Spawn the two ranks; their facts, rank by rank."""
+def run_scenario(out: Path, scenario: str = "main") -> list[dict[str, Any]]:
+    """Spawn the two ranks; their facts, rank by rank (raises ProcessExitedException if a rank died)."""
     import torch.multiprocessing as mp
 
     out.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out), scenario), nprocs=WORLD, join=True)
     return [json.loads((out / f"facts-{r}.json").read_text()) for r in range(WORLD)]
 
 

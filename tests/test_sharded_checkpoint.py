@@ -149,6 +149,23 @@ def test_a_truncated_shard_is_caught_by_the_manifest(scenario, tmp_path) -> None
         sc.consolidate_offline(ckpt, tmp_path, tmp_path / "out")
 
 
+@pytest.mark.slow
+def test_rank0_killed_inside_a_sharded_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
+    from torch.multiprocessing import ProcessExitedException
+
+    from engine import checkpoint
+
+    monkeypatch.setenv("LLMW_CRASH_AT", "ckpt:before_manifest:2")  # the spawned ranks inherit it
+    with pytest.raises(ProcessExitedException, match="exit code 137"):
+        h.run_scenario(tmp_path, "crash")
+    run = tmp_path / "run"
+    (tmp,) = [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp-step-000002")]
+    assert {"__0_0.distcp", "__1_0.distcp"} <= {p.name for p in (tmp / "sharded").iterdir()}  # shards, no manifest
+    assert not (tmp / "manifest.json").exists()
+    assert checkpoint.find_resume(run).name == "step-000001"
+    assert checkpoint.clean_tmp(run) == [tmp.name]
+
+
 # ---- no processes needed -----------------------------------------------------------------------------
 
 class _Boom:

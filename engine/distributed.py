@@ -8,7 +8,10 @@
   step; the command bytes are broadcast only when there are some);
 - data: rank r takes the r-th micro-batch of each group of world-size micro-batches from the global
   position, which advances by world x batch, so the checkpointed position means the same on any layout;
-- metrics: the loss is averaged over ranks at the logging interval, tokens (and tokens/s) summed.
+- metrics: the loss is averaged over ranks at the logging interval, tokens (and tokens/s) summed;
+- FSDP (accelerate's fsdp_version 2, GPUs only): parameters are DTensor shards, so checkpoints, resume,
+  rollback and final/ go through engine/sharded_checkpoint.py, where every rank writes and reads its own
+  shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder.
 
 A test hook (env LLM_WIZARD_RANK_PROBE=1) makes every rank append its step, pause state, learning rate
 and a digest of its parameters to `<run>/ranks/rank-<r>.jsonl` at each step boundary and after each
@@ -25,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, runfolder
+from engine import checkpoint, runfolder, sharded_checkpoint
 from engine.trainer import Trainer
 
 PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
@@ -60,6 +63,8 @@ class _NoEvents:
 
 
 class DistributedTrainer(Trainer):
+    sharded = False  # FSDP2: the model's parameters are DTensor shards (set in _prepare)
+
     def __init__(self, run: Path, spec: Any, *, rank: int, world: int, **kw: Any) -> None:
         super().__init__(run, spec, **kw)
         self.rank, self.world = rank, world
@@ -166,6 +171,8 @@ class DistributedTrainer(Trainer):
         from engine.watchdogs import Watchdogs
 
         super()._prepare()
+        self.sharded = sharded_checkpoint.is_sharded(self.model)
+        self._announce_load = False
         # Each rank prepared its own data: a rank with other data (another tokenizer, another file on a
         # machine without shared storage) would train on something else while DDP keeps the weights equal.
         prints = [None] * self.world
@@ -243,8 +250,21 @@ class DistributedTrainer(Trainer):
         super()._log_metrics()
 
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
-        """Rank 0 writes; every rank learns its outcome (name, or none and paused) before going on."""
-        info = super().save_checkpoint(reason) if self.rank == 0 else None
+        """Rank 0 writes (sharded: every rank writes its shards into rank 0's save); every rank learns its
+        outcome (name, or none and paused) before going on."""
+        info = None
+        if self.sharded:
+            self._shards_bad = sharded_checkpoint.any_nonfinite(self.model, self.optimizer)
+            if self.rank == 0:
+                self._leader = sharded_checkpoint.Leader(self.model, self.optimizer, self.world)
+                try:
+                    info = super().save_checkpoint(reason)
+                finally:
+                    self._leader.finish(info.name if info else None)
+            else:
+                sharded_checkpoint.follow(self.model, self.optimizer, rank=self.rank, world=self.world)
+        elif self.rank == 0:
+            info = super().save_checkpoint(reason)
         outcome = self._broadcast_text(json.dumps([info.name if info else "", self.paused]))
         name, paused = json.loads(outcome)
         if self.rank and paused and not self.paused:
@@ -256,6 +276,31 @@ class DistributedTrainer(Trainer):
                                              self.parent)
             self.parent = name
         return info
+
+    def _nonfinite_state(self) -> list[str]:
+        if self.sharded:  # every rank checked its own shards in save_checkpoint
+            return ["a parameter or optimizer shard"] if self._shards_bad else []
+        return super()._nonfinite_state()
+
+    def _write_weights(self, folder: Path) -> None:
+        if self.sharded:
+            self._leader.write(folder)  # the other ranks write their shards into the same folder
+        else:
+            super()._write_weights(folder)
+
+    def _load_weights(self, folder: Path) -> None:
+        if not self.sharded:
+            if sharded_checkpoint.is_sharded_checkpoint(folder):
+                from engine.errors import UserError
+
+                raise UserError(f"{folder.name} holds FSDP shards; resume it with distributed.strategy = fsdp on "
+                                "the same number of processes", field="distributed.strategy")
+            super()._load_weights(folder)
+            return
+        if self._announce_load:  # rank 0 resuming: the others wait in _resume to load the same one with us
+            self._announce_load = False
+            self._broadcast_text(folder.name)
+        sharded_checkpoint.read_shards(folder, self.model, self.optimizer, world=self.world)
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
@@ -270,7 +315,10 @@ class DistributedTrainer(Trainer):
         """Rank 0 chooses the checkpoint (and cleans up); every rank loads that one."""
         name = ""
         if self.rank == 0:
+            self._announce_load = self.sharded  # a sharded load is collective: name it before loading
             super()._resume()
+            if self.sharded:
+                return
             name = self.parent or ""
         name = self._broadcast_text(name)
         if self.rank:
@@ -288,9 +336,28 @@ class DistributedTrainer(Trainer):
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
 
     def _save_final(self) -> tuple[Path, dict[str, Any]]:
+        if self.sharded:
+            return self._save_final_sharded()
         if self.rank:
             return self.run / "final", {}
         return super()._save_final()
+
+    def _save_final_sharded(self) -> tuple[Path, dict[str, Any]]:
+        """Every rank gives its shards; rank 0 writes final/ whole (from_pretrained, safetensors) or not at all."""
+        import shutil
+
+        from engine.techniques.pretrained_models import unwrap
+
+        final, tmp = self.run / "final", self.run / ".tmp-final"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        sharded_checkpoint.consolidate(unwrap(self.model), tmp, rank=self.rank, tokenizer=self.prep.tokenizer)
+        if self.rank:
+            return final, {}
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final, {"summary": f"consolidated from {self.world} shards"}
 
     def run_job(self) -> int:
         code = super().run_job()

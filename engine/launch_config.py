@@ -25,9 +25,11 @@ CONFIG = "accelerate_config.yaml"
 SUPERVISOR = "engine.dist_supervisor"
 WORKER = "engine.dist_worker"
 ACCELERATE = ("-m", "accelerate.commands.launch")  # `accelerate launch`, from this interpreter's environment
-# Strategies this version trains; fsdp/zero2/zero3 configs are written, but their checkpoints (sharded
-# state dicts, consolidation into final/) are not implemented yet, so a run is refused rather than saved wrong.
-TRAINABLE_STRATEGIES = ("ddp",)
+# Strategies this version trains. fsdp (FSDP2: engine/sharded_checkpoint.py saves its shards and
+# consolidates final/) needs CUDA GPUs: accelerate runs FSDP only on an accelerator. zero2/zero3 configs are
+# written, but DeepSpeed's checkpoints are not implemented, so such a run is refused rather than saved wrong.
+TRAINABLE_STRATEGIES = ("ddp", "fsdp")
+GPU_ONLY_STRATEGIES = ("fsdp",)
 
 
 def is_multi(spec: Any) -> bool:
@@ -44,15 +46,25 @@ def job_module(run: Path) -> str:
     return SUPERVISOR if isinstance(procs, int) and procs > 1 else "engine.job"
 
 
-def check_supported(spec: Any) -> None:
-    """Refuse, before any process starts, what this version cannot train correctly (UserError)."""
+def check_supported(spec: Any, *, cuda: bool | None = None) -> None:
+    """Refuse, before any process starts, what this version cannot train correctly (UserError). `cuda`:
+    whether this machine has CUDA GPUs (asked of torch when None and the strategy needs them)."""
     d = spec.distributed
     if not is_multi(spec):
         return
     if d.strategy not in TRAINABLE_STRATEGIES:
-        raise UserError(f"distributed.strategy: {d.strategy} is not trained by this version yet (its sharded "
-                        "checkpoints are not implemented); use ddp, which keeps a full copy of the model on each "
-                        "GPU (the estimate shows whether that fits)", field="distributed.strategy")
+        raise UserError(f"distributed.strategy: {d.strategy} is not trained by this version yet (DeepSpeed's "
+                        "checkpoints are not implemented); use fsdp on GPUs, or ddp, which keeps a full copy of the "
+                        "model on each GPU (the estimate shows whether that fits)", field="distributed.strategy")
+    if d.strategy in GPU_ONLY_STRATEGIES:
+        if cuda is None:
+            import torch
+
+            cuda = torch.cuda.is_available()
+        if not cuda:
+            raise UserError(f"distributed.strategy: {d.strategy} needs CUDA GPUs (accelerate runs FSDP only on an "
+                            "accelerator) and this machine has none; use ddp, which runs on the CPU too",
+                            field="distributed.strategy")
     if spec.train.compile:
         raise UserError("train.compile: not yet combined with several processes; turn it off",
                         field="train.compile")
@@ -81,10 +93,13 @@ def accelerate_config(spec: Any, *, cuda: bool, port: int | None = None) -> dict
         cfg["distributed_type"] = "MULTI_GPU"  # on a CPU-only machine accelerate runs it over gloo
     elif d.strategy == "fsdp":
         cfg["distributed_type"] = "FSDP"
-        cfg["fsdp_config"] = {"fsdp_version": 1, "fsdp_sharding_strategy": "FULL_SHARD",
+        # FSDP2 (fully_shard, DTensor parameters): what engine/sharded_checkpoint.py saves and consolidates.
+        # Each transformer block is one shard group (the model's _no_split_modules); every rank builds the
+        # same model from the same seed, so no broadcast of the initial weights is needed.
+        cfg["fsdp_config"] = {"fsdp_version": 2, "fsdp_reshard_after_forward": True,
                               "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                              "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_use_orig_params": True,
-                              "fsdp_sync_module_states": True, "fsdp_offload_params": False}
+                              "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_offload_params": False,
+                              "fsdp_cpu_ram_efficient_loading": False, "fsdp_activation_checkpointing": False}
     else:
         cfg["distributed_type"] = "DEEPSPEED"
         cfg["deepspeed_config"] = {"zero_stage": 2 if d.strategy == "zero2" else 3,

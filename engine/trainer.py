@@ -450,7 +450,7 @@ class Trainer:
                 return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
             replace = True
 
-        bad = save_guard.nonfinite_state(self.params, self.optimizer)
+        bad = self._nonfinite_state()
         if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
             message = (f"not saved at step {self.step}: {', '.join(bad)} not finite; roll back to an earlier "
                        "checkpoint, perhaps with a lower learning rate")
@@ -462,8 +462,7 @@ class Trainer:
             raise UserError(message, field="checkpoint")
 
         def write(folder: Path) -> None:
-            self.technique.save(self.prep, folder, final=False)
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            self._write_weights(folder)
             torch.save(rng_state(), folder / "rng.pt")
             if self.accelerator.scaler is not None:
                 torch.save(self.accelerator.scaler.state_dict(), folder / "scaler.pt")
@@ -495,6 +494,23 @@ class Trainer:
         self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
                          reason=reason, deleted=deleted)
         return info
+
+    def _nonfinite_state(self) -> list[str]:
+        return save_guard.nonfinite_state(self.params, self.optimizer)
+
+    def _write_weights(self, folder: Path) -> None:
+        """Model and optimizer state into a checkpoint (engine/distributed.py writes sharded ones its own way)."""
+        import torch
+
+        self.technique.save(self.prep, folder, final=False)
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+
+    def _load_weights(self, folder: Path) -> None:
+        import torch
+
+        self.technique.load(self.prep, folder)
+        device = self.accelerator.device
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
@@ -529,9 +545,7 @@ class Trainer:
         if st.get("data_fingerprint") != self.prep.data_fingerprint:
             raise UserError(f"the data changed since {info.name} was saved; resume refuses to continue on "
                             "different data (start a new run instead)", field="data.path")
-        self.technique.load(self.prep, info.path)
-        device = self.accelerator.device
-        self.optimizer.load_state_dict(torch.load(info.path / "optimizer.pt", map_location=device, weights_only=True))
+        self._load_weights(info.path)
         if self.accelerator.scaler is not None and (info.path / "scaler.pt").exists():
             self.accelerator.scaler.load_state_dict(torch.load(info.path / "scaler.pt", weights_only=True))
         self.optimizer.zero_grad(set_to_none=True)

@@ -64,8 +64,10 @@ def test_distributed_section_validates(tmp_path: Path) -> None:
 
 def test_unsupported_strategies_refused_before_launch(tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path, lines=10)
-    with pytest.raises(UserError, match="fsdp is not trained by this version"):
-        launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "fsdp"}))
+    fsdp = tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "fsdp"})
+    with pytest.raises(UserError, match="fsdp needs CUDA GPUs"):  # accelerate runs FSDP only on accelerators
+        launch_config.check_supported(fsdp, cuda=False)
+    launch_config.check_supported(fsdp, cuda=True)  # sharded checkpoints: engine/sharded_checkpoint.py
     launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2}))
     launch_config.check_supported(tiny_spec(corpus, distributed={"strategy": "fsdp"}))  # one process: unused
 
@@ -81,7 +83,7 @@ def test_accelerate_config_per_strategy(tmp_path: Path) -> None:
     multi = tiny_spec(corpus, distributed={"num_processes": 16, "num_machines": 2, "main_process_ip": "10.1.2.3",
                                            "strategy": "fsdp"})
     cfg = launch_config.accelerate_config(multi, cuda=True)
-    assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
     assert cfg["main_process_ip"] == "10.1.2.3" and cfg["main_process_port"] == 29500 and cfg["gpu_ids"] == "all"
     zero = spec.DistributedSpec.__new__(spec.DistributedSpec)  # zero3 without DeepSpeed installed: built unvalidated
     zero.__dict__.update({**multi.distributed.__dict__, "strategy": "zero3"})

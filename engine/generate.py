@@ -26,6 +26,7 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     final = run / "final"
     newest = checkpoint.find_resume(run)
     if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+        _refuse_model_code(run, final)
         if (final / "adapter_config.json").is_file():  # a peft adapter: the technique puts it on its base
             technique = get(spec_mod.load(run / runfolder.SPEC).technique)
             model, tokenizer = technique.load_inference(run, final)
@@ -44,12 +45,35 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
         return model.eval(), tokenizer, target.name
     from safetensors.torch import load_model
 
+    from engine import sharded_checkpoint
+
     base = run / MODEL_DIR
     if not (base / "config.json").is_file():
         raise UserError(f"run {run.name} has no {MODEL_DIR}/config.json to rebuild the model from", field="run")
+    _refuse_model_code(run, base)
+    if sharded_checkpoint.is_sharded_checkpoint(target.path):  # an FSDP run: gather its shards in this process
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="llmw-consolidate-") as tmp:
+            whole = sharded_checkpoint.consolidate_offline(target.path, base, Path(tmp) / "model")
+            model = AutoModelForCausalLM.from_pretrained(whole)
+        return model.eval(), AutoTokenizer.from_pretrained(base), target.name
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
     load_model(model, str(target.path / "model.safetensors"), strict=True)
     return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+
+
+def _refuse_model_code(run: Path, folder: Path) -> None:
+    """A model saved with its own code (a pinned remote-code base copies it into the run) is not loaded here:
+    generate never runs a model's Python files (RELIABILITY M3), and says so instead of transformers' prompt."""
+    from engine import security
+
+    source = security.resolve(str(folder))
+    code = security.remote_code(source) if source is not None else None
+    if code is not None:
+        raise UserError(f"{folder.relative_to(run)}/ of run {run.name} needs its own model code "
+                        f"({', '.join(code.files)}); generate never runs a model's code: after reading those "
+                        "files, load the folder with transformers and trust_remote_code=True yourself", field="run")
 
 
 def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_new_tokens: int = 100,

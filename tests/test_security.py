@@ -310,3 +310,16 @@ async def test_M3_S2_the_model_step_shows_the_code_and_asks_before_next(base: Pa
         assert spec_dict(app.choices)["model"] == {"path": str(pickled), "allow_pickle_weights": True}
         assert app.screen.ready()
     assert not marker.exists()  # showing the files imported none of them
+
+
+def test_M3_generate_never_runs_the_code_saved_into_a_run(base: Path, tmp_path: Path) -> None:
+    """A run of a pinned remote-code model keeps that code in final/; generate refuses it by name."""
+    from engine.generate import load_for_inference
+
+    marker = tmp_path / "REMOTE_CODE_RAN"
+    run = tmp_path / "runs" / "custom-run"
+    run.mkdir(parents=True)
+    _custom(base, run / "final", marker)
+    with pytest.raises(UserError, match=r"final/ of run custom-run needs its own model code \(.*modeling_x.py"):
+        load_for_inference(run)
+    assert not marker.exists()

@@ -55,6 +55,11 @@ def test_fsdp_run_saves_shards_consolidates_final_and_resumes_exactly(tmp_path: 
     offline = sc.consolidate_offline(run / "checkpoints" / "step-000006", run / "model", tmp_path / "offline")
     for k, v in _weights(offline).items():  # the last checkpoint holds exactly the final weights
         assert torch.equal(v, final[k]), k
+    from engine.generate import load_for_inference  # generate reads a sharded checkpoint by consolidating it
+
+    sampled, _, source = load_for_inference(run, "step-000006")
+    assert source == "step-000006"
+    assert all(torch.equal(v, final[k]) for k, v in sampled.state_dict().items() if k in final)
 
     again = tmp_path / "again"  # the same run, as if it had been stopped after step 3
     shutil.copytree(run, again)

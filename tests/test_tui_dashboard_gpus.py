@@ -112,6 +112,22 @@ async def test_one_gpu_row(tmp_path) -> None:
         assert "RTX 4090" in line and "1.2/24G" in line and "3%" in line and "41°C" in line and "28W" in line
 
 
+async def test_eight_gpus_fold_into_a_summary_when_the_terminal_shrinks(tmp_path) -> None:
+    app = make_app(hardware=fixed_report("8xH100"), nvml=fixture("8xH100:busy"), attach=str(fake_run(tmp_path)))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_until(pilot, lambda: dash(app).gpus)
+        await pilot.pause()
+        assert all(f"GPU{i} H100" in screen_text(app) for i in range(8))
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "GPU0" not in text and "8 GPUs H100 80GB HBM3" in text and "mem ▅▆▆▅▆▆▅▆ 61-78%" in text
+        assert "step 10" in text  # the chart's axis is still on screen
+        await pilot.resize_terminal(120, 36)
+        await pilot.pause()
+        assert "GPU7 H100" in screen_text(app)
+
+
 @pytest.mark.parametrize("machine", ["2xL4:busy", "8xH100:busy"])
 @pytest.mark.parametrize("size", [(80, 24), (120, 36)])
 def test_snapshot_gpu_panels(snap_compare, tmp_path, machine, size) -> None:

@@ -1,9 +1,10 @@
 """The live dashboard of one run: loss chart, throughput, GPUs, checkpoints, alerts, and controls.
 
 A thread worker follows the run folder (events.jsonl by offset, status.json), another reads this
-machine's GPUs through NVML every 2 s; both post Messages, and only the screen touches widgets. Controls are appended to
-commands.jsonl with `engine.runfolder.send_command` and confirmed when the job's `control_ack`
-with the same id shows up in the events. The TUI never trains and never stops a run unasked.
+machine's GPUs through NVML every 2 s; both post Messages, and only the screen touches widgets.
+Controls are appended to commands.jsonl with `engine.runfolder.send_command` and confirmed when the
+job's `control_ack` with the same id shows up in the events. The TUI never trains and never stops a
+run unasked.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class DashboardScreen(Screen):
         self.gpus: list[Any] = []
         self.gpu_status: str | None = None  # None until the first NVML reading
         self._keys_for: tuple[str, bool] | None = None
+        self._alerts_for: tuple[int, int, bool] | None = None
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -325,11 +327,14 @@ class DashboardScreen(Screen):
         if not self.checkpoints():
             cps.append("\n  none yet", style="#9e9e9e")
         self.query_one("#run-checkpoints", Static).update(cps)
-        alert = self.query_one("#run-alert", Static)
-        alert.display = bool(h.alerts)
-        if h.alerts:
-            count = 5 if self.app.size.height >= 30 else 3
-            alert.update(alert_lines(h, count, h.state in LIVE))
+        count = 5 if self.app.size.height >= 30 else 3
+        alerts = (len(h.alerts), count, h.state in LIVE)
+        if alerts != self._alerts_for:  # re-laid out only when an alert came or what applies changed
+            self._alerts_for = alerts
+            alert = self.query_one("#run-alert", Static)
+            alert.display = bool(h.alerts)
+            if h.alerts:
+                alert.update(alert_lines(h, count, h.state in LIVE))
         if self.gpu_status is not None and not self.gpus:
             self.update_gpus()  # the CPU line shows the run's memory from its metrics
         keys = (h.state, bool(self.checkpoints()))

@@ -179,9 +179,6 @@ class RunHistory:
     def chart(self) -> ChartData:
         return ChartData(train=list(self.train), val=list(self.val), lr=list(self.lrs), marks=list(self.marks))
 
-    def active_alert(self) -> AlertView | None:
-        return self.alerts[-1] if self.alerts and self.state not in ("done", "stopped") else None
-
     def recent_alerts(self, n: int) -> list[AlertView]:
         """The newest `n` alerts, newest first."""
         return self.alerts[::-1][:n]

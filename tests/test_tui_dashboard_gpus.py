@@ -90,6 +90,24 @@ async def test_every_gpu_is_polled_off_the_ui_thread(tmp_path) -> None:
     assert threading.main_thread().ident not in {ident for _, ident in nvml.calls}
 
 
+async def test_a_failing_board_is_reported_and_the_dashboard_goes_on(tmp_path) -> None:
+    nvml = fixture("2xL4:busy")
+    run = fake_run(tmp_path)
+    app = make_app(hardware=fixed_report("2xL4"), nvml=nvml, attach=str(run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: dash(app).gpus)
+
+        def lost(handle: Any) -> Any:
+            raise nvml.NVMLError("GPU is lost")
+
+        nvml.nvmlDeviceGetMemoryInfo = lost
+        await wait_until(pilot, lambda: dash(app).gpu_status != "ok", timeout=8)
+        await pilot.pause()
+        assert "GPUs  NVML failed: GPU is lost" in screen_text(app)
+        write_events(run, [{"type": "metrics", "step": 310, "loss": 2.1}])
+        await wait_until(pilot, lambda: dash(app).history.step == 310)  # the run is still followed
+
+
 @pytest.mark.parametrize("name", ["none", "0"])
 async def test_no_gpu_shows_the_cpu_line_with_the_runs_memory(tmp_path, name) -> None:
     nvml = ThreadLog(fixture(name))
@@ -192,6 +210,8 @@ def test_gpu_panel_switches_to_a_summary_on_a_short_screen() -> None:
     assert len(panel.lines(90, 36)) == 8 and len(panel.lines(50, 24)) == 2
     panel.update([], rss=3 * MIB)
     assert [t.plain for t in panel.lines(50, 24)] == ["CPU  run's peak RSS 3.0 MiB"]
+    panel.update([], status="NVML failed: GPU is lost")
+    assert [t.plain for t in panel.lines(50, 24)] == ["GPUs  NVML failed: GPU is lost"]
     panel.update(None)
     assert panel.lines(50, 24) == []  # nothing read yet: no panel
 

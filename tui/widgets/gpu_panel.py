@@ -124,11 +124,11 @@ def gpu_summary(gpus: Sequence[GpuInfo], width: int) -> list[Text]:
 
 
 def cpu_line(rss: float | None, gpu_mem: float | None = None, status: str = "no-driver") -> Text:
-    """No GPU here: say so, with the run's own memory instead of an empty panel."""
-    text = Text("CPU", style="bold")
+    """No GPU here: say so, with the run's own memory instead of an empty panel (or what NVML said)."""
     if status not in ("ok", "no-driver"):
-        text.append(f"  {status}", style="yellow")
-    elif rss is not None:
+        return Text.assemble(("GPUs", "bold"), (f"  {status}", "yellow"))
+    text = Text.assemble(("CPU", "bold"))
+    if rss is not None:
         text.append(f"  run's peak RSS {human_bytes(rss)}")
     elif gpu_mem is not None:
         text.append(f"  no GPU visible here; the run's peak GPU memory {human_bytes(gpu_mem)}")

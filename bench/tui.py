@@ -4,7 +4,10 @@ follows a run that logs every step, next to the run's own CPU over the same wind
 The dashboard runs as `llm-wizard attach RUN` inside tmux (a real terminal: rendering and output
 count); CPU times are read from /proc for both processes, so nothing here is an estimate.
 
-    .venv/bin/python bench/tui.py [--seconds 20] [--rounds 5]
+    .venv/bin/python bench/tui.py [--seconds 20] [--rounds 5] [--fake-gpus 8xH100:busy]
+
+--fake-gpus shows the dashboard a fake GPU machine (engine/fake_nvml.py), so the cost of its GPU panel
+(NVML read every 2 s, one row per GPU) is in the number; the run itself trains on the CPU either way.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def follow_cost(seconds: float, runs: Path) -> dict[str, float]:
+def follow_cost(seconds: float, runs: Path, fake_gpus: str = "") -> dict[str, float]:
     env = {**os.environ, "LLM_WIZARD_RUNS": str(runs), "LLM_WIZARD_CACHE": str(runs.parent / "cache")}
     started = subprocess.run([sys.executable, "-m", "tui.cli", "train", str(ROOT / "presets" / "tiny.toml"),
                               "--set", "log.every=1", "--set", "train.max_steps=100000", "--json"],
@@ -70,7 +73,8 @@ def follow_cost(seconds: float, runs: Path) -> dict[str, float]:
     try:
         while json.loads((Path(run["path"]) / "status.json").read_text()).get("state") != "running":
             time.sleep(0.5)
-        cmd = f"env LLM_WIZARD_RUNS={runs} TERM=xterm-256color {sys.executable} -m tui.cli attach {run['id']}"
+        fake = f"LLM_WIZARD_FAKE_GPUS={fake_gpus} " if fake_gpus else ""
+        cmd = f"env LLM_WIZARD_RUNS={runs} {fake}TERM=xterm-256color {sys.executable} -m tui.cli attach {run['id']}"
         subprocess.run(["tmux", "-L", socket, "new-session", "-d", "-s", "bench", "-x", "120", "-y", "36", cmd],
                        check=True, cwd=ROOT)
         tui_pid = int(subprocess.run(["tmux", "-L", socket, "list-panes", "-t", "bench", "-F", "#{pane_pid}"],
@@ -93,6 +97,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=20.0, help="how long to measure the following")
     p.add_argument("--rounds", type=int, default=5, help="start-ups to time")
+    p.add_argument("--fake-gpus", default="", help="a fake NVML machine for the dashboard, e.g. 8xH100:busy")
     args = p.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine slows everything here)")
     times = first_screen(args.rounds)
@@ -101,8 +106,9 @@ def main() -> None:
     if not shutil.which("tmux"):
         raise SystemExit("tmux is needed for the following measurement (apt-get install tmux)")
     with tempfile.TemporaryDirectory() as tmp:
-        r = follow_cost(args.seconds, Path(tmp) / "runs")
-    print(f"following a run that logs every step, {r['wall_s']:.1f} s, {r['steps']} steps "
+        r = follow_cost(args.seconds, Path(tmp) / "runs", args.fake_gpus)
+    gpus = f", dashboard shown GPUs {args.fake_gpus}" if args.fake_gpus else ""
+    print(f"following a run that logs every step{gpus}, {r['wall_s']:.1f} s, {r['steps']} steps "
           f"({r['steps'] / r['wall_s']:.1f} events/s):")
     print(f"  dashboard (attach, in tmux): {r['tui_cpu_s']:.2f} CPU s = {100 * r['tui_cpu_s'] / r['wall_s']:.1f}% of a core")
     print(f"  the run itself:              {r['job_cpu_s']:.2f} CPU s = {100 * r['job_cpu_s'] / r['wall_s']:.1f}% of a core")

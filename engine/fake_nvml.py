@@ -2,8 +2,10 @@
 
 Used by tests, and by `LLM_WIZARD_FAKE_GPUS=<fixture>` so that the TUI, the CLI and end-to-end
 tests can show a GPU machine on a machine without one. Fixtures: none (no driver), 0, 1, 2xL4,
-8xH100. Numbers are those of the real boards (NVIDIA data sheets): L4 24 GB 72 W, H100 SXM 80 GB
-700 W, RTX 4090 24 GB 450 W.
+8xH100, all idle; `<name>:busy` (1, 2xL4, 8xH100) is the same machine in the middle of a training run,
+each board with its own memory, utilisation, temperature and power, as the dashboard shows them.
+Numbers are those of the real boards (NVIDIA data sheets): L4 24 GB 72 W, H100 SXM 80 GB 700 W,
+RTX 4090 24 GB 450 W.
 """
 
 from __future__ import annotations
@@ -117,8 +119,30 @@ def _board(name: str, gib: int, used_gib: float, util: int, temp: int, watts: in
     )
 
 
+# Per board while training: (share of memory used, utilisation %, temperature °C, watts).
+BUSY: dict[str, list[tuple[float, int, int, int]]] = {
+    "1": [(0.83, 99, 72, 410)],
+    "2xL4": [(0.71, 98, 71, 68), (0.74, 97, 74, 70)],
+    "8xH100": [(0.61, 97, 61, 640), (0.66, 99, 64, 672), (0.72, 95, 58, 598), (0.64, 98, 66, 655),
+               (0.78, 96, 68, 690), (0.69, 99, 60, 633), (0.63, 97, 55, 560), (0.70, 95, 63, 618)],
+}
+
+
+def busy(nvml: FakeNvml, loads: list[tuple[float, int, int, int]]) -> FakeNvml:
+    """The same boards with a training run's readings."""
+    for gpu, (share, util, temp, watts) in zip(nvml.gpus, loads, strict=True):
+        gpu.memory_used = int(gpu.memory_total * share)
+        gpu.utilization, gpu.temperature, gpu.power_mw = util, temp, watts * 1000
+    return nvml
+
+
 def fixture(name: str) -> FakeNvml:
-    """The named machine: none, 0, 1, 2xL4 (the book's g2-standard-24), 8xH100."""
+    """The named machine: none, 0, 1, 2xL4 (the book's g2-standard-24), 8xH100; `:busy` for one that trains."""
+    base, _, load = name.partition(":")
+    if load:
+        if load != "busy" or base not in BUSY:
+            raise ValueError(f"unknown fake GPU fixture {name!r}: {', '.join(f'{b}:busy' for b in BUSY)}")
+        return busy(fixture(base), BUSY[base])
     if name == "none":
         return FakeNvml(driver=None)
     if name == "0":

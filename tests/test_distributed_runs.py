@@ -144,6 +144,9 @@ def test_two_process_lora(tmp_path: Path) -> None:
     assert ends[0]["step"] == ends[1]["step"] == 16 and ends[0]["digest"] == ends[1]["digest"], ends
     metrics = events(run, "metrics")
     assert metrics[-1]["tokens"] == 16 * 2 * 32 * 8  # tokens summed over both ranks
+    for m in metrics:  # tokens/s too: per step, both ranks' tokens (rank 0's clock; DDP keeps them in step)
+        assert m["train/tok_per_s"] * m["train/step_ms"] / 1000 == pytest.approx(2 * 32 * 8, rel=1e-6), m
+        assert m["train/mfu"] is None  # no peak on the CPU; on GPUs the peak is world x one GPU's
     losses = [e["train/loss"] for e in metrics]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, losses
     final = run / "final"

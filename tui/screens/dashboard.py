@@ -1,9 +1,10 @@
 """The live dashboard of one run: loss chart, throughput, GPUs, checkpoints, alerts, and controls.
 
-A thread worker follows the run folder (events.jsonl by offset, status.json, NVML every few
-seconds) and posts Messages; only the screen touches widgets. Controls are appended to
-commands.jsonl with `engine.runfolder.send_command` and confirmed when the job's `control_ack`
-with the same id shows up in the events. The TUI never trains and never stops a run unasked.
+A thread worker follows the run folder (events.jsonl by offset, status.json), another reads this
+machine's GPUs through NVML every 2 s; both post Messages, and only the screen touches widgets.
+Controls are appended to commands.jsonl with `engine.runfolder.send_command` and confirmed when the
+job's `control_ack` with the same id shows up in the events. The TUI never trains and never stops a
+run unasked.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import work
@@ -31,11 +33,13 @@ from tui.modals.prompt import PromptModal
 from tui.modals.rollback import RollbackModal
 from tui.output import human_bytes
 from tui.screens.run_history import RunHistory
-from tui.widgets.bars import usage_bar
 from tui.widgets.chart import LossChart
+from tui.widgets.gpu_panel import LEVELS, GpuPanel
 
 POLL_S = 0.5
-GPU_POLL_S = 3.0
+GPU_POLL_S = 2.0
+MUTED = "#9e9e9e"
+SEVERITY = {"error": ("✖", "bold red"), "warning": ("⚠", "yellow"), "info": ("i", "cyan")}
 LIVE = ("starting", "running", "paused", "stopping")
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "starting": "cyan", "stopping": "yellow",
                "done": "bold blue", "stopped": "blue", "failed": "bold red", "crashed": "bold red"}
@@ -61,9 +65,9 @@ class RunStatus(Message):
 
 
 class GpuReadings(Message):
-    def __init__(self, gpus: list[Any]) -> None:
+    def __init__(self, gpus: list[Any], status: str = "ok") -> None:
         super().__init__()
-        self.gpus = gpus
+        self.gpus, self.status = gpus, status
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, GpuReadings)
@@ -106,22 +110,55 @@ def stats_table(h: RunHistory) -> Table:
     t.add_row("step time", "-" if h.step_ms is None else f"{h.step_ms:,.0f} ms")
     if h.mfu is not None:
         t.add_row("MFU", f"{h.mfu * 100:.1f}%" if h.mfu <= 1 else f"{h.mfu:.1f}%")
+    else:  # null in the metrics: no known peak (the CPU, or a GPU missing from the peak table)
+        t.add_row("MFU", Text("unknown (CPU)" if h.on_cpu else "unknown" if h.metrics_seen else "-", style=MUTED))
     t.add_row("ETA", duration(h.eta_s) if h.state in LIVE else "-")
     if h.peak_mem is not None:
         t.add_row("peak mem", human_bytes(h.peak_mem))
+    if h.expert_share:
+        t.add_row("experts", expert_bars(h.expert_share))
     return t
 
 
-def gpu_lines(gpus: list[Any], width: int = 10) -> Text:
+def expert_bars(shares: list[float], per_line: int = 16) -> Text:
+    """An MoE run's routed-token share per expert, one level character each (full = the busiest expert),
+    in expert order, then the range: `▆█▃▅ 18-34%`. Yellow: over twice the even share; red: under a
+    quarter of it (an expert the router starves)."""
+    n, top = len(shares), max(max(shares), 1e-9)
     text = Text()
-    for g in gpus:
-        if text:
+    for i, s in enumerate(shares):
+        if i and i % per_line == 0:
             text.append("\n")
-        text.append(f"GPU{g.index} ", style="bold")
-        text.append_text(usage_bar(g.memory_used_bytes, g.memory_total_bytes, width))
-        util = "-" if g.utilization_pct is None else f"{g.utilization_pct}%"
-        text.append(f" {human_bytes(g.memory_used_bytes)} {util}")
+        style = "yellow" if s > 2 / n else "red" if s < 0.25 / n else "cyan"
+        text.append(LEVELS[min(max(round(s / top * 7), 0), 7)], style=style)
+    lo, hi = min(shares) * 100, max(shares) * 100
+    text.append("\n" if n > per_line else " ")
+    text.append(f"{lo:.0f}-{hi:.0f}%" if round(lo) != round(hi) else f"{lo:.0f}% each", style=MUTED)
     return text
+
+
+def alert_lines(h: RunHistory, count: int, live: bool) -> Group:
+    """The newest `count` alerts, newest first, each with its step. The newest error-severity one
+    stays on top while newer warnings arrive; the top one wraps and names its one-key remedy, the
+    others take one line each."""
+    recent = h.recent_alerts(count)
+    errors = [a for a in reversed(h.alerts) if a.severity == "error"]
+    if errors and errors[0] not in recent[:1]:
+        recent = [errors[0], *[a for a in recent if a is not errors[0]]][:count]
+    lines = []
+    for i, a in enumerate(recent):
+        mark, style = SEVERITY.get(a.severity, SEVERITY["warning"])
+        text = Text.assemble((f"{mark} ", style), (f"step {a.step:,}  " if a.step is not None else "", MUTED),
+                             (f"{a.kind}: ", f"bold {style}" if i == 0 else style),
+                             (a.message, "" if i == 0 else MUTED))
+        if i == 0:
+            if live and a.suggest in REMEDY_KEYS:
+                key, what = REMEDY_KEYS[a.suggest]
+                text.append(f"  press {key} to {what}", style="bold reverse")
+        else:
+            text.no_wrap, text.overflow = True, "ellipsis"
+        lines.append(text)
+    return Group(*lines)
 
 
 class DashboardScreen(Screen):
@@ -145,17 +182,20 @@ class DashboardScreen(Screen):
         self.pending: dict[str, str] = {}  # command id -> what was asked (until acknowledged)
         self.checkpoint_items: list[tuple[str, int]] = []
         self.gpus: list[Any] = []
+        self.gpu_status: str | None = None  # None until the first NVML reading
         self._keys_for: tuple[str, bool] | None = None
+        self._alerts_for: tuple[int, int, bool] | None = None
 
     # --- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-title")
         with Horizontal(id="run-main"):
-            yield LossChart(id="chart")
+            with Vertical(id="run-left"):
+                yield LossChart(id="chart")
+                yield GpuPanel(id="run-gpus")
             with Vertical(id="run-side"):
                 yield Static("", id="run-stats")
-                yield Static("", id="run-gpus")
                 yield Static("", id="run-checkpoints")
         yield Static("", id="run-alert")
         yield Static("", id="run-message")
@@ -165,6 +205,7 @@ class DashboardScreen(Screen):
         self.query_one("#run-alert", Static).display = False
         self.redraw()
         self.follow()
+        self.watch_gpus()
 
     # --- the follower (thread) -----------------------------------------------------------------
 
@@ -173,8 +214,7 @@ class DashboardScreen(Screen):
         from engine.runfolder import read_events, read_status
 
         worker = get_current_worker()
-        offset, last_status, gpu_at = 0, None, 0.0
-        nvml = getattr(self.app, "nvml", None)
+        offset, last_status = 0, None
         while not worker.is_cancelled:
             events, offset = read_events(self.run, offset)
             status = read_status(self.run)
@@ -186,18 +226,29 @@ class DashboardScreen(Screen):
             elif key != last_status:
                 self.post_message(RunStatus(status))
             last_status = key
-            if time.monotonic() - gpu_at > GPU_POLL_S:
-                gpu_at = time.monotonic()
-                self.post_message(GpuReadings(self._gpus(nvml)))
             time.sleep(POLL_S)
 
-    def _gpus(self, nvml: Any) -> list[Any]:
-        from engine.hardware import probe_gpus
+    @work(thread=True, exclusive=True, exit_on_error=False, group="gpus")
+    def watch_gpus(self) -> None:
+        """Every local GPU every GPU_POLL_S, NVML kept open; one reading and done on a machine without."""
+        from engine.gpu_monitor import GpuMonitor
 
+        worker = get_current_worker()
+        monitor = GpuMonitor(getattr(self.app, "nvml", None))
         try:
-            return probe_gpus(nvml)[0]
-        except Exception:  # a GPU reading is a nicety: never let it end the follower
-            return []
+            while not worker.is_cancelled:
+                try:
+                    self.post_message(GpuReadings(monitor.read(), monitor.status))
+                except Exception as err:  # a GPU reading is a nicety: a failing board must not end the view
+                    self.post_message(GpuReadings([], f"NVML failed: {err}"))
+                    return
+                if not monitor.active:
+                    return
+                until = time.monotonic() + GPU_POLL_S
+                while not worker.is_cancelled and time.monotonic() < until:
+                    time.sleep(0.25)  # short naps: leaving the screen ends the thread soon after
+        finally:
+            monitor.close()
 
     def _lineage(self) -> list[tuple[str, int]]:
         """Checkpoints on the active branch, newest first, as the engine sees them on disk."""
@@ -228,9 +279,14 @@ class DashboardScreen(Screen):
         self.redraw()
 
     def on_gpu_readings(self, message: GpuReadings) -> None:
-        self.gpus = message.gpus
-        self.query_one("#run-gpus", Static).update(
-            gpu_lines(self.gpus) if self.gpus else Text("no GPU: the run uses the CPU", style="#9e9e9e"))
+        self.gpus, self.gpu_status = message.gpus, message.status
+        self.update_gpus()
+
+    def update_gpus(self) -> None:
+        h = self.history
+        self.query_one(GpuPanel).update(self.gpus if self.gpu_status is not None else None, rss=h.rss,
+                                        gpu_mem=h.peak_mem if h.on_cpu is False else None,
+                                        status=self.gpu_status or "ok")
 
     def on_checkpoints(self, message: Checkpoints) -> None:
         self.checkpoint_items = message.items
@@ -271,15 +327,16 @@ class DashboardScreen(Screen):
         if not self.checkpoints():
             cps.append("\n  none yet", style="#9e9e9e")
         self.query_one("#run-checkpoints", Static).update(cps)
-        alert = self.query_one("#run-alert", Static)
-        a = h.active_alert()
-        alert.display = a is not None
-        if a is not None:
-            text = Text.assemble(("⚠ ", "bold red"), (f"{a.kind}: ", "bold"), a.message)
-            if a.suggest in REMEDY_KEYS:
-                key, what = REMEDY_KEYS[a.suggest]
-                text.append(f"  press {key} to {what}", style="bold reverse")
-            alert.update(text)
+        count = 5 if self.app.size.height >= 30 else 3
+        alerts = (len(h.alerts), count, h.state in LIVE)
+        if alerts != self._alerts_for:  # re-laid out only when an alert came or what applies changed
+            self._alerts_for = alerts
+            alert = self.query_one("#run-alert", Static)
+            alert.display = bool(h.alerts)
+            if h.alerts:
+                alert.update(alert_lines(h, count, h.state in LIVE))
+        if self.gpu_status is not None and not self.gpus:
+            self.update_gpus()  # the CPU line shows the run's memory from its metrics
         keys = (h.state, bool(self.checkpoints()))
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
             self._keys_for = keys

@@ -43,6 +43,7 @@ class AlertView:
     message: str
     suggest: str | None
     step: int | None
+    severity: str = "warning"  # error | warning | info, as the engine's watchdogs set it
 
 
 @dataclass
@@ -60,6 +61,10 @@ class RunHistory:
     data_share: float | None = None  # share of the dataset seen (epochs, 1.0 = all of it once)
     grad_norm: float | None = None
     peak_mem: float | None = None
+    rss: float | None = None  # the run's peak resident memory (sys/rss: a run on the CPU)
+    on_cpu: bool | None = None  # None until a metrics event says where the run trains
+    expert_share: list[float] | None = None  # an MoE run's share of routed tokens per expert
+    metrics_seen: bool = False
     train: list[tuple[float, float]] = field(default_factory=list)
     val: list[tuple[float, float]] = field(default_factory=list)
     lrs: list[tuple[float, float]] = field(default_factory=list)
@@ -68,6 +73,7 @@ class RunHistory:
     alerts: list[AlertView] = field(default_factory=list)
     acks: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    error_step: int | None = None
     done: bool = False
     state_t: float = 0.0  # time of the newest state event
     message: str = ""  # what the job last said it is doing ("tokenizing", "model ready", ...)
@@ -97,11 +103,13 @@ class RunHistory:
                 self.marks.append(Mark(float(self.step), "‖", "#b2b2b2"))
         elif kind == "alert":
             self.alerts.append(AlertView(e.get("kind", "alert"), e.get("message", ""), e.get("suggest"),
-                                         int(step) if isinstance(step, (int, float)) else self.step))
+                                         int(step) if isinstance(step, (int, float)) else self.step,
+                                         str(e.get("severity") or "warning")))
         elif kind == "control_ack":
             self._ack(e)
         elif kind == "error":
             self.error = e.get("message") or str(e.get("error", "error"))
+            self.error_step = int(step) if isinstance(step, (int, float)) else self.step
         elif kind == "done":
             self.done = True
             self.state = e.get("state", "done") if e.get("state") in ("done", "failed", "stopped") else "done"
@@ -125,6 +133,13 @@ class RunHistory:
         self.data_share = number(pick(e, "epoch", "data_share", "epoch_share")) or self.data_share
         self.grad_norm = number(pick(e, "grad_norm")) or self.grad_norm
         self.peak_mem = number(pick(e, "peak_mem", "sys/gpu_mem", "sys/rss")) or self.peak_mem
+        self.rss = number(e.get("sys/rss")) or self.rss
+        if e.get("sys/gpu_mem") is not None or e.get("sys/rss") is not None:
+            self.on_cpu = e.get("sys/gpu_mem") is None
+        shares = e.get("moe/expert_share")
+        if isinstance(shares, list) and shares and all(number(x) is not None for x in shares):
+            self.expert_share = [float(x) for x in shares]
+        self.metrics_seen = True
         if self.state == "starting":
             self.state = "running"
         if len(self.train) > MAX_POINTS:
@@ -164,5 +179,6 @@ class RunHistory:
     def chart(self) -> ChartData:
         return ChartData(train=list(self.train), val=list(self.val), lr=list(self.lrs), marks=list(self.marks))
 
-    def active_alert(self) -> AlertView | None:
-        return self.alerts[-1] if self.alerts and self.state not in ("done", "stopped") else None
+    def recent_alerts(self, n: int) -> list[AlertView]:
+        """The newest `n` alerts, newest first."""
+        return self.alerts[::-1][:n]

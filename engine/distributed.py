@@ -252,6 +252,9 @@ class DistributedTrainer(Trainer):
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
         """Rank 0 writes (sharded: every rank writes its shards into rank 0's save); every rank learns its
         outcome (name, or none and paused) before going on."""
+        # Every rank reads its skipped-step flags here, together: a `save` command can come between two logs,
+        # and settling inside rank 0's save alone would run _log_metrics' all_reduce on one rank (a hang).
+        self._settle_guard()
         info = None
         if self.sharded:
             self._shards_bad = sharded_checkpoint.any_nonfinite(self.model, self.optimizer)

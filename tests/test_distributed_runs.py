@@ -200,3 +200,25 @@ def test_print_launch_commands_run_two_machines_on_localhost(tmp_path: Path) -> 
     starting = [e for e in events(run, "state") if e.get("world_size")]
     assert starting[0]["world_size"] == 2 and starting[0]["num_machines"] == 2
     assert (run / "final" / "model.safetensors").is_file() and (run / "job-machine1.log").is_file()
+
+
+def test_two_process_save_command_between_logs_settles_skipped_steps_on_both_ranks(tmp_path: Path) -> None:
+    """A non-finite step between two logs is read back at the next log, checkpoint or save: a `save` command
+    there must settle it on every rank together (settling inside rank 0's save alone hung on a collective)."""
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 400}, log={"every": 200}, checkpoint={"every": 0},
+                  distributed=TWO)
+    run, pid = launch(s, tmp_path / "runs", step_sleep=0.1, env={**PROBE, "LLMW_FAULT": "nan@step:3"})
+    try:
+        wait_step(run, 6)
+        cid = runfolder.send_command(run, "save")
+        ack = runfolder.wait_ack(run, cid, timeout=90)
+        assert ack and ack["ok"], (ack, (run / runfolder.LOG).read_text()[-3000:])
+        control(run, "stop")
+        assert wait_exit(pid, 120) == 0
+    finally:
+        if runfolder.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    skipped = [e for e in events(run, "alert") if e.get("kind") == "nan"]
+    assert skipped and skipped[0]["step"] == 3, events(run, "alert")
+    ends = [[r for r in probe(run, rank) if r.get("end")][-1] for rank in (0, 1)]
+    assert ends[0]["step"] == ends[1]["step"] and ends[0]["digest"] == ends[1]["digest"], ends

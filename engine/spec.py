@@ -156,9 +156,15 @@ class TrainSpec:
     compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
     oom_backoff: bool = _f(False, "on out-of-memory, halve the micro-batch and double accumulation")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
+    nonfinite_patience: int = _f(3, "non-finite steps in a row (each skipped) before the run pauses or rolls back")
+    spike_patience: int = _f(3, "logging intervals in a row with a loss spike before the run pauses or rolls back")
+    auto_rollback: bool = _f(False, "instead of pausing on those: roll back to the newest checkpoint before it, "
+                             "halve the LR and skip that data (at most auto_rollback_max times, then pause)")
+    auto_rollback_max: int = _f(3, "automatic rollbacks allowed before the run pauses for you")
 
     def __post_init__(self) -> None:
-        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr")
+        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr", "nonfinite_patience", "spike_patience")
+        _positive("train", self, "auto_rollback_max", zero_ok=True)
         _positive("train", self, "warmup_steps", "min_lr_ratio", "max_steps", "epochs", "grad_clip",
                   "weight_decay", "threads", zero_ok=True)
         _choice("train", self, "schedule", SCHEDULES)
@@ -266,7 +272,8 @@ class RunSpec:
         d = self.to_dict()
         for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "distributed"):  # DDP checkpoints fit any layout
             d.pop(volatile, None)
-        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio"):
+        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
+                         "nonfinite_patience", "spike_patience", "auto_rollback", "auto_rollback_max"):
             d["train"].pop(volatile, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -111,6 +111,26 @@ def test_N5_grad_scaler_collapse_warns_after_repeated_backoffs() -> None:
     assert low.on_scale(30, 4.0) is None and low.on_scale(40, 0.5) is not None  # warns again after recovering
 
 
+def test_N3_N4_settings_are_validated_and_faults_take_ranges_of_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.errors import UserError
+    from engine.spec import from_dict
+
+    for key, value in (("nonfinite_patience", 0), ("spike_patience", -1), ("auto_rollback_max", -1),
+                       ("auto_rollback", 1)):
+        with pytest.raises(UserError, match=f"train.{key}"):
+            from_dict({"train": {key: value}})
+    base = from_dict({})
+    assert (base.train.nonfinite_patience, base.train.auto_rollback) == (3, False)
+    # resuming with auto-rollback switched on is allowed: these settings are not part of the fingerprint
+    assert from_dict({"train": {"auto_rollback": True, "spike_patience": 5}}).fingerprint() == base.fingerprint()
+    monkeypatch.setenv("LLMW_FAULT", "nan@try:3-4,spike@step:7:x20")
+    monkeypatch.setattr(watchdogs, "_fired", set())
+    hits = [watchdogs.fault("nan", step=1, attempt=a) for a in range(1, 6)]
+    assert hits == [None, None, "", "", None]
+    assert watchdogs.fault("nan", step=1, attempt=3) is None  # each attempt fires once
+    assert watchdogs.fault("spike", step=7, attempt=99) == "x20" and watchdogs.fault("spike", 7, 100) is None
+
+
 # ---- in-process runs ------------------------------------------------------------------------------
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, **train) -> tuple[object, int, list[dict]]:

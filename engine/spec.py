@@ -177,9 +177,15 @@ class TrainSpec:
     find_batch: str = _f("auto", "before the first step, probe for the largest micro-batch that fits (same "
                                  "effective batch): on, off, or auto (on a GPU when the estimate is tight)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
+    nonfinite_patience: int = _f(3, "non-finite steps in a row (each skipped) before the run pauses or rolls back")
+    spike_patience: int = _f(3, "logging intervals in a row with a loss spike before the run pauses or rolls back")
+    auto_rollback: bool = _f(False, "instead of pausing on those: roll back to the newest checkpoint before it, "
+                             "halve the LR and skip that data (at most auto_rollback_max times, then pause)")
+    auto_rollback_max: int = _f(3, "automatic rollbacks allowed before the run pauses for you")
 
     def __post_init__(self) -> None:
-        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr")
+        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr", "nonfinite_patience", "spike_patience")
+        _positive("train", self, "auto_rollback_max", zero_ok=True)
         _positive("train", self, "warmup_steps", "min_lr_ratio", "max_steps", "epochs", "grad_clip",
                   "weight_decay", "threads", zero_ok=True)
         _choice("train", self, "schedule", SCHEDULES)
@@ -296,7 +302,8 @@ class RunSpec:
         for consent in CONSENT_FIELDS:  # permissions, not the model: the model's files are fingerprinted
             d["model"].pop(consent, None)
         for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
-                         "find_batch"):  # the finder's choice is in the checkpoint, and a resume keeps it
+                         "find_batch",  # the finder's choice is in the checkpoint, and a resume keeps it
+                         "nonfinite_patience", "spike_patience", "auto_rollback", "auto_rollback_max"):
             d["train"].pop(volatile, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -5,7 +5,8 @@ Reading a boolean back from the GPU each step would stall its queue, so the chec
 torch's fused AdamW/Adam/SGD take a `found_inf` tensor (the hook GradScaler uses) and their kernel leaves
 the weights, the moments and the step count untouched when it is 1. The trainer keeps the per-step
 flags on the device and reads them once at the next logging interval, checkpoint or evaluation (a sync
-that happens there anyway), then alerts, takes the skipped steps off the count and pauses.
+that happens there anyway), then takes the skipped steps off the count; engine/numerics.py alerts and
+counts them, pausing or rolling back when too many come in a row.
 
 Optimizers without that hook (bitsandbytes' 8-bit ones) and fp16 with a GradScaler (accelerate's
 scaler step reads its own overflow flag back every step anyway) keep the synchronous check: one

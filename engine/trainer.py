@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import batch_finder, checkpoint, controls, fingerprint, flops, runfolder, save_guard, step_guard
+from engine import (batch_finder, checkpoint, controls, fingerprint, flops, numerics, runfolder, save_guard,
+                    step_guard)
 from engine.errors import UserError
 from engine.redact import redact
 from engine.spec import RunSpec
 from engine.techniques.base import Prepared, SetupContext, get
 from engine.train_state import build_optimizer, rng_state, seed_all, set_rng_state, versions
-from engine.watchdogs import Watchdogs, fault, is_oom, nonfinite_alert, oom_alert
+from engine.watchdogs import Watchdogs, fault, is_oom, oom_alert
 
 EXIT_SIGNAL, EXIT_OOM = 11, 3
 
@@ -43,6 +44,8 @@ class Interval:
     grad_norm: Any = None
     lr: float = 0.0
     flags: list[Any] = field(default_factory=list)  # per step, on the device: [loss, grad norm] not finite
+    spans: list[list[int]] = field(default_factory=list)  # per flagged step: epoch, position before and after
+    start: tuple[int, int] | None = None  # the data position where the interval began
 
 
 class Trainer:
@@ -66,6 +69,8 @@ class Trainer:
         self.batch_choice: dict[str, Any] | None = None  # the preflight batch finder's, kept in checkpoints
         self._step_ms_smooth: float | None = None
         self._last_status = 0.0
+        self.tries = 0  # optimizer-step attempts of this process (LLMW_FAULT's <kind>@try:k)
+        self.rollback_due: numerics.Escalation | None = None  # an automatic rollback, done before the next step
 
     # ---- status and events -------------------------------------------------------------------
 
@@ -257,6 +262,11 @@ class Trainer:
         """One optimizer step; False if it was skipped (non-finite) or redone after an OOM back-off."""
         import torch
 
+        if self.rollback_due is not None:  # decided at the last read (RELIABILITY N3/N4), done between steps
+            escalation, self.rollback_due = self.rollback_due, None
+            numerics.auto_rollback(self, escalation)
+            return False
+        self.tries += 1
         started, at = time.perf_counter(), (self.epoch, self.position)
         acc = self.accelerator
         loss_sum = torch.zeros((), device=acc.device)
@@ -266,8 +276,10 @@ class Trainer:
                 sync = acc.no_sync(self.model) if micro < self.grad_accum - 1 else nullcontext()
                 with sync, acc.autocast():
                     loss = self.technique.loss(self.prep, batch)
-                    if fault("nan", self.step + 1) is not None:
+                    if fault("nan", self.step + 1, self.tries) is not None:
                         loss = loss * float("nan")
+                    if (factor := fault("spike", self.step + 1, self.tries)) is not None:
+                        loss = loss * float(factor.lstrip("x") or 50)
                     if fault("raise", self.step + 1) is not None:
                         raise RuntimeError(f"injected fault at step {self.step + 1}")
                     if fault("oom", self.step + 1) is not None:
@@ -290,17 +302,27 @@ class Trainer:
         flags = step_guard.nonfinite_flags(loss_sum, grad_norm)
         bad = flags.any()
         iv = self.interval
+        span = [*at, self.epoch, self.position]
+        iv.start = iv.start or at
         if self.device_guard:  # skipped by the fused kernel; read at the next log (_settle_guard)
             step_guard.step_unless(self.optimizer, bad)
             iv.flags.append(flags)
+            iv.spans.append(span)
         elif bool(bad):  # optimizers without a device skip: one sync a step
+            if acc.scaler is not None:
+                self.optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
             self.optimizer.zero_grad(set_to_none=True)
-            what = "the loss" if bool(flags[0]) else "the gradient norm"
-            self.events.emit("alert", step=self.step + 1, **nonfinite_alert(self.step + 1, what).fields())
-            self.set_paused(True)
+            if acc.scaler is not None and not bool(flags[0]):
+                numerics.check_scale(self)  # an overflow is loss scaling's routine, unless the scale collapses
+                return False
+            escalation = numerics.on_flags(self, [flags.tolist()], [span], self.step)
+            if escalation is not None:
+                numerics.escalate(self, escalation)
             return False
         else:
             self.optimizer.step()
+            if self.watchdogs.state.get("nonfinite_run"):  # a good step ends a streak
+                numerics.on_flags(self, [[False, False]], [span], self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len
@@ -317,29 +339,29 @@ class Trainer:
         return True
 
     def _settle_guard(self) -> bool:
-        """Read the device-side non-finite flags (one sync); if steps were skipped, take them off the count,
-        alert and pause. False when that happened."""
+        """Read the device-side non-finite flags (one sync); if steps were skipped, take them off the count and
+        alert; `train.nonfinite_patience` in a row (counted across reads) pause or roll back (engine/numerics.py).
+        False when steps were skipped."""
         import torch
 
         iv = self.interval
         if not iv.flags:
             return True
         flags = torch.stack(iv.flags).cpu().tolist()
-        iv.flags = []
+        spans, iv.flags, iv.spans = iv.spans, [], []
+        escalation = numerics.on_flags(self, flags, spans, self.step - len(flags))
         bad = [i for i, f in enumerate(flags) if any(f)]
         if not bad:
             return True
-        first = self.step - len(flags) + bad[0] + 1  # the step number the first bad one would have had
         per_step = self.batch_size * self.grad_accum * self.spec.train.seq_len * getattr(self, "world", 1)
         self.step -= len(bad)
         self.tokens -= len(bad) * per_step
         iv.steps -= len(bad)
         iv.tokens -= len(bad) * per_step
-        what = "the loss" if flags[bad[0]][0] else "the gradient norm"
-        self.events.emit("alert", step=first, skipped=len(bad), **nonfinite_alert(first, what).fields())
-        if iv.steps:
-            self._log_metrics()
-        self.set_paused(True)
+        if escalation is not None:
+            if iv.steps:
+                self._log_metrics()
+            numerics.escalate(self, escalation)
         return False
 
     def _log_metrics(self) -> None:
@@ -378,6 +400,9 @@ class Trainer:
         self.last.update(m)
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
         self.write_status()
+        escalation = numerics.after_log(self, self.step - iv.steps + 1, iv.start)  # sustained spike, fp16 scale
+        if escalation is not None:
+            numerics.escalate(self, escalation)
 
     def _evaluate(self) -> None:
         import torch

@@ -3,10 +3,13 @@
 Pure Python on floats (no torch), so each detector is unit-tested on synthetic series. The state is
 a plain dict saved in checkpoints, so a resumed run does not raise a false alarm (RELIABILITY N6).
 
-- non-finite loss: the trainer skips the step and pauses; `nonfinite_alert` words it.
+- non-finite loss or gradients: the trainer skips the step; engine/numerics.py words the alerts and
+  escalates a streak.
 - plateau early in training (the book's local minimum, 5.4.3): the smoothed loss has stopped falling
   while most of the data is still unseen -> suggest `rescue`.
-- spike: the logged loss jumps well above the smoothed loss -> suggest `rollback`.
+- spike: the logged loss jumps well above the smoothed loss -> suggest `rollback`. A spiking interval is
+  kept out of the smoothed loss (an outlier must not raise its own baseline) and counted in `spike_run`,
+  the intervals in a row that spiked; engine/numerics.py escalates a sustained spike (RELIABILITY N4).
 - overfitting: validation loss rose at two evaluations in a row while the training loss fell.
 - out of memory: `oom_alert` with what to change.
 """
@@ -52,12 +55,15 @@ class Watchdogs:
         if not math.isfinite(loss):
             return alerts
         smooth = s["smooth"]
-        if smooth is not None and len(s["history"]) >= 5 and loss > self.spike_factor * smooth \
-                and (s["spike_at"] is None or step - s["spike_at"] >= self.window()):
-            s["spike_at"] = step
-            alerts.append(Alert("spike", f"loss jumped to {loss:.3g} at step {step}, {loss / smooth:.1f}x the "
-                                f"smoothed {smooth:.3g}: the learning rate may be too high",
-                                "rollback"))
+        if smooth is not None and len(s["history"]) >= 5 and loss > self.spike_factor * smooth:
+            s["spike_run"] = s.get("spike_run", 0) + 1
+            if s["spike_at"] is None or step - s["spike_at"] >= self.window():
+                s["spike_at"] = step
+                alerts.append(Alert("spike", f"loss jumped to {loss:.3g} at step {step}, {loss / smooth:.1f}x the "
+                                    f"smoothed {smooth:.3g}: the learning rate may be too high",
+                                    "rollback"))
+            return alerts
+        s["spike_run"] = 0
         s["smooth"] = smooth = loss if smooth is None else EMA * smooth + (1 - EMA) * loss
         s["history"].append([step, smooth])
         w = self.window()
@@ -91,11 +97,6 @@ class Watchdogs:
         return []
 
 
-def nonfinite_alert(step: int, what: str) -> Alert:
-    return Alert("nan", f"{what} is not finite at step {step}: the step was skipped and the run paused. "
-                 "Roll back to a checkpoint, perhaps with a lower learning rate", "rollback", "error")
-
-
 def oom_alert(batch_size: int, grad_accum: int, backed_off: bool) -> Alert:
     if backed_off:
         return Alert("oom", f"out of memory: micro-batch halved to {batch_size} and accumulation doubled to "
@@ -113,7 +114,7 @@ def is_oom(exc: BaseException) -> bool:
     return classify(exc)
 
 
-_fired: set[str] = set()
+_fired: set[tuple[str, int]] = set()
 
 
 def fault_budget(kind: str = "oom_over") -> int | None:
@@ -127,15 +128,23 @@ def fault_budget(kind: str = "oom_over") -> int | None:
     return None
 
 
-def fault(kind: str, step: int) -> str | None:
+def fault(kind: str, step: int, attempt: int | None = None) -> str | None:
     """Test hook: LLMW_FAULT=<kind>@step:<k>[:<arg>] fires once per process at step k; returns the arg
-    ('' if none). Kinds the trainer knows: nan (loss x NaN), oom (raise OutOfMemoryError), raise.
-    `fault_budget` reads the one fault that is a condition rather than an event (oom_over:<tokens>)."""
+    ('' if none). `k` may be a range `a-b` (each step once). `<kind>@try:<k>` counts optimizer-step
+    attempts of this process instead (`attempt`), which never repeat: skipped steps and rollbacks reuse
+    step numbers. Kinds the trainer knows: nan (loss x NaN), spike (loss x<arg>, e.g. x50),
+    oom (raise OutOfMemoryError), raise. `fault_budget` reads the one fault that is a condition rather
+    than an event (oom_over:<tokens>)."""
     spec = os.environ.get("LLMW_FAULT", "")
     for part in filter(None, spec.split(",")):
-        name, _, rest = part.partition("@step:")
+        name, _, rest = part.partition("@")
+        counter, _, rest = rest.partition(":")
         k, _, arg = rest.partition(":")
-        if name == kind and k.isdigit() and int(k) == step and part not in _fired:
-            _fired.add(part)
+        lo, _, hi = k.partition("-")
+        at = {"step": step, "try": attempt}.get(counter)
+        if name != kind or at is None or not lo.isdigit() or not (hi or lo).isdigit():
+            continue
+        if int(lo) <= at <= int(hi or lo) and (part, at) not in _fired:
+            _fired.add((part, at))
             return arg
     return None

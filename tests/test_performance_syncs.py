@@ -104,6 +104,7 @@ def test_nan_step_is_skipped_on_the_device_and_reported_at_the_log(tmp_path: Pat
 
     monkeypatch.setenv("LLMW_FAULT", "nan@step:3")
     trainer = _trainer(tmp_path, 20)
+    trainer.spec.train.nonfinite_patience = 1  # pause at the first bad step (RELIABILITY N3 with K = 1)
     counts = _count_syncs(monkeypatch, trainer)
     paused_at: list[int] = []
 

@@ -49,12 +49,13 @@ def test_N2_infinite_gradient_with_finite_loss_is_skipped_before_the_step(traine
     assert trainer._train_step()  # skipped on the device (engine/step_guard.py); read at the next log or save
     hook.remove()
     assert trainer._settle_guard() is False
-    assert trainer.step == 1 and trainer.paused
+    assert trainer.step == 1 and not trainer.paused  # one bad step is skipped and logged; N3 pauses on a streak
     assert all(torch.equal(a, p) for a, p in zip(before, trainer.params))  # the step never reached the weights
     after = [v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
     assert all(torch.equal(a, b) for a, b in zip(moments, after)) and all(bool(torch.isfinite(v).all()) for v in after)
     alert = _alerts(trainer.run)[-1]
     assert alert["kind"] == "nan" and "gradient norm" in alert["message"] and alert["suggest"] == "rollback"
+    assert alert["severity"] == "warning" and alert["skipped"] == 1
 
 
 def test_C10_nan_weights_are_never_checkpointed(trainer: Trainer) -> None:

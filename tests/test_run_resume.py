@@ -66,7 +66,8 @@ def test_sigkill_then_resume_logs_the_same_losses_as_an_uninterrupted_run(tmp_pa
 
 
 def test_rollback_crash_mid_save_resume_keeps_the_new_branch_then_set_lr_survives_and_nan_pauses(tmp_path: Path) -> None:
-    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 5000}, checkpoint={"every": 10, "keep": 1000})
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 5000, "nonfinite_patience": 1},  # pause at one NaN
+                  checkpoint={"every": 10, "keep": 1000})
     sched = LRSchedule([s.train.lr], s.train.max_steps, s.train.warmup_steps, s.train.schedule, s.train.min_lr_ratio)
     run, pid = launch(s, tmp_path / "runs", step_sleep=0.02, env={"LLMW_CRASH_AT": "ckpt:before_manifest:b1"})
     ckpts = run / "checkpoints"

@@ -265,7 +265,7 @@ def test_P3_ctrl_c_in_the_terminal_asks_and_never_reaches_the_runner(tmp_path) -
             return _wait(lambda: (s := runfolder.read_status(run))["step"] > after and s["step"], 60, "more steps")
 
         term.keys("C-c")  # the TUI holds the terminal raw: a key, shown as the question
-        screen = term.wait_for(r"Close the UI or stop training\?(.|\n)*Close UI +Stop training", timeout=30)
+        screen = term.wait_for(r"Close the UI or stop training\?(.|\n)*Close UI \[c\] +Stop training \[s\]", timeout=30)
         steps_on(runfolder.read_status(run)["step"])
         assert runfolder.read_status(run)["state"] == "running" and not (run / "commands.jsonl").exists(), screen
 

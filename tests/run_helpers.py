@@ -8,11 +8,28 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from engine import job, runfolder, spec
+
+@contextmanager
+def in_process_trainer() -> Iterator[None]:
+    """Around Trainers run inside pytest's process: accelerate keeps one state per process (one precision)
+    and a spec sets torch's thread count; start clean and put both back afterwards."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+
 
 WORDS = "the cat dog sat on a mat and ran to big red blue house tree with old new fast slow".split()
 

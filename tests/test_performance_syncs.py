@@ -16,7 +16,7 @@ import pytest
 
 from engine import job, runfolder
 from engine.trainer import Trainer
-from run_helpers import make_corpus, tiny_spec
+from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 LOG_EVERY = 5
 # What reads a tensor back to the host (a device sync on a GPU), at the Python level.
@@ -25,14 +25,8 @@ SYNCS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "
 
 @pytest.fixture
 def fresh_accelerate():
-    import torch
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # one accelerate state per process: start clean
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    with in_process_trainer():
+        yield
 
 
 def _in_mask_check() -> bool:

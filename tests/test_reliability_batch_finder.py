@@ -22,21 +22,15 @@ from engine import checkpoint as ck
 from engine import spec as spec_mod
 from engine.errors import UserError
 from engine.trainer import Trainer
-from run_helpers import make_corpus, tiny_spec
+from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 BUDGET = "oom_over:160"  # tokens: micro-batches of up to 5 x 32 fit
 
 
 @pytest.fixture
 def fresh_accelerate():
-    import torch
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # one accelerate state per process: start clean
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    with in_process_trainer():
+        yield
 
 
 def _spec(corpus: Path, **train: Any) -> spec_mod.RunSpec:

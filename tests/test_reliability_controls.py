@@ -24,28 +24,20 @@ import pytest
 from engine import checkpoint, job, runfolder, save_guard, spec
 from engine.errors import UserError
 from engine.trainer import Interval, Trainer
-from run_helpers import control, make_corpus, tiny_spec, wait_exit, wait_step
+from run_helpers import control, in_process_trainer, make_corpus, tiny_spec, wait_exit, wait_step
 
 BASE_STEPS, STEPS = 10, 40
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory):
-    import torch
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # in process: accelerate's state is per process
-    threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("controls")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
-    s = tiny_spec(make_corpus(tmp, lines=600), train={"max_steps": BASE_STEPS}, checkpoint={"every": 5, "keep": 10})
-    run = job.create(s, tmp / "runs")
-    assert Trainer(run, s).run_job() == 0
-    yield run, spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": STEPS}})
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    mp.undo()
+    with in_process_trainer(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
+        s = tiny_spec(make_corpus(tmp, lines=600), train={"max_steps": BASE_STEPS}, checkpoint={"every": 5, "keep": 10})
+        run = job.create(s, tmp / "runs")
+        assert Trainer(run, s).run_job() == 0
+        yield run, spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": STEPS}})
 
 
 def _resumed(base: tuple[Path, spec.RunSpec], tmp_path: Path) -> Trainer:

@@ -15,24 +15,20 @@ from engine import checkpoint as ck
 from engine import job, runfolder
 from engine.errors import UserError
 from engine.trainer import Interval, Trainer
-from run_helpers import make_corpus, tiny_spec
+from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 
 @pytest.fixture
 def trainer(tmp_path: Path):
     import torch
-    from accelerate.state import AcceleratorState
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # one accelerate state per process: start clean
-    threads = torch.get_num_threads()
-    s = tiny_spec(make_corpus(tmp_path, lines=400))
-    t = Trainer(job.create(s, tmp_path / "runs"), s)
-    t._prepare()
-    t.interval = Interval(loss=torch.zeros(()))
-    yield t
-    t.events.close()
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    with in_process_trainer():
+        s = tiny_spec(make_corpus(tmp_path, lines=400))
+        t = Trainer(job.create(s, tmp_path / "runs"), s)
+        t._prepare()
+        t.interval = Interval(loss=torch.zeros(()))
+        yield t
+        t.events.close()
 
 
 def _alerts(run: Path) -> list[dict]:

@@ -18,7 +18,7 @@ import engine.trainer
 from engine import job, runfolder, spec
 from engine.techniques import prompt_tuning
 from engine.trainer import Trainer
-from run_helpers import losses_by_step, tiny_spec
+from run_helpers import in_process_trainer, losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, save_model, tensors
 
 pytestmark = pytest.mark.slow
@@ -27,12 +27,8 @@ STOP_AT, STEPS = 5, 12
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory):
-    import torch
-    from accelerate.state import AcceleratorState
     from transformers import MixtralConfig
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # in process: accelerate's state is per process
-    threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("r2")
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
@@ -44,9 +40,8 @@ def models(tmp_path_factory: pytest.TempPathFactory):
                            eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
     mixtral = save_model(config, tokenizer, tmp / "mixtral")
     mp.undo()
-    yield {"corpus": corpus, "prompt-tuning": prompt_base, "moe": mixtral}
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    with in_process_trainer():
+        yield {"corpus": corpus, "prompt-tuning": prompt_base, "moe": mixtral}
 
 
 def _spec(models: dict, technique: str, **options) -> spec.RunSpec:

@@ -13,7 +13,7 @@ import pytest
 
 from engine import job, runfolder, spec
 from engine.trainer import Trainer
-from run_helpers import control, losses_by_step, make_corpus, tiny_spec, wait_step
+from run_helpers import control, in_process_trainer, losses_by_step, make_corpus, tiny_spec, wait_step
 
 pytestmark = pytest.mark.slow
 
@@ -37,26 +37,16 @@ def _interrupted(s: spec.RunSpec, runs: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
-    import torch
-
-    from accelerate.state import AcceleratorState
-
-    # In process, the Trainer's settings touch pytest's process: accelerate's singleton state (one
-    # precision per process) and torch's thread count. Start clean and put both back afterwards.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("exact")
-    mp = pytest.MonkeyPatch()  # module scope runs before conftest's per-test folders: isolate it here too
-    mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
-    mp.setenv("HF_HOME", str(tmp / "hf"))
-    s = tiny_spec(make_corpus(tmp), model={"dropout": 0.1}, train={"max_steps": 20, "schedule": "constant"},
-                  checkpoint={"every": 10, "keep": 2})
-    run = job.create(s, tmp / "runs")
-    assert Trainer(run, s).run_job() == 0
-    yield s, _losses(run), tmp / "runs"
-    torch.set_num_threads(threads)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    mp.undo()
+    # module scope runs before conftest's per-test folders: isolate it here too
+    with in_process_trainer(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
+        mp.setenv("HF_HOME", str(tmp / "hf"))
+        s = tiny_spec(make_corpus(tmp), model={"dropout": 0.1}, train={"max_steps": 20, "schedule": "constant"},
+                      checkpoint={"every": 10, "keep": 2})
+        run = job.create(s, tmp / "runs")
+        assert Trainer(run, s).run_job() == 0
+        yield s, _losses(run), tmp / "runs"
 
 
 def test_resume_is_bit_identical_with_dropout(setup: tuple) -> None:

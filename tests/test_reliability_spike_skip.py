@@ -203,19 +203,23 @@ def _adam_steps(trainer) -> set[float]:
     return {float(st["step"]) for st in opt.state.values()}
 
 
-@pytest.mark.parametrize("skip", [True, False], ids=["skip", "control-skip-off"])
+@pytest.mark.parametrize("skip,on_device", [(True, True), (True, False), (False, True)],
+                         ids=["device-flags", "sync-per-step", "control-skip-off"])
 def test_N4_a_single_spike_step_is_skipped_on_the_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         skip: bool) -> None:
+                                                         skip: bool, on_device: bool) -> None:
+    if not on_device:  # as with bitsandbytes' 8-bit optimizers: each step's flags are read at once
+        monkeypatch.setattr(step_guard, "skips_on_device", lambda *a: False)
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:14:x50", spike_skip=skip)
-    assert code == 0 and trainer.step == 20
+    assert code == 0 and trainer.step == 20 and trainer.device_guard == on_device
     spikes = _alerts(evs, "spike")
     per_step = 4 * 32
     if skip:
         assert len(spikes) == 1 and spikes[0]["severity"] == "warning" and spikes[0]["step"] == 14
         assert spikes[0]["skipped"] == 1 and "skipped" in spikes[0]["message"]
         assert spikes[0]["loss"] > 20 * spikes[0]["threshold"] / 3 > 0  # 50x the level, threshold <= ~3x+
-        assert trainer.tries == 21 and not trainer.applied[14]  # that attempt left the weights as they were
-        assert all(trainer.applied[a] for a in trainer.applied if a != 14)  # the only step skipped
+        assert trainer.tries == 21
+        if on_device:  # that attempt left the weights as they were, and it was the only one
+            assert not trainer.applied[14] and all(trainer.applied[a] for a in trainer.applied if a != 14)
         assert _adam_steps(trainer) == {20.0}  # the optimizer counted 20 steps in 21 attempts
         assert [e["tokens"] for e in evs if e["type"] == "metrics"][-1] == 20 * per_step  # its tokens came off
         losses = [e["train/loss"] for e in evs if e["type"] == "metrics"]
@@ -272,3 +276,33 @@ def test_N4_a_manual_rollback_beats_a_pending_auto_rollback(tmp_path: Path, monk
     assert not [a for a in _alerts(evs, "rollback") if "auto-rollback" in a["message"]]
     assert trainer.schedule.multiplier == 1.0  # the automatic one's LR x0.5 was not applied
     assert code == 0 and trainer.step == 20 and trainer.branch == 1
+
+
+def test_N4_an_armed_skip_adds_no_sync_between_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threshold is refilled on the device at each log and the flag read with the others at the next one:
+    with the skip armed and a spike skipped, steps that do not log still read nothing back."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    from engine.trainer import Trainer
+    from test_performance_syncs import LOG_EVERY, _count_syncs
+
+    monkeypatch.setenv("LLMW_FAULT", "spike@try:62:x50")
+    monkeypatch.setattr(watchdogs, "_fired", set())
+    AcceleratorState._reset_state(reset_partial_state=True)
+    threads = torch.get_num_threads()
+    s = tiny_spec(make_corpus(tmp_path, lines=400), train={"max_steps": 70}, log={"every": LOG_EVERY},
+                  checkpoint={"every": 0})
+    trainer = Trainer(job.create(s, tmp_path / "runs"), s)
+    counts = _count_syncs(monkeypatch, trainer)
+    try:
+        assert trainer.run_job() == 0
+    finally:
+        torch.set_num_threads(threads)
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert math.isfinite(trainer.skip_value) and trainer.tries == 71  # armed, and one step skipped
+    spikes = _alerts(runfolder.read_events(trainer.run)[0], "spike")
+    assert [(a["step"], a["skipped"]) for a in spikes] == [(62, 1)]
+    quiet = [k for k in range(70) if k % LOG_EVERY]
+    assert {k: counts[k] for k in quiet} == {k: 0 for k in quiet}
+    assert counts[65] > 0  # the read that found it

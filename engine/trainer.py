@@ -278,9 +278,9 @@ class Trainer:
         pending, self.rollback_due = self.rollback_due, None
         if pending is not None:
             self.events.emit("alert", step=self.step, kind="rollback", severity="warning", suggest="set_lr",
-                             dropped=pending.cause, message=f"the automatic rollback for {pending.detail} was "
-                             f"dropped: your rollback to {info.name} came first (the learning rate is as that "
-                             "checkpoint had it)")
+                             dropped=pending.cause, message=f"the pending automatic rollback ({pending.detail}) "
+                             f"was dropped: your rollback to {info.name} came first; the automatic one's learning "
+                             f"rate x{numerics.LR_FACTOR:g} is not applied")
 
     def _next_batch(self) -> Any:
         data = self.prep.data

@@ -9,6 +9,11 @@
 - data: rank r takes the r-th micro-batch of each group of world-size micro-batches from the global
   position, which advances by world x batch, so the checkpointed position means the same on any layout;
 - metrics: the loss is averaged over ranks at the logging interval, tokens (and tokens/s) summed;
+- skipped steps: every rank must skip the same ones or the weights part. The gradient norm is the same
+  everywhere (DDP averaged the gradients) but the loss is each rank's own, so with the spike skip on each
+  step's loss is averaged over ranks on the device before the flags are taken (`_step_loss`): identical
+  flags, hence identical skips, streaks, pauses and rollbacks, with no host sync; an automatic rollback
+  loads the checkpoint rank 0 chose (`agree`);
 - FSDP (accelerate's fsdp_version 2, GPUs only): parameters are DTensor shards, so checkpoints, resume,
   rollback and final/ go through engine/sharded_checkpoint.py, where every rank writes and reads its own
   shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder.
@@ -240,13 +245,34 @@ class DistributedTrainer(Trainer):
             self.interval.tokens += extra
         return done
 
-    def _log_metrics(self) -> None:
+    def _step_loss(self, loss: Any) -> Any:
+        """The mean loss over ranks, so that every rank flags the same steps as spikes (and as non-finite).
+        Reading each rank's flags and all-reducing them at the next read would come too late: the fused
+        optimizer has already applied or skipped the step on each rank by then. One all_reduce of a scalar a
+        step: on NCCL it is queued on the device (no host sync), on gloo it is a CPU exchange like the
+        command exchange each step already does. Without the spike skip, nothing is exchanged: a non-finite
+        loss on one rank makes every rank's gradient norm non-finite through DDP's gradient all-reduce."""
         import torch.distributed as dist
 
-        if self.interval.steps:  # every rank logs at the same steps: the mean loss over ranks
-            loss = self.interval.loss.to(self._device())
-            dist.all_reduce(loss)
-            self.interval.loss = (loss / self.world).to(self.interval.loss.device)
+        if not self.spec.train.spike_skip:
+            return loss
+        agreed = loss.to(self._device())
+        dist.all_reduce(agreed)
+        return (agreed / self.world).to(loss.device)
+
+    def agree(self, text: str) -> str:
+        return self._broadcast_text(text)
+
+    def _log_metrics(self) -> None:
+        import torch
+        import torch.distributed as dist
+
+        iv = self.interval
+        if iv.steps:  # every rank logs at the same steps: the mean loss (and squared loss) over ranks
+            both = torch.stack([iv.loss, torch.as_tensor(iv.loss_sq, device=iv.loss.device)]).to(self._device())
+            dist.all_reduce(both)
+            both = (both / self.world).to(iv.loss.device)
+            iv.loss, iv.loss_sq = both[0], both[1]
         super()._log_metrics()
 
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
@@ -335,6 +361,7 @@ class DistributedTrainer(Trainer):
 
         from engine.trainer import Interval
 
+        self.supersede_auto_rollback(info)  # as on rank 0 (which alone emits the alert)
         self._load(info)  # the branch bookkeeping on disk is rank 0's
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
 

@@ -6,8 +6,11 @@ trouble that persists needs a person or a rollback:
   evaluation and checkpoint boundaries, so the streak is counted over those reads: a streak that spans
   two logging intervals (or a resume: the count lives in the watchdogs' state, saved in checkpoints)
   still counts.
-- N4: the spike detector (engine/watchdogs.py) saw `train.spike_patience` logging intervals in a row
-  spike.
+- N4: the ladder for loss spikes is warn, skip, pause, roll back. One logged interval above 2x the smoothed
+  loss warns (engine/watchdogs.py); a single step far above the recent level (`skip_threshold`) is skipped
+  on the device like a non-finite step (`train.spike_skip`) and alerted at the next read; it escalates when
+  the detector saw `train.spike_patience` logging intervals in a row spike, or when that many intervals'
+  worth of steps in a row were skipped as spikes (`skip_patience`).
 Either one pauses with a rollback offer, or, with `train.auto_rollback`, rolls back to the newest valid
 checkpoint before the trouble began, halves the LR through the schedule's persisted multiplier (the one
 set_lr and rescue use) and moves the data position past the batches that were trained while it lasted
@@ -42,58 +45,102 @@ class Escalation:
     start: tuple[int, int]
     end: tuple[int, int]
     detail: str
-    skipped: int = 0  # steps skipped by the read that found it (nan)
+    skipped: int = 0  # steps skipped by the read that found it (nan, skipped spikes)
+    level: float | None = None  # the loss of the last skipped spike step: a resume after a pause accepts it
 
 
 def count_nonfinite(state: dict[str, Any], flags: list[list[bool]], spans: list[list[int]], base: int,
                     patience: int) -> tuple[list[int], Escalation | None]:
-    """Feed the flags read at one boundary ([loss, grad norm] not finite, per step attempted since the
-    last read) with each step's data span [epoch, position before, epoch, position after]. `base` is the
-    step count before these steps. Returns the indices of the bad steps and the escalation, if a streak
-    reached `patience` (the streak then counts again from zero)."""
+    """Feed the flags read at one boundary ([loss, grad norm] not finite[, spike skipped], per step attempted
+    since the last read) with each step's data span [epoch, position before, epoch, position after]. `base`
+    is the step count before these steps. Returns the indices of the non-finite steps and the escalation, if
+    a streak reached `patience` (the streak then counts again from zero)."""
+    return count_streak(state, "nan", flags, spans, base, patience)
+
+
+def _hit(cause: str, f: list[bool]) -> bool:
+    nonfinite = bool(f[0] or f[1])
+    return nonfinite if cause == "nan" else (len(f) > 2 and bool(f[2]) and not nonfinite)
+
+
+def count_streak(state: dict[str, Any], cause: str, flags: list[list[bool]], spans: list[list[int]], base: int,
+                 patience: int, losses: list[float] | None = None) -> tuple[list[int], Escalation | None]:
+    """Streaks of skipped steps of one cause: "nan" (non-finite) or "spike" (loss above the skip threshold).
+    An applied step ends a streak; a step skipped for the other cause neither ends nor extends it (the
+    trouble goes on). The streak lives in `state` (the watchdogs' state: saved in checkpoints)."""
+    key = {"nan": "nonfinite", "spike": "skip"}[cause]
     bad: list[int] = []
     escalation, extending = None, False
-    good = 0
+    applied = 0  # steps before this one that reached the weights: a skipped step takes no step number
     for i, (f, span) in enumerate(zip(flags, spans)):
-        if not any(f):
-            good += 1
-            extending = False
-            state["nonfinite_run"], state["nonfinite_from"] = 0, None
+        if not _hit(cause, f):
+            if not any(f):
+                applied += 1
+                extending = False
+                state[f"{key}_run"], state[f"{key}_from"] = 0, None
             continue
         bad.append(i)
-        if not state.get("nonfinite_run"):
-            what = "the loss" if f[0] else "the gradient norm"
-            state["nonfinite_from"] = {"step": base + good + 1, "at": span[:2], "what": what}
-        state["nonfinite_run"] = state.get("nonfinite_run", 0) + 1
-        if escalation is None and state["nonfinite_run"] >= patience:
-            start = state["nonfinite_from"]
-            escalation = Escalation("nan", start["step"], tuple(start["at"]), tuple(span[2:]),
-                                    f"{start['what']} was not finite on {state['nonfinite_run']} steps in a "
-                                    f"row at step {start['step']} (each skipped)")
+        if not state.get(f"{key}_run"):
+            what = "the loss" if f[0] or cause == "spike" else "the gradient norm"
+            state[f"{key}_from"] = {"step": base + applied + 1, "at": span[:2], "what": what}
+        state[f"{key}_run"] = state.get(f"{key}_run", 0) + 1
+        run = state[f"{key}_run"]
+        if escalation is None and run >= patience:
+            start = state[f"{key}_from"]
+            detail = (f"{start['what']} was not finite on {run} steps in a row at step {start['step']} (each "
+                      "skipped)") if cause == "nan" else \
+                (f"the loss was far above its recent level on {run} steps in a row from step {start['step']} "
+                 "(each skipped)")
+            escalation = Escalation(cause, start["step"], tuple(start["at"]), tuple(span[2:]), detail)
             extending = True
         elif extending and escalation is not None:  # the same streak goes on: skip its data too
             escalation.end = tuple(span[2:])
+        if escalation is not None and losses is not None and math.isfinite(losses[i]):
+            escalation.level = losses[i]  # the level a user who resumes after looking accepts
     if escalation is not None:
         escalation.skipped = len(bad)
-        state["nonfinite_run"], state["nonfinite_from"] = 0, None
+        state[f"{key}_run"], state[f"{key}_from"] = 0, None
     return bad, escalation
 
 
-def on_flags(trainer: Trainer, flags: list[list[bool]], spans: list[list[int]], base: int) -> Escalation | None:
-    """Count the streak; alert on skipped steps that do not (yet) escalate. Returns the escalation."""
+def skip_patience(trainer: Trainer) -> int:
+    """Skipped spike steps in a row that escalate: as many steps as `spike_patience` logging intervals hold."""
+    return trainer.spec.train.spike_patience * max(1, trainer.spec.log.every)
+
+
+def on_flags(trainer: Trainer, flags: list[list[bool]], spans: list[list[int]], base: int,
+             losses: list[float] | None = None) -> Escalation | None:
+    """Count the streaks; alert on skipped steps that do not (yet) escalate. Returns the escalation."""
     t = trainer.spec.train
     state = trainer.watchdogs.state
-    bad, escalation = count_nonfinite(state, flags, spans, base, t.nonfinite_patience)
+    bad, escalation = count_streak(state, "nan", flags, spans, base, t.nonfinite_patience)
+    then = "roll back automatically" if t.auto_rollback else "pause the run"
+
+    def first_step(i: int) -> int:
+        return base + sum(1 for f in flags[:i] if not any(f)) + 1
+
     if bad and escalation is None:
-        first = base + sum(1 for f in flags[:bad[0]] if not any(f)) + 1
+        first = first_step(bad[0])
         what = "the loss" if flags[bad[0]][0] else "the gradient norm"
-        then = "roll back automatically" if t.auto_rollback else "pause the run"
         run = state.get("nonfinite_run", 0)
         trainer.events.emit("alert", step=first, skipped=len(bad), kind="nan", severity="warning",
                             suggest="rollback", message=f"{what} is not finite at step {first}: the step was "
                             f"skipped ({len(bad)} since the last read{f', {run} in a row' if run else ''}); "
                             f"training goes on. {t.nonfinite_patience} in a row {then}")
-    return escalation
+    patience = skip_patience(trainer)
+    spikes, spike_esc = count_streak(state, "spike", flags, spans, base, patience, losses)
+    if spikes and spike_esc is None:
+        first = first_step(spikes[0])
+        run = state.get("skip_run", 0)
+        smooth, above = state.get("smooth"), getattr(trainer, "skip_value", math.inf)
+        loss = losses[spikes[0]] if losses else math.nan
+        times = f", {loss / smooth:.1f}x the smoothed {smooth:.3g}" if smooth else ""
+        trainer.events.emit("alert", step=first, skipped=len(spikes), kind="spike", severity="warning",
+                            suggest="rollback", loss=loss, threshold=above,
+                            message=f"the loss jumped to {loss:.3g} at step {first}{times} (over the skip threshold "
+                            f"{above:.3g}): the step was skipped ({len(spikes)} since the last read"
+                            f"{f', {run} in a row' if run else ''}); training goes on. {patience} in a row {then}")
+    return escalation or spike_esc
 
 
 def after_log(trainer: Trainer, first_step: int, start: tuple[int, int] | None) -> Escalation | None:
@@ -132,15 +179,17 @@ def escalate(trainer: Trainer, esc: Escalation) -> str:
     if s.get("rollback_at") is not None and trainer.step - s["rollback_at"] >= RECOVERED_STEPS:
         s["rollbacks"], s["rollback_at"] = 0, None
     used = s.get("rollbacks", 0)
-    extra = {"skipped": esc.skipped} if esc.cause == "nan" else {}
+    extra = {"skipped": esc.skipped} if esc.skipped else {}
     if t.auto_rollback and used < t.auto_rollback_max:
         trainer.rollback_due = esc
         trainer.events.emit("alert", step=esc.step, kind=esc.cause, severity="warning", suggest="set_lr", **extra,
                             message=f"{esc.detail}: rolling back automatically (attempt {used + 1} of "
                             f"{t.auto_rollback_max}) with the learning rate x{LR_FACTOR:g}, skipping that data")
         return "rollback"
-    if esc.cause == "spike" and trainer.last.get("train/loss") is not None:
-        s["smooth"] = trainer.last["train/loss"]  # resuming after a look accepts the new level
+    level = esc.level if esc.level is not None else trainer.last.get("train/loss")
+    if esc.cause == "spike" and level is not None:
+        trainer.watchdogs.accept_level(level)  # resuming after a look accepts the new level
+        trainer.arm_skip()  # the skip threshold waits for a fresh spread, or the next steps skip again
     why = f" (auto-rollback already tried {used} times)" if t.auto_rollback else ""
     message = (f"{esc.detail}: paused{why}. Roll back to a checkpoint before step {esc.step}, perhaps with a "
                "lower learning rate, or resume to go on")
@@ -154,8 +203,13 @@ def auto_rollback(trainer: Trainer, esc: Escalation) -> None:
     """Roll back to the newest valid checkpoint before `esc.step`, halve the LR, skip the data it covered."""
     from engine import checkpoint
 
-    before = [c for c in checkpoint.lineage(trainer.run) if c.step < esc.step]
-    target = next((c for c in before if checkpoint.verify(c.path, full=True) is None), None)
+    target = None
+    if trainer.writes_files:  # rank 0 chooses (and verifies) once; every rank loads that one
+        before = [c for c in checkpoint.lineage(trainer.run) if c.step < esc.step]
+        target = next((c for c in before if checkpoint.verify(c.path, full=True) is None), None)
+    name = trainer.agree(target.name if target else "")
+    if name and target is None:
+        target = next(c for c in checkpoint.list_checkpoints(trainer.run, include_invalid=True) if c.name == name)
     if target is None:
         message = (f"{esc.detail}: no valid checkpoint before step {esc.step} to roll back to: paused. Lower the "
                    "learning rate and resume, or start again with a lower one")

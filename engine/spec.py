@@ -179,6 +179,8 @@ class TrainSpec:
     threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
     nonfinite_patience: int = _f(3, "non-finite steps in a row (each skipped) before the run pauses or rolls back")
     spike_patience: int = _f(3, "logging intervals in a row with a loss spike before the run pauses or rolls back")
+    spike_skip: bool = _f(True, "skip a single optimizer step whose loss is a clear outlier (over 3x the smoothed "
+                          "loss and 6 spreads above it; off in warm-up and the first 10 logged intervals)")
     auto_rollback: bool = _f(False, "instead of pausing on those: roll back to the newest checkpoint before it, "
                              "halve the LR and skip that data (at most auto_rollback_max times, then pause)")
     auto_rollback_max: int = _f(3, "automatic rollbacks allowed before the run pauses for you")
@@ -303,7 +305,8 @@ class RunSpec:
             d["model"].pop(consent, None)
         for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
                          "find_batch",  # the finder's choice is in the checkpoint, and a resume keeps it
-                         "nonfinite_patience", "spike_patience", "auto_rollback", "auto_rollback_max"):
+                         "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback",
+                         "auto_rollback_max"):
             d["train"].pop(volatile, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -8,6 +8,10 @@ flags on the device and reads them once at the next logging interval, checkpoint
 that happens there anyway), then takes the skipped steps off the count; engine/numerics.py alerts and
 counts them, pausing or rolling back when too many come in a row.
 
+The same flag skips a loss spike (RELIABILITY N4's "skip" rung): a third per-step flag, loss above a
+threshold that lives on the device as a scalar, refilled (fill_, no sync) at each log from the spike
+detector's smoothed loss and spread (engine/watchdogs.py `skip_threshold`; inf while not armed).
+
 Optimizers without that hook (bitsandbytes' 8-bit ones) and fp16 with a GradScaler (accelerate's
 scaler step reads its own overflow flag back every step anyway) keep the synchronous check: one
 boolean a step.
@@ -33,11 +37,15 @@ def skips_on_device(optimizer: Any, scaler: Any = None) -> bool:
     return scaler is None and fused and getattr(opt, "_step_supports_amp_scaling", False)
 
 
-def nonfinite_flags(loss: Any, grad_norm: Any) -> Any:
-    """A device tensor [loss not finite, grad norm not finite] (no sync)."""
+def nonfinite_flags(loss: Any, grad_norm: Any, skip_above: Any = None) -> Any:
+    """A device tensor [loss not finite, grad norm not finite] (no sync); with the device scalar `skip_above`,
+    a third flag: the loss is a spike to skip (NaN compares false; an inf loss is flagged non-finite too)."""
     import torch
 
-    return torch.stack([~torch.isfinite(loss), ~torch.isfinite(grad_norm)])
+    flags = [~torch.isfinite(loss), ~torch.isfinite(grad_norm)]
+    if skip_above is not None:
+        flags.append(loss > skip_above)
+    return torch.stack(flags)
 
 
 def step_unless(optimizer: Any, bad: Any) -> None:

@@ -38,12 +38,14 @@ EXIT_SIGNAL, EXIT_OOM = 11, 3
 class Interval:
     """What accumulates between two metrics events (tensors stay on the device until logged)."""
     loss: Any = 0.0
+    loss_sq: Any = 0.0  # sum of squared step losses: the spread the spike skip's threshold needs
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
     grad_norm: Any = None
     lr: float = 0.0
-    flags: list[Any] = field(default_factory=list)  # per step, on the device: [loss, grad norm] not finite
+    flags: list[Any] = field(default_factory=list)  # per step, on the device: [loss, grad norm] not finite, spike
+    losses: list[Any] = field(default_factory=list)  # per flagged step, on the device: its loss (for the alerts)
     spans: list[list[int]] = field(default_factory=list)  # per flagged step: epoch, position before and after
     start: tuple[int, int] | None = None  # the data position where the interval began
 
@@ -71,6 +73,8 @@ class Trainer:
         self._last_status = 0.0
         self.tries = 0  # optimizer-step attempts of this process (LLMW_FAULT's <kind>@try:k)
         self.rollback_due: numerics.Escalation | None = None  # an automatic rollback, done before the next step
+        self.skip_above: Any = None  # device scalar: a step whose loss is above it is skipped (step_guard)
+        self.skip_value = math.inf  # its value, as the host last set it
 
     # ---- status and events -------------------------------------------------------------------
 
@@ -171,6 +175,7 @@ class Trainer:
         self.schedule = controls.LRSchedule([t.lr for _ in self.optimizer.param_groups], self.total_steps,
                                             t.warmup_steps, t.schedule, t.min_lr_ratio)
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
+        self.skip_above = torch.full((), math.inf, device=self.accelerator.device)
         model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
         if self.writes_files and hasattr(self.prep.model, "config") and not model_dir.exists():
             self.prep.model.config.save_pretrained(model_dir)
@@ -252,6 +257,31 @@ class Trainer:
 
     # ---- one optimizer step -------------------------------------------------------------------
 
+    def arm_skip(self) -> None:
+        """Set the device threshold of the spike skip from the detector (at a log or load: no sync, fill_)."""
+        on = self.spec.train.spike_skip and self.skip_above is not None
+        self.skip_value = self.watchdogs.skip_threshold(self.step) if on else math.inf
+        if self.skip_above is not None:
+            self.skip_above.fill_(self.skip_value)
+
+    def _step_loss(self, loss: Any) -> Any:
+        """The step's loss as the skip compares it (engine/distributed.py: the mean over ranks)."""
+        return loss
+
+    def agree(self, text: str) -> str:
+        """Rank 0's choice, the same on every rank (engine/distributed.py broadcasts it)."""
+        return text
+
+    def supersede_auto_rollback(self, info: checkpoint.CheckpointInfo) -> None:
+        """A user's rollback or rescue between the read that decided an automatic rollback and the step that
+        would do it wins: the automatic one is dropped (two in a row would throw away the user's target)."""
+        pending, self.rollback_due = self.rollback_due, None
+        if pending is not None:
+            self.events.emit("alert", step=self.step, kind="rollback", severity="warning", suggest="set_lr",
+                             dropped=pending.cause, message=f"the pending automatic rollback ({pending.detail}) "
+                             f"was dropped: your rollback to {info.name} came first; the automatic one's learning "
+                             f"rate x{numerics.LR_FACTOR:g} is not applied")
+
     def _next_batch(self) -> Any:
         data = self.prep.data
         batch = data.train_batch(self.epoch, self.position, self.batch_size)
@@ -286,6 +316,7 @@ class Trainer:
                         raise torch.OutOfMemoryError(f"injected out of memory at step {self.step + 1}")
                     acc.backward(loss / self.grad_accum)
                 loss_sum += loss.detach() / self.grad_accum
+            loss_sum = self._step_loss(loss_sum)
         except Exception as e:
             if not (is_oom(e) and self.spec.train.oom_backoff and self.batch_size > 1):
                 raise
@@ -299,7 +330,7 @@ class Trainer:
         lr = self.schedule.apply(self.optimizer, self.step)
         clip = self.spec.train.grad_clip or float("inf")
         grad_norm = acc.clip_grad_norm_(self.params, clip)
-        flags = step_guard.nonfinite_flags(loss_sum, grad_norm)
+        flags = step_guard.nonfinite_flags(loss_sum, grad_norm, self.skip_above)
         bad = flags.any()
         iv = self.interval
         span = [*at, self.epoch, self.position]
@@ -307,28 +338,35 @@ class Trainer:
         if self.device_guard:  # skipped by the fused kernel; read at the next log (_settle_guard)
             step_guard.step_unless(self.optimizer, bad)
             iv.flags.append(flags)
+            iv.losses.append(loss_sum)
             iv.spans.append(span)
         elif bool(bad):  # optimizers without a device skip: one sync a step
+            row = flags.tolist()
+            nonfinite = row[0] or row[1]
             if acc.scaler is not None:
-                self.optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
+                if nonfinite:
+                    self.optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
+                else:
+                    acc.scaler.update()  # a finite spike: no step, but end clip's unscale_ so the next one works
             self.optimizer.zero_grad(set_to_none=True)
-            if acc.scaler is not None and not bool(flags[0]):
+            if acc.scaler is not None and nonfinite and not row[0]:
                 numerics.check_scale(self)  # an overflow is loss scaling's routine, unless the scale collapses
                 return False
-            escalation = numerics.on_flags(self, [flags.tolist()], [span], self.step)
+            escalation = numerics.on_flags(self, [row], [span], self.step, [float(loss_sum)])
             if escalation is not None:
                 numerics.escalate(self, escalation)
             return False
         else:
             self.optimizer.step()
-            if self.watchdogs.state.get("nonfinite_run"):  # a good step ends a streak
-                numerics.on_flags(self, [[False, False]], [span], self.step)
+            if self.watchdogs.state.get("nonfinite_run") or self.watchdogs.state.get("skip_run"):
+                numerics.on_flags(self, [[False, False, False]], [span], self.step)  # a good step ends a streak
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len
         self.tokens += tokens
         ok = ~bad
         iv.loss += torch.where(ok, loss_sum, 0.0)  # a skipped step adds nothing to the logged mean
+        iv.loss_sq = iv.loss_sq + torch.where(ok, loss_sum * loss_sum, 0.0)
         iv.steps += 1
         iv.tokens += tokens
         iv.grad_norm = grad_norm if iv.grad_norm is None else torch.where(ok, grad_norm, iv.grad_norm)
@@ -339,17 +377,19 @@ class Trainer:
         return True
 
     def _settle_guard(self) -> bool:
-        """Read the device-side non-finite flags (one sync); if steps were skipped, take them off the count and
-        alert; `train.nonfinite_patience` in a row (counted across reads) pause or roll back (engine/numerics.py).
+        """Read the device-side flags and losses (one sync); if steps were skipped (non-finite or a spike), take
+        them off the count and alert; `train.nonfinite_patience` non-finite ones in a row, or spike_patience
+        intervals' worth of skipped spikes (counted across reads), pause or roll back (engine/numerics.py).
         False when steps were skipped."""
         import torch
 
         iv = self.interval
         if not iv.flags:
             return True
-        flags = torch.stack(iv.flags).cpu().tolist()
-        spans, iv.flags, iv.spans = iv.spans, [], []
-        escalation = numerics.on_flags(self, flags, spans, self.step - len(flags))
+        rows = torch.cat([torch.stack(iv.flags).float(), torch.stack(iv.losses).float()[:, None]], 1).cpu().tolist()
+        flags, losses = [[bool(x) for x in r[:-1]] for r in rows], [r[-1] for r in rows]
+        spans, iv.flags, iv.losses, iv.spans = iv.spans, [], [], []
+        escalation = numerics.on_flags(self, flags, spans, self.step - len(flags), losses)
         bad = [i for i, f in enumerate(flags) if any(f)]
         if not bad:
             return True
@@ -370,17 +410,19 @@ class Trainer:
         iv = self.interval
         if not iv.steps:
             return
-        loss = float(iv.loss.item()) / iv.steps
+        loss_sum, loss_sq, grad_norm = torch.stack([iv.loss, iv.loss_sq, iv.grad_norm.to(iv.loss.dtype)]).tolist()
+        loss = loss_sum / iv.steps
         step_ms = 1000 * iv.seconds / iv.steps
         if self._step_ms_smooth is None or self.step <= 2 * self.spec.log.every:
             self._step_ms_smooth = step_ms  # the first intervals include warm-up: replace, don't average
         else:
             self._step_ms_smooth = 0.8 * self._step_ms_smooth + 0.2 * step_ms
-        m = {"train/loss": loss, "train/lr": iv.lr, "train/grad_norm": float(iv.grad_norm.item()),
+        m = {"train/loss": loss, "train/lr": iv.lr, "train/grad_norm": grad_norm,
              "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms,
              "train/mfu": flops.mfu(self.flops_per_token, iv.tokens / max(iv.seconds, 1e-9),
                                     self.peak_flops and self.peak_flops * getattr(self, "world", 1))}
-        alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share())
+        alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share(), loss_sq / iv.steps)
+        self.arm_skip()
         m["train/loss_smooth"] = self.watchdogs.state["smooth"]
         technique_metrics = getattr(self.technique, "metrics", None)  # optional: e.g. MoE expert load
         if technique_metrics is not None:
@@ -579,12 +621,14 @@ class Trainer:
         self.batch_choice = st.get("batch_choice", self.batch_choice)
         self.schedule.load_state_dict(st["schedule"])
         self.watchdogs.state = st["watchdogs"]
+        self.arm_skip()  # the threshold the checkpoint's detector knew
         set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
         self.parent = info.name
 
     def rollback(self, info: checkpoint.CheckpointInfo) -> None:
         import torch
 
+        self.supersede_auto_rollback(info)
         self._load(info)
         self.branch = checkpoint.start_branch(self.run, info.name)
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))

@@ -10,6 +10,12 @@ a plain dict saved in checkpoints, so a resumed run does not raise a false alarm
 - spike: the logged loss jumps well above the smoothed loss -> suggest `rollback`. A spiking interval is
   kept out of the smoothed loss (an outlier must not raise its own baseline) and counted in `spike_run`,
   the intervals in a row that spiked; engine/numerics.py escalates a sustained spike (RELIABILITY N4).
+- skip threshold (`skip_threshold`): the loss level above which a single optimizer step is skipped on the
+  device (engine/step_guard.py), from the smoothed loss and the spread of the per-step losses around it
+  (an EMA of their mean squared deviation, fed at each log). Conservative: only a clear outlier (above
+  both 3x the smoothed loss and 6 spreads over it), never during warm-up or before SKIP_MIN_INTERVALS
+  calm logged intervals. The ladder for spikes: warn (one interval), skip (one step), pause or roll back
+  (sustained).
 - overfitting: validation loss rose at two evaluations in a row while the training loss fell.
 - out of memory: `oom_alert` with what to change.
 """
@@ -22,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EMA = 0.8  # smoothing of the logged loss (per logging interval)
+SKIP_SIGMAS, SKIP_RATIO = 6.0, 3.0  # a step is skipped above max(smooth + 6 spreads, 3x smooth)
+SKIP_MIN_INTERVALS = 10  # calm logged intervals that measured the spread before the skip is armed
 
 
 @dataclass
@@ -48,8 +56,9 @@ class Watchdogs:
     def window(self) -> int:
         return self.plateau_window or max(50, self.total_steps // 10)
 
-    def on_metrics(self, step: int, loss: float, epoch_share: float) -> list[Alert]:
-        """Feed one logged (interval-mean) loss; returns the alerts it raises."""
+    def on_metrics(self, step: int, loss: float, epoch_share: float, loss_sq: float | None = None) -> list[Alert]:
+        """Feed one logged (interval-mean) loss, and the interval's mean squared per-step loss when known (it
+        measures the spread for the skip threshold); returns the alerts it raises."""
         s = self.state
         alerts: list[Alert] = []
         if not math.isfinite(loss):
@@ -64,6 +73,12 @@ class Watchdogs:
                                     "rollback"))
             return alerts
         s["spike_run"] = 0
+        if smooth is not None and loss_sq is not None and math.isfinite(loss_sq):
+            # the steps' mean squared deviation from the smoothed level: within-interval variance + offset^2
+            msd = max(loss_sq - 2 * loss * smooth + smooth * smooth, 0.0)
+            spread = s.get("spread")
+            s["spread"] = msd if spread is None else EMA * spread + (1 - EMA) * msd
+            s["spread_n"] = s.get("spread_n", 0) + 1
         s["smooth"] = smooth = loss if smooth is None else EMA * smooth + (1 - EMA) * loss
         s["history"].append([step, smooth])
         w = self.window()
@@ -82,6 +97,22 @@ class Watchdogs:
                     f"{epoch_share:.0%} of the data seen: possibly a local minimum. Rescue rolls back about "
                     f"100 steps, lowers the learning rate for a while, then restores it", "rescue"))
         return alerts
+
+    def skip_threshold(self, step: int) -> float:
+        """The per-step loss above which the step at `step` is skipped; inf while not armed (warm-up, too little
+        history, a non-positive loss level where a ratio means nothing)."""
+        s = self.state
+        smooth, spread = s["smooth"], s.get("spread")
+        if step <= self.warmup_steps or smooth is None or spread is None or smooth <= 0 \
+                or s.get("spread_n", 0) < SKIP_MIN_INTERVALS:
+            return math.inf
+        return max(smooth + SKIP_SIGMAS * math.sqrt(spread), SKIP_RATIO * smooth)
+
+    def accept_level(self, level: float) -> None:
+        """After a pause for a sustained spike the user resumed: the new level is the baseline, and the skip
+        waits for a fresh measure of the spread around it."""
+        s = self.state
+        s["smooth"], s["spread"], s["spread_n"] = level, None, 0
 
     def on_eval(self, step: int, eval_loss: float) -> list[Alert]:
         s = self.state
@@ -134,8 +165,12 @@ def fault(kind: str, step: int, attempt: int | None = None) -> str | None:
     attempts of this process instead (`attempt`), which never repeat: skipped steps and rollbacks reuse
     step numbers. Kinds the trainer knows: nan (loss x NaN), spike (loss x<arg>, e.g. x50),
     oom (raise OutOfMemoryError), raise. `fault_budget` reads the one fault that is a condition rather
-    than an event (oom_over:<tokens>)."""
+    than an event (oom_over:<tokens>). LLMW_FAULT_RANK=<r> limits the faults to the process of rank r of a
+    multi-process run (a fault one rank alone sees, as a bad batch is)."""
     spec = os.environ.get("LLMW_FAULT", "")
+    only = os.environ.get("LLMW_FAULT_RANK")
+    if only is not None and os.environ.get("RANK", "0") != only:
+        return None
     for part in filter(None, spec.split(",")):
         name, _, rest = part.partition("@")
         counter, _, rest = rest.partition(":")

@@ -244,7 +244,10 @@ def test_N3_auto_rollback_halves_the_lr_skips_the_data_is_capped_and_survives_re
 def test_N4_sustained_spike_pauses_and_an_isolated_one_only_warns(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # attempt 13: one spiking interval (warn); attempts 19-24: three intervals of two steps (escalate)
-    trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:13:x50,spike@try:19-24:x50", spike_patience=3)
+    # the detector's rungs: the single-step skip (armed after ten logged intervals) is off here, its own
+    # tests are in test_reliability_spike_skip.py
+    trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:13:x50,spike@try:19-24:x50", spike_patience=3,
+                              spike_skip=False)
     spikes = _alerts(evs, "spike")
     warn = [a for a in spikes if a["severity"] == "warning"]
     assert warn and warn[0]["step"] == 14 and warn[0]["suggest"] == "rollback"
@@ -258,7 +261,8 @@ def test_N4_sustained_spike_pauses_and_an_isolated_one_only_warns(tmp_path: Path
 
 def test_N4_sustained_spike_auto_rollback_then_the_run_finishes(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:19-24:x50", spike_patience=3, auto_rollback=True)
+    trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:19-24:x50", spike_patience=3, auto_rollback=True,
+                              spike_skip=False)
     roll = _alerts(evs, "rollback")
     assert len(roll) == 1 and roll[0]["checkpoint"] == "step-000016" and roll[0]["multiplier"] == 0.5
     assert roll[0]["skipped_to"][1] > roll[0]["skipped_from"][1]

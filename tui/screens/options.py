@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
                  "auto: on a GPU when the estimate is tight, on: always (one process), off: never."),
     Setting("num_processes", "GPUs (processes)", (1, 2, 4, 8, 16), "speed: N x the tokens a step", multi_gpu=True,
             hint="One training process per GPU, started by `accelerate launch`."),
-    Setting("strategy", "multi-GPU strategy", STRATEGIES, "memory: shard what one GPU cannot hold",
+    Setting("strategy", "multi-GPU strategy", STRATEGIES, "memory: fsdp/zero shard across the GPUs",
             multi_gpu=True, hint="ddp: a full copy per GPU (fastest); fsdp / zero3: weights, gradients and "
                                  "optimizer states sharded; zero2: gradients and states sharded."),
 )
@@ -147,6 +147,9 @@ class OptionsScreen(WizardStep):
         return visible_settings(self.wizard.choices, self.wizard.hardware)
 
     def on_mount(self) -> None:
+        # the hint keeps its two lines when empty: a list that changed height under the highlight would
+        # leave the highlighted row out of view
+        self.query_one("#options-hint", Static).styles.height = 2
         self.fill()
         settings = self.query_one("#settings", OptionList)
         settings.highlighted = 0
@@ -180,7 +183,6 @@ class OptionsScreen(WizardStep):
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         hint = next((s.hint for s in self.settings() if s.key == event.option.id), "")
         self.query_one("#options-hint", Static).update(Text(hint, style="italic #9e9e9e"))
-        self.query_one("#options-hint", Static).display = bool(hint)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
@@ -194,7 +196,12 @@ class OptionsScreen(WizardStep):
         est, c = message.est, self.wizard.choices
         c.extra["estimate"] = est
         text = Text.assemble(("Estimate: ", "bold"), f"{human_bytes(est.total_bytes)} a GPU")
-        for g in est.gpus:
+        verdicts = {g.verdict for g in est.gpus}
+        if len(est.gpus) > 2 and len(verdicts) == 1:  # eight alike say no more than one
+            label, style = VERDICT.get(verdicts.pop(), ("", ""))
+            text.append(f"  all {len(est.gpus)} GPUs: ")
+            text.append(label, style=style)
+        for g in est.gpus if len(est.gpus) <= 2 or len({g.verdict for g in est.gpus}) > 1 else ():
             label, style = VERDICT.get(g.verdict, (g.verdict, ""))
             text.append(f"  GPU {g.index} ")
             text.append(label, style=style)

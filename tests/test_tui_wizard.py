@@ -70,7 +70,10 @@ async def test_keys_walk_every_step_and_back(corpus) -> None:
         await pilot.pause()
         assert "batch_size = 32" in app.screen.toml and "llm-wizard train ./scratch.toml" in screen_text(app)
         await pilot.press("s")
-        assert from_dict(__import__("tomllib").loads((corpus.parent / "scratch.toml").read_text())).train.batch_size == 32
+        saved = from_dict(__import__("tomllib").loads((corpus.parent / "scratch.toml").read_text()))
+        assert saved.train.batch_size == 32
+        # a tiny model fits one L4: the proposal is DDP over both GPUs
+        assert (saved.distributed.num_processes, saved.distributed.strategy) == (2, "ddp")
         for screen in (OptionsScreen, ChecksScreen, DatasetScreen, ModelScreen, TechniqueScreen):
             await pilot.press("escape")
             assert isinstance(app.screen, screen)

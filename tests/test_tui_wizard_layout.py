@@ -14,7 +14,7 @@ from prompt_toolkit.output import DummyOutput
 from tui_helpers import fixed_report, screen_text, wait_until
 
 from engine.errors import UserError
-from engine.estimate import EstimateRequest, estimate
+from engine.estimate import estimate
 from engine.launch_config import zero_available
 from engine.layout import propose
 from engine.spec import from_dict, load

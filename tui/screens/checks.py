@@ -130,7 +130,8 @@ def layout_line(c: Any, proposal: Any) -> Text:
     if c.layout_chosen and (c.num_processes, c.strategy) != (proposal.num_processes, proposal.strategy):
         layout = f"{NAMES[c.strategy]} x{c.num_processes}" if c.num_processes > 1 else "one process"
         return Text.assemble(("Layout: ", "bold"), f"{layout} (yours); proposed: ", (proposal.message, style))
-    return Text.assemble(("Layout (proposed): ", "bold"), (proposal.message, style))
+    label = "Layout: " if proposal.kind == "none" else "Layout (proposed): "  # "Nothing fits: ..." says it
+    return Text.assemble((label, "bold"), (proposal.message, style))
 
 
 class ChecksScreen(WizardStep):

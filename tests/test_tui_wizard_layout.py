@@ -11,14 +11,16 @@ import tomllib
 import pytest
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
+from textual.widgets import OptionList
 from tui_helpers import fixed_report, screen_text, wait_until
 
 from engine.errors import UserError
 from engine.estimate import estimate
 from engine.launch_config import zero_available
-from engine.layout import propose
+from engine.layout import gib, propose
 from engine.spec import from_dict, load
 from tui.app import make_app
+from tui.modals.choose import ChooseModal
 from tui.plain import Prompts, ask_layout
 from tui.screens.checks import ChecksScreen
 from tui.screens.options import OptionsScreen, visible_settings
@@ -150,11 +152,24 @@ async def test_wizard_proposes_fsdp_on_eight_h100s_and_writes_it(big_model, tmp_
         await pilot.press("enter")
         assert isinstance(app.screen, OptionsScreen)
         await pilot.pause()
+        await wait_until(pilot, lambda: bool(app.screen.layouts))
         keys = [s.key for s in app.screen.settings()]
         app.screen.query_one("#settings").highlighted = keys.index("strategy")
         await pilot.pause()
         assert "fsdp / zero3: weights, gradients" in " ".join(screen_text(app).split())  # the hint line
-        await pilot.press("left")  # fsdp -> ddp: the user's choice, which no longer fits
+        layouts = {o.strategy: o for o in app.screen.layouts}
+        await pilot.press("space")  # the strategy as a list: every one, the unavailable disabled with the reason
+        assert isinstance(app.screen, ChooseModal)
+        listed = app.screen.query_one(OptionList)
+        options = [listed.get_option_at_index(i) for i in range(listed.option_count)]
+        assert [o.disabled for o in options] == [False, False, not zero_available(), not zero_available()]
+        prompts = [str(o.prompt) for o in options]
+        assert f"{gib(layouts['ddp'].total_bytes)}/GPU does not fit" in prompts[0]
+        assert f"{gib(layouts['fsdp'].total_bytes)}/GPU fits" in prompts[1]
+        if not zero_available():
+            assert all("(off: DeepSpeed is not installed)" in p for p in prompts[2:])
+        await pilot.press("up", "enter")  # fsdp -> ddp: the user's choice, which no longer fits
+        assert isinstance(app.screen, OptionsScreen)
         assert (c.strategy, c.layout_chosen) == ("ddp", True)
         await wait_until(pilot, lambda: c.extra["estimate"].gpus[0].verdict == "no")
         await pilot.press("right")

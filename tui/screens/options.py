@@ -134,7 +134,9 @@ class OptionsScreen(WizardStep):
     BINDINGS = [
         Binding("right", "change(1)", "Next value", key_display="→", priority=True, tooltip="The next value of this setting"),
         Binding("left", "change(-1)", "Previous", key_display="←", priority=True, tooltip="The previous value of this setting"),
+        Binding("space", "choose", "Choose", tooltip="Pick this setting's value from a list"),
     ]
+    layouts: tuple[Any, ...] = ()  # the last estimate's LayoutOption per strategy (for the strategy list)
 
     def body(self) -> ComposeResult:
         with Vertical(id="options"):
@@ -173,6 +175,39 @@ class OptionsScreen(WizardStep):
             return
         setting = self.settings()[settings.highlighted]
         step_value(self.wizard.choices, setting, delta)
+        self.changed_setting(setting)
+
+    def action_choose(self) -> None:
+        """The highlighted setting's values as a list; for the strategy every one, those this machine
+        cannot run disabled with the reason, each with its per-GPU estimate."""
+        from engine.launch_config import strategy_unavailable
+        from engine.layout import cuda_usable, gib
+        from tui.modals.choose import Choice, ChooseModal
+
+        settings = self.query_one("#settings", OptionList)
+        if settings.highlighted is None:
+            return
+        setting, c = self.settings()[settings.highlighted], self.wizard.choices
+        values = list(setting.values)
+        if setting.key == "strategy":
+            values = list(STRATEGIES)
+            cuda = cuda_usable(self.wizard.hardware)
+            need = {o.strategy: f"  {gib(o.total_bytes)}/GPU {VERDICT.get(o.verdict, (o.verdict,))[0]}"
+                    for o in self.layouts}
+            choices = [Choice(f"{v:<6}{need.get(v, '')}", strategy_unavailable(v, cuda=cuda)) for v in values]
+        else:
+            choices = [Choice(shown(v)) for v in values]
+        current = value_of(c, setting)
+
+        def picked(index: int | None) -> None:
+            if index is not None:
+                setattr(c, setting.key, values[index])
+                self.changed_setting(setting)
+
+        self.app.push_screen(ChooseModal(setting.label, choices, values.index(current) if current in values else None),
+                             picked)
+
+    def changed_setting(self, setting: Setting) -> None:
         if setting.key in LAYOUT_KEYS:
             self.wizard.choices.layout_chosen = True  # the checks step proposes no other from now on
         if note := settle(self.wizard.choices):
@@ -211,6 +246,7 @@ class OptionsScreen(WizardStep):
         if message.data is not None and message.data.projected_epochs:
             text.append(f"; {message.data.projected_epochs:.2f} passes over the data in {c.max_steps:,} steps")
         out.update(text)
+        self.layouts = message.layouts
         layout = self.query_one("#options-layout", Static)
         layout.update(layout_text(message.layouts))
         layout.display = bool(message.layouts)

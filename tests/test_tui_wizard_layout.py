@@ -95,6 +95,7 @@ def test_options_offer_only_what_this_machine_runs() -> None:
     assert "fsdp" in cuda["strategy"].values
     one = {s.key: s for s in visible_settings(Choices(), machine("8xH100", cuda=True))}
     assert "strategy" not in one and one["find_batch"].values == ("auto", "on", "off")
+    assert from_dict(spec_dict(Choices(find_batch="off"))).train.find_batch == "off"  # the wizard writes it
     c.find_batch = "on"
     assert settle(c) and c.find_batch == "auto"
     assert from_dict(spec_dict(c)).train.find_batch == "auto"
@@ -154,6 +155,10 @@ async def test_wizard_proposes_fsdp_on_eight_h100s_and_writes_it(big_model, tmp_
         await pilot.pause()
         await wait_until(pilot, lambda: bool(app.screen.layouts))
         keys = [s.key for s in app.screen.settings()]
+        app.screen.query_one("#settings").highlighted = keys.index("find_batch")
+        await pilot.pause()
+        text = " ".join(screen_text(app).split())
+        assert "batch finder" in text and "real steps find the largest micro-batch that fits" in text
         app.screen.query_one("#settings").highlighted = keys.index("strategy")
         await pilot.pause()
         assert "fsdp / zero3: weights, gradients" in " ".join(screen_text(app).split())  # the hint line

@@ -158,6 +158,10 @@ class Suggestion:
     speed: str  # table 5.2: what it costs or gives in speed
     memory: str
     difficulty: str
+    # the same change as the run spec's dotted fields -> values in this request's vocabulary
+    # ({"train.optimizer": "adamw-8bit"}, {"distributed.num_processes": 8, "distributed.strategy": "fsdp"});
+    # the wizard applies these, `flags` is for the CLI's printout (engine/estimate_suggest.py FIELDS)
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

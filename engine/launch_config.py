@@ -169,3 +169,23 @@ def launch_plan(run: Path, spec: Any, *, resume: bool = False, started: bool = F
     for rank in range(1 if started else 0, d.num_machines):
         lines += [f"# machine {rank}:", node_command(run, rank, resume=resume)]
     return "\n".join(lines)
+
+
+def zero_available() -> bool:
+    """Whether DeepSpeed can be imported here (ZeRO-2/3 need it); found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def strategy_unavailable(strategy: str, *, cuda: bool) -> str | None:
+    """Why this machine cannot train `strategy` now, in a few words (None: it can): what the wizard shows
+    beside a disabled choice. The same rules as check_supported and the spec's DeepSpeed check."""
+    if strategy.startswith("zero"):
+        if not zero_available():
+            return "DeepSpeed is not installed"
+        if strategy not in TRAINABLE_STRATEGIES:
+            return "not trained by this version yet"
+    if (strategy in GPU_ONLY_STRATEGIES or strategy.startswith("zero")) and not cuda:
+        return "no CUDA"
+    return None

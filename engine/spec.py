@@ -337,6 +337,8 @@ def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
     _check_keys(f"{section}.", values, names)
     types = {f.name: f.type for f in fields(cls)}
+    if section == "train" and isinstance(values.get("find_batch"), bool):
+        values["find_batch"] = "on" if values["find_batch"] else "off"  # `find_batch = true` reads as on
     for key, value in values.items():
         expect = types[key]
         if expect == "float" and isinstance(value, int) and not isinstance(value, bool):

@@ -142,7 +142,8 @@ def test_wizard_choice_of_gpus_reaches_spec_and_estimate() -> None:
     from tui.wizard import Choices, estimate_request, spec_dict
 
     one, two = Choices(), Choices(num_processes=2)
-    assert "distributed" not in spec_dict(one) and estimate_request(one).gpus is None
+    # one process is estimated as one, also on a machine with several GPUs (not as DDP over all of them)
+    assert "distributed" not in spec_dict(one) and estimate_request(one).gpus == 1
     s = spec.from_dict(spec_dict(two))
     assert s.distributed.num_processes == 2 and s.distributed.strategy == "ddp"
     req = estimate_request(two)

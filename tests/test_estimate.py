@@ -169,6 +169,28 @@ def test_suggestions_are_ranked_and_each_has_its_new_total() -> None:
     assert next(s for s in est.suggestions if s.flags == "--grad-checkpointing").trade_off == "gradient checkpointing"
 
 
+def test_suggestions_carry_structured_changes_that_match_their_totals_and_flags() -> None:
+    from dataclasses import replace
+
+    from engine.estimate_suggest import FIELDS, flags_for
+
+    req = EstimateRequest(arch="llama", size="1B", technique="full", precision="mixed-bf16", batch_size=16,
+                          seq_len=2048)
+    gpus = [(0, "L4", 22 * GiB)]
+    est = estimate(req, gpus=gpus)
+    by_change = {s.change: s for s in est.suggestions}
+    assert by_change["gradient checkpointing"].changes == {"train.gradient_checkpointing": True}
+    assert by_change["8-bit AdamW"].changes == {"train.optimizer": "adamw-8bit"}
+    assert by_change["16 GPUs with FSDP (ZeRO-3)"].changes == {"distributed.num_processes": 16,
+                                                                 "distributed.strategy": "fsdp"}
+    accum = next(s for s in est.suggestions if "train.batch_size" in s.changes).changes
+    assert accum["train.batch_size"] * accum["train.grad_accum"] == 16  # same effective batch
+    for s in est.suggestions:  # the changes are the change: applied to the request, they give its total
+        assert s.changes and s.flags == flags_for(s.changes)
+        changed = replace(req, **{FIELDS[k][0]: v for k, v in s.changes.items()})
+        assert estimate(changed, gpus=gpus, with_suggestions=False).total_bytes == s.total_bytes, s.change
+
+
 def test_fits_means_no_suggestions() -> None:
     est = estimate(EstimateRequest(arch="llama", size="tiny", technique="scratch"), gpus=[(0, "H100", 80 * GiB)])
     assert est.gpus[0].verdict == "fits" and est.suggestions == []

@@ -27,11 +27,13 @@ def test_plain_wizard_writes_the_spec(tmp_path, monkeypatch) -> None:
         pipe.send_text(ENTER)  # size tiny
         pipe.send_text("\x7f" * 10 + str(corpus) + ENTER)  # data: replace "stdlib"
         pipe.send_text(DOWN + ENTER)  # steps 500 -> 1000
+        pipe.send_text(ENTER)  # GPUs: the proposal, both (a tiny model fits one GPU: DDP over all)
+        pipe.send_text(ENTER)  # strategy: the proposal, ddp
         pipe.send_text("y")  # save (a confirm takes one key)
         pipe.send_text("n")  # do not launch
         code = run_plain(runs_dir=str(tmp_path / "runs"), prompts=Prompts(input=pipe, output=DummyOutput()),
                          cwd=tmp_path)
     assert code == 0 and not (tmp_path / "runs").exists()
     saved = from_dict(tomllib.loads((tmp_path / "scratch.toml").read_text()))
-    expected = from_dict(spec_dict(Choices(dataset=str(corpus), max_steps=1000)))
-    assert saved == expected
+    expected = from_dict(spec_dict(Choices(dataset=str(corpus), max_steps=1000, num_processes=2)))
+    assert saved == expected and (saved.distributed.num_processes, saved.distributed.strategy) == (2, "ddp")

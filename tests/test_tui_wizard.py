@@ -14,7 +14,7 @@ from tui.screens.model import ModelScreen, scratch_parameters
 from tui.screens.options import OptionsScreen
 from tui.screens.review import ReviewScreen
 from tui.screens.technique import TechniqueScreen, recommend
-from tui.wizard import Choices, apply_flags, spec_dict
+from tui.wizard import Choices, apply_changes, spec_dict
 
 CORPUS = "corpus.txt"
 
@@ -70,7 +70,10 @@ async def test_keys_walk_every_step_and_back(corpus) -> None:
         await pilot.pause()
         assert "batch_size = 32" in app.screen.toml and "llm-wizard train ./scratch.toml" in screen_text(app)
         await pilot.press("s")
-        assert from_dict(__import__("tomllib").loads((corpus.parent / "scratch.toml").read_text())).train.batch_size == 32
+        saved = from_dict(__import__("tomllib").loads((corpus.parent / "scratch.toml").read_text()))
+        assert saved.train.batch_size == 32
+        # a tiny model fits one L4: the proposal is DDP over both GPUs
+        assert (saved.distributed.num_processes, saved.distributed.strategy) == (2, "ddp")
         for screen in (OptionsScreen, ChecksScreen, DatasetScreen, ModelScreen, TechniqueScreen):
             await pilot.press("escape")
             assert isinstance(app.screen, screen)
@@ -141,9 +144,17 @@ def test_choices_make_a_valid_spec_and_suggestions_apply(tmp_path) -> None:
     spec = from_dict(spec_dict(c))
     assert (spec.train.precision, spec.train.optimizer, spec.train.batch_size) == ("bf16", "adamw8bit", 16)
     assert spec.tokenizer.kind == "byte" and spec.data.path == "stdlib"
-    assert apply_flags(c, "--batch-size 4 --grad-accum 4") and (c.batch_size, c.grad_accum) == (4, 4)
-    assert apply_flags(c, "--grad-checkpointing") and c.grad_checkpointing
-    assert not apply_flags(c, "--gpus 8 --strategy fsdp")
+    assert apply_changes(c, {"train.batch_size": 4, "train.grad_accum": 4}, gpus=0, cuda=False) is None
+    assert (c.batch_size, c.grad_accum) == (4, 4)
+    assert apply_changes(c, {"train.gradient_checkpointing": True}, gpus=0, cuda=False) is None and c.grad_checkpointing
+    fsdp8 = {"distributed.num_processes": 8, "distributed.strategy": "fsdp"}
+    assert "needs 8 GPUs; this machine has 2" == apply_changes(c, fsdp8, gpus=2, cuda=True)
+    assert "no CUDA" in apply_changes(c, fsdp8, gpus=8, cuda=False)
+    assert (c.num_processes, c.strategy, c.layout_chosen) == (1, "ddp", False)  # refused: nothing changed
+    assert apply_changes(c, fsdp8, gpus=8, cuda=True) is None and (c.num_processes, c.strategy) == (8, "fsdp")
+    assert c.layout_chosen  # the checks step proposes no other layout after this
+    spec = from_dict(spec_dict(c))
+    assert (spec.distributed.num_processes, spec.distributed.strategy) == (8, "fsdp")
 
 
 # --- one snapshot per step, at 80x24 and a wide size ---------------------------------------------------

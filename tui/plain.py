@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tui.output import human_bytes, out
-from tui.wizard import Choices, estimate_request, spec_dict, train_command
+from tui.wizard import Choices, apply_changes, estimate_request, settle, spec_dict, train_command
 
 STEPS_CHOICES = ("50", "100", "200", "500", "1000", "2000", "5000", "10000")
 
@@ -62,9 +62,36 @@ def _check_data(value: str) -> bool | str:
     return True
 
 
+def ask_layout(ask: Prompts, c: Choices, gpus: list[tuple[int, str, int]], cuda: bool) -> None:
+    """Processes and strategy on a machine with several GPUs, starting from engine.layout's proposal;
+    strategies this machine cannot run are listed, disabled, with the reason."""
+    from dataclasses import replace
+
+    import questionary
+
+    from engine.layout import NAMES, gib, layout_options, propose
+
+    proposal = propose(estimate_request(replace(c, num_processes=1)), gpus, cuda=cuda)
+    out().print(f"\n[bold]Layout:[/] {proposal.message}", highlight=False)
+    counts = sorted({v for v in (1, 2, 4, 8, 16) if v <= len(gpus)} | {len(gpus)})
+    c.num_processes = int(ask.select("GPUs (one training process each)", [str(v) for v in counts],
+                                     default=str(proposal.num_processes)))
+    c.layout_chosen = True
+    if c.num_processes < 2:
+        return
+    options = layout_options(estimate_request(replace(c, strategy="ddp")), gpus, c.num_processes, cuda=cuda)
+    usable = [o.strategy for o in options if o.unavailable is None]
+    choices = [questionary.Choice(f"{NAMES[o.strategy]}: {gib(o.total_bytes)}/GPU ({o.verdict})", value=o.strategy,
+                                  disabled=o.unavailable) for o in options]
+    c.strategy = ask.select("Strategy", choices, default=proposal.strategy if proposal.strategy in usable else "ddp")
+    if note := settle(c):
+        out().print(f"  {note}")
+
+
 def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
     from engine.estimate import estimate
     from engine.hardware import probe
+    from engine.layout import cuda_usable
     from engine.spec import from_dict, to_toml
     from tui.commands.doctor import render
     from tui.screens.technique import BY_KEY, TECHNIQUES, recommend
@@ -102,6 +129,9 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     c.max_steps = int(ask.select("Optimizer steps", list(STEPS_CHOICES), default=str(c.max_steps)))
 
     gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus]
+    cuda = cuda_usable(report)
+    if len(gpus) > 1:
+        ask_layout(ask, c, gpus, cuda)
     while True:
         est = estimate(estimate_request(c), gpus=gpus)
         console.print(f"\n[bold]Estimate:[/] peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total "
@@ -111,13 +141,16 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
                           f"free: [bold]{g.verdict}[/]")
         if not est.suggestions:
             break
-        from tui.wizard import apply_flags
-
-        options = [questionary.Choice(f"{s.change} -> {human_bytes(s.total_bytes)} ({s.verdict})", value=s.flags)
-                   for s in est.suggestions] + [questionary.Choice("keep these settings", value="")]
-        flags = ask.select("Apply a suggestion?", options, default="")
-        if not flags or not apply_flags(c, flags):
+        options = [questionary.Choice(f"{s.change} -> {human_bytes(s.total_bytes)} ({s.verdict})", value=i)
+                   for i, s in enumerate(est.suggestions)] + [questionary.Choice("keep these settings", value=-1)]
+        picked = ask.select("Apply a suggestion?", options, default=-1)
+        if picked is None or picked < 0:
             break
+        refused = apply_changes(c, est.suggestions[picked].changes, gpus=len(gpus), cuda=cuda)
+        if refused:
+            console.print(f"  not applied: {refused}", markup=False, highlight=False)
+        elif note := settle(c):
+            console.print(f"  {note}")
 
     spec = from_dict(spec_dict(c, runs_dir=None))
     toml = to_toml(spec)

@@ -56,7 +56,10 @@ class Choices:
     log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
     num_virtual_tokens: int = 8  # engine/techniques/prompt_tuning.py's default (the book's listing 5.3)
-    num_processes: int = 1  # GPUs trained on (DDP through `accelerate launch` when above 1)
+    num_processes: int = 1  # GPUs trained on (through `accelerate launch` when above 1)
+    strategy: str = "ddp"  # ddp | fsdp | zero2 | zero3 (engine.spec.STRATEGIES), used when num_processes > 1
+    layout_chosen: bool = False  # the user set num_processes/strategy: the checks step proposes no other
+    find_batch: str = "auto"  # train.find_batch: auto | on | off (engine/batch_finder.py)
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
 
     def learning_rate(self) -> float:
@@ -98,7 +101,7 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
                   "lr": c.learning_rate(), "schedule": c.schedule, "warmup_steps": min(c.warmup_steps, c.max_steps - 1),
                   "max_steps": c.max_steps, "optimizer": SPEC_OPTIMIZER[c.optimizer_name()],
                   "precision": SPEC_PRECISION[c.precision], "gradient_checkpointing": c.grad_checkpointing,
-                  "compile": c.compile},
+                  "compile": c.compile, "find_batch": c.find_batch},
         "eval": {"every": min(c.eval_every, c.max_steps)},
         "checkpoint": {"every": min(c.checkpoint_every, c.max_steps)},
         "log": {"every": c.log_every},
@@ -109,7 +112,7 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     if scratch:
         d["tokenizer"] = {"kind": c.tokenizer}
     if c.num_processes > 1:
-        d["distributed"] = {"num_processes": c.num_processes, "strategy": "ddp"}
+        d["distributed"] = {"num_processes": c.num_processes, "strategy": c.strategy}
     if runs_dir:
         d["runs_dir"] = runs_dir
     if options:
@@ -141,33 +144,53 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
         dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
         text_column=c.text_column or None, max_steps=c.max_steps,
-        **({"gpus": c.num_processes, "strategy": "ddp"} if c.num_processes > 1 else {}),  # per-GPU, replicated
+        gpus=c.num_processes, strategy=c.strategy if c.num_processes > 1 else "ddp",  # per-GPU numbers
     )
 
 
-def apply_flags(c: Choices, flags: str) -> bool:
-    """Apply an estimator suggestion given as CLI flags; False if it names a change the wizard
-    cannot make (more GPUs than this machine has)."""
-    words = flags.split()
-    changes: dict[str, Any] = {}
-    i = 0
-    while i < len(words):
-        flag = words[i].lstrip("-").replace("-", "_")
-        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
-        i += 2 if value is not None else 1
-        if flag == "grad_checkpointing":
-            changes["grad_checkpointing"] = True
-        elif flag in ("batch_size", "grad_accum", "seq_len") and value:
-            changes[flag] = int(value)
-        elif flag == "optimizer" and value in SPEC_OPTIMIZER:
-            changes[flag] = value
-        elif flag in ("precision", "technique") and value:
-            changes[flag] = value
-        else:
-            return False
+# A suggestion's changes (engine/estimate_suggest.py FIELDS: the spec's dotted names, the estimator's
+# values) -> the Choices attribute each sets.
+CHOICE_FIELD = {"technique": "technique", "train.gradient_checkpointing": "grad_checkpointing",
+                "train.optimizer": "optimizer", "train.precision": "precision", "train.batch_size": "batch_size",
+                "train.grad_accum": "grad_accum", "train.seq_len": "seq_len",
+                "distributed.num_processes": "num_processes", "distributed.strategy": "strategy"}
+
+
+def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool) -> str | None:
+    """Apply an estimator suggestion's `changes`; None when applied, else why the wizard cannot make it
+    here (more GPUs than this machine has, a strategy it cannot run, an optimizer the engine does not train),
+    and then nothing is changed."""
+    from engine.launch_config import strategy_unavailable
+
     for key, value in changes.items():
-        setattr(c, key, value)
-    return True
+        if key not in CHOICE_FIELD:
+            return f"{key} is not a setting of the wizard"
+        if key == "distributed.num_processes" and value > gpus:
+            return f"needs {value} GPUs; this machine has {gpus}"
+        if key == "distributed.strategy" and (why := strategy_unavailable(value, cuda=cuda)):
+            return f"{value}: {why}"
+        if key == "train.optimizer" and value not in SPEC_OPTIMIZER:
+            return f"the run engine does not train {value}"
+    for key, value in changes.items():
+        setattr(c, CHOICE_FIELD[key], value)
+    if any(k.startswith("distributed.") for k in changes):
+        c.layout_chosen = True
+    return None
+
+
+def apply_proposal(c: Choices, proposal: Any) -> None:
+    """Take engine.layout.propose's layout unless the user chose one."""
+    if not c.layout_chosen:
+        c.num_processes, c.strategy = proposal.num_processes, proposal.strategy
+
+
+def settle(c: Choices) -> str | None:
+    """Put right a combination the run spec refuses, saying what changed: the batch finder runs in one
+    process only (engine.spec), so `on` becomes `auto` with several."""
+    if c.num_processes > 1 and c.find_batch == "on":
+        c.find_batch = "auto"
+        return "batch finder: on needs one process; set to auto"
+    return None
 
 
 def preflight(spec: Any) -> None:

@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
 from tui.widgets.bars import Segment, stacked_bar
-from tui.wizard import apply_flags, estimate_request
+from tui.wizard import apply_changes, apply_proposal, estimate_request, settle
 
 PARTS = (  # breakdown field, legend, colour
     ("weights", "weights", "blue"), ("gradients", "grads", "magenta"), ("optimizer_states", "optimizer", "red"),
@@ -58,23 +58,46 @@ def data_check(est: Any, choices: Any) -> Any:
 
 
 class Estimated(Message):
-    def __init__(self, est: Any, data: Any, error: str | None = None) -> None:
+    def __init__(self, est: Any, data: Any, error: str | None = None, *, proposal: Any = None,
+                 layouts: tuple[Any, ...] = ()) -> None:
         super().__init__()
         self.est, self.data, self.error = est, data, error
+        self.proposal, self.layouts = proposal, layouts  # engine.layout.Proposal, LayoutOption per strategy
 
 
-def estimate_choices(wizard: Any, *, with_suggestions: bool) -> Estimated:
+def machine(wizard: Any) -> tuple[list[tuple[int, str, int]], bool]:
+    """The probed GPUs as the estimator takes them, and whether torch can use CUDA there."""
+    from engine.layout import cuda_usable
+
+    report = wizard.hardware
+    if report is None:
+        return [], False
+    return [(g.index, g.name, g.memory_free_bytes) for g in report.gpus], cuda_usable(report)
+
+
+def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: bool = False) -> Estimated:
     """The estimate for the wizard's choices on the probed GPUs (run from a worker thread: the checks
-    step wants the suggestions, the options step re-estimates on every change and does not)."""
+    step wants the suggestions and the proposed layout, the options step re-estimates on every change
+    and does not). With `propose_layout`, the estimate is for the proposed layout unless the user chose
+    one; the handler applies it to the choices (on the UI thread)."""
+    from dataclasses import replace
+
     from engine.errors import UserError
     from engine.estimate import estimate
+    from engine.layout import layout_options, propose
 
     c = wizard.choices
-    report = wizard.hardware
-    gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus] if report else []
+    gpus, cuda = machine(wizard)
     try:
-        est = estimate(estimate_request(c), gpus=gpus, with_suggestions=with_suggestions)
-        return Estimated(est, data_check(est, c))
+        proposal = None
+        if propose_layout:
+            proposal = propose(estimate_request(replace(c, num_processes=1)), gpus, cuda=cuda)
+            if not c.layout_chosen:
+                c = replace(c, num_processes=proposal.num_processes, strategy=proposal.strategy)
+        req = estimate_request(c)
+        est = estimate(req, gpus=gpus, with_suggestions=with_suggestions)
+        layouts = layout_options(req, gpus, c.num_processes, cuda=cuda) if c.num_processes > 1 and gpus else ()
+        return Estimated(est, data_check(est, c), proposal=proposal, layouts=layouts)
     except UserError as err:
         return Estimated(None, None, str(err))
 
@@ -97,6 +120,20 @@ def memory_view(est: Any, width: int) -> Table:
     return grid
 
 
+def layout_line(c: Any, proposal: Any) -> Text:
+    """`Layout (proposed): DDP 92 GiB/GPU: does not fit 80 GiB; FSDP x8: 21 GiB/GPU fits`."""
+    from engine.layout import NAMES
+
+    if proposal is None or not proposal.options:  # no GPU or one: the bars below say it all
+        return Text("")
+    style = {"ddp": "green", "single": "green", "sharded": "yellow", "none": "bold red"}[proposal.kind]
+    if c.layout_chosen and (c.num_processes, c.strategy) != (proposal.num_processes, proposal.strategy):
+        layout = f"{NAMES[c.strategy]} x{c.num_processes}" if c.num_processes > 1 else "one process"
+        return Text.assemble(("Layout: ", "bold"), f"{layout} (yours); proposed: ", (proposal.message, style))
+    label = "Layout: " if proposal.kind == "none" else "Layout (proposed): "  # "Nothing fits: ..." says it
+    return Text.assemble((label, "bold"), (proposal.message, style))
+
+
 class ChecksScreen(WizardStep):
     STEP = 4
     BINDINGS = [Binding("space", "apply", "Apply suggestion", tooltip="Make the highlighted change; the bars update")]
@@ -104,6 +141,7 @@ class ChecksScreen(WizardStep):
     def body(self) -> ComposeResult:
         with VerticalScroll(id="checks"):
             yield Static(Text("estimating…", style="italic"), id="checks-model")
+            yield Static("", id="checks-layout")
             yield Static("", id="checks-memory")
             yield Static(legend(), id="checks-legend")
             yield Static("", id="checks-rule")
@@ -127,7 +165,7 @@ class ChecksScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
-        self.post_message(estimate_choices(self.wizard, with_suggestions=True))
+        self.post_message(estimate_choices(self.wizard, with_suggestions=True, propose_layout=True))
 
     def on_estimated(self, message: Estimated) -> None:
         c = self.wizard.choices
@@ -135,7 +173,14 @@ class ChecksScreen(WizardStep):
             self.query_one("#checks-model", Static).update(Text(message.error or "no estimate", style="red"))
             return
         est = message.est
+        if message.proposal is not None:
+            apply_proposal(c, message.proposal)
+            if note := settle(c):
+                self.notify(note)
         c.extra["estimate"] = est
+        line = layout_line(c, message.proposal)
+        self.query_one("#checks-layout", Static).update(line)
+        self.query_one("#checks-layout", Static).display = bool(line)
         m = est.model
         self.query_one("#checks-model", Static).update(Text.assemble(
             (f"{c.technique}", "bold"), f"  {m.params:,} parameters, {m.trainable_params:,} trained  ",
@@ -178,11 +223,15 @@ class ChecksScreen(WizardStep):
         if est is None or options.highlighted is None:
             return
         s = est.suggestions[options.highlighted]
-        if apply_flags(self.wizard.choices, s.flags):
+        gpus, cuda = machine(self.wizard)
+        refused = apply_changes(self.wizard.choices, s.changes, gpus=len(gpus), cuda=cuda)
+        if refused is None:
             self.notify(f"applied: {s.change}")
+            if note := settle(self.wizard.choices):
+                self.notify(note)
             self.recompute()
         else:
-            self.notify(f"{s.change}: needs more GPUs than this machine has", severity="warning")
+            self.notify(f"{s.change}: {refused}", severity="warning")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         self.action_apply()

@@ -1,4 +1,6 @@
-"""Step 6: the speed/memory trade-offs of the book's table 5.2 and the learning-rate schedule.
+"""Step 6: the speed/memory trade-offs of the book's table 5.2, the learning-rate schedule, the batch
+finder and, on a machine with several GPUs, the layout (processes and strategy: the checks step's
+proposal, which the user may change; strategies this machine cannot run are listed with the reason).
 ←/→ changes the highlighted setting; every change re-runs the estimate (arithmetic: instant)."""
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from textual.widgets.option_list import Option
 
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
+from engine.estimate import STRATEGIES
 from tui.screens.checks import VERDICT, Estimated, estimate_choices
-from tui.wizard import Choices
+from tui.wizard import Choices, settle
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Setting:
     effect: str  # table 5.2: speed / memory / difficulty, or what it does
     techniques: tuple[str, ...] = ()  # empty: every technique
     multi_gpu: bool = False  # shown only when the machine has several GPUs (values up to their number)
+    hint: str = ""  # a line shown under the list while this setting is highlighted
 
 
 def _lr_values() -> tuple[float, ...]:
@@ -52,9 +56,45 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_steps", "steps", (50, 100, 200, 500, 1000, 2000, 5000, 10000, 50000), "optimizer steps"),
     Setting("lora_rank", "LoRA rank", (4, 8, 16, 32, 64), "adapter size", ("lora", "qlora")),
     Setting("num_virtual_tokens", "virtual tokens", (8, 20, 50, 100), "prompt length", ("prompt-tuning",)),
-    Setting("num_processes", "GPUs (DDP)", (1, 2, 4, 8, 16), "speed: a full copy per GPU, N x the tokens a step",
-            multi_gpu=True),
+    Setting("find_batch", "batch finder", ("auto", "on", "off"), "advanced: the largest batch that fits",
+            hint="Before step 1, real steps find the largest micro-batch that fits (same effective batch); "
+                 "auto: on a GPU when the estimate is tight, on: always (one process), off: never."),
+    Setting("num_processes", "GPUs (processes)", (1, 2, 4, 8, 16), "speed: N x the tokens a step", multi_gpu=True,
+            hint="One training process per GPU, started by `accelerate launch`."),
+    Setting("strategy", "multi-GPU strategy", STRATEGIES, "memory: fsdp/zero shard across the GPUs",
+            multi_gpu=True, hint="ddp: a full copy per GPU (fastest); fsdp / zero3: weights, gradients and "
+                                 "optimizer states sharded; zero2: gradients and states sharded."),
 )
+LAYOUT_KEYS = ("num_processes", "strategy")
+
+
+def visible_settings(c: Choices, report: Any) -> list[Setting]:
+    """The settings shown for these choices on this machine: the technique's, the layout only with
+    several GPUs (process counts up to their number; strategies this machine can run, with more than
+    one process), the batch finder's `on` only with one process (the spec refuses it with several)."""
+    from dataclasses import replace
+
+    from engine.launch_config import strategy_unavailable
+    from engine.layout import cuda_usable
+
+    n_gpus = len(report.gpus) if report else 0
+    out = []
+    for s in SETTINGS:
+        if s.techniques and c.technique not in s.techniques:
+            continue
+        if s.multi_gpu and n_gpus < 2:
+            continue
+        if s.key == "num_processes":
+            s = replace(s, values=tuple(sorted({v for v in s.values if v <= n_gpus} | {n_gpus})))
+        elif s.key == "strategy":
+            if c.num_processes < 2:
+                continue
+            cuda = cuda_usable(report)
+            s = replace(s, values=tuple(v for v in s.values if strategy_unavailable(v, cuda=cuda) is None))
+        elif s.key == "find_batch" and c.num_processes > 1:
+            s = replace(s, values=("auto", "off"))
+        out.append(s)
+    return out
 
 
 def value_of(c: Choices, s: Setting) -> Any:
@@ -94,23 +134,24 @@ class OptionsScreen(WizardStep):
     BINDINGS = [
         Binding("right", "change(1)", "Next value", key_display="→", priority=True, tooltip="The next value of this setting"),
         Binding("left", "change(-1)", "Previous", key_display="←", priority=True, tooltip="The previous value of this setting"),
+        Binding("space", "choose", "Choose", tooltip="Pick this setting's value from a list"),
     ]
+    layouts: tuple[Any, ...] = ()  # the last estimate's LayoutOption per strategy (for the strategy list)
 
     def body(self) -> ComposeResult:
         with Vertical(id="options"):
             yield OptionList(id="settings")
+            yield Static("", id="options-hint")
             yield Static("", id="options-estimate")
+            yield Static("", id="options-layout")
 
     def settings(self) -> list[Setting]:
-        from dataclasses import replace
-
-        t = self.wizard.choices.technique
-        report = self.wizard.hardware
-        n_gpus = len(report.gpus) if report else 0
-        return [replace(s, values=tuple(v for v in s.values if v <= n_gpus)) if s.multi_gpu else s
-                for s in SETTINGS if (not s.techniques or t in s.techniques) and (not s.multi_gpu or n_gpus > 1)]
+        return visible_settings(self.wizard.choices, self.wizard.hardware)
 
     def on_mount(self) -> None:
+        # the hint keeps its two lines when empty: a list that changed height under the highlight would
+        # leave the highlighted row out of view
+        self.query_one("#options-hint", Static).styles.height = 2
         self.fill()
         settings = self.query_one("#settings", OptionList)
         settings.highlighted = 0
@@ -132,9 +173,51 @@ class OptionsScreen(WizardStep):
         settings = self.query_one("#settings", OptionList)
         if settings.highlighted is None:
             return
-        step_value(self.wizard.choices, self.settings()[settings.highlighted], delta)
+        setting = self.settings()[settings.highlighted]
+        step_value(self.wizard.choices, setting, delta)
+        self.changed_setting(setting)
+
+    def action_choose(self) -> None:
+        """The highlighted setting's values as a list; for the strategy every one, those this machine
+        cannot run disabled with the reason, each with its per-GPU estimate."""
+        from engine.launch_config import strategy_unavailable
+        from engine.layout import cuda_usable, gib
+        from tui.modals.choose import Choice, ChooseModal
+
+        settings = self.query_one("#settings", OptionList)
+        if settings.highlighted is None:
+            return
+        setting, c = self.settings()[settings.highlighted], self.wizard.choices
+        values = list(setting.values)
+        if setting.key == "strategy":
+            values = list(STRATEGIES)
+            cuda = cuda_usable(self.wizard.hardware)
+            need = {o.strategy: f"  {gib(o.total_bytes)}/GPU {VERDICT.get(o.verdict, (o.verdict,))[0]}"
+                    for o in self.layouts}
+            choices = [Choice(f"{v:<6}{need.get(v, '')}", strategy_unavailable(v, cuda=cuda)) for v in values]
+        else:
+            choices = [Choice(shown(v)) for v in values]
+        current = value_of(c, setting)
+
+        def picked(index: int | None) -> None:
+            if index is not None:
+                setattr(c, setting.key, values[index])
+                self.changed_setting(setting)
+
+        self.app.push_screen(ChooseModal(setting.label, choices, values.index(current) if current in values else None),
+                             picked)
+
+    def changed_setting(self, setting: Setting) -> None:
+        if setting.key in LAYOUT_KEYS:
+            self.wizard.choices.layout_chosen = True  # the checks step proposes no other from now on
+        if note := settle(self.wizard.choices):
+            self.notify(note)
         self.fill()
         self.estimate()
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        hint = next((s.hint for s in self.settings() if s.key == event.option.id), "")
+        self.query_one("#options-hint", Static).update(Text(hint, style="italic #9e9e9e"))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
@@ -148,7 +231,12 @@ class OptionsScreen(WizardStep):
         est, c = message.est, self.wizard.choices
         c.extra["estimate"] = est
         text = Text.assemble(("Estimate: ", "bold"), f"{human_bytes(est.total_bytes)} a GPU")
-        for g in est.gpus:
+        verdicts = {g.verdict for g in est.gpus}
+        if len(est.gpus) > 2 and len(verdicts) == 1:  # eight alike say no more than one
+            label, style = VERDICT.get(verdicts.pop(), ("", ""))
+            text.append(f"  all {len(est.gpus)} GPUs: ")
+            text.append(label, style=style)
+        for g in est.gpus if len(est.gpus) <= 2 or len({g.verdict for g in est.gpus}) > 1 else ():
             label, style = VERDICT.get(g.verdict, (g.verdict, ""))
             text.append(f"  GPU {g.index} ")
             text.append(label, style=style)
@@ -158,3 +246,24 @@ class OptionsScreen(WizardStep):
         if message.data is not None and message.data.projected_epochs:
             text.append(f"; {message.data.projected_epochs:.2f} passes over the data in {c.max_steps:,} steps")
         out.update(text)
+        self.layouts = message.layouts
+        layout = self.query_one("#options-layout", Static)
+        layout.update(layout_text(message.layouts))
+        layout.display = bool(message.layouts)
+
+
+def layout_text(layouts: tuple[Any, ...]) -> Text:
+    """Each strategy at the chosen process count: its per-GPU total and verdict, or why it is off here."""
+    from engine.layout import NAMES, gib
+
+    text = Text.assemble(("Strategies: ", "bold"))
+    for i, o in enumerate(layouts):
+        text.append(" · " if i else "")
+        per_gpu = f"{NAMES[o.strategy]} {gib(o.total_bytes)}/GPU "
+        if o.unavailable:
+            text.append(per_gpu + f"(off: {o.unavailable})", style="#808080")
+        else:
+            label, style = VERDICT.get(o.verdict, (o.verdict, ""))
+            text.append(per_gpu, style="bold")
+            text.append(label, style=style)
+    return text

@@ -206,23 +206,51 @@ def test_N1_N3_nonfinite_steps_are_skipped_state_stays_finite_and_K_in_a_row_pau
 
 # ---- R3, R4: another base under the adapter, another teacher ------------------------------------------
 
-@pytest.mark.parametrize("technique", TECHNIQUES)
-def test_R3_R4_resume_on_another_base_or_teacher_is_refused_naming_it(models: tuple, technique: str,
-                                                                      tmp_path: Path) -> None:
+def _hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, snapshots: list[Path]) -> Path:
+    """A Hub cache (offline) holding `acme/<name>` at one commit per snapshot folder, refs/main at the first;
+    returns refs/main, which a test rewrites to move the id to another snapshot (as a download would)."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))  # read by the cache lookups at each call
+    repo = cache / f"models--acme--{name}"
+    for i, folder in enumerate(snapshots):
+        shutil.copytree(folder, repo / "snapshots" / (str(i + 1) * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    return repo / "refs" / "main"
+
+
+@pytest.mark.parametrize("technique,where", [("lora", "folder"), ("lora", "hub"), ("distill", "folder"),
+                                             ("distill", "hub")])
+def test_R3_R4_resume_on_another_base_or_teacher_is_refused_naming_it(
+        models: tuple, technique: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoRA: the same spec, another base of the same shape under its path (a folder's weights replaced, or a
+    Hub id whose cache moved to another commit). Distillation: another teacher folder in the spec, or the
+    same teacher id at another commit."""
     _, m = models
-    m = {**m, "base": Path(shutil.copytree(m["base"], tmp_path / "base"))}  # swapped in place below
+    role = "base" if technique == "lora" else "teacher"
+    if where == "hub":
+        ref = _hub_cache(tmp_path, monkeypatch, role, [m[role], m[f"other-{role}"]])
+        m = {**m, role: f"acme/{role}"}
+    elif technique == "lora":
+        m = {**m, "base": Path(shutil.copytree(m["base"], tmp_path / "base"))}  # its weights replaced below
     s = _spec(m, technique, train={"max_steps": 2})
     run = job.create(s, tmp_path / "runs")
     assert Trainer(run, s).run_job() == 0
-    longer = _spec(m, technique, train={"max_steps": 4})
-    if technique == "lora":  # the same path and spec, another base of the same shape under it
+    longer = changed = _spec(m, technique, train={"max_steps": 4})
+    if where == "hub":
+        ref.write_text("2" * 40)
+    elif technique == "lora":
         weights = m["base"] / "model.safetensors"
         original = weights.read_bytes()
         shutil.copyfile(m["other-base"] / "model.safetensors", weights)
-        changed, named = longer, ["the base model's files changed", "adapter for the base it was saved with"]
     else:
         changed = _spec({**m, "teacher": m["other-teacher"]}, technique, train={"max_steps": 4})
-        named = ["options.teacher", str(m["other-teacher"]), "the teacher model's files changed"]
+    named = {"base": ["the base model's files changed", "adapter for the base it was saved with"],
+             "teacher": ["the teacher model's files changed"]}[role]
+    if changed is not longer:
+        named.append(f"options.teacher) was {str(m['teacher'])!r}, now {str(m['other-teacher'])!r}")
     (run / runfolder.SPEC).write_text(spec.to_toml(changed))
     offset = runfolder.read_events(run)[1]
     assert Trainer(run, changed, resume=True).run_job() == 2
@@ -230,7 +258,9 @@ def test_R3_R4_resume_on_another_base_or_teacher_is_refused_naming_it(models: tu
     assert error["kind"] == "user" and "cannot resume from step-000002" in error["message"]
     assert all(n in error["message"] for n in named), error["message"]
     # control: with the original base or teacher the same resume goes on
-    if technique == "lora":
+    if where == "hub":
+        ref.write_text("1" * 40)
+    elif technique == "lora":
         weights.write_bytes(original)
     (run / runfolder.SPEC).write_text(spec.to_toml(longer))
     offset = runfolder.read_events(run)[1]

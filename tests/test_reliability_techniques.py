@@ -8,7 +8,8 @@ over a frozen base read from elsewhere; a distillation run carries a frozen teac
 - SIGKILLs at random moments of a run that checkpoints every other step: after each kill every checkpoint
   verifies and loads, every restart resumes from the newest one, and every loss ever logged equals an
   uninterrupted run's, exactly. Negative controls resume the same killed run leaving out the RNG state
-  (LoRA dropout) or the optimizer's moments, and differ.
+  (LoRA dropout) or the optimizer's moments, and differ; an in-place writer leaves half LoRA checkpoints
+  under the same kills.
 - An exception at step 5 fails the run naming the last checkpoint; a resume under RLIMIT_FSIZE pauses with
   "disk full", the previous checkpoint intact, and a later resume loads it and finishes; a canary Hub
   token in every job's environment is in no file of the run folder.
@@ -94,22 +95,34 @@ def test_G5_C1_R1_sigkills_every_restart_resumes_whole_and_the_losses_match(mode
     z, m = models
     s = _spec(m, technique)
     run = job.create(s, tmp_path / "runs")
-    seen = kill_trials(z, run, 4, "atomic", random.Random(5))  # each: whole and verified checkpoints only
+    # 5 kills (4 while training, seeded), saves slowed to 0.2 s: kills land inside saves too
+    seen = kill_trials(z, run, 5, "atomic", random.Random(5), save_sleep=0.2)  # each: whole, verified checkpoints
     last = ck.find_resume(run)
-    assert seen["kills"] == 4 and seen["resumes_checked"] >= 1 and last is not None and last.step >= 4, seen
+    print(f"{technique} kill test: {seen}; resumed to step {last and last.step}")  # shown with pytest -s
+    assert seen["kills"] == 5 and seen["resumes_checked"] >= 2 and last is not None and last.step >= 4, seen
+    assert seen["tmp_left"] >= 1, seen  # a kill did land inside a save, so the check had something to catch
     steps = last.step + 4
     spares = {mode: shutil.copytree(run, tmp_path / mode / run.name) for mode in CONTROLS[technique]}
     finish(z, run, steps)
     expected = reference(z, s, tmp_path / "runs", steps)
     logged = logged_losses(run)
     assert sorted(logged) == list(range(1, steps + 1))
-    for step, values in logged.items():  # every value ever logged for a step, across all 5 processes
+    for step, values in logged.items():  # every value ever logged for a step, across all 6 processes
         assert values == {expected[step]}, (step, values, expected[step])
     assert_no_canary(run)
     for mode, spare in spares.items():  # negative controls: the comparison can fail
         after = logged_losses(spare, finish(z, spare, steps, mode=mode))
         assert sorted(after) == list(range(last.step + 1, steps + 1))
         assert any(values != {expected[step]} for step, values in after.items()), mode
+
+
+def test_control_inplace_writer_leaves_half_lora_checkpoints_under_the_same_kills(models: tuple, tmp_path: Path) -> None:
+    """The kill check reads a LoRA checkpoint's own files (the adapter, not model.safetensors): a writer
+    that fills the checkpoint's folder in place is caught by it."""
+    z, m = models
+    run = job.create(_spec(m, "lora"), tmp_path / "runs")
+    seen = kill_trials(z, run, 4, "inplace", random.Random(5), save_sleep=0.3)
+    assert seen["broken"] >= 1, f"the in-place writer survived {seen['kills']} kills: the harness cannot fail"
 
 
 # ---- P8, C4, S6, S7: an exception, a full disk, a canary ---------------------------------------------

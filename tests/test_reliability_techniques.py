@@ -1,4 +1,4 @@
-"""Run-level faults on LoRA and distillation runs (RELIABILITY G5, C1, R1, P8, C4, S6, S7, N1, N3, R3, R4).
+"""Run-level faults on LoRA and distillation runs (RELIABILITY G5, C1, R1, P8, C4, S6, S7, N1, N3, R2, R3, R4).
 
 Scratch runs meet these faults in test_reliability_kill, test_reliability_faults and
 test_reliability_escalation; the same assertions (tests/fault_helpers.py, tests/kill_helpers.py) are held
@@ -16,7 +16,8 @@ over a frozen base read from elsewhere; a distillation run carries a frozen teac
 - Non-finite steps (in process; LLMW_FAULT, or a distillation teacher whose logits turn NaN): each is
   skipped (the trainable weights and the moments are unchanged by it, and stay finite), the logged metrics
   leave it out (distillation's CE and KL terms too), three in a row pause.
-- A resume on another base of the same shape (LoRA) or another teacher (distillation) is refused, naming it.
+- A resume on another base of the same shape (LoRA; a folder, or a Hub id whose cache moved to another
+  commit), another teacher (distillation) or a changed option is refused, naming it.
 
 The jobs fork from one process that imported torch, transformers and peft once (tests/kill_helpers.py).
 """
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -78,6 +81,7 @@ def _spec(m: dict, technique: str, **sections) -> spec.RunSpec:
     else:
         setup = {"model": {"path": str(m["student"])},
                  "options": {"teacher": str(m["teacher"]), "alpha": 0.5, "temperature": 2.0}}
+    setup["options"].update(sections.pop("options", {}))
     train = {"max_steps": 2000, "schedule": "constant", "warmup_steps": 0, "lr": 1e-2, **sections.pop("train", {})}
     sections = {"checkpoint": {"every": 2, "keep": 3}, **sections}
     return tiny_spec(m["corpus"], technique=technique, train=train, **setup, **sections)
@@ -234,47 +238,59 @@ def _hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, snaps
     return repo / "refs" / "main"
 
 
-@pytest.mark.parametrize("technique,where", [("lora", "folder"), ("lora", "hub"), ("distill", "folder"),
-                                             ("distill", "hub")])
-def test_R3_R4_resume_on_another_base_or_teacher_is_refused_naming_it(
-        models: tuple, technique: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """LoRA: the same spec, another base of the same shape under its path (a folder's weights replaced, or a
-    Hub id whose cache moved to another commit). Distillation: another teacher folder in the spec, or the
-    same teacher id at another commit."""
-    _, m = models
+class Change(NamedTuple):
+    """What a resume finds changed: the models the run started with and those the resume names (paths or
+    Hub ids), options changed in the resume's spec, `switch(True)` changing files under the same names
+    (`switch(False)` undoes it), and what the refusal must name."""
+    start: dict
+    resume: dict
+    options: dict
+    switch: Callable[[bool], None]
+    named: list[str]
+
+
+def _change(technique: str, where: str, m: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Change:
     role = "base" if technique == "lora" else "teacher"
-    if where == "hub":
+    files = {"base": ["the base model's files changed", "adapter for the base it was saved with"],
+             "teacher": ["the teacher model's files changed"]}[role]
+    if where == "hub":  # the same id, its cache moved to another commit of the same shape
         ref = _hub_cache(tmp_path, monkeypatch, role, [m[role], m[f"other-{role}"]])
         m = {**m, role: f"acme/{role}"}
-    elif technique == "lora":
-        m = {**m, "base": Path(shutil.copytree(m["base"], tmp_path / "base"))}  # its weights replaced below
-    s = _spec(m, technique, train={"max_steps": 2})
+        return Change(m, m, {}, lambda on: ref.write_text(("2" if on else "1") * 40), files)
+    if where == "options":  # the same config is enforced (R2)
+        key, was, now = {"lora": ("lora_rank", 16, 8), "distill": ("temperature", 2.0, 4.0)}[technique]
+        return Change(m, m, {key: now}, lambda on: None, [f"options.{key}) was {was!r}, now {now!r}"])
+    if technique == "lora":  # the same path, its weights replaced by another base's of the same shape
+        m = {**m, "base": Path(shutil.copytree(m["base"], tmp_path / "base"))}
+        weights, original = m["base"] / "model.safetensors", (m["base"] / "model.safetensors").read_bytes()
+        other = (m["other-base"] / "model.safetensors").read_bytes()
+        return Change(m, m, {}, lambda on: weights.write_bytes(other if on else original), files)
+    named = [f"options.teacher) was {str(m['teacher'])!r}, now {str(m['other-teacher'])!r}", *files]
+    return Change(m, {**m, "teacher": m["other-teacher"]}, {}, lambda on: None, named)
+
+
+@pytest.mark.parametrize("technique", TECHNIQUES)
+@pytest.mark.parametrize("where", ["folder", "hub", "options"])
+def test_R2_R3_R4_resume_on_another_base_teacher_or_config_is_refused_naming_it(
+        models: tuple, technique: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoRA: another base of the same shape under the same name (a folder's weights replaced, or a Hub id
+    whose cache moved to another commit). Distillation: another teacher folder in the spec, or the same
+    teacher id at another commit. Both: a changed option (the same config is enforced, R2)."""
+    change = _change(technique, where, models[1], tmp_path, monkeypatch)
+    s = _spec(change.start, technique, train={"max_steps": 2})
     run = job.create(s, tmp_path / "runs")
     assert Trainer(run, s).run_job() == 0
-    longer = changed = _spec(m, technique, train={"max_steps": 4})
-    if where == "hub":
-        ref.write_text("2" * 40)
-    elif technique == "lora":
-        weights = m["base"] / "model.safetensors"
-        original = weights.read_bytes()
-        shutil.copyfile(m["other-base"] / "model.safetensors", weights)
-    else:
-        changed = _spec({**m, "teacher": m["other-teacher"]}, technique, train={"max_steps": 4})
-    named = {"base": ["the base model's files changed", "adapter for the base it was saved with"],
-             "teacher": ["the teacher model's files changed"]}[role]
-    if changed is not longer:
-        named.append(f"options.teacher) was {str(m['teacher'])!r}, now {str(m['other-teacher'])!r}")
+    changed = _spec(change.resume, technique, train={"max_steps": 4}, options=change.options)
+    change.switch(True)
     (run / runfolder.SPEC).write_text(spec.to_toml(changed))
     offset = runfolder.read_events(run)[1]
     assert Trainer(run, changed, resume=True).run_job() == 2
     (error,) = [e for e in runfolder.read_events(run, offset)[0] if e["type"] == "error"]
     assert error["kind"] == "user" and "cannot resume from step-000002" in error["message"]
-    assert all(n in error["message"] for n in named), error["message"]
-    # control: with the original base or teacher the same resume goes on
-    if where == "hub":
-        ref.write_text("1" * 40)
-    elif technique == "lora":
-        weights.write_bytes(original)
+    assert all(n in error["message"] for n in change.named), error["message"]
+    # control: with the original base, teacher and options the same resume goes on
+    change.switch(False)
+    longer = _spec(change.start, technique, train={"max_steps": 4})
     (run / runfolder.SPEC).write_text(spec.to_toml(longer))
     offset = runfolder.read_events(run)[1]
     assert Trainer(run, longer, resume=True).run_job() == 0

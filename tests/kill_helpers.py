@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ZYGOTE = r"""
 import os, resource, signal, sys, time, json
 from pathlib import Path
-import torch, transformers, accelerate, safetensors.torch  # imported once; every job forks from here (a warm run adds peft)
+import torch, transformers, accelerate, safetensors.torch  # imported once (a warm run adds peft); jobs fork
 from engine import checkpoint, job, trainer as trainer_mod
 
 orig_save, orig_rng = checkpoint.save, trainer_mod.rng_state

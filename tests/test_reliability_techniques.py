@@ -55,22 +55,26 @@ def models(tmp_path_factory: pytest.TempPathFactory):
 
     threads = torch.get_num_threads()  # specs set threads = 1 in this (pytest's) process: put it back after
     tmp = tmp_path_factory.mktemp("techfaults")
-    mp = pytest.MonkeyPatch()  # one token cache for the module's jobs
+    mp = pytest.MonkeyPatch()  # one token cache for the module's jobs (the zygote's environment)
     mp.setenv("LLM_WIZARD_CACHE", str(tmp / "cache"))
+    mp.setenv("HF_HOME", str(tmp / "hf"))
     z = Zygote(env=CANARY_ENV)  # imports torch while the models are built here
-    corpus, tokenizer = corpus_and_tokenizer(tmp, lines=600)
-    m = {"corpus": corpus,
-         "base": gpt2(tokenizer, tmp / "base", layers=2, width=64),
-         "other-base": gpt2(tokenizer, tmp / "other-base", layers=2, width=64, seed=1),  # same shape
-         "teacher": gpt2(tokenizer, tmp / "teacher", layers=2, width=48),
-         "other-teacher": gpt2(tokenizer, tmp / "other-teacher", layers=2, width=48, seed=1),
-         "student": gpt2(tokenizer, tmp / "student", layers=1, width=32, seed=2)}
-    for technique in TECHNIQUES:
-        z.warm(_spec(m, technique), tmp / "warm")
-    mp.undo()
-    yield z, m
-    z.close()
-    torch.set_num_threads(threads)
+    try:
+        corpus, tokenizer = corpus_and_tokenizer(tmp, lines=600)
+        m = {"corpus": corpus,
+             "base": gpt2(tokenizer, tmp / "base", layers=2, width=64),
+             "other-base": gpt2(tokenizer, tmp / "other-base", layers=2, width=64, seed=1),  # same shape
+             "teacher": gpt2(tokenizer, tmp / "teacher", layers=2, width=48),
+             "other-teacher": gpt2(tokenizer, tmp / "other-teacher", layers=2, width=48, seed=1),
+             "student": gpt2(tokenizer, tmp / "student", layers=1, width=32, seed=2)}
+        for technique in TECHNIQUES:
+            z.warm(_spec(m, technique), tmp / "warm")
+        mp.undo()
+        yield z, m
+    finally:
+        z.close()
+        mp.undo()
+        torch.set_num_threads(threads)
 
 
 def _spec(m: dict, technique: str, **sections) -> spec.RunSpec:
@@ -120,7 +124,8 @@ def test_G5_C1_R1_sigkills_every_restart_resumes_whole_and_the_losses_match(mode
         assert any(values != {expected[step]} for step, values in after.items()), mode
 
 
-def test_control_inplace_writer_leaves_half_lora_checkpoints_under_the_same_kills(models: tuple, tmp_path: Path) -> None:
+def test_control_inplace_writer_leaves_half_lora_checkpoints_under_the_same_kills(models: tuple,
+                                                                                  tmp_path: Path) -> None:
     """The kill check reads a LoRA checkpoint's own files (the adapter, not model.safetensors): a writer
     that fills the checkpoint's folder in place is caught by it."""
     z, m = models
@@ -181,7 +186,8 @@ def _teacher_nan(trainer) -> None:
     trainer._prepare = prepare_then_break_the_teacher
 
 
-@pytest.mark.parametrize("technique,source", [("lora", "LLMW_FAULT"), ("distill", "LLMW_FAULT"), ("distill", "teacher")])
+@pytest.mark.parametrize("technique,source", [("lora", "LLMW_FAULT"), ("distill", "LLMW_FAULT"),
+                                              ("distill", "teacher")])
 def test_N1_N3_nonfinite_steps_are_skipped_state_stays_finite_and_K_in_a_row_pause(
         models: tuple, technique: str, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -221,7 +227,7 @@ def test_N1_N3_nonfinite_steps_are_skipped_state_stays_finite_and_K_in_a_row_pau
     assert all(bool(torch.isfinite(t).all()) for t in load_file(newest.path / WEIGHTS[technique]).values())
 
 
-# ---- R3, R4: another base under the adapter, another teacher ------------------------------------------
+# ---- R2, R3, R4: another base under the adapter, another teacher, another config ------------------------
 
 def _hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, snapshots: list[Path]) -> Path:
     """A Hub cache (offline) holding `acme/<name>` at one commit per snapshot folder, refs/main at the first;

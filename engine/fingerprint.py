@@ -3,9 +3,10 @@
 `parts()` flattens everything that shapes the model and the data order (the same fields as
 `RunSpec.fingerprint()`, which it refines) into `{"model.width": 32, "train.batch_size": 4, ...}` and adds
 what the spec cannot see: the dataset's contents (`data.contents`) and the bytes of every pretrained
-folder the run starts from (`model.files`, and `options.<key>.files` for a teacher), so a LoRA adapter
-is never put on another base of the same shape. `check()` compares a checkpoint's parts with the current
-run and raises a UserError listing each difference, with the way to keep the trained weights.
+folder the run starts from (`model.files`, and `options.<key>.files` for a teacher; for a Hub id, the
+cached snapshot it loads from), so a LoRA adapter is never put on another base of the same shape.
+`check()` compares a checkpoint's parts with the current run and raises a UserError listing each
+difference, with the way to keep the trained weights.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LABELS = {"train.batch_size": "batch size", "train.grad_accum": "gradient accumu
           "model.path": "the model", "technique": "the technique", "data.path": "the dataset",
           "options.teacher.files": "the teacher model's files"}
 SAMPLE = 1 << 20  # bytes read from each end of a weight file: the header and some weights
+HUB_KEYS = ("model.path", "tokenizer.path", "options.teacher")  # settings that may name a Hub id
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -68,16 +70,36 @@ def parts(spec: Any, data_fingerprint: str | None) -> dict[str, Any]:
         d.get("model", {}).pop(key, None)
     flat = _flatten(d)
     flat["data.contents"] = data_fingerprint
+    m = spec.model  # a pinned remote-code model loads its pinned commit (engine/security.py): digest that one
+    pinned = (m.revision if m.trust_remote_code else "") or ""
     for key, value in list(flat.items()):
         if key in ("model.path", "tokenizer.path") or key.startswith("options."):
-            if isinstance(value, str) and value and Path(value).expanduser().is_dir():
-                flat[f"{key.removesuffix('.path')}.files"] = folder_digest(Path(value).expanduser())
+            folder = _model_folder(key, value, pinned if value == m.path else "")
+            if folder is not None:
+                flat[f"{key.removesuffix('.path')}.files"] = folder_digest(folder)
     return flat
+
+
+def _model_folder(key: str, value: Any, revision: str = "") -> Path | None:
+    """The files a pretrained-model setting names: a local folder, or for a Hub id the cached snapshot it
+    resolves to now (a download of a newer commit moves the same id to other weights)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if Path(value).expanduser().is_dir():
+        return Path(value).expanduser()
+    if key not in HUB_KEYS:
+        return None
+    from engine.security import resolve
+
+    source = resolve(value, revision)
+    return source.folder if source is not None else None
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current)):
+        if key.endswith(".files") and key not in saved:
+            continue  # checkpoints written before Hub ids' snapshots were digested; a changed id shows itself
         a, b = saved.get(key), current.get(key)
         if a != b:
             label = LABELS.get(key, key)

@@ -15,8 +15,11 @@ from pathlib import Path
 import pytest
 
 from engine import checkpoint as ck
-from engine import job, numerics, runfolder, watchdogs
+from engine import numerics, watchdogs
 from engine.watchdogs import Watchdogs
+from fault_helpers import (
+    STREAK_FAULT, alerts, assert_one_bad_step_goes_on_K_in_a_row_pause, run_in_process, saved_state, states,
+)
 from run_helpers import make_corpus, tiny_spec
 
 GOOD, BAD_LOSS, BAD_GRAD = [False, False], [True, True], [False, True]
@@ -135,45 +138,9 @@ def test_N3_N4_settings_are_validated_and_faults_take_ranges_of_attempts(monkeyp
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, **train) -> tuple[object, int, list[dict]]:
     """A tiny run in process with LLMW_FAULT; a pause becomes a stop. Returns (trainer, exit code, events)."""
-    import torch
-    from accelerate.state import AcceleratorState
-
-    from engine.trainer import Trainer
-
-    monkeypatch.setenv("LLMW_FAULT", fault)
-    monkeypatch.setattr(watchdogs, "_fired", set())  # faults fire once per process: each test starts afresh
-    AcceleratorState._reset_state(reset_partial_state=True)
-    threads = torch.get_num_threads()
     s = tiny_spec(make_corpus(tmp_path, lines=400), train={"max_steps": 30, **train},
                   log={"every": 2}, checkpoint={"every": 4, "keep": 20})
-    trainer = Trainer(job.create(s, tmp_path / "runs"), s)
-    set_state = trainer.set_state
-
-    def pause_then_stop(state: str, message: str = "", **fields) -> None:
-        set_state(state, message, **fields)
-        if state == "paused":
-            trainer.request_stop("test")
-
-    monkeypatch.setattr(trainer, "set_state", pause_then_stop)
-    try:
-        code = trainer.run_job()
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
-    return trainer, code, runfolder.read_events(trainer.run)[0]
-
-
-def _alerts(evs: list[dict], kind: str | None = None) -> list[dict]:
-    return [e for e in evs if e["type"] == "alert" and (kind is None or e["kind"] == kind)]
-
-
-def _states(evs: list[dict]) -> list[str]:
-    return [e["state"] for e in evs if e["type"] == "state"]
-
-
-def _saved_state(evs: list[dict]) -> dict:
-    last = [e for e in evs if e["type"] == "checkpoint"][-1]
-    return json.loads((Path(last["path"]) / "trainer_state.json").read_text())
+    return run_in_process(s, tmp_path / "runs", monkeypatch, fault)
 
 
 @pytest.mark.parametrize("on_device", [True, False], ids=["device-flags", "sync-per-step"])
@@ -184,20 +151,9 @@ def test_N3_one_bad_step_goes_on_K_in_a_row_across_two_reads_pause_without_rolli
     if not on_device:  # as with bitsandbytes' 8-bit optimizers: each step's flags are read at once
         monkeypatch.setattr(step_guard, "skips_on_device", lambda *a: False)
     # attempt 3 alone; attempts 10-12 in a row: log every 2 reads them in two intervals
-    trainer, code, evs = _run(tmp_path, monkeypatch, "nan@try:3,nan@try:10-12")
+    trainer, code, evs = _run(tmp_path, monkeypatch, STREAK_FAULT)
     assert trainer.device_guard == on_device
-    nan = _alerts(evs, "nan")
-    assert nan[0]["severity"] == "warning" and nan[0]["step"] == 3 and nan[0]["skipped"] == 1
-    assert "training goes on" in nan[0]["message"]
-    assert nan[-1]["severity"] == "error" and nan[-1]["suggest"] == "rollback" and "3 steps in a row" in nan[-1]["message"]
-    # the single one, the streak's first read(s), the escalation; read per step, each bad step warns
-    assert [a["severity"] for a in nan] == ["warning"] * (2 if on_device else 3) + ["error"]
-    assert _states(evs).count("paused") == 1 and not _alerts(evs, "rollback")  # negative control: no auto-rollback
-    assert not [e for e in evs if e.get("rollback_to")]
-    # 4 of 12 attempts skipped: paused (then stopped here) at step 8, before the streak's first step 9; read
-    # at the logs, the good attempt 13 that closed the second read counted too
-    assert code == 11 and trainer.step == (9 if on_device else 8) and nan[-1]["step"] == 9
-    assert _saved_state(evs)["schedule"]["multiplier"] == 1.0
+    assert_one_bad_step_goes_on_K_in_a_row_pause(trainer, code, evs, on_device)
 
 
 def test_N3_auto_rollback_halves_the_lr_skips_the_data_is_capped_and_survives_resume(
@@ -207,21 +163,21 @@ def test_N3_auto_rollback_halves_the_lr_skips_the_data_is_capped_and_survives_re
     # attempts 14-16 fail once; from attempt 22 on every step fails: two rollbacks, then a pause
     trainer, code, evs = _run(tmp_path, monkeypatch, "nan@try:14-16,nan@try:22-200", auto_rollback=True,
                               auto_rollback_max=2)
-    rolls = _alerts(evs, "rollback")
+    rolls = alerts(evs, "rollback")
     assert len(rolls) == 2 and [r["multiplier"] for r in rolls] == [0.5, 0.25]
     first = rolls[0]
     assert first["checkpoint"] == "step-000012" and first["branch"] == 1  # the newest before the streak's step 14
     assert first["skipped_to"][1] > first["skipped_from"][1]  # past the streak's data, not retrained
     rolled = [e for e in evs if e.get("rollback_to")]
     assert [e["rollback_to"] for e in rolled][0] == "step-000012"
-    assert code == 11 and _states(evs).count("paused") == 1
-    final = _alerts(evs, "nan")[-1]
+    assert code == 11 and states(evs).count("paused") == 1
+    final = alerts(evs, "nan")[-1]
     assert final["severity"] == "error" and "auto-rollback already tried 2 times" in final["message"]
     # after the first rollback, the next metrics carry half the LR the schedule gives for that step
     after = [e for e in evs[evs.index(rolled[0]):] if e["type"] == "metrics"][0]
     sched = trainer.schedule
     assert after["train/lr"] == pytest.approx(0.5 * trainer.spec.train.lr * sched.factor(after["step"] - 1))
-    saved = _saved_state(evs)
+    saved = saved_state(evs)
     assert saved["schedule"]["multiplier"] == 0.25 and saved["watchdogs"]["rollbacks"] == 2
 
     import torch
@@ -248,24 +204,24 @@ def test_N4_sustained_spike_pauses_and_an_isolated_one_only_warns(tmp_path: Path
     # tests are in test_reliability_spike_skip.py
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:13:x50,spike@try:19-24:x50", spike_patience=3,
                               spike_skip=False)
-    spikes = _alerts(evs, "spike")
+    spikes = alerts(evs, "spike")
     warn = [a for a in spikes if a["severity"] == "warning"]
     assert warn and warn[0]["step"] == 14 and warn[0]["suggest"] == "rollback"
     assert [a["severity"] for a in spikes][-1] == "error"
     escalated = spikes[-1]
     assert escalated["step"] == 19 and "3 logging intervals in a row" in escalated["message"]
-    assert code == 11 and trainer.step == 24 and _states(evs).count("paused") == 1
-    assert not _alerts(evs, "rollback")  # negative control: without auto_rollback nothing is rolled back
-    assert math.isfinite(_saved_state(evs)["watchdogs"]["smooth"])
+    assert code == 11 and trainer.step == 24 and states(evs).count("paused") == 1
+    assert not alerts(evs, "rollback")  # negative control: without auto_rollback nothing is rolled back
+    assert math.isfinite(saved_state(evs)["watchdogs"]["smooth"])
 
 
 def test_N4_sustained_spike_auto_rollback_then_the_run_finishes(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:19-24:x50", spike_patience=3, auto_rollback=True,
                               spike_skip=False)
-    roll = _alerts(evs, "rollback")
+    roll = alerts(evs, "rollback")
     assert len(roll) == 1 and roll[0]["checkpoint"] == "step-000016" and roll[0]["multiplier"] == 0.5
     assert roll[0]["skipped_to"][1] > roll[0]["skipped_from"][1]
-    assert code == 0 and _states(evs)[-1] == "done" and "paused" not in _states(evs)
+    assert code == 0 and states(evs)[-1] == "done" and "paused" not in states(evs)
     assert trainer.step == 30 and ck.lineage(trainer.run)[0].branch == 1
-    assert _saved_state(evs)["schedule"]["multiplier"] == 0.5
+    assert saved_state(evs)["schedule"]["multiplier"] == 0.5

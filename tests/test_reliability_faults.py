@@ -24,11 +24,14 @@ import pytest
 from engine import checkpoint as ck
 from engine import job, runfolder
 from engine.errors import UserError
+from fault_helpers import (
+    CANARY_ENV, assert_failed_by_injected_exception, assert_no_canary, assert_stopped_while_disk_full,
+    half_the_size_of, wait_disk_full_pause,
+)
 from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-CANARY = "hf_CANARY" + "x7Qz" * 6 + "k"  # the shape of a Hub token, 34 characters
 
 LIMITED_RESUME = """
 import resource, signal, sys
@@ -48,10 +51,6 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def _files_with(folder: Path, needle: str) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
-
-
 def _rewrite_manifest(folder: Path) -> None:
     """Make a tampered file pass the integrity check, so only the loader stands between it and the process."""
     manifest = json.loads((folder / ck.MANIFEST).read_text())
@@ -62,37 +61,22 @@ def _rewrite_manifest(folder: Path) -> None:
 
 
 def test_P8_C4_S1_S6_S7_exception_disk_full_pickle_payload_and_canary(tmp_path: Path) -> None:
-    env = {"HF_TOKEN": CANARY, "HUGGING_FACE_HUB_TOKEN": CANARY}
+    env = CANARY_ENV
     s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 30}, checkpoint={"every": 2, "keep": 3})
     # P8: an exception fails the run with a traceback summary and names the last valid checkpoint; exit 1
     run, pid = launch(s, tmp_path / "runs", env={**env, "LLMW_FAULT": "raise@step:5"})
     assert wait_exit(pid) == 1
-    status = runfolder.read_status(run)
-    assert status["state"] == "failed" and "injected fault at step 5" in status["message"]
-    assert "last checkpoint step-000004" in status["message"]
-    error = events(run, "error")[-1]
-    assert error["kind"] == "internal" and "RuntimeError" in error["traceback"] and "trainer.py" in error["traceback"]
-    assert run.stat().st_mode & 0o777 == 0o700  # S7
+    assert_failed_by_injected_exception(run, 5, "step-000004")
 
     # C4: disk full while saving step 6 (files limited to half a checkpoint's weights file)
-    weights = run / "checkpoints" / "step-000004" / "model.safetensors"
-    limit = weights.stat().st_size // 2
-    (run / runfolder.LOG).rename(run / "job.log.1")  # the limit applies to the log too: start it afresh
-    assert max(p.stat().st_size for p in run.iterdir() if p.is_file() and p.name != "job.log.1") < limit // 2
+    limit = half_the_size_of(run, run / "checkpoints" / "step-000004" / "model.safetensors")
     with open(run / runfolder.LOG, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-c", LIMITED_RESUME, str(run), str(limit)], cwd=ROOT, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env})
-    status = wait_for(lambda: (st := runfolder.read_status(run)).get("state") == "paused" and st, what="disk-full pause")
-    assert "disk full" in status["message"] and "step-000004 is intact" in status["message"]
-    assert "Free space, then resume" in status["message"] and proc.poll() is None  # paused, not dead
-    alert = events(run, "alert")[-1]
-    assert alert["kind"] == "disk_full" and alert["suggest"] == "resume"
-    assert ck.verify(run / "checkpoints" / "step-000004") is None
-    assert not [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".tmp")]
-    assert ck.find_resume(run).name == "step-000004"
+    wait_disk_full_pause(run, "step-000004")
+    assert proc.poll() is None  # paused, not dead
     assert control(run, "stop")["ok"]
-    assert proc.wait(timeout=120) == 2
-    assert runfolder.read_status(run)["state"] == "failed" and "disk full" in runfolder.read_status(run)["message"]
+    assert_stopped_while_disk_full(run, proc.wait(timeout=120))
 
     # S1: a pickle payload as optimizer.pt (integrity check passed) is refused and never runs
     marker = tmp_path / "PAYLOAD_RAN"
@@ -103,9 +87,7 @@ def test_P8_C4_S1_S6_S7_exception_disk_full_pickle_payload_and_canary(tmp_path: 
     assert not marker.exists()
     assert "Weights only load failed" in events(run, "error")[-1]["message"]
 
-    # S6: the canary is in no file of the run folder (spec, events, status, job.log with its tracebacks)
-    assert _files_with(run, CANARY) == []
-    assert _files_with(run, "CANARY") == []
+    assert_no_canary(run)  # S6
 
 
 def test_P6_G4_C3_C8_P7_O5_second_start_refused_second_signal_damaged_newest_then_sigkill(tmp_path: Path) -> None:

@@ -168,7 +168,11 @@ def loss(prep: Prepared, batch: Any) -> Any:
     else:
         ce, kl = _causal_terms(prep, batch)
     if torch.is_grad_enabled():  # training, not evaluation: keep the two terms for the metrics event
-        both = torch.stack([ce.detach(), kl.detach(), torch.ones((), device=ce.device)])
+        # A non-finite micro-batch (a teacher overflowing in 16 bits) makes the trainer skip its step:
+        # leave it out of the logged terms too, on the device (no sync), as the logged loss does.
+        ok = torch.isfinite(ce) & torch.isfinite(kl)
+        zero = torch.zeros((), device=ce.device)
+        both = torch.stack([torch.where(ok, ce.detach(), zero), torch.where(ok, kl.detach(), zero), ok.float()])
         prep.extra["sums"] = both if prep.extra["sums"] is None else prep.extra["sums"] + both
     return prep.extra["alpha"] * ce + (1 - prep.extra["alpha"]) * kl
 
@@ -200,7 +204,7 @@ def metrics(prep: Prepared) -> dict[str, float]:
     if sums is None:
         return {}
     ce, kl, n = sums.tolist()
-    return {"distill/ce": ce / n, "distill/kl": kl / n}
+    return {"distill/ce": ce / n, "distill/kl": kl / n} if n else {}
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:

@@ -114,7 +114,7 @@ def clean_leftovers(run: Path) -> list[str]:
     run = Path(run)
     removed = checkpoint.clean_tmp(run)
     for p in list(run.iterdir()):
-        ours = p.name == ".tmp-final" or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
+        ours = p.name in (".tmp-final", ".tmp-model") or (p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()
                                           and not _writer_alive(p.name))
         if not ours:
             continue

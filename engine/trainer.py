@@ -178,8 +178,13 @@ class Trainer:
         self.skip_above = torch.full((), math.inf, device=self.accelerator.device)
         model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
         if self.writes_files and hasattr(self.prep.model, "config") and not model_dir.exists():
-            self.prep.model.config.save_pretrained(model_dir)
-            self.prep.tokenizer.save_pretrained(model_dir)
+            import shutil
+
+            tmp = self.run / ".tmp-model"  # whole or not at all: a kill between the two writes left it half
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.prep.model.config.save_pretrained(tmp)
+            self.prep.tokenizer.save_pretrained(tmp)
+            os.rename(tmp, model_dir)
         total, trainable = self.prep.n_params()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,

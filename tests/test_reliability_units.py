@@ -108,6 +108,7 @@ def test_C8_leftovers_cleaned_only_ours_only_inside_the_run(tmp_path: Path) -> N
     run, outside = tmp_path / "run", tmp_path / "outside"
     (run / "checkpoints" / ".tmp-step-000010-123").mkdir(parents=True)
     (run / ".tmp-final").mkdir()
+    (run / ".tmp-model").mkdir()  # <run>/model/ (config + tokenizer) half written
     (run / ".status.json.999999999.tmp").write_text("{}")  # a dead writer's
     live = run / f".status.json.{os.getpid()}.tmp"
     live.write_text("{}")  # a live writer's: about to be renamed, left alone
@@ -117,7 +118,7 @@ def test_C8_leftovers_cleaned_only_ours_only_inside_the_run(tmp_path: Path) -> N
     (outside / "keep.txt").write_text("x")
     (run / ".link.tmp").symlink_to(outside)
     removed = save_guard.clean_leftovers(run)
-    assert sorted(removed) == sorted([".tmp-step-000010-123", ".tmp-final", ".status.json.999999999.tmp"])
+    assert sorted(removed) == sorted([".tmp-step-000010-123", ".tmp-final", ".tmp-model", ".status.json.999999999.tmp"])
     assert live.exists() and (run / "notes.tmp").exists() and (run / "checkpoints" / "step-000005").exists()
     assert (outside / "keep.txt").exists()  # a link is never followed out of the run
 

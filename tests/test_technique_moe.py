@@ -99,3 +99,34 @@ def test_presets_run_on_tiny_models(corpus, tmp_path: Path, preset: str, kind: s
     metrics = [e for e in runfolder.read_events(run)[0] if e["type"] == "metrics"]
     assert [m["step"] for m in metrics] == [4] and len(metrics[0]["moe/expert_share"]) == 4
     assert (run / "final" / "config.json").is_file()
+
+
+def test_N1_a_skipped_step_stays_out_of_the_logged_moe_terms(corpus, tmp_path: Path) -> None:
+    """The model's logits turn NaN in one step (a 16-bit overflow): the trainer skips that step, and the MoE
+    terms in the metrics events must leave it out too."""
+    text, tokenizer, tmp = corpus
+    folder = technique_models.mixtral(tokenizer, tmp / "mixtral-nan", experts=4)
+    s = tiny_spec(text, technique="moe", model={"path": str(folder)}, log={"every": 2},
+                  train={"lr": 3e-3, "max_steps": 6, "nonfinite_patience": 3}, options={"aux_loss_coef": COEF})
+    run = job.create(s, tmp_path / "runs")
+    t = Trainer(run, s)
+    t._prepare()
+    forward, calls = t.prep.model.forward, [0]
+
+    def overflowing(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 3:
+            out.logits = out.logits * float("nan")
+        return out
+
+    t.prep.model.forward = overflowing
+    try:
+        t.set_state("running")
+        assert t._loop() == 0
+    finally:
+        t.events.close()
+    evs = runfolder.read_events(run)[0]
+    assert [e for e in evs if e["type"] == "alert" and e.get("kind") == "nan"]  # the step was skipped
+    metrics = [e for e in evs if e["type"] == "metrics"]
+    assert metrics and all(math.isfinite(m["moe/ce"]) and math.isfinite(m["moe/aux_loss"]) for m in metrics), metrics

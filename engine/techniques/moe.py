@@ -107,7 +107,12 @@ def loss(prep: Prepared, batch: Any) -> Any:
     if torch.is_grad_enabled():  # training only: evaluation does not count towards the expert load
         counts = sum(F.one_hot(r.reshape(-1, x["experts"]).topk(x["top_k"], dim=-1).indices, x["experts"]).sum((0, 1))
                      for r in router if r is not None).float()
-        both = torch.stack([ce.detach(), aux.detach().float(), torch.ones((), device=ce.device)])
+        # A non-finite micro-batch makes the trainer skip its step: leave it out of the logged terms too, on
+        # the device (no sync), as the logged loss does.
+        ok = torch.isfinite(ce) & torch.isfinite(aux)
+        zero = torch.zeros((), device=ce.device)
+        both = torch.stack([torch.where(ok, ce.detach(), zero), torch.where(ok, aux.detach().float(), zero), ok.float()])
+        counts = counts * ok
         x["sums"] = both if x["sums"] is None else x["sums"] + both
         x["counts"] = counts if x["counts"] is None else x["counts"] + counts
     return ce + extra
@@ -120,6 +125,8 @@ def metrics(prep: Prepared) -> dict[str, Any]:
     if sums is None:
         return {}
     ce, aux, n = sums.tolist()
+    if not n:  # every micro-batch since the last log was skipped
+        return {}
     shares = (counts / counts.sum().clamp(min=1)).tolist()
     return {"moe/ce": ce / n, "moe/aux_loss": aux / n, "moe/expert_share": [round(s, 4) for s in shares]}
 

@@ -143,7 +143,6 @@ class Trainer:
 
     def _prepare(self) -> None:
         import torch
-        from accelerate import Accelerator
 
         t = self.spec.train
         if t.threads:
@@ -155,8 +154,7 @@ class Trainer:
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
         n_train = self.prep.data.n_train_blocks
-        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
-                                       cpu=not torch.cuda.is_available())
+        self.accelerator = self._make_accelerator()
         optimizer = build_optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
         if t.compile:
@@ -172,8 +170,10 @@ class Trainer:
                                             t.warmup_steps, t.schedule, t.min_lr_ratio)
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
         model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
-        if self.writes_files and hasattr(self.prep.model, "config") and not model_dir.exists():
-            self.prep.model.config.save_pretrained(model_dir)
+        config = getattr(getattr(self.prep.model, "module", None), "config", None) if self.is_deepspeed() \
+            else getattr(self.prep.model, "config", None)  # DeepSpeed's engine has a config of its own
+        if self.writes_files and config is not None and not model_dir.exists():
+            config.save_pretrained(model_dir)
             self.prep.tokenizer.save_pretrained(model_dir)
         total, trainable = self.prep.n_params()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
@@ -182,6 +182,17 @@ class Trainer:
                          tokens_per_step=t.seq_len * self.batch_size * self.grad_accum)
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
+
+    def is_deepspeed(self) -> bool:
+        """Whether accelerate handed back DeepSpeed's engine (engine/distributed.py: strategy zero2/zero3)."""
+        return False
+
+    def _make_accelerator(self) -> Any:
+        import torch
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision={"fp32": "no"}.get(self.spec.train.precision, self.spec.train.precision),
+                           cpu=not torch.cuda.is_available())
 
     def _progress(self, message: str) -> None:
         self.message = message

@@ -154,6 +154,9 @@ class Trainer:
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
         n_train = self.prep.data.n_train_blocks
+        # Counted before accelerate.prepare: DeepSpeed flattens and partitions the parameters it is handed.
+        total, trainable = self.prep.n_params()
+        self.flops_per_token = flops.flops_per_token(self.prep.model, t.seq_len)
         self.accelerator = self._make_accelerator()
         optimizer = build_optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
@@ -162,7 +165,6 @@ class Trainer:
         self.prep.model = self.model
         self.params = [p for g in self.prep.param_groups for p in g["params"]]
         self.device_guard = step_guard.skips_on_device(self.optimizer, self.accelerator.scaler)
-        self.flops_per_token = flops.flops_per_token(getattr(self.prep.model, "_orig_mod", self.prep.model), t.seq_len)
         self.peak_flops = flops.device_peak()
         steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -175,7 +177,6 @@ class Trainer:
         if self.writes_files and config is not None and not model_dir.exists():
             config.save_pretrained(model_dir)
             self.prep.tokenizer.save_pretrained(model_dir)
-        total, trainable = self.prep.n_params()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,

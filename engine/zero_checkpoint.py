@@ -101,11 +101,16 @@ def train_step(trainer: Any) -> bool:
         loss_sum += loss.detach() / trainer.grad_accum
     norm = engine.get_global_grad_norm()
     grad_norm = torch.as_tensor(float("nan") if norm is None else float(norm), device=loss_sum.device)
-    flags = torch.stack([~torch.isfinite(loss_sum), ~torch.isfinite(grad_norm)])
+    flags = torch.stack([~torch.isfinite(loss_sum), ~torch.isfinite(grad_norm)]).to(torch.int64)
     span = [*at, trainer.epoch, trainer.position]
     iv = trainer.interval
     iv.start = iv.start or at
-    if not engine.was_step_applied():
+    if not engine.was_step_applied():  # DeepSpeed's overflow check is global: every rank is here together
+        import torch.distributed as dist
+
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # so the ranks escalate (pause, roll back) alike
+        if engine.fp16_enabled() and not bool(flags[0]):
+            return False  # fp16: an overflow is DeepSpeed's loss scaling at work (it lowered the scale), not a fault
         escalation = numerics.on_flags(trainer, [[bool(flags[0]), True]], [span], trainer.step)
         if escalation is not None:
             numerics.escalate(trainer, escalation)
@@ -242,3 +247,33 @@ def consolidate(model: Any, folder: Path, *, rank: int, tokenizer: Any = None) -
         return None
     sharded_checkpoint.save_pretrained(_engine(model).module, state, folder, tokenizer)
     return Path(folder)
+
+
+def consolidate_offline(ckpt: Path, model_dir: Path, out: Path) -> Path:
+    """One process: a ZeRO checkpoint of this run + its model/ folder -> a from_pretrained folder `out` (fp32).
+    DeepSpeed's zero_to_fp32 unpickles the checkpoint's files: only after the manifest and owner checks above
+    (files this run wrote). Peak memory: one full copy of the model plus the checkpoint's fp32 partitions."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = Path(ckpt)
+    if not available():
+        raise UserError(f"{ckpt.name} holds DeepSpeed ZeRO partitions, which need the deepspeed package to read "
+                        "(pip install 'llm-wizard[deepspeed]'); the run's final/ folder needs nothing",
+                        field="checkpoint")
+    if not is_zero_checkpoint(ckpt):
+        raise UserError(f"{ckpt.name} is not a ZeRO checkpoint", field="checkpoint")
+    _check_written_by_this_run(ckpt)
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt / FOLDER), tag=TAG)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded = {p.data_ptr() for k, p in model.state_dict().items() if k in state}
+    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded]  # a tied head is loaded
+    if untied or unexpected:
+        raise UserError(f"{ckpt.name} does not match the run's model (missing {untied[:3]}, unexpected "
+                        f"{unexpected[:3]}); offline consolidation reads runs that train every weight",
+                        field="checkpoint")
+    sharded_checkpoint.save_pretrained(model, {k: v for k, v in model.state_dict().items()}, Path(out),
+                                       AutoTokenizer.from_pretrained(model_dir))
+    return Path(out)

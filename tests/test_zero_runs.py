@@ -88,9 +88,16 @@ def test_zero_run_trains_like_ddp_saves_partitions_consolidates_and_resumes_exac
     assert sorted(final) == sorted(ddp_final)
     for k, v in ddp_final.items():
         assert final[k].shape == v.shape and torch.allclose(final[k], v, atol=1e-5), k
+    ready = [e for e in events(run, "state") if "params" in e][0]  # counted before DeepSpeed partitions them
+    assert ready["params"] == ready["trainable_params"] == sum(v.numel() for v in final.values())
     model = AutoModelForCausalLM.from_pretrained(run / "final")  # a normal transformers folder
     assert torch.equal(model.transformer.h[0].attn.c_attn.weight.detach(), final["transformer.h.0.attn.c_attn.weight"])
     assert (run / "model" / "config.json").is_file()  # generate's config + tokenizer, from the engine's module
+    from engine.generate import load_for_inference  # generate reads a ZeRO checkpoint by consolidating it
+
+    sampled, _, source = load_for_inference(run, "step-000006")
+    assert source == "step-000006"
+    assert all(torch.equal(v, final[k]) for k, v in sampled.state_dict().items() if k in final)
 
     again = tmp_path / "again"  # the same run, as if it had been stopped after step 3
     shutil.copytree(run, again)
@@ -163,3 +170,59 @@ def test_estimator_proposes_fsdp_never_zero_for_a_model_that_does_not_fit(monkey
     assert not any("zero" in f for f in flags), flags
     choices = wizard.Choices(num_processes=2)
     assert wizard.estimate_request(choices).strategy == "ddp"
+
+
+@pytest.mark.slow
+@needs_deepspeed
+def test_zero3_controls_act_on_both_ranks_and_a_killed_rank_ends_the_run(tmp_path: Path) -> None:
+    """pause, set_lr and rollback through DeepSpeed's engine (rollback loads its partitions on both ranks): the
+    step after the rollback repeats the first branch's numbers exactly; SIGKILL of rank 1 ends the run."""
+    import signal
+
+    from engine import runfolder
+    from run_helpers import control, wait_for, wait_step
+
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 400}, checkpoint={"every": 5, "keep": 20},
+                  distributed={"num_processes": 2, "strategy": "zero3"})
+    run, pid = launch(s, tmp_path / "runs", step_sleep=0.2, env={"LLM_WIZARD_RANK_PROBE": "1"})
+
+    def probe(rank: int) -> list[dict[str, Any]]:
+        path = run / "ranks" / f"rank-{rank}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def rows(cmd: str) -> list[dict[str, Any]]:
+        def both() -> list[dict[str, Any]] | None:
+            found = [[r for r in probe(rank) if r.get("cmd") == cmd] for rank in (0, 1)]
+            return [f[-1] for f in found] if all(found) else None
+        return wait_for(both, 120, f"both ranks handling {cmd}")
+
+    try:
+        wait_step(run, 7)
+        assert control(run, "pause")["ok"]
+        paused = rows("pause")
+        assert paused[0]["step"] == paused[1]["step"] and all(r["paused"] for r in paused), paused
+        assert control(run, "set_lr", factor=0.5)["ok"]
+        lr = rows("set_lr")
+        assert lr[0]["multiplier"] == lr[1]["multiplier"] == 0.5 and lr[0]["lr"] == lr[1]["lr"], lr
+        assert control(run, "rollback", step=5)["ok"]
+        back = rows("rollback")
+        assert back[0]["step"] == back[1]["step"] == 5 and back[0]["position"] == back[1]["position"], back
+        assert back[0]["multiplier"] == 1.0  # the checkpoint's schedule, before the set_lr
+        assert control(run, "resume")["ok"]
+        wait_for(lambda: [e for e in events(run, "metrics") if e["branch"] == 1 and e["step"] >= 7], 120,
+                 "two steps on the new branch")
+        rank1 = probe(1)[-1]["pid"]
+        os.kill(rank1, signal.SIGKILL)
+        assert wait_exit(pid, 180) != 0
+    finally:
+        if runfolder.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    first = {e["step"]: e for e in events(run, "metrics") if e["branch"] == 0}
+    second = {e["step"]: e for e in events(run, "metrics") if e["branch"] == 1}
+    for step in (6, 7):  # the same weights, optimizer state, data position and LR: the same numbers
+        assert (first[step]["train/loss"], first[step]["train/lr"]) == \
+            (second[step]["train/loss"], second[step]["train/lr"]), (first[step], second[step])
+    errors = [e for e in events(run, "error") if e.get("kind") == "rank"]
+    assert errors and errors[0]["rank"] == 1 and "SIGKILL" in errors[0]["message"], events(run, "error")
+    newest = checkpoint.find_resume(run)
+    assert newest is not None and checkpoint.verify(newest.path) is None

@@ -217,7 +217,8 @@ def _broadcast_json(obj: Any, rank: int) -> Any:
 class Leader:
     """Rank 0's side: `write(folder)` inside checkpoint.save's write_files, `finish(name)` after it."""
 
-    def __init__(self, model: Any, optimizer: Any | None, world: int, writer: Callable[..., None] | None = None) -> None:
+    def __init__(self, model: Any, optimizer: Any | None, world: int,
+                 writer: Callable[..., None] | None = None) -> None:
         self.model, self.optimizer, self.world = model, optimizer, world
         self.writer = writer or write_shards  # engine/zero_checkpoint.py passes DeepSpeed's
         self.finished = False

@@ -131,11 +131,8 @@ def train_step(trainer: Any) -> bool:
     return True
 
 
-# ---- checkpoints (the same names as engine/sharded_checkpoint.py) ------------------------------------
-
-def _engine(model: Any) -> Any:
-    return model  # accelerate.prepare returns DeepSpeed's engine itself
-
+# ---- checkpoints (the same names as engine/sharded_checkpoint.py; `model` is DeepSpeed's engine, which
+# accelerate.prepare returns) ------------------------------------------------------------------------------
 
 def any_nonfinite(model: Any, optimizer: Any) -> bool:
     """Collective: does any rank's fp32 partition, optimizer state or local parameter hold NaN or inf?"""
@@ -155,7 +152,7 @@ def any_nonfinite(model: Any, optimizer: Any) -> bool:
 def write_shards(folder: Path, model: Any, optimizer: Any, *, rank: int, world: int) -> None:
     """Collective: DeepSpeed's save_checkpoint into folder/zero/state/ (each rank its partitions)."""
     folder = Path(folder)
-    _engine(model).save_checkpoint(str(folder / FOLDER), tag=TAG, client_state={}, save_latest=False)
+    model.save_checkpoint(str(folder / FOLDER), tag=TAG, client_state={}, save_latest=False)
     if rank == 0:
         (folder / LAYOUT).write_text(json.dumps({"format": FORMAT, "stage": stage(model), "world_size": world}))
 
@@ -203,7 +200,7 @@ def read_shards(folder: Path, model: Any, optimizer: Any, *, world: int) -> None
     folder = Path(folder)
     check_layout(folder, world, stage(model))
     _check_written_by_this_run(folder)
-    path, _ = _engine(model).load_checkpoint(str(folder / FOLDER), tag=TAG, load_optimizer_states=True,
+    path, _ = model.load_checkpoint(str(folder / FOLDER), tag=TAG, load_optimizer_states=True,
                                              load_lr_scheduler_states=False, load_module_strict=True)
     if path is None:
         raise UserError(f"{folder.name}: DeepSpeed found no checkpoint in it", field="resume")
@@ -224,7 +221,7 @@ def full_state_dict(model: Any) -> dict[str, Any]:
     import torch.distributed as dist
     from deepspeed.utils import safe_get_full_fp32_param
 
-    module = _engine(model).module
+    module = model.module
     rank0 = dist.get_rank() == 0
     state: dict[str, Any] = {}
     for name, p in module.named_parameters():  # the same order on every rank: each gather is collective
@@ -245,7 +242,7 @@ def consolidate(model: Any, folder: Path, *, rank: int, tokenizer: Any = None) -
     state = full_state_dict(model)
     if rank:
         return None
-    sharded_checkpoint.save_pretrained(_engine(model).module, state, folder, tokenizer)
+    sharded_checkpoint.save_pretrained(model.module, state, folder, tokenizer)
     return Path(folder)
 
 

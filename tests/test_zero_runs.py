@@ -147,7 +147,8 @@ def test_zero_refused_without_deepspeed_and_configured_with_it(tmp_path: Path, m
             in message, message
         assert "llm-wizard[deepspeed]" in message and "fsdp" in message and "ddp" in message
     tiny_spec(corpus, distributed={"strategy": "zero3"})  # one process: the strategy is unused, not refused
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "deepspeed" else real(name, *a))
     s = tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "zero3"}, train={"grad_accum": 2})
     launch_config.check_supported(s, cuda=False)  # DeepSpeed runs over gloo on the CPU too
     monkeypatch.setattr(importlib.util, "find_spec", real)

@@ -16,7 +16,9 @@
   loads the checkpoint rank 0 chose (`agree`);
 - FSDP (accelerate's fsdp_version 2, GPUs only): parameters are DTensor shards, so checkpoints, resume,
   rollback and final/ go through engine/sharded_checkpoint.py, where every rank writes and reads its own
-  shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder.
+  shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder;
+- DeepSpeed ZeRO-2/3 (zero2/zero3): the same, through engine/zero_checkpoint.py (same function names), and
+  the optimizer step is DeepSpeed's engine's (zero_checkpoint.train_step).
 
 A test hook (env LLM_WIZARD_RANK_PROBE=1) makes every rank append its step, pause state, learning rate
 and a digest of its parameters to `<run>/ranks/rank-<r>.jsonl` at each step boundary and after each
@@ -33,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint, runfolder, sharded_checkpoint
+from engine import checkpoint, runfolder, sharded_checkpoint, zero_checkpoint
 from engine.trainer import Trainer
 
 PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
@@ -68,7 +70,9 @@ class _NoEvents:
 
 
 class DistributedTrainer(Trainer):
-    sharded = False  # FSDP2: the model's parameters are DTensor shards (set in _prepare)
+    sharded = False  # FSDP2 (DTensor shards) or ZeRO (DeepSpeed partitions): set in _prepare
+    zero = False  # DeepSpeed's engine steps, saves and loads (engine/zero_checkpoint.py)
+    _shards: Any = sharded_checkpoint  # the module that saves, loads and consolidates this run's shards
 
     def __init__(self, run: Path, spec: Any, *, rank: int, world: int, **kw: Any) -> None:
         super().__init__(run, spec, **kw)
@@ -176,7 +180,9 @@ class DistributedTrainer(Trainer):
         from engine.watchdogs import Watchdogs
 
         super()._prepare()
-        self.sharded = sharded_checkpoint.is_sharded(self.model)
+        self.zero = zero_checkpoint.is_zero(self.accelerator)
+        self._shards = zero_checkpoint if self.zero else sharded_checkpoint
+        self.sharded = self.zero or sharded_checkpoint.is_sharded(self.model)
         self._announce_load = False
         # Each rank prepared its own data: a rank with other data (another tokenizer, another file on a
         # machine without shared storage) would train on something else while DDP keeps the weights equal.
@@ -200,6 +206,17 @@ class DistributedTrainer(Trainer):
                          tokens_per_step=t.seq_len * self.batch_size * self.grad_accum * self.world,
                          message=f"{self.world} processes ({d.strategy}, {dist.get_backend()}) on "
                                  f"{d.num_machines} machine(s)")
+
+    def is_deepspeed(self) -> bool:
+        return zero_checkpoint.is_zero(self.accelerator)
+
+    def _make_accelerator(self) -> Any:
+        if not self.spec.distributed.strategy.startswith("zero"):
+            return super()._make_accelerator()
+        t = self.spec.train
+        return zero_checkpoint.make_accelerator({"fp32": "no"}.get(t.precision, t.precision),
+                                                batch_size=self.batch_size, grad_accum=self.grad_accum,
+                                                grad_clip=t.grad_clip or 0.0)
 
     def _loop(self) -> int:
         self._looping = True
@@ -238,7 +255,7 @@ class DistributedTrainer(Trainer):
 
     def _train_step(self) -> bool:
         before = self.tokens
-        done = super()._train_step()
+        done = zero_checkpoint.train_step(self) if self.zero else super()._train_step()
         if done:  # every rank trained as many tokens as this one
             extra = (self.tokens - before) * (self.world - 1)
             self.tokens += extra
@@ -283,15 +300,15 @@ class DistributedTrainer(Trainer):
         self._settle_guard()
         info = None
         if self.sharded:
-            self._shards_bad = sharded_checkpoint.any_nonfinite(self.model, self.optimizer)
+            self._shards_bad = self._shards.any_nonfinite(self.model, self.optimizer)
             if self.rank == 0:
-                self._leader = sharded_checkpoint.Leader(self.model, self.optimizer, self.world)
+                self._leader = self._shards.Leader(self.model, self.optimizer, self.world)
                 try:
                     info = super().save_checkpoint(reason)
                 finally:
                     self._leader.finish(info.name if info else None)
             else:
-                sharded_checkpoint.follow(self.model, self.optimizer, rank=self.rank, world=self.world)
+                self._shards.follow(self.model, self.optimizer, rank=self.rank, world=self.world)
         elif self.rank == 0:
             info = super().save_checkpoint(reason)
         outcome = self._broadcast_text(json.dumps([info.name if info else "", self.paused]))
@@ -322,14 +339,15 @@ class DistributedTrainer(Trainer):
             if sharded_checkpoint.is_sharded_checkpoint(folder):
                 from engine.errors import UserError
 
-                raise UserError(f"{folder.name} holds FSDP shards; resume it with distributed.strategy = fsdp on "
-                                "the same number of processes", field="distributed.strategy")
+                kind = "DeepSpeed ZeRO" if zero_checkpoint.is_zero_checkpoint(folder) else "FSDP"
+                raise UserError(f"{folder.name} holds {kind} shards; resume it with the distributed.strategy that "
+                                "saved it, on the same number of processes", field="distributed.strategy")
             super()._load_weights(folder)
             return
         if self._announce_load:  # rank 0 resuming: the others wait in _resume to load the same one with us
             self._announce_load = False
             self._broadcast_text(folder.name)
-        sharded_checkpoint.read_shards(folder, self.model, self.optimizer, world=self.world)
+        self._shards.read_shards(folder, self.model, self.optimizer, world=self.world)
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
@@ -381,7 +399,8 @@ class DistributedTrainer(Trainer):
         final, tmp = self.run / "final", self.run / ".tmp-final"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        sharded_checkpoint.consolidate(unwrap(self.model), tmp, rank=self.rank, tokenizer=self.prep.tokenizer)
+        model = self.model if self.zero else unwrap(self.model)  # ZeRO gathers through DeepSpeed's engine
+        self._shards.consolidate(model, tmp, rank=self.rank, tokenizer=self.prep.tokenizer)
         if self.rank:
             return final, {}
         if final.exists():

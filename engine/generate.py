@@ -51,11 +51,14 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     if not (base / "config.json").is_file():
         raise UserError(f"run {run.name} has no {MODEL_DIR}/config.json to rebuild the model from", field="run")
     _refuse_model_code(run, base)
-    if sharded_checkpoint.is_sharded_checkpoint(target.path):  # an FSDP run: gather its shards in this process
+    if sharded_checkpoint.is_sharded_checkpoint(target.path):  # FSDP or ZeRO: gather its shards in this process
         import tempfile
 
+        from engine import zero_checkpoint
+
+        sharded = zero_checkpoint if zero_checkpoint.is_zero_checkpoint(target.path) else sharded_checkpoint
         with tempfile.TemporaryDirectory(prefix="llmw-consolidate-") as tmp:
-            whole = sharded_checkpoint.consolidate_offline(target.path, base, Path(tmp) / "model")
+            whole = sharded.consolidate_offline(target.path, base, Path(tmp) / "model")
             model = AutoModelForCausalLM.from_pretrained(whole)
         return model.eval(), AutoTokenizer.from_pretrained(base), target.name
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))

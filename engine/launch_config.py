@@ -26,10 +26,23 @@ SUPERVISOR = "engine.dist_supervisor"
 WORKER = "engine.dist_worker"
 ACCELERATE = ("-m", "accelerate.commands.launch")  # `accelerate launch`, from this interpreter's environment
 # Strategies this version trains. fsdp (FSDP2: engine/sharded_checkpoint.py saves its shards and
-# consolidates final/) needs CUDA GPUs: accelerate runs FSDP only on an accelerator. zero2/zero3 configs are
-# written, but DeepSpeed's checkpoints are not implemented, so such a run is refused rather than saved wrong.
-TRAINABLE_STRATEGIES = ("ddp", "fsdp")
+# consolidates final/) needs CUDA GPUs: accelerate runs FSDP only on an accelerator. zero2/zero3 (DeepSpeed,
+# engine/zero_checkpoint.py) need the deepspeed package (the optional extra llm-wizard[deepspeed]); they run
+# on CUDA GPUs and, over gloo, on the CPU.
+TRAINABLE_STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
 GPU_ONLY_STRATEGIES = ("fsdp",)
+DEEPSPEED_STRATEGIES = ("zero2", "zero3")
+
+
+def deepspeed_missing(strategy: str) -> str | None:
+    """Why `strategy` cannot run here (the deepspeed package is not importable), or None."""
+    import importlib.util
+
+    if strategy not in DEEPSPEED_STRATEGIES or importlib.util.find_spec("deepspeed") is not None:
+        return None
+    return (f"{strategy} needs DeepSpeed, which is not installed in this Python environment "
+            "(pip install 'llm-wizard[deepspeed]'); without it use fsdp to shard the model over CUDA GPUs, or ddp, "
+            "which keeps a full copy on each GPU (the estimate shows whether that fits)")
 
 
 def is_multi(spec: Any) -> bool:
@@ -53,9 +66,10 @@ def check_supported(spec: Any, *, cuda: bool | None = None) -> None:
     if not is_multi(spec):
         return
     if d.strategy not in TRAINABLE_STRATEGIES:
-        raise UserError(f"distributed.strategy: {d.strategy} is not trained by this version yet (DeepSpeed's "
-                        "checkpoints are not implemented); use fsdp on GPUs, or ddp, which keeps a full copy of the "
-                        "model on each GPU (the estimate shows whether that fits)", field="distributed.strategy")
+        raise UserError(f"distributed.strategy: {d.strategy} is not trained by this version; use fsdp on GPUs, "
+                        "or ddp", field="distributed.strategy")
+    if (missing := deepspeed_missing(d.strategy)) is not None:
+        raise UserError(f"distributed.strategy: {missing}", field="distributed.strategy")
     if d.strategy in GPU_ONLY_STRATEGIES:
         if cuda is None:
             import torch
@@ -104,9 +118,11 @@ def accelerate_config(spec: Any, *, cuda: bool, port: int | None = None) -> dict
         cfg["distributed_type"] = "DEEPSPEED"
         cfg["deepspeed_config"] = {"zero_stage": 2 if d.strategy == "zero2" else 3,
                                    "gradient_accumulation_steps": t.grad_accum,
-                                   "gradient_clipping": t.grad_clip or 1.0, "offload_optimizer_device": "none",
+                                   "gradient_clipping": t.grad_clip or 0.0, "offload_optimizer_device": "none",
                                    "offload_param_device": "none", "zero3_init_flag": False,
-                                   "zero3_save_16bit_model": True}
+                                   "zero3_save_16bit_model": True,
+                                   # several machines: torchrun on each node, like the other strategies (not pdsh)
+                                   "deepspeed_multinode_launcher": "standard"}
     return cfg
 
 

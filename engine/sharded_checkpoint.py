@@ -217,13 +217,15 @@ def _broadcast_json(obj: Any, rank: int) -> Any:
 class Leader:
     """Rank 0's side: `write(folder)` inside checkpoint.save's write_files, `finish(name)` after it."""
 
-    def __init__(self, model: Any, optimizer: Any | None, world: int) -> None:
+    def __init__(self, model: Any, optimizer: Any | None, world: int,
+                 writer: Callable[..., None] | None = None) -> None:
         self.model, self.optimizer, self.world = model, optimizer, world
+        self.writer = writer or write_shards  # engine/zero_checkpoint.py passes DeepSpeed's
         self.finished = False
 
     def write(self, folder: Path) -> None:
         _broadcast_json({"write": str(folder)}, 0)
-        write_shards(folder, self.model, self.optimizer, rank=0, world=self.world)
+        self.writer(folder, self.model, self.optimizer, rank=0, world=self.world)
 
     def finish(self, name: str | None) -> None:
         """Tell the followers the outcome: a name, or None (no checkpoint this time). Always call it once."""
@@ -232,12 +234,13 @@ class Leader:
             _broadcast_json({"done": name or ""}, 0)
 
 
-def follow(model: Any, optimizer: Any | None, *, rank: int, world: int) -> str | None:
+def follow(model: Any, optimizer: Any | None, *, rank: int, world: int,
+           writer: Callable[..., None] | None = None) -> str | None:
     """Ranks other than 0: write shards whenever rank 0 asks, until it reports the outcome."""
     while True:
         msg = _broadcast_json(None, rank)
         if "write" in msg:
-            write_shards(Path(msg["write"]), model, optimizer, rank=rank, world=world)
+            (writer or write_shards)(Path(msg["write"]), model, optimizer, rank=rank, world=world)
         else:
             return msg["done"] or None
 

@@ -257,12 +257,11 @@ class DistributedSpec:
             raise _bad("distributed", "main_process_ip", "several machines need the address of machine 0")
         if not 0 < self.main_process_port < 65536:
             raise _bad("distributed", "main_process_port", f"not a TCP port: {self.main_process_port}")
-        if self.strategy.startswith("zero") and self.num_processes > 1:
-            import importlib.util
+        if self.num_processes > 1:
+            from engine.launch_config import deepspeed_missing
 
-            if importlib.util.find_spec("deepspeed") is None:
-                raise _bad("distributed", "strategy", f"{self.strategy} needs DeepSpeed, which is not installed "
-                           "(pip install deepspeed); or choose ddp")
+            if (missing := deepspeed_missing(self.strategy)) is not None:
+                raise _bad("distributed", "strategy", missing)
 
 
 @dataclass

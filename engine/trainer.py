@@ -147,7 +147,6 @@ class Trainer:
 
     def _prepare(self) -> None:
         import torch
-        from accelerate import Accelerator
 
         t = self.spec.train
         if t.threads:
@@ -159,8 +158,10 @@ class Trainer:
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
         n_train = self.prep.data.n_train_blocks
-        self.accelerator = Accelerator(mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
-                                       cpu=not torch.cuda.is_available())
+        # Counted before accelerate.prepare: DeepSpeed flattens and partitions the parameters it is handed.
+        total, trainable = self.prep.n_params()
+        self.flops_per_token = flops.flops_per_token(self.prep.model, t.seq_len)
+        self.accelerator = self._make_accelerator()
         optimizer = build_optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
         if t.compile:
@@ -168,7 +169,6 @@ class Trainer:
         self.prep.model = self.model
         self.params = [p for g in self.prep.param_groups for p in g["params"]]
         self.device_guard = step_guard.skips_on_device(self.optimizer, self.accelerator.scaler)
-        self.flops_per_token = flops.flops_per_token(getattr(self.prep.model, "_orig_mod", self.prep.model), t.seq_len)
         self.peak_flops = flops.device_peak()
         steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
@@ -177,21 +177,33 @@ class Trainer:
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
         self.skip_above = torch.full((), math.inf, device=self.accelerator.device)
         model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
-        if self.writes_files and hasattr(self.prep.model, "config") and not model_dir.exists():
+        config = getattr(getattr(self.prep.model, "module", None), "config", None) if self.is_deepspeed() \
+            else getattr(self.prep.model, "config", None)  # DeepSpeed's engine has a config of its own
+        if self.writes_files and config is not None and not model_dir.exists():
             import shutil
 
             tmp = self.run / ".tmp-model"  # whole or not at all: a kill between the two writes left it half
             shutil.rmtree(tmp, ignore_errors=True)
-            self.prep.model.config.save_pretrained(tmp)
+            config.save_pretrained(tmp)
             self.prep.tokenizer.save_pretrained(tmp)
             os.rename(tmp, model_dir)
-        total, trainable = self.prep.n_params()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
                          tokens_per_step=t.seq_len * self.batch_size * self.grad_accum)
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
+
+    def is_deepspeed(self) -> bool:
+        """Whether accelerate handed back DeepSpeed's engine (engine/distributed.py: strategy zero2/zero3)."""
+        return False
+
+    def _make_accelerator(self) -> Any:
+        import torch
+        from accelerate import Accelerator
+
+        return Accelerator(mixed_precision={"fp32": "no"}.get(self.spec.train.precision, self.spec.train.precision),
+                           cpu=not torch.cuda.is_available())
 
     def _progress(self, message: str) -> None:
         self.message = message

@@ -14,8 +14,8 @@ Inside a checkpoint folder (engine/checkpoint.py makes the whole folder atomic, 
   layout.json                                        {"format": "deepspeed-zero", "stage": S, "world_size": N}
   trainer_state.json, rng.pt, ...                    rank 0's, written by the caller
 
-What is unpickled: DeepSpeed's load_checkpoint reads its .pt files with torch.load(weights_only=False) (they hold
-its config objects). We call it only on a folder of this run whose manifest (written by this run's rank 0) still
+What is unpickled: DeepSpeed's load_checkpoint reads its .pt files with full unpickling (weights_only off: they
+hold its config objects). We call it only on a folder of this run whose manifest (written by this run's rank 0) still
 matches every file's sha256 and that this user owns, i.e. files this run wrote; nothing else is loaded that way.
 final/ is gathered live from the running engine (no checkpoint file is read), fp32 master weights where the
 optimizer holds them.

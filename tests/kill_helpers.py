@@ -31,6 +31,11 @@ from pathlib import Path
 import torch, transformers, accelerate, safetensors.torch  # imported once (a warm run adds peft); jobs fork
 from engine import checkpoint, job, trainer as trainer_mod
 
+# Answers go through their own descriptor: what the libraries print (DeepSpeed's logger writes to stdout)
+# must not land among them. Forked jobs point 1 and 2 at their job.log, as real detached jobs do.
+answers = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(2, 1)
+
 orig_save, orig_rng = checkpoint.save, trainer_mod.rng_state
 save_sleep = 0.05
 
@@ -65,7 +70,7 @@ for line in sys.stdin:
         run = Path(cmd[1])
         code = trainer_mod.Trainer(run, spec.load(run / "spec.toml")).run_job()
         AcceleratorState._reset_state(reset_partial_state=True)  # each child builds its own
-        print(code, flush=True)
+        print(code, file=answers, flush=True)
     elif cmd[0] == "run":
         run, resume, mode = Path(cmd[1]), cmd[2] == "1", cmd[3]
         save_sleep, fsize, fault = float(cmd[5]), int(cmd[6]), cmd[7]
@@ -87,10 +92,10 @@ for line in sys.stdin:
             if mode == "noopt":
                 trainer_mod.Trainer._load_weights = weights_without_optimizer
             os._exit(job.run_job(run, resume=resume, step_sleep=float(cmd[4])))
-        print(pid, flush=True)
+        print(pid, file=answers, flush=True)
     elif cmd[0] == "wait":
         _, status = os.waitpid(int(cmd[1]), 0)
-        print(os.waitstatus_to_exitcode(status), flush=True)
+        print(os.waitstatus_to_exitcode(status), file=answers, flush=True)
 """
 
 

@@ -34,6 +34,7 @@ from tui.modals.rollback import RollbackModal
 from tui.output import human_bytes
 from tui.screens.run_history import RunHistory
 from tui.widgets.chart import LossChart
+from tui.widgets.commands import CommandBlock
 from tui.widgets.gpu_panel import LEVELS, GpuPanel
 
 POLL_S = 0.5
@@ -185,11 +186,14 @@ class DashboardScreen(Screen):
         self.gpu_status: str | None = None  # None until the first NVML reading
         self._keys_for: tuple[str, bool] | None = None
         self._alerts_for: tuple[int, int, bool] | None = None
+        self.join: Any = None  # tui.machines.Plan of the other machines' commands (set on mount)
+        self.joined = False  # several machines: every rank has joined (rank 0's state event with world_size)
 
     # --- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-title")
+        yield CommandBlock(id="run-join")
         with Horizontal(id="run-main"):
             with Vertical(id="run-left"):
                 yield LossChart(id="chart")
@@ -202,7 +206,14 @@ class DashboardScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        from tui.machines import join_plan
+
         self.query_one("#run-alert", Static).display = False
+        self.join = join_plan(self.run)  # several machines: the commands the others run, until they join
+        if self.join is not None:
+            self.query_one(CommandBlock).show(Text.assemble(
+                ("Waiting for the other machines to join. ", "bold"),
+                "Run on each, with the run folder at this same path there (shared storage):"), self.join.commands)
         self.redraw()
         self.follow()
         self.watch_gpus()
@@ -264,6 +275,7 @@ class DashboardScreen(Screen):
     def on_run_events(self, message: RunEvents) -> None:
         for e in message.events:
             self.history.apply(e)
+            self.joined = self.joined or "world_size" in e
             if e.get("type") == "control_ack" and e.get("id") in self.pending:
                 asked = self.pending.pop(e["id"])
                 ok = e.get("ok", True)
@@ -317,6 +329,7 @@ class DashboardScreen(Screen):
         elif h.state in ("starting", "stopping") and h.message:
             title.append(f"  {h.message}", style="italic")
         self.query_one("#run-title", Static).update(title)
+        self.query_one(CommandBlock).display = self.join is not None and not self.joined and h.state in LIVE
         self.query_one(LossChart).update(h.chart())
         self.query_one("#run-stats", Static).update(stats_table(h))
         cps = Text("checkpoints", style="#9e9e9e")

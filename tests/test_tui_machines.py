@@ -134,8 +134,11 @@ async def test_two_machines_review_shows_each_command_and_launch_makes_that_run(
         others = join_plan(review.planned).commands
         assert others == plan.commands[2:] and block.display  # machine 1's, until it joins
         assert any(line.strip() == others[1] for line in screen_text(app).splitlines())
+        await pilot.press("c")
+        assert app.clipboard == "\n".join(others) + "\n"
         write_events(review.planned, [{"type": "state", "state": "starting", "step": 0, "world_size": 4}])
         await wait_until(pilot, lambda: not block.display)
+        assert "Copy commands" not in screen_text(app)
 
 
 async def test_review_commands_never_wrap_at_120_columns(tmp_path, monkeypatch, fixed_run_id) -> None:
@@ -150,8 +153,9 @@ async def test_review_commands_never_wrap_at_120_columns(tmp_path, monkeypatch, 
         for rank in (0, 1):
             i = next(i for i, line in enumerate(lines) if line.strip() == f"# machine {rank}:")
             command = app.screen.commands[app.screen.commands.index(f"# machine {rank}:") + 1]
-            assert len(command) > 120 and lines[i + 1].strip() == command[:len(lines[i + 1].strip())]
-            assert lines[i + 2].strip() in ("# machine 1:", "") or lines[i + 2].startswith(" ▁")  # no 2nd line
+            shown = lines[i + 1].strip()
+            assert len(command) > 120 and len(shown) > 100 and command.startswith(shown)  # cut, not wrapped:
+            assert command[len(shown):][:12] not in lines[i + 2]  # the rest is off to the right, not below
         await pilot.press("c")  # the whole commands, as launch_plan wrote them, to the clipboard
         assert app.clipboard == "\n".join(app.screen.commands) + "\n"
 
@@ -197,3 +201,23 @@ def test_snapshot_review_two_machines(snap_compare, tmp_path, monkeypatch, fixed
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=review)
+
+
+async def test_one_gpu_machine_shows_machines_on_request(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    app = make_app(hardware=fixed_report("1"), show_runs=False)
+    app.choices.dataset = "stdlib"
+    async with app.run_test(size=(100, 40)) as pilot:
+        app.push_screen(OptionsScreen())
+        await pilot.pause()
+        screen = app.screen
+        keys = [s.key for s in screen.settings()]
+        assert not {"num_processes", "num_machines", "main_process_ip", "strategy"} & set(keys)  # one GPU
+        assert "m Machines" in screen_text(app)
+        await pilot.press("m", "right")  # the row appears highlighted; 1 -> 2 machines of one GPU each
+        keys = [s.key for s in screen.settings()]
+        assert app.choices.num_machines == 2 and {"num_machines", "main_process_ip", "strategy"} <= set(keys)
+        assert "m Machines" not in screen_text(app)
+        assert "Machines training together, each with the GPUs above" in " ".join(screen_text(app).split())
+        app.choices.main_process_ip = "10.1.2.3"
+        assert from_dict(spec_dict(app.choices)).distributed.num_processes == 2

@@ -129,6 +129,7 @@ def layout_line(c: Any, proposal: Any) -> Text:
     style = {"ddp": "green", "single": "green", "sharded": "yellow", "none": "bold red"}[proposal.kind]
     if c.layout_chosen and (c.num_processes, c.strategy) != (proposal.num_processes, proposal.strategy):
         layout = f"{NAMES[c.strategy]} x{c.num_processes}" if c.num_processes > 1 else "one process"
+        layout += f" on each of {c.num_machines} machines" if c.num_machines > 1 else ""
         return Text.assemble(("Layout: ", "bold"), f"{layout} (yours); proposed: ", (proposal.message, style))
     label = "Layout: " if proposal.kind == "none" else "Layout (proposed): "  # "Nothing fits: ..." says it
     return Text.assemble((label, "bold"), (proposal.message, style))

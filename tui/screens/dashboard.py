@@ -174,6 +174,7 @@ class DashboardScreen(Screen):
         Binding("g", "generate", "Sample", show=False, tooltip="Generate text from the newest checkpoint"),
         Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
         Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
+        Binding("c", "copy_join", "Copy commands", tooltip="Copy the other machines' commands to the clipboard"),
     ]
 
     def __init__(self, run: str | Path) -> None:
@@ -213,7 +214,8 @@ class DashboardScreen(Screen):
         if self.join is not None:
             self.query_one(CommandBlock).show(Text.assemble(
                 ("Waiting for the other machines to join. ", "bold"),
-                "Run on each, with the run folder at this same path there (shared storage):"), self.join.commands)
+                "Run on each, with the run folder at this same path there (shared storage; c copies):"),
+                self.join.commands)
         self.redraw()
         self.follow()
         self.watch_gpus()
@@ -350,7 +352,7 @@ class DashboardScreen(Screen):
                 alert.update(alert_lines(h, count, h.state in LIVE))
         if self.gpu_status is not None and not self.gpus:
             self.update_gpus()  # the CPU line shows the run's memory from its metrics
-        keys = (h.state, bool(self.checkpoints()))
+        keys = (h.state, bool(self.checkpoints()), self.joined)
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
             self._keys_for = keys
             self.refresh_bindings()
@@ -368,6 +370,8 @@ class DashboardScreen(Screen):
             return True if live else None
         if action in ("rollback", "rescue"):
             return True if live and self.checkpoints() else None
+        if action == "copy_join":
+            return self.join is not None and not self.joined and state in LIVE
         if action == "generate":
             return True if self.checkpoints() or (self.run / "final").is_dir() else None
         return True
@@ -421,6 +425,11 @@ class DashboardScreen(Screen):
 
         self.app.push_screen(ConfirmModal("Stop this run?", "It saves a checkpoint and exits; "
                                           "`llm-wizard train --resume` continues it later."), answered)
+
+    def action_copy_join(self) -> None:
+        if self.join is not None:
+            self.app.copy_to_clipboard("\n".join(self.join.commands) + "\n")
+            self.notify("copied the other machines' commands")
 
     def action_detach(self) -> None:
         self.app.detach(self.run)

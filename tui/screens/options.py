@@ -1,6 +1,7 @@
 """Step 6: the speed/memory trade-offs of the book's table 5.2, the learning-rate schedule, the batch
 finder and, on a machine with several GPUs, the layout (processes and strategy: the checks step's
-proposal, which the user may change; strategies this machine cannot run are listed with the reason).
+proposal, which the user may change; strategies this machine cannot run are listed with the reason) and
+the machines (shown with more than one process, or on `m`; machine 0's address, checked, with several).
 ←/→ changes the highlighted setting; every change re-runs the estimate (arithmetic: instant)."""
 
 from __future__ import annotations

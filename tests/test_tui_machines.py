@@ -71,6 +71,16 @@ def test_processes_are_per_machine_in_the_wizard_and_in_all_in_the_spec() -> Non
     assert (c.num_processes, c.world()) == (2, 4)
 
 
+def test_a_run_folder_picked_beforehand_is_made_once(tmp_path) -> None:
+    from engine.errors import UserError
+
+    spec = from_dict(spec_dict(Choices(num_processes=1, num_machines=2, main_process_ip="10.0.0.1")))
+    run = job.create(spec, tmp_path, run_id=RUN_ID)
+    assert run == tmp_path / RUN_ID and load(run / "spec.toml") == spec
+    with pytest.raises(UserError, match="already exists"):  # never another folder than the commands name
+        job.create(spec, tmp_path, run_id=RUN_ID)
+
+
 async def _options(pilot) -> None:
     app = pilot.app
     for _ in range(5):

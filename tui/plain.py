@@ -219,4 +219,7 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     pid = job.launch(run)
     console.print(f"started run [bold]{run.name}[/] (pid {pid})\n  dashboard: llm-wizard attach {run.name}\n"
                   f"  text:      llm-wizard attach {run.name} --follow")
+    if planned is not None:
+        console.print("  machines 1 and up: run their commands above there (the dashboard shows them until they "
+                      "join)", markup=False, highlight=False)
     return 0

@@ -29,9 +29,9 @@ from engine.spec import RunSpec, to_toml
 EXIT_SECOND_SIGNAL = 130
 
 
-def create(spec: RunSpec, runs_dir: Path) -> Path:
-    """A new run folder holding the validated spec (nothing else yet)."""
-    return runfolder.create_run(runs_dir, spec.name, to_toml(spec))
+def create(spec: RunSpec, runs_dir: Path, *, run_id: str | None = None) -> Path:
+    """A new run folder holding the validated spec (nothing else yet); `run_id`: its name, picked beforehand."""
+    return runfolder.create_run(runs_dir, spec.name, to_toml(spec), run_id=run_id)
 
 
 def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dict[str, str] | None = None) -> int:

@@ -35,15 +35,18 @@ def new_run_id(name: str = "run") -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{name}-{secrets.token_hex(2)}"
 
 
-def create_run(runs_dir: Path, name: str, spec_toml: str) -> Path:
-    """A new, empty run folder holding spec.toml; never reuses an existing folder."""
+def create_run(runs_dir: Path, name: str, spec_toml: str, *, run_id: str | None = None) -> Path:
+    """A new, empty run folder holding spec.toml; never reuses an existing folder. `run_id`: the folder's
+    name, picked beforehand (the wizard shows several machines' commands before launch), never retried."""
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
-            path = runs_dir / new_run_id(name)
+            path = runs_dir / (run_id or new_run_id(name))
             try:
                 path.mkdir(mode=0o700)  # RELIABILITY S7: a run's data, spec and logs are its owner's alone
             except FileExistsError:
+                if run_id:
+                    raise UserError(f"run folder {path} already exists", field="run") from None
                 continue
             write_text_atomic(path / SPEC, spec_toml)  # RELIABILITY C6: a write test before anything heavy
             return path

@@ -28,6 +28,7 @@ def test_plain_wizard_writes_the_spec(tmp_path, monkeypatch) -> None:
         pipe.send_text("\x7f" * 10 + str(corpus) + ENTER)  # data: replace "stdlib"
         pipe.send_text(DOWN + ENTER)  # steps 500 -> 1000
         pipe.send_text(ENTER)  # GPUs: the proposal, both (a tiny model fits one GPU: DDP over all)
+        pipe.send_text(ENTER)  # machines: 1
         pipe.send_text(ENTER)  # strategy: the proposal, ddp
         pipe.send_text("y")  # save (a confirm takes one key)
         pipe.send_text("n")  # do not launch

@@ -115,7 +115,7 @@ def test_plain_layout_proposes_fsdp_and_skips_disabled_strategies(big_model, cap
     gpus = gpus_of(machine("8xH100", cuda=True))
     c = Choices(technique="full", model=str(big_model))
     with create_pipe_input() as pipe:
-        pipe.send_text("\r\r")  # GPUs: the proposed 8; strategy: the proposed FSDP
+        pipe.send_text("\r\r\r")  # GPUs: the proposed 8; machines: 1; strategy: the proposed FSDP
         ask_layout(Prompts(input=pipe, output=DummyOutput()), c, gpus, cuda=True)
     assert (c.num_processes, c.strategy, c.layout_chosen) == (8, "fsdp", True)
     assert "FSDP x8" in capsys.readouterr().out
@@ -123,7 +123,7 @@ def test_plain_layout_proposes_fsdp_and_skips_disabled_strategies(big_model, cap
     assert (spec.distributed.num_processes, spec.distributed.strategy) == (8, "fsdp")
     c = Choices(technique="full", model=str(big_model))
     with create_pipe_input() as pipe:
-        pipe.send_text("\r" + "\x1b[B" * 3 + "\r")  # no CUDA: moving down passes over the disabled ones
+        pipe.send_text("\r\r" + "\x1b[B" * 3 + "\r")  # no CUDA: moving down passes over the disabled ones
         ask_layout(Prompts(input=pipe, output=DummyOutput()), c, gpus, cuda=False)
     assert c.num_processes == 8 and c.strategy in (("ddp", "zero2", "zero3") if zero_available() else ("ddp",))
     assert "Nothing fits" in capsys.readouterr().out and c.strategy != "fsdp"

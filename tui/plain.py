@@ -71,7 +71,7 @@ def ask_layout(ask: Prompts, c: Choices, gpus: list[tuple[int, str, int]], cuda:
 
     from engine.layout import NAMES, gib, layout_options, propose
 
-    proposal = propose(estimate_request(replace(c, num_processes=1)), gpus, cuda=cuda)
+    proposal = propose(estimate_request(replace(c, num_processes=1, num_machines=1)), gpus, cuda=cuda)
     out().print(f"\n[bold]Layout:[/] {proposal.message}", highlight=False)
     counts = sorted({v for v in (1, 2, 4, 8, 16) if v <= len(gpus)} | {len(gpus)})
     c.num_processes = int(ask.select("GPUs (one training process each)", [str(v) for v in counts],
@@ -79,13 +79,51 @@ def ask_layout(ask: Prompts, c: Choices, gpus: list[tuple[int, str, int]], cuda:
     c.layout_chosen = True
     if c.num_processes < 2:
         return
-    options = layout_options(estimate_request(replace(c, strategy="ddp")), gpus, c.num_processes, cuda=cuda)
+    ask_machines(ask, c)
+    options = layout_options(estimate_request(replace(c, strategy="ddp")), gpus, c.world(), cuda=cuda)
     usable = [o.strategy for o in options if o.unavailable is None]
     choices = [questionary.Choice(f"{NAMES[o.strategy]}: {gib(o.total_bytes)}/GPU ({o.verdict})", value=o.strategy,
                                   disabled=o.unavailable) for o in options]
     c.strategy = ask.select("Strategy", choices, default=proposal.strategy if proposal.strategy in usable else "ddp")
     if note := settle(c):
         out().print(f"  {note}")
+
+
+def ask_machines(ask: Prompts, c: Choices) -> None:
+    """How many machines (each runs the GPUs just chosen) and, with several, machine 0's address."""
+    from engine.spec import DistributedSpec
+    from tui.machines import parse_address
+
+    c.num_machines = int(ask.select(f"Machines (each runs {c.num_processes} processes; the run folder must be on "
+                                    "storage every machine sees at the same path)", ["1", "2", "3", "4", "8", "16"],
+                                    default="1"))
+    if c.num_machines < 2:
+        return
+    port = DistributedSpec().main_process_port
+
+    def valid(text: str) -> bool | str:
+        try:
+            parse_address(text, port)
+        except ValueError as err:
+            return str(err)
+        return True
+
+    c.main_process_ip, c.main_process_port = parse_address(
+        ask.text(f"Address of machine 0 (this one), reachable from every machine: host or IP[:port, default {port}]",
+                 validate=valid), port)
+
+
+def print_plan(spec: Any, run: Path) -> None:
+    """Several machines: each machine's exact command for the run about to be created, one a line."""
+    from tui.machines import node_plan
+
+    plan = node_plan(run, spec)
+    console = out()
+    console.print("\n" + "\n".join(plan.about), markup=False, highlight=False)
+    console.print("Launching starts machine 0's command here; then run each other machine's there:",
+                  markup=False, highlight=False)
+    for line in plan.commands:  # never wrapped: a command must copy as one line
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
@@ -160,16 +198,28 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     if ask.confirm(f"Save the spec as {path}?", default=True):
         path.write_text(toml, encoding="utf-8")
         console.print(f"saved; the same run from a shell: {train_command(str(path))}")
-    if not ask.confirm("Launch the run now?", default=True):
-        return 0
     from engine import job
     from engine.paths import runs_dir as resolve_runs
 
+    planned = None
+    if spec.distributed.num_machines > 1:
+        from tui.machines import planned_run
+
+        planned = planned_run(resolve_runs(runs_dir or spec.runs_dir or None), spec.name)
+        print_plan(spec, planned)
+    if not ask.confirm("Launch the run now?", default=True):
+        return 0
     from tui.wizard import preflight
 
     preflight(spec)  # the technique's own checks, before a run folder exists (as `llm-wizard train`)
-    run = job.create(spec, resolve_runs(runs_dir or spec.runs_dir or None))
+    if planned is not None:  # the folder whose commands were printed
+        run = job.create(spec, planned.parent, run_id=planned.name)
+    else:
+        run = job.create(spec, resolve_runs(runs_dir or spec.runs_dir or None))
     pid = job.launch(run)
     console.print(f"started run [bold]{run.name}[/] (pid {pid})\n  dashboard: llm-wizard attach {run.name}\n"
                   f"  text:      llm-wizard attach {run.name} --follow")
+    if planned is not None:
+        console.print("  machines 1 and up: run their commands above there (the dashboard shows them until they "
+                      "join)", markup=False, highlight=False)
     return 0

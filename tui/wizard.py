@@ -56,7 +56,10 @@ class Choices:
     log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
     num_virtual_tokens: int = 8  # engine/techniques/prompt_tuning.py's default (the book's listing 5.3)
-    num_processes: int = 1  # GPUs trained on (through `accelerate launch` when above 1)
+    num_processes: int = 1  # GPUs trained on, on each machine (through `accelerate launch` when above 1 in all)
+    num_machines: int = 1  # machines, each running num_processes (the spec's num_processes is the total)
+    main_process_ip: str = ""  # machine 0's address (several machines)
+    main_process_port: int = 29500  # engine.spec.DistributedSpec's default (a test keeps them equal)
     strategy: str = "ddp"  # ddp | fsdp | zero2 | zero3 (engine.spec.STRATEGIES), used when num_processes > 1
     layout_chosen: bool = False  # the user set num_processes/strategy: the checks step proposes no other
     find_batch: str = "auto"  # train.find_batch: auto | on | off (engine/batch_finder.py)
@@ -75,6 +78,10 @@ class Choices:
 
     def run_name(self) -> str:
         return self.name or self.technique
+
+    def world(self) -> int:
+        """Training processes in all: the GPUs chosen on each machine times the machines."""
+        return self.num_processes * self.num_machines
 
 
 def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
@@ -111,8 +118,11 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         d["train"]["threads"] = 1
     if scratch:
         d["tokenizer"] = {"kind": c.tokenizer}
-    if c.num_processes > 1:
-        d["distributed"] = {"num_processes": c.num_processes, "strategy": c.strategy}
+    if c.world() > 1:
+        d["distributed"] = {"num_processes": c.world(), "strategy": c.strategy}
+        if c.num_machines > 1:
+            d["distributed"].update(num_machines=c.num_machines, main_process_ip=c.main_process_ip,
+                                    main_process_port=c.main_process_port)
     if runs_dir:
         d["runs_dir"] = runs_dir
     if options:
@@ -144,7 +154,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
         dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
         text_column=c.text_column or None, max_steps=c.max_steps,
-        gpus=c.num_processes, strategy=c.strategy if c.num_processes > 1 else "ddp",  # per-GPU numbers
+        gpus=c.world(), strategy=c.strategy if c.world() > 1 else "ddp",  # per-GPU numbers, sharded over all
     )
 
 
@@ -159,18 +169,25 @@ CHOICE_FIELD = {"technique": "technique", "train.gradient_checkpointing": "grad_
 def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool) -> str | None:
     """Apply an estimator suggestion's `changes`; None when applied, else why the wizard cannot make it
     here (more GPUs than this machine has, a strategy it cannot run, an optimizer the engine does not train),
-    and then nothing is changed."""
+    and then nothing is changed. A process count is the total over the machines, as the estimator's."""
     from engine.launch_config import strategy_unavailable
 
+    changes = dict(changes)
     for key, value in changes.items():
         if key not in CHOICE_FIELD:
             return f"{key} is not a setting of the wizard"
-        if key == "distributed.num_processes" and value > gpus:
-            return f"needs {value} GPUs; this machine has {gpus}"
+        if key == "distributed.num_processes":
+            if value % c.num_machines:
+                return f"{value} processes do not split evenly over {c.num_machines} machines"
+            each = f" on each of {c.num_machines} machines" if c.num_machines > 1 else ""
+            if value // c.num_machines > gpus:
+                return f"needs {value // c.num_machines} GPUs{each}; this machine has {gpus}"
         if key == "distributed.strategy" and (why := strategy_unavailable(value, cuda=cuda)):
             return f"{value}: {why}"
         if key == "train.optimizer" and value not in SPEC_OPTIMIZER:
             return f"the run engine does not train {value}"
+    if "distributed.num_processes" in changes:
+        changes["distributed.num_processes"] //= c.num_machines
     for key, value in changes.items():
         setattr(c, CHOICE_FIELD[key], value)
     if any(k.startswith("distributed.") for k in changes):
@@ -187,7 +204,7 @@ def apply_proposal(c: Choices, proposal: Any) -> None:
 def settle(c: Choices) -> str | None:
     """Put right a combination the run spec refuses, saying what changed: the batch finder runs in one
     process only (engine.spec), so `on` becomes `auto` with several."""
-    if c.num_processes > 1 and c.find_batch == "on":
+    if c.world() > 1 and c.find_batch == "on":
         c.find_batch = "auto"
         return "batch finder: on needs one process; set to auto"
     return None

@@ -91,12 +91,12 @@ def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: boo
     try:
         proposal = None
         if propose_layout:
-            proposal = propose(estimate_request(replace(c, num_processes=1)), gpus, cuda=cuda)
+            proposal = propose(estimate_request(replace(c, num_processes=1, num_machines=1)), gpus, cuda=cuda)
             if not c.layout_chosen:
                 c = replace(c, num_processes=proposal.num_processes, strategy=proposal.strategy)
         req = estimate_request(c)
         est = estimate(req, gpus=gpus, with_suggestions=with_suggestions)
-        layouts = layout_options(req, gpus, c.num_processes, cuda=cuda) if c.num_processes > 1 and gpus else ()
+        layouts = layout_options(req, gpus, c.world(), cuda=cuda) if c.world() > 1 and gpus else ()
         return Estimated(est, data_check(est, c), proposal=proposal, layouts=layouts)
     except UserError as err:
         return Estimated(None, None, str(err))
@@ -129,6 +129,7 @@ def layout_line(c: Any, proposal: Any) -> Text:
     style = {"ddp": "green", "single": "green", "sharded": "yellow", "none": "bold red"}[proposal.kind]
     if c.layout_chosen and (c.num_processes, c.strategy) != (proposal.num_processes, proposal.strategy):
         layout = f"{NAMES[c.strategy]} x{c.num_processes}" if c.num_processes > 1 else "one process"
+        layout += f" on each of {c.num_machines} machines" if c.num_machines > 1 else ""
         return Text.assemble(("Layout: ", "bold"), f"{layout} (yours); proposed: ", (proposal.message, style))
     label = "Layout: " if proposal.kind == "none" else "Layout (proposed): "  # "Nothing fits: ..." says it
     return Text.assemble((label, "bold"), (proposal.message, style))

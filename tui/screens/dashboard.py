@@ -34,6 +34,7 @@ from tui.modals.rollback import RollbackModal
 from tui.output import human_bytes
 from tui.screens.run_history import RunHistory
 from tui.widgets.chart import LossChart
+from tui.widgets.commands import CommandBlock
 from tui.widgets.gpu_panel import LEVELS, GpuPanel
 
 POLL_S = 0.5
@@ -173,6 +174,7 @@ class DashboardScreen(Screen):
         Binding("g", "generate", "Sample", show=False, tooltip="Generate text from the newest checkpoint"),
         Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
         Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
+        Binding("c", "copy_join", "Copy commands", tooltip="Copy the other machines' commands to the clipboard"),
     ]
 
     def __init__(self, run: str | Path) -> None:
@@ -185,11 +187,14 @@ class DashboardScreen(Screen):
         self.gpu_status: str | None = None  # None until the first NVML reading
         self._keys_for: tuple[str, bool] | None = None
         self._alerts_for: tuple[int, int, bool] | None = None
+        self.join: Any = None  # tui.machines.Plan of the other machines' commands (set on mount)
+        self.joined = False  # several machines: every rank has joined (rank 0's state event with world_size)
 
     # --- layout --------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-title")
+        yield CommandBlock(id="run-join")
         with Horizontal(id="run-main"):
             with Vertical(id="run-left"):
                 yield LossChart(id="chart")
@@ -202,7 +207,15 @@ class DashboardScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        from tui.machines import join_plan
+
         self.query_one("#run-alert", Static).display = False
+        self.join = join_plan(self.run)  # several machines: the commands the others run, until they join
+        if self.join is not None:
+            self.query_one(CommandBlock).show(Text.assemble(
+                ("Waiting for the other machines to join. ", "bold"),
+                "Run on each, with the run folder at this same path there (shared storage; c copies):"),
+                self.join.commands)
         self.redraw()
         self.follow()
         self.watch_gpus()
@@ -264,6 +277,7 @@ class DashboardScreen(Screen):
     def on_run_events(self, message: RunEvents) -> None:
         for e in message.events:
             self.history.apply(e)
+            self.joined = self.joined or "world_size" in e
             if e.get("type") == "control_ack" and e.get("id") in self.pending:
                 asked = self.pending.pop(e["id"])
                 ok = e.get("ok", True)
@@ -317,6 +331,7 @@ class DashboardScreen(Screen):
         elif h.state in ("starting", "stopping") and h.message:
             title.append(f"  {h.message}", style="italic")
         self.query_one("#run-title", Static).update(title)
+        self.query_one(CommandBlock).display = self.join is not None and not self.joined and h.state in LIVE
         self.query_one(LossChart).update(h.chart())
         self.query_one("#run-stats", Static).update(stats_table(h))
         cps = Text("checkpoints", style="#9e9e9e")
@@ -337,7 +352,7 @@ class DashboardScreen(Screen):
                 alert.update(alert_lines(h, count, h.state in LIVE))
         if self.gpu_status is not None and not self.gpus:
             self.update_gpus()  # the CPU line shows the run's memory from its metrics
-        keys = (h.state, bool(self.checkpoints()))
+        keys = (h.state, bool(self.checkpoints()), self.joined)
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
             self._keys_for = keys
             self.refresh_bindings()
@@ -355,6 +370,8 @@ class DashboardScreen(Screen):
             return True if live else None
         if action in ("rollback", "rescue"):
             return True if live and self.checkpoints() else None
+        if action == "copy_join":
+            return self.join is not None and not self.joined and state in LIVE
         if action == "generate":
             return True if self.checkpoints() or (self.run / "final").is_dir() else None
         return True
@@ -408,6 +425,11 @@ class DashboardScreen(Screen):
 
         self.app.push_screen(ConfirmModal("Stop this run?", "It saves a checkpoint and exits; "
                                           "`llm-wizard train --resume` continues it later."), answered)
+
+    def action_copy_join(self) -> None:
+        if self.join is not None:
+            self.app.copy_to_clipboard("\n".join(self.join.commands) + "\n")
+            self.notify("copied the other machines' commands")
 
     def action_detach(self) -> None:
         self.app.detach(self.run)

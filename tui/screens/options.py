@@ -1,6 +1,7 @@
 """Step 6: the speed/memory trade-offs of the book's table 5.2, the learning-rate schedule, the batch
 finder and, on a machine with several GPUs, the layout (processes and strategy: the checks step's
-proposal, which the user may change; strategies this machine cannot run are listed with the reason).
+proposal, which the user may change; strategies this machine cannot run are listed with the reason) and
+the machines (shown with more than one process, or on `m`; machine 0's address, checked, with several).
 ←/→ changes the highlighted setting; every change re-runs the estimate (arithmetic: instant)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from textual.widgets.option_list import Option
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
 from engine.estimate import STRATEGIES
+from engine.spec import DistributedSpec
 from tui.screens.checks import VERDICT, Estimated, estimate_choices
 from tui.wizard import Choices, settle
 
@@ -60,18 +62,26 @@ SETTINGS: tuple[Setting, ...] = (
             hint="Before step 1, real steps find the largest micro-batch that fits (same effective batch); "
                  "auto: on a GPU when the estimate is tight, on: always (one process), off: never."),
     Setting("num_processes", "GPUs (processes)", (1, 2, 4, 8, 16), "speed: N x the tokens a step", multi_gpu=True,
-            hint="One training process per GPU, started by `accelerate launch`."),
+            hint="One training process per GPU, started by `accelerate launch`; with several machines, each "
+                 "machine runs this many (the spec's num_processes is the total: GPUs x machines)."),
+    Setting("num_machines", "machines", (1, 2, 3, 4, 8, 16), "speed: each runs the GPUs above",
+            hint="Machines training together, each with the GPUs above (m shows this row). The run folder must be "
+                 "on storage every machine sees at the same path; the review step shows each machine's command."),
+    Setting("main_process_ip", "main machine", (), "space: this one's address[:port]",
+            hint="Machine 0 is this one: its IP address or host name, reachable from every machine, and the "
+                 "rendezvous port (29500 unless you add :PORT). Space to set it."),
     Setting("strategy", "multi-GPU strategy", STRATEGIES, "memory: fsdp/zero shard across the GPUs",
             multi_gpu=True, hint="ddp: a full copy per GPU (fastest); fsdp / zero3: weights, gradients and "
                                  "optimizer states sharded; zero2: gradients and states sharded."),
 )
-LAYOUT_KEYS = ("num_processes", "strategy")
+LAYOUT_KEYS = ("num_processes", "num_machines", "strategy")
 
 
 def visible_settings(c: Choices, report: Any) -> list[Setting]:
     """The settings shown for these choices on this machine: the technique's, the layout only with
     several GPUs (process counts up to their number; strategies this machine can run, with more than
-    one process), the batch finder's `on` only with one process (the spec refuses it with several)."""
+    one process), the batch finder's `on` only with one process (the spec refuses it with several).
+    Machines: with more than one process, or on request (`m`); machine 0's address with several."""
     from dataclasses import replace
 
     from engine.launch_config import strategy_unavailable
@@ -82,22 +92,30 @@ def visible_settings(c: Choices, report: Any) -> list[Setting]:
     for s in SETTINGS:
         if s.techniques and c.technique not in s.techniques:
             continue
-        if s.multi_gpu and n_gpus < 2:
+        if s.key == "num_machines" and not (c.world() > 1 or c.extra.get("machines_asked")):
+            continue
+        if s.key == "main_process_ip" and c.num_machines < 2:
+            continue
+        if s.multi_gpu and n_gpus < 2 and not (s.key == "strategy" and c.world() > 1):
             continue
         if s.key == "num_processes":
             s = replace(s, values=tuple(sorted({v for v in s.values if v <= n_gpus} | {n_gpus})))
         elif s.key == "strategy":
-            if c.num_processes < 2:
+            if c.world() < 2:
                 continue
             cuda = cuda_usable(report)
             s = replace(s, values=tuple(v for v in s.values if strategy_unavailable(v, cuda=cuda) is None))
-        elif s.key == "find_batch" and c.num_processes > 1:
+        elif s.key == "find_batch" and c.world() > 1:
             s = replace(s, values=("auto", "off"))
         out.append(s)
     return out
 
 
 def value_of(c: Choices, s: Setting) -> Any:
+    if s.key == "main_process_ip":
+        from tui.machines import shown_address
+
+        return shown_address(c.main_process_ip, c.main_process_port)
     if len(s.values) == 1:  # fixed by the engine, shown so the whole of table 5.2 is here
         return s.values[0]
     if s.key == "lr":
@@ -117,7 +135,7 @@ def step_value(c: Choices, s: Setting, delta: int) -> None:
     """Move the setting to the next/previous value in its list (nearest, for a value not in it)."""
     current = value_of(c, s)
     values = list(s.values)
-    if len(values) == 1:
+    if len(values) <= 1:
         return
     if current in values:
         i = values.index(current) + delta
@@ -135,6 +153,7 @@ class OptionsScreen(WizardStep):
         Binding("right", "change(1)", "Next value", key_display="→", priority=True, tooltip="The next value of this setting"),
         Binding("left", "change(-1)", "Previous", key_display="←", priority=True, tooltip="The previous value of this setting"),
         Binding("space", "choose", "Choose", tooltip="Pick this setting's value from a list"),
+        Binding("m", "machines", "Machines", tooltip="Train on several machines (shows the machines setting)"),
     ]
     layouts: tuple[Any, ...] = ()  # the last estimate's LayoutOption per strategy (for the strategy list)
 
@@ -177,6 +196,42 @@ class OptionsScreen(WizardStep):
         step_value(self.wizard.choices, setting, delta)
         self.changed_setting(setting)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "machines":  # offered while the row is hidden
+            return not any(s.key == "num_machines" for s in self.settings())
+        return super().check_action(action, parameters)
+
+    def action_machines(self) -> None:
+        self.wizard.choices.extra["machines_asked"] = True
+        self.fill()
+        keys = [s.key for s in self.settings()]
+        self.query_one("#settings", OptionList).highlighted = keys.index("num_machines")
+        self.refresh_bindings()
+
+    def ask_address(self) -> None:
+        """Machine 0's address as text, checked (an IP address or a host name, an optional :port)."""
+        import socket
+
+        from tui.machines import parse_address, shown_address
+        from tui.modals.prompt import PromptModal
+
+        c = self.wizard.choices
+        current = shown_address(c.main_process_ip, c.main_process_port) if c.main_process_ip else socket.gethostname()
+
+        def entered(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                c.main_process_ip, c.main_process_port = parse_address(text, DistributedSpec().main_process_port)
+            except ValueError as err:
+                self.notify(f"main machine: {err}", severity="error")
+                return
+            self.fill()
+            self.estimate()
+
+        self.app.push_screen(PromptModal("Machine 0 (this one): IP address or host name, optionally :port", current),
+                             entered)
+
     def action_choose(self) -> None:
         """The highlighted setting's values as a list; for the strategy every one, those this machine
         cannot run disabled with the reason, each with its per-GPU estimate."""
@@ -188,6 +243,9 @@ class OptionsScreen(WizardStep):
         if settings.highlighted is None:
             return
         setting, c = self.settings()[settings.highlighted], self.wizard.choices
+        if setting.key == "main_process_ip":
+            self.ask_address()
+            return
         values = list(setting.values)
         if setting.key == "strategy":
             values = list(STRATEGIES)
@@ -240,8 +298,9 @@ class OptionsScreen(WizardStep):
             label, style = VERDICT.get(g.verdict, (g.verdict, ""))
             text.append(f"  GPU {g.index} ")
             text.append(label, style=style)
-        tps = c.batch_size * c.seq_len * c.grad_accum * c.num_processes
-        gpus = f" x {c.num_processes} GPUs" if c.num_processes > 1 else ""
+        tps = c.batch_size * c.seq_len * c.grad_accum * c.world()
+        gpus = f" x {c.world()} GPUs" if c.world() > 1 else ""
+        gpus += f" on {c.num_machines} machines" if c.num_machines > 1 else ""
         text.append(f"\n{tps:,} tokens a step (batch {c.batch_size} x {c.seq_len} x {c.grad_accum} accumulation{gpus})")
         if message.data is not None and message.data.projected_epochs:
             text.append(f"; {message.data.projected_epochs:.2f} passes over the data in {c.max_steps:,} steps")

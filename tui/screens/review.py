@@ -2,7 +2,11 @@
 launch. Launching first makes the technique's own checks (tui.wizard.preflight, as `llm-wizard train`:
 a bad option, a missing model, QLoRA without 4-bit support, a teacher whose tokenizer differs), so a
 bad choice is refused here with its message and no run folder; then the run engine's own API
-(engine.job.create + launch: a detached process in its own session) and the dashboard on the new run."""
+(engine.job.create + launch: a detached process in its own session) and the dashboard on the new run.
+
+Several machines: the run folder is picked here (tui.machines.planned_run) so that each machine's exact
+command (engine.launch_config.launch_plan) is shown before launch, one per line, never wrapped (the
+block scrolls sideways; c copies it); the launch creates the folder at that path."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from textual.message import Message
 from textual.widgets import Static
 
 from tui.screens.base import WizardStep
+from tui.widgets.commands import CommandBlock
 from tui.wizard import preflight, spec_dict, train_command
 
 
@@ -40,6 +45,7 @@ class ReviewScreen(WizardStep):
     BINDINGS = [
         Binding("enter", "next", "Launch", priority=True, tooltip="Start the run (detached) and open its dashboard"),
         Binding("s", "save", "Save spec", tooltip="Write the spec to a TOML file in the current folder"),
+        Binding("c", "copy", "Copy commands", tooltip="Copy every machine's command to the clipboard"),
     ]
 
     def __init__(self) -> None:
@@ -49,9 +55,12 @@ class ReviewScreen(WizardStep):
         self.saved: Path | None = None
         self.launching = False
         self.refused: str | None = None  # why the last launch was refused (shown under the command)
+        self.planned: Path | None = None  # several machines: the run folder the launch creates
+        self.commands: list[str] = []  # several machines: `# machine N:` and its command, as launch_plan says
 
     def body(self) -> ComposeResult:
         yield Static("", id="review-command")
+        yield CommandBlock(id="review-nodes")
         with VerticalScroll(id="review"):
             yield Static("", id="review-toml")
 
@@ -63,10 +72,13 @@ class ReviewScreen(WizardStep):
         from engine.errors import UserError
         from engine.spec import from_dict, to_toml
 
+        spec = None
         try:
-            self.toml, self.error = to_toml(from_dict(spec_dict(self.wizard.choices))), None
+            spec = from_dict(spec_dict(self.wizard.choices))
+            self.toml, self.error = to_toml(spec), None
         except UserError as err:
             self.toml, self.error = None, str(err)
+        self.show_nodes(spec)
         toml_view = self.query_one("#review-toml", Static)
         if self.toml is None:
             toml_view.update(Text(f"The spec is not valid yet: {self.error}", style="red"))
@@ -74,6 +86,27 @@ class ReviewScreen(WizardStep):
             toml_view.update(Syntax(self.toml, "toml", theme="ansi_dark", background_color="default"))
         self.show_command()
         self.changed()
+
+    def show_nodes(self, spec: object) -> None:
+        """Several machines: what each runs, for the run folder the launch will create."""
+        from engine.paths import runs_dir
+        from tui.machines import node_plan, planned_run
+
+        nodes = self.query_one("#review-nodes", CommandBlock)
+        several = spec is not None and spec.distributed.num_machines > 1  # type: ignore[attr-defined]
+        nodes.display = several
+        if not several:
+            self.planned, self.commands = None, []
+            return
+        root = runs_dir(self.wizard.runs_dir or spec.runs_dir or None)  # type: ignore[attr-defined]
+        if self.planned is None or self.planned.parent != root.expanduser().absolute():
+            self.planned = planned_run(root, spec.name)  # type: ignore[attr-defined]
+        plan = node_plan(self.planned, spec)
+        self.commands = plan.commands
+        about = Text("\n".join(plan.about), style="#b2b2b2")
+        about.append("\nEnter starts machine 0's here; run each other's on that machine (c copies them):",
+                     style="bold")
+        nodes.show(about, plan.commands)
 
     def show_command(self) -> None:
         target = self.saved or free_path(Path.cwd(), self.wizard.choices.run_name())
@@ -91,7 +124,14 @@ class ReviewScreen(WizardStep):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "save":
             return True if self.toml is not None else None
+        if action == "copy":
+            return bool(self.commands)
         return super().check_action(action, parameters)
+
+    def action_copy(self) -> None:
+        if self.commands:
+            self.app.copy_to_clipboard("\n".join(self.commands) + "\n")
+            self.notify(f"copied the commands of {sum(not c.startswith('#') for c in self.commands)} machines")
 
     def action_save(self) -> None:
         if self.toml is None:
@@ -128,7 +168,10 @@ class ReviewScreen(WizardStep):
             if spec.data.path != STDLIB and Path(spec.data.path).suffix not in (".jsonl", ".csv", ".parquet"):
                 check_text_files(text_files(spec.data.path))
             preflight(spec)
-            run = job.create(spec, runs_dir(self.wizard.runs_dir or spec.runs_dir or None))
+            if self.planned is not None:  # several machines: the folder whose commands are shown
+                run = job.create(spec, self.planned.parent, run_id=self.planned.name)
+            else:
+                run = job.create(spec, runs_dir(self.wizard.runs_dir or spec.runs_dir or None))
             job.launch(run)
         except (UserError, OSError) as err:
             self.post_message(Launched(None, str(err)))

@@ -202,6 +202,8 @@ def strategy_unavailable(strategy: str, *, cuda: bool) -> str | None:
             return "DeepSpeed is not installed"
         if strategy not in TRAINABLE_STRATEGIES:
             return "not trained by this version yet"
+    # The wizard shards over CUDA GPUs only: ZeRO also runs over gloo on the CPU (check_supported lets a spec
+    # ask for it, the tests use it), but sharding a model that does not fit a GPU into CPU processes is no plan.
     if (strategy in GPU_ONLY_STRATEGIES or strategy.startswith("zero")) and not cuda:
         return "no CUDA"
     return None

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import checkpoint, runfolder, sharded_checkpoint, zero_checkpoint
-from engine.trainer import Trainer
+from engine.trainer import EXIT_SIGNAL, Trainer
 
 PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
 SUPERVISOR_PID_ENV = "LLM_WIZARD_SUPERVISOR_PID"
@@ -412,7 +412,24 @@ class DistributedTrainer(Trainer):
         code = super().run_job()
         if self._probe is not None and getattr(self, "model", None) is not None:
             self._write_probe(end=True, code=code)
+        self._shut_down(clean=code in (0, EXIT_SIGNAL))
         return code
+
+    def _shut_down(self, clean: bool) -> None:
+        """Leave the process group in order: a rank tearing gloo down at interpreter exit while its peer still
+        talks to it was seen to abort ("terminate called without an active exception", SIGABRT) after a run
+        that had finished. After a clean end every rank meets at a barrier first; after a failure a barrier
+        could wait forever, so only this rank's side is closed."""
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            return
+        try:
+            if clean:
+                dist.barrier()
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the run's outcome is already written; exiting matters more
+            pass
 
     # ---- test hook ----------------------------------------------------------------------------
 

@@ -29,14 +29,14 @@ ZYGOTE = r"""
 import os, resource, signal, sys, time, json
 from pathlib import Path
 import torch, transformers, accelerate, safetensors.torch  # imported once (a warm run adds peft); jobs fork
-from engine import checkpoint, job, trainer as trainer_mod
+from engine import checkpoint, job, trainer as trainer_mod, trainer_checkpoints as ckpt_mod
 
 # Answers go through their own descriptor: what the libraries print (DeepSpeed's logger writes to stdout)
 # must not land among them. Forked jobs point 1 and 2 at their job.log, as real detached jobs do.
 answers = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(2, 1)
 
-orig_save, orig_rng = checkpoint.save, trainer_mod.rng_state
+orig_save, orig_rng = checkpoint.save, ckpt_mod.rng_state
 save_sleep = 0.05
 
 
@@ -84,11 +84,11 @@ for line in sys.stdin:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             if fault != "-":
                 os.environ["LLMW_FAULT"] = fault
-            trainer_mod.rng_state = slow_rng_state
+            ckpt_mod.rng_state = slow_rng_state
             if mode == "inplace":
                 checkpoint.save = inplace_save
             if mode == "norng":
-                trainer_mod.set_rng_state = lambda state: None
+                ckpt_mod.set_rng_state = lambda state: None
             if mode == "noopt":
                 trainer_mod.Trainer._load_weights = weights_without_optimizer
             os._exit(job.run_job(run, resume=resume, step_sleep=float(cmd[4])))

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine import checkpoint as ck
 from engine import job, runfolder, spec, watchdogs
-from run_helpers import events, wait_for
+from run_helpers import events, in_process_trainer, wait_for
 
 CANARY = "hf_CANARY" + "x7Qz" * 6 + "k"  # the shape of a Hub token, 34 characters
 CANARY_ENV = {"HF_TOKEN": CANARY, "HUGGING_FACE_HUB_TOKEN": CANARY}
@@ -78,15 +78,10 @@ def run_in_process(s: spec.RunSpec, runs: Path, monkeypatch: Any, fault: str,
                    prepare: Callable[[Any], None] | None = None) -> tuple[Any, int, list[dict]]:
     """Run `s` in this process with LLMW_FAULT=`fault`; a pause becomes a stop (nobody would send resume),
     which saves a checkpoint. `prepare(trainer)` may wrap its methods first. Returns (trainer, exit code, events)."""
-    import torch
-    from accelerate.state import AcceleratorState
-
     from engine.trainer import Trainer
 
     monkeypatch.setenv("LLMW_FAULT", fault)
     monkeypatch.setattr(watchdogs, "_fired", set())  # faults fire once per process: each run starts afresh
-    AcceleratorState._reset_state(reset_partial_state=True)
-    threads = torch.get_num_threads()
     trainer = Trainer(job.create(s, runs), s)
     set_state = trainer.set_state
 
@@ -98,11 +93,8 @@ def run_in_process(s: spec.RunSpec, runs: Path, monkeypatch: Any, fault: str,
     monkeypatch.setattr(trainer, "set_state", pause_then_stop)
     if prepare is not None:
         prepare(trainer)
-    try:
+    with in_process_trainer():
         code = trainer.run_job()
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
     return trainer, code, runfolder.read_events(trainer.run)[0]
 
 

@@ -105,3 +105,25 @@ def control(run: Path, cmd: str, timeout: float = 240.0, **args: Any) -> dict[st
 
 def losses_by_step(evs: list[dict[str, Any]]) -> dict[int, float]:
     return {e["step"]: e["train/loss"] for e in evs if e["type"] == "metrics"}
+
+
+def assert_generate_reads(run: Path, name: str, final: dict[str, Any]) -> None:
+    """`generate` loads checkpoint `name` (consolidating shards if it must) with exactly final/'s weights."""
+    import torch
+
+    from engine.generate import load_for_inference
+
+    sampled, _, source = load_for_inference(run, name)
+    assert source == name
+    assert all(torch.equal(v, final[k]) for k, v in sampled.state_dict().items() if k in final)
+
+
+def copy_stopped_at(run: Path, dest: Path, later: str) -> Path:
+    """A copy of a finished `run` as if it had stopped before checkpoint `later`: that one and final/ gone."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    shutil.rmtree(dest / "checkpoints" / later)
+    shutil.rmtree(dest / "final")
+    return dest
+

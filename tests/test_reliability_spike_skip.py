@@ -19,6 +19,7 @@ import pytest
 
 from engine import job, numerics, runfolder, step_guard, watchdogs
 from engine.watchdogs import SKIP_MIN_INTERVALS, Watchdogs
+from fault_helpers import alerts, run_in_process
 from run_helpers import make_corpus, tiny_spec
 
 GOOD, SPIKE, NAN = [False, False, False], [False, False, True], [True, True, False]
@@ -152,50 +153,30 @@ def test_N4_fp16_scaler_survives_a_skipped_finite_step() -> None:
 
 def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, on_escalate=None, **train
          ) -> tuple[object, int, list[dict]]:
-    """A tiny in-process run, logging every step, with LLMW_FAULT; a pause becomes a stop."""
+    """A tiny in-process run, logging every step, with LLMW_FAULT; a pause becomes a stop. The trainer comes
+    back with `applied`: attempt -> whether that step changed the weights."""
     import torch
-    from accelerate.state import AcceleratorState
 
-    from engine.trainer import Trainer
-
-    monkeypatch.setenv("LLMW_FAULT", fault)
-    monkeypatch.setattr(watchdogs, "_fired", set())
-    AcceleratorState._reset_state(reset_partial_state=True)
-    threads = torch.get_num_threads()
     s = tiny_spec(make_corpus(tmp_path, lines=400), train={"max_steps": 20, **train},
                   checkpoint={"every": 4, "keep": 20})
-    trainer = Trainer(job.create(s, tmp_path / "runs"), s)
-    set_state = trainer.set_state
+    applied: dict[int, bool] = {}
 
-    def pause_then_stop(state: str, message: str = "", **fields) -> None:
-        set_state(state, message, **fields)
-        if state == "paused":
-            trainer.request_stop("test")
+    def prepare(trainer) -> None:
+        if on_escalate is not None:
+            escalate = numerics.escalate
+            monkeypatch.setattr(numerics, "escalate", lambda t, esc: on_escalate(t, escalate(t, esc)))
+        unless = step_guard.step_unless
 
-    monkeypatch.setattr(trainer, "set_state", pause_then_stop)
-    if on_escalate is not None:
-        escalate = numerics.escalate
-        monkeypatch.setattr(numerics, "escalate", lambda t, esc: on_escalate(t, escalate(t, esc)))
-    applied: dict[int, bool] = {}  # attempt -> did the step change the weights
-    unless = step_guard.step_unless
+        def watched(optimizer, bad) -> None:
+            before = [p.detach().clone() for p in trainer.params]
+            unless(optimizer, bad)
+            applied[trainer.tries] = any(not torch.equal(a, p) for a, p in zip(before, trainer.params))
 
-    def watched(optimizer, bad) -> None:
-        before = [p.detach().clone() for p in trainer.params]
-        unless(optimizer, bad)
-        applied[trainer.tries] = any(not torch.equal(a, p) for a, p in zip(before, trainer.params))
+        monkeypatch.setattr(step_guard, "step_unless", watched)
 
-    monkeypatch.setattr(step_guard, "step_unless", watched)
-    try:
-        code = trainer.run_job()
-    finally:
-        torch.set_num_threads(threads)
-        AcceleratorState._reset_state(reset_partial_state=True)
+    trainer, code, evs = run_in_process(s, tmp_path / "runs", monkeypatch, fault, prepare)
     trainer.applied = applied
-    return trainer, code, runfolder.read_events(trainer.run)[0]
-
-
-def _alerts(evs: list[dict], kind: str) -> list[dict]:
-    return [e for e in evs if e["type"] == "alert" and e["kind"] == kind]
+    return trainer, code, evs
 
 
 def _adam_steps(trainer) -> set[float]:
@@ -211,7 +192,7 @@ def test_N4_a_single_spike_step_is_skipped_on_the_device(tmp_path: Path, monkeyp
         monkeypatch.setattr(step_guard, "skips_on_device", lambda *a: False)
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:14:x50", spike_skip=skip)
     assert code == 0 and trainer.step == 20 and trainer.device_guard == on_device
-    spikes = _alerts(evs, "spike")
+    spikes = alerts(evs, "spike")
     per_step = 4 * 32
     if skip:
         assert len(spikes) == 1 and spikes[0]["severity"] == "warning" and spikes[0]["step"] == 14
@@ -235,10 +216,10 @@ def test_N4_skipped_spikes_in_a_row_pause_without_rolling_back(tmp_path: Path, m
 
     # spike_patience 2 logging intervals of one step: two skipped spikes in a row escalate
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:14-40:x50", spike_patience=2)
-    spikes = _alerts(evs, "spike")
+    spikes = alerts(evs, "spike")
     assert [a["severity"] for a in spikes] == ["warning", "error"] and spikes[-1]["step"] == 14
     assert "2 steps in a row from step 14 (each skipped)" in spikes[-1]["message"]
-    assert code == 11 and trainer.step == 13 and trainer.tries == 15 and not _alerts(evs, "rollback")
+    assert code == 11 and trainer.step == 13 and trainer.tries == 15 and not alerts(evs, "rollback")
     assert not trainer.applied[14] and not trainer.applied[15] and _adam_steps(trainer) == {13.0}
     assert all(torch.isfinite(p).all() for p in trainer.params)
     saved = json.loads((Path([e for e in evs if e["type"] == "checkpoint"][-1]["path"]) /
@@ -249,7 +230,7 @@ def test_N4_skipped_spikes_in_a_row_pause_without_rolling_back(tmp_path: Path, m
 def test_N4_skipped_spikes_in_a_row_auto_roll_back_then_the_run_finishes(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     trainer, code, evs = _run(tmp_path, monkeypatch, "spike@try:14-15:x50", spike_patience=2, auto_rollback=True)
-    roll = _alerts(evs, "rollback")
+    roll = alerts(evs, "rollback")
     assert len(roll) == 1 and roll[0]["checkpoint"] == "step-000012" and roll[0]["multiplier"] == 0.5
     assert roll[0]["skipped_to"][1] > roll[0]["skipped_from"][1]  # the spiking batches are not trained again
     assert code == 0 and trainer.step == 20 and trainer.schedule.multiplier == 0.5
@@ -271,9 +252,9 @@ def test_N4_a_manual_rollback_beats_a_pending_auto_rollback(tmp_path: Path, monk
     acks = [e for e in evs if e["type"] == "control_ack" and e["id"] == sent[0]]
     assert acks and acks[0]["ok"] and acks[0]["checkpoint"] == "step-000004"
     assert [e["rollback_to"] for e in evs if e.get("rollback_to")] == ["step-000004"]  # one rollback, the user's
-    dropped = [a for a in _alerts(evs, "rollback") if a.get("dropped")]
+    dropped = [a for a in alerts(evs, "rollback") if a.get("dropped")]
     assert len(dropped) == 1 and dropped[0]["dropped"] == "spike" and "step-000004" in dropped[0]["message"]
-    assert not [a for a in _alerts(evs, "rollback") if "auto-rollback" in a["message"]]
+    assert not [a for a in alerts(evs, "rollback") if "auto-rollback" in a["message"]]
     assert trainer.schedule.multiplier == 1.0  # the automatic one's LR x0.5 was not applied
     assert code == 0 and trainer.step == 20 and trainer.branch == 1
 
@@ -301,7 +282,7 @@ def test_N4_an_armed_skip_adds_no_sync_between_logs(tmp_path: Path, monkeypatch:
         torch.set_num_threads(threads)
         AcceleratorState._reset_state(reset_partial_state=True)
     assert math.isfinite(trainer.skip_value) and trainer.tries == 71  # armed, and one step skipped
-    spikes = _alerts(runfolder.read_events(trainer.run)[0], "spike")
+    spikes = alerts(runfolder.read_events(trainer.run)[0], "spike")
     assert [(a["step"], a["skipped"]) for a in spikes] == [(62, 1)]
     quiet = [k for k in range(70) if k % LOG_EVERY]
     assert {k: counts[k] for k in quiet} == {k: 0 for k in quiet}

@@ -5,7 +5,6 @@ checkpoints of every rank's shards, final/ consolidated, and a resume that conti
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import yaml
 import sharded_helpers as h
 from engine import checkpoint, job, launch_config
 from engine.errors import UserError
-from run_helpers import events, make_corpus, tiny_spec
+from run_helpers import assert_generate_reads, copy_stopped_at, events, make_corpus, tiny_spec
 
 FSDP = {"num_processes": 2, "strategy": "fsdp"}
 
@@ -55,16 +54,10 @@ def test_fsdp_run_saves_shards_consolidates_final_and_resumes_exactly(tmp_path: 
     offline = sc.consolidate_offline(run / "checkpoints" / "step-000006", run / "model", tmp_path / "offline")
     for k, v in _weights(offline).items():  # the last checkpoint holds exactly the final weights
         assert torch.equal(v, final[k]), k
-    from engine.generate import load_for_inference  # generate reads a sharded checkpoint by consolidating it
+    # generate reads a sharded checkpoint by consolidating it
+    assert_generate_reads(run, "step-000006", final)
 
-    sampled, _, source = load_for_inference(run, "step-000006")
-    assert source == "step-000006"
-    assert all(torch.equal(v, final[k]) for k, v in sampled.state_dict().items() if k in final)
-
-    again = tmp_path / "again"  # the same run, as if it had been stopped after step 3
-    shutil.copytree(run, again)
-    shutil.rmtree(again / "checkpoints" / "step-000006")
-    shutil.rmtree(again / "final")
+    again = copy_stopped_at(run, tmp_path / "again", "step-000006")  # as if stopped after step 3
     assert h.run_trainer(again, resume=True) == [{"code": 0, "sharded": True}] * 2
     resumed = [e for e in events(again, "state") if e.get("resumed_from")]
     assert resumed and resumed[-1]["resumed_from"] == "step-000003"

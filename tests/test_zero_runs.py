@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,8 @@ import yaml
 
 from engine import checkpoint, launch_config, spec
 from engine.errors import UserError
-from run_helpers import events, launch, make_corpus, resume, tiny_spec, wait_exit
+from run_helpers import (assert_generate_reads, copy_stopped_at, events, launch, make_corpus, resume, tiny_spec,
+                         wait_exit)
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed package is not installed "
@@ -94,16 +94,10 @@ def test_zero_run_trains_like_ddp_saves_partitions_consolidates_and_resumes_exac
     model = AutoModelForCausalLM.from_pretrained(run / "final")  # a normal transformers folder
     assert torch.equal(model.transformer.h[0].attn.c_attn.weight.detach(), final["transformer.h.0.attn.c_attn.weight"])
     assert (run / "model" / "config.json").is_file()  # generate's config + tokenizer, from the engine's module
-    from engine.generate import load_for_inference  # generate reads a ZeRO checkpoint by consolidating it
+    # generate reads a ZeRO checkpoint by consolidating it
+    assert_generate_reads(run, "step-000006", final)
 
-    sampled, _, source = load_for_inference(run, "step-000006")
-    assert source == "step-000006"
-    assert all(torch.equal(v, final[k]) for k, v in sampled.state_dict().items() if k in final)
-
-    again = tmp_path / "again"  # the same run, as if it had been stopped after step 3
-    shutil.copytree(run, again)
-    shutil.rmtree(again / "checkpoints" / "step-000006")
-    shutil.rmtree(again / "final")
+    again = copy_stopped_at(run, tmp_path / "again", "step-000006")  # as if stopped after step 3
     assert wait_exit(resume(again), 300) == 0
     resumed = [e for e in events(again, "state") if e.get("resumed_from")]
     assert resumed and resumed[-1]["resumed_from"] == "step-000003"

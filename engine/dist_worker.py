@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # the supervisor checked it already; it changed on disk since
         print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
-    from engine.job import _echo
+    from engine.job import _echo, ignore_late_signals
 
     echo = _echo if rank == 0 and os.environ.get(ECHO_ENV) else None  # `train --foreground`: events on the terminal
     trainer = DistributedTrainer(run, spec, rank=rank, world=world, resume=a.resume, step_sleep=a.step_sleep,
@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    return trainer.run_job()
+    code = trainer.run_job()
+    ignore_late_signals()
+    return code
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.spec import CONSENT_FIELDS
+from engine.spec import CONSENT_FIELDS, VOLATILE_TRAIN
 
 VOLATILE = ("runs_dir", "name", "eval", "checkpoint", "log")  # as RunSpec.fingerprint(): may change on resume
-VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
-                  "find_batch", "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback",
-                  "auto_rollback_max")
 LABELS = {"train.batch_size": "batch size", "train.grad_accum": "gradient accumulation", "train.seq_len":
           "sequence length", "data.contents": "the dataset's contents", "model.files": "the base model's files",
           "model.path": "the model", "technique": "the technique", "data.path": "the dataset",

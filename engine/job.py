@@ -165,11 +165,15 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
     else:
         signal.signal(signal.SIGHUP, on_signal)  # attached to a terminal: its hang-up means stop (saved)
     code = trainer.run_job()
-    # Done and saved: a signal arriving now (a second Ctrl-C while Python shuts down, where it would reset
-    # our handlers to the default) must not turn this exit code into "killed".
+    ignore_late_signals()
+    return code
+
+
+def ignore_late_signals() -> None:
+    """After the job has saved and ended: a signal arriving now (a second Ctrl-C while Python shuts down,
+    where it resets our handlers to the default) must not turn the job's exit code into "killed"."""
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
-    return code
 
 
 if __name__ == "__main__":

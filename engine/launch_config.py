@@ -36,9 +36,7 @@ DEEPSPEED_STRATEGIES = ("zero2", "zero3")
 
 def deepspeed_missing(strategy: str) -> str | None:
     """Why `strategy` cannot run here (the deepspeed package is not importable), or None."""
-    import importlib.util
-
-    if strategy not in DEEPSPEED_STRATEGIES or importlib.util.find_spec("deepspeed") is not None:
+    if strategy not in DEEPSPEED_STRATEGIES or zero_available():
         return None
     return (f"{strategy} needs DeepSpeed, which is not installed in this Python environment "
             "(pip install 'llm-wizard[deepspeed]'); without it use fsdp to shard the model over CUDA GPUs, or ddp, "
@@ -197,13 +195,10 @@ def zero_available() -> bool:
 def strategy_unavailable(strategy: str, *, cuda: bool) -> str | None:
     """Why this machine cannot train `strategy` now, in a few words (None: it can): what the wizard shows
     beside a disabled choice. The same rules as check_supported and the spec's DeepSpeed check."""
-    if strategy.startswith("zero"):
-        if not zero_available():
-            return "DeepSpeed is not installed"
-        if strategy not in TRAINABLE_STRATEGIES:
-            return "not trained by this version yet"
+    if strategy in DEEPSPEED_STRATEGIES and not zero_available():
+        return "DeepSpeed is not installed"
     # The wizard shards over CUDA GPUs only: ZeRO also runs over gloo on the CPU (check_supported lets a spec
     # ask for it, the tests use it), but sharding a model that does not fit a GPU into CPU processes is no plan.
-    if (strategy in GPU_ONLY_STRATEGIES or strategy.startswith("zero")) and not cuda:
+    if (strategy in GPU_ONLY_STRATEGIES or strategy in DEEPSPEED_STRATEGIES) and not cuda:
         return "no CUDA"
     return None

@@ -33,6 +33,10 @@ STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
 CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_weights")  # ModelSpec opt-ins
+# train settings a resume may change (RunSpec.fingerprint and engine/fingerprint.parts leave them out): the
+# schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.
+VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio", "find_batch",
+                  "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback", "auto_rollback_max")
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
 FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/batch_finder.py)
 DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
@@ -302,10 +306,7 @@ class RunSpec:
             d.pop(volatile, None)
         for consent in CONSENT_FIELDS:  # permissions, not the model: the model's files are fingerprinted
             d["model"].pop(consent, None)
-        for volatile in ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio",
-                         "find_batch",  # the finder's choice is in the checkpoint, and a resume keeps it
-                         "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback",
-                         "auto_rollback_max"):
+        for volatile in VOLATILE_TRAIN:
             d["train"].pop(volatile, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

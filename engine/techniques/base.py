@@ -68,6 +68,15 @@ class Prepared:
         return total, trainable
 
 
+def with_defaults(spec: Any, defaults: dict[str, Any], technique: str) -> dict[str, Any]:
+    """spec.options over the technique's `defaults`; an unknown key is a UserError naming the known ones."""
+    unknown = sorted(set(spec.options) - set(defaults))
+    if unknown:
+        raise UserError(f"options.{unknown[0]}: unknown for {technique}; known: {', '.join(defaults)}",
+                        field=f"options.{unknown[0]}")
+    return {**defaults, **spec.options}
+
+
 def get(technique: str) -> ModuleType:
     try:
         return importlib.import_module(f"engine.techniques.{technique.replace('-', '_')}")

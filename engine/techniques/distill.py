@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques.base import (
-    Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+    Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model, with_defaults,
 )
 from engine.techniques.pretrained_models import load_pretrained, load_tokenizer
 
@@ -33,11 +33,7 @@ SAMPLES = ("Here's our sanity check.", "def f(x):\n    return x ** 2  # 12345", 
 
 
 def options(spec: Any) -> dict[str, Any]:
-    unknown = sorted(set(spec.options) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"options.{unknown[0]}: unknown for distill; known: {', '.join(DEFAULTS)}",
-                        field=f"options.{unknown[0]}")
-    opts = {**DEFAULTS, **spec.options}
+    opts = with_defaults(spec, DEFAULTS, "distill")
     if not isinstance(opts["teacher"], str) or not opts["teacher"]:
         raise UserError("options.teacher: give the teacher model (a Hub id or a local folder)", field="options.teacher")
     if opts["task"] not in TASKS:

@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques.base import (
-    MODEL_WEIGHTS, Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+    MODEL_WEIGHTS, Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model, with_defaults,
 )
 from engine.techniques.pretrained_models import load_config, load_pretrained
 
@@ -29,11 +29,7 @@ DEFAULTS: dict[str, Any] = {"aux_loss_coef": None}
 
 
 def options(spec: Any) -> dict[str, Any]:
-    unknown = sorted(set(spec.options) - set(DEFAULTS))
-    if unknown:
-        raise UserError(f"options.{unknown[0]}: unknown for moe; known: {', '.join(DEFAULTS)}",
-                        field=f"options.{unknown[0]}")
-    opts = {**DEFAULTS, **spec.options}
+    opts = with_defaults(spec, DEFAULTS, "moe")
     coef = opts["aux_loss_coef"]
     if coef is not None and (isinstance(coef, bool) or not isinstance(coef, (int, float)) or not 0 <= coef <= 10):
         raise UserError(f"options.aux_loss_coef: a number from 0 to 10, got {coef!r}", field="options.aux_loss_coef")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.techniques.base import Prepared, SetupContext
+from engine.techniques.base import Prepared, SetupContext, with_defaults
 from engine.techniques.pretrained_models import load_pretrained, unwrap
 
 WEIGHTS = "prompt.safetensors"
@@ -26,11 +26,7 @@ DEFAULTS = {"num_virtual_tokens": 8, "init_text": ""}
 
 def options(spec: Any) -> dict[str, Any]:
     """The technique's options with defaults, validated (UserError names the bad one)."""
-    unknown = set(spec.options) - set(DEFAULTS)
-    if unknown:
-        raise UserError(f"options.{sorted(unknown)[0]}: unknown for prompt-tuning; known: {', '.join(DEFAULTS)}",
-                        field=f"options.{sorted(unknown)[0]}")
-    opts = {**DEFAULTS, **spec.options}
+    opts = with_defaults(spec, DEFAULTS, "prompt-tuning")
     n = opts["num_virtual_tokens"]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
         raise UserError(f"options.num_virtual_tokens: a whole number from 1 to 1024, got {n!r}",

@@ -21,7 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import job, runfolder, spec  # noqa: E402
+from engine import spec  # noqa: E402
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
 
 
 def main() -> int:

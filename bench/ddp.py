@@ -4,7 +4,7 @@
     .venv/bin/python bench/ddp.py --steps 120 --rounds 2
 
 Each run is a real detached job from presets/tiny.toml (stdlib data, byte tokenizer, one thread per
-process, evaluation and interval checkpoints off): one process through engine.job, two through the
+process, evaluation and interval checkpoints off): one process through engine.run.job, two through the
 supervisor and `accelerate launch` (DDP over gloo on the CPU). Tokens/s is the median of the metrics
 events after the first two logging intervals; with two processes it is summed over the ranks.
 
@@ -37,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def run_once(processes: int, steps: int, runs: Path) -> dict[str, Any]:
-    from engine import job, runfolder, spec
+    from engine import spec
+    from engine.run import job
+    from engine.runfolder import folder as runfolder
 
     s = spec.load(_here.parent / "presets" / "tiny.toml", [
         f"train.max_steps={steps}", "eval.every=0", "checkpoint.every=0", "log.every=10",

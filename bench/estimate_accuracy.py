@@ -20,7 +20,7 @@ from pathlib import Path
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
 
-from engine.estimate import EstimateRequest, estimate  # noqa: E402
+from engine.estimate.memory import EstimateRequest, estimate  # noqa: E402
 from memory_measure import CASES, case_request, measurable_dims, measure  # noqa: E402
 
 # name -> request; measured under FakeTensorMode

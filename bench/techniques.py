@@ -12,14 +12,14 @@ GPT-2 with the same tokenizer (distill's teacher), a 1-layer 4-expert Mixtral (m
 generated corpus; evaluation and interval checkpoints are off. scratch runs presets/tiny.toml as it is
 written, on the same corpus.
 
-tokens/s: engine.trainer.Trainer in this process (as the job runs it), timed between the log at
+tokens/s: engine.run.trainer.Trainer in this process (as the job runs it), timed between the log at
 --log-every steps and the last log (everything the engine does in between counts). Rounds interleave
 the techniques so that a busy moment of a shared machine hits all of them; min/median/max are over rounds.
 
 Memory: a separate short run of the same spec whose third optimizer step (the optimizer state exists)
 runs inside torch's MemTracker, with the model, the optimizer and any other module the technique holds
 (distill's teacher) registered: the peak of live tensor storages, what torch.cuda.max_memory_allocated
-reports on a GPU without the allocator's rounding. The estimate is engine.estimate.estimate for an
+reports on a GPU without the allocator's rounding. The estimate is engine.estimate.memory.estimate for an
 EstimateRequest built from the same spec; ratio = estimate / measured. QLoRA's 4-bit base runs where
 bitsandbytes can (its CPU backend here; paged AdamW falls back to unpaged on the CPU); where its
 preflight refuses, the row says why instead.
@@ -100,7 +100,7 @@ def mixtral(tokenizer: Any, folder: Path) -> Path:
 
 
 def cases(root: Path) -> list[Case]:
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.tokenizer_train import train_tokenizer
 
     corpus = make_corpus(root)
     tok = train_tokenizer([corpus], "bpe", 512)
@@ -130,8 +130,9 @@ def load_spec(case: Case, steps: int, log_every: int, extra: list[str] | None = 
 
 def tokens_per_s(s: Any, runs: Path, warmup: int) -> float:
     """Train through the engine in this process; tokens/s between the log at `warmup` and the last log."""
-    from engine import job, runfolder
-    from engine.trainer import Trainer
+    from engine.run import job
+    from engine.runfolder import folder as runfolder
+    from engine.run.trainer import Trainer
 
     marks: dict[int, float] = {}
 
@@ -155,8 +156,8 @@ def measured_peak(s: Any, runs: Path, at_step: int = 3) -> int:
     from memory_measure import _skip_frozen_grad_hooks
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    from engine import job
-    from engine.trainer import Trainer
+    from engine.run import job
+    from engine.run.trainer import Trainer
 
     peak: list[int] = []
 
@@ -180,7 +181,7 @@ def measured_peak(s: Any, runs: Path, at_step: int = 3) -> int:
 
 
 def estimated_peak(s: Any) -> int:
-    from engine.estimate import EstimateRequest, estimate
+    from engine.estimate.memory import EstimateRequest, estimate
 
     o, t, m = s.options, s.train, s.model
     vocab = None

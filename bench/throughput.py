@@ -8,7 +8,7 @@
 Pairs, each measured on the same model size, sequence, batch, thread count and data shape:
   scratch  (a) a minimal GPT-2 in plain PyTorch with fused attention (SDPA), nanoGPT's loop (fused
            AdamW, clip, zero_grad) over a pre-loaded token tensor: the reference; against (b) the scratch
-           technique through the whole run engine (engine.trainer.Trainer in this process, as the job
+           technique through the whole run engine (engine.run.trainer.Trainer in this process, as the job
            runs it: events, status, command polling, the NaN guard, an interval checkpoint inside the
            measured window; evaluation off, as the reference has none).
   full     a bare loop over transformers' GPT2LMHeadModel loaded from a folder, against the full
@@ -135,10 +135,12 @@ def ce_hf(model: Any, block: Any) -> Any:
 # ---- (b), (c) the engine -------------------------------------------------------------------------------
 
 def engine_run(spec_dict: dict[str, Any], runs: Path, warmup: int) -> Rate:
-    """Train through engine.trainer in this process; tokens/s between the logs at `warmup` and at the end
+    """Train through engine.run.trainer in this process; tokens/s between the logs at `warmup` and at the end
     (the clocks are read as each log starts, so everything between two logs counts)."""
-    from engine import job, runfolder, spec
-    from engine.trainer import Trainer
+    from engine import spec
+    from engine.run import job
+    from engine.runfolder import folder as runfolder
+    from engine.run.trainer import Trainer
 
     marks: dict[int, tuple[float, float]] = {}
 
@@ -186,7 +188,7 @@ def make_base_model(folder: Path, tokenizer: Any, a: argparse.Namespace) -> Path
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     shape = shape_for("10M", layers=a.layers, width=a.width, heads=a.heads)
     config = build_config("gpt2", shape, vocab_size=len(tokenizer), max_seq_len=a.seq)
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from engine.techniques.lora import DEFAULTS as LORA
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.tokenizer_train import train_tokenizer
 
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="llmw-bench-"))

@@ -6,7 +6,7 @@
 
 The corpus (unless --path) is the Python standard library's source, repeated to --mb megabytes
 and cut into files of about 1 MB. The tokenizer (unless --tokenizer) is a byte-level BPE of
---vocab tokens trained by engine.tokenizer_train on the first few MB. Both measurements run in this
+--vocab tokens trained by engine.data.tokenizer_train on the first few MB. Both measurements run in this
 process on the same files; the token file goes to a fresh temporary cache each round, so nothing
 is reused between the runs; rounds alternate the two so that a busy moment hits both. At 100 MB on 2 cores the whole run takes a few minutes and the baseline needs a few GB of
 memory (one Encoding for the whole text).
@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def generate_corpus(folder: Path, megabytes: float, file_mb: float = 1.0) -> list[Path]:
-    from engine.corpus import read_text, stdlib_corpus
+    from engine.data.corpus import read_text, stdlib_corpus
 
     sources = [read_text(p) for p in stdlib_corpus()]
     target, per_file = int(megabytes * 1e6), int(file_mb * 1e6)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both (default 1)")
     args = parser.parse_args(argv)
 
-    from engine.corpus import read_text, text_files
+    from engine.data.corpus import read_text, text_files
 
     work = Path(tempfile.mkdtemp(prefix="llmw-bench-tok-"))
     os.environ["LLM_WIZARD_CACHE"] = str(work / "cache")
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer
 
-    from engine.token_cache import build_token_file
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.token_cache import build_token_file
+    from engine.data.tokenizer_train import train_tokenizer
 
     if args.tokenizer:
         tok = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
@@ -145,18 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     mb, base_mb = total / 1e6, base_bytes / 1e6
     text: str | None = None
 
-    import engine.corpus
+    import engine.data.corpus
 
     ours, base, busy, ratios, ours_eff, base_eff = [], [], [], [], [], []
     for r in range(args.rounds):  # interleaved, so a busy moment on a shared machine hits both
         # Ours: reading, checking, hashing, tokenizing and writing the token file, all counted.
-        engine.corpus._content_hashes.clear()
+        engine.data.corpus._content_hashes.clear()
         t0, cpu0 = time.monotonic(), time.process_time()
         token_file = build_token_file(files, tok, cache_dir=work / f"tokens-{r}", progress=progress_bar)
         ours_s, ours_cpu = time.monotonic() - t0, time.process_time() - cpu0
         if r == 0:
             ours_rss = peak_rss_mb()
-            engine.corpus._content_hashes.clear()  # as in a new process: the corpus is hashed again
+            engine.data.corpus._content_hashes.clear()  # as in a new process: the corpus is hashed again
             t0 = time.monotonic()
             build_token_file(files, tok, cache_dir=work / "tokens-0")
             hit_s = time.monotonic() - t0

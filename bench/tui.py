@@ -6,7 +6,7 @@ count); CPU times are read from /proc for both processes, so nothing here is an 
 
     .venv/bin/python bench/tui.py [--seconds 20] [--rounds 5] [--fake-gpus 8xH100:busy]
 
---fake-gpus shows the dashboard a fake GPU machine (engine/fake_nvml.py), so the cost of its GPU panel
+--fake-gpus shows the dashboard a fake GPU machine (engine/machine/fake_nvml.py), so the cost of its GPU panel
 (NVML read every 2 s, one row per GPU) is in the number; the run itself trains on the CPU either way.
 """
 

@@ -33,12 +33,12 @@ STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
     "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
 CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_weights")  # ModelSpec opt-ins
-# train settings a resume may change (RunSpec.fingerprint and engine/fingerprint.parts leave them out): the
+# train settings a resume may change (RunSpec.fingerprint and engine/checkpoints/fingerprint.parts leave them out): the
 # schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.
 VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio", "find_batch",
                   "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback", "auto_rollback_max")
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
-FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/batch_finder.py)
+FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/run/batch_finder.py)
 DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
 
@@ -80,7 +80,7 @@ class ModelSpec:
     heads: int = _f(0, "override the size's attention heads (0 = the size's)")
     dropout: float = _f(0.0, "dropout in the scratch model (0 is usual for short runs)")
     path: str = _f("", "a pretrained model: Hub id or local folder (fine-tuning techniques)")
-    # Opt-ins for model.path (engine/security.py, RELIABILITY M3 and S2): written to spec.toml only when set.
+    # Opt-ins for model.path (engine/models/trust.py, RELIABILITY M3 and S2): written to spec.toml only when set.
     trust_remote_code: bool = _f(False, "run this model's own Python code (config.json auto_map); needs a pin: "
                                         "revision (Hub id) or code_sha256 (folder)", quiet=True)
     revision: str = _f("", "the Hub cache snapshot commit (40 hex) that trust_remote_code is pinned to", quiet=True)
@@ -89,7 +89,7 @@ class ModelSpec:
                                            "tensors only, weights_only=True)", quiet=True)
 
     def __post_init__(self) -> None:
-        from engine.architectures import ARCHS, SIZES
+        from engine.models.architectures import ARCHS, SIZES
 
         _choice("model", self, "arch", ARCHS)
         _choice("model", self, "size", tuple(SIZES))
@@ -262,7 +262,7 @@ class DistributedSpec:
         if not 0 < self.main_process_port < 65536:
             raise _bad("distributed", "main_process_port", f"not a TCP port: {self.main_process_port}")
         if self.num_processes > 1:
-            from engine.launch_config import deepspeed_missing
+            from engine.run.distributed.launch import deepspeed_missing
 
             if (missing := deepspeed_missing(self.strategy)) is not None:
                 raise _bad("distributed", "strategy", missing)

@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoint as ck
-from engine import job, runfolder, spec, watchdogs
+from engine.checkpoints import store as ck
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
+from engine.run import watchdogs
 from run_helpers import events, in_process_trainer, wait_for
 
 CANARY = "hf_CANARY" + "x7Qz" * 6 + "k"  # the shape of a Hub token, 34 characters
@@ -78,7 +81,7 @@ def run_in_process(s: spec.RunSpec, runs: Path, monkeypatch: Any, fault: str,
                    prepare: Callable[[Any], None] | None = None) -> tuple[Any, int, list[dict]]:
     """Run `s` in this process with LLMW_FAULT=`fault`; a pause becomes a stop (nobody would send resume),
     which saves a checkpoint. `prepare(trainer)` may wrap its methods first. Returns (trainer, exit code, events)."""
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
 
     monkeypatch.setenv("LLMW_FAULT", fault)
     monkeypatch.setattr(watchdogs, "_fired", set())  # faults fire once per process: each run starts afresh

@@ -11,7 +11,7 @@ from run_helpers import make_corpus
 
 
 def corpus_and_tokenizer(folder: Path, lines: int = 1500, vocab_size: int = 320) -> tuple[Path, Any]:
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.tokenizer_train import train_tokenizer
 
     corpus = make_corpus(folder, lines)
     return corpus, train_tokenizer([corpus], "bpe", vocab_size)

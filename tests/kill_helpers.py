@@ -1,6 +1,6 @@
 """Killing real training jobs fast (RELIABILITY G5, C1, R1, C4): a zygote process imports torch,
 transformers and peft once, and every job forks from it, so a restart costs a fork and the model setup
-instead of a Python start-up. Each child is a real process running `engine.job.run_job`; a test kills it
+instead of a Python start-up. Each child is a real process running `engine.run.job.run_job`; a test kills it
 with SIGKILL, or limits its file sizes (RLIMIT_FSIZE), or injects a fault (LLMW_FAULT).
 
 Modes of a child: "atomic" (the real writer), "inplace" (negative control: a writer that fills the
@@ -20,8 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from engine import checkpoint as ck
-from engine import job, runfolder, spec
+from engine.checkpoints import store as ck
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +31,10 @@ ZYGOTE = r"""
 import os, resource, signal, sys, time, json
 from pathlib import Path
 import torch, transformers, accelerate, safetensors.torch  # imported once (a warm run adds peft); jobs fork
-from engine import checkpoint, job, trainer as trainer_mod, trainer_checkpoints as ckpt_mod
+from engine.checkpoints import store as checkpoint
+from engine.run import job
+from engine.run import trainer as trainer_mod
+from engine.run import checkpointing as ckpt_mod
 
 # Answers go through their own descriptor: what the libraries print (DeepSpeed's logger writes to stdout)
 # must not land among them. Forked jobs point 1 and 2 at their job.log, as real detached jobs do.

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from engine.estimate import EstimateRequest
-from engine.model_count import ModelDims
+from engine.estimate.memory import EstimateRequest
+from engine.models.shape import ModelDims
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _teacher(req: EstimateRequest, fake: bool) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.model_count import load_dims
+    from engine.models.shape import load_dims
 
     dtype = torch.float32 if req.precision == "fp32" else torch.bfloat16
     teacher = AutoModelForCausalLM.from_config(load_dims(req.teacher).to_transformers_config(), dtype=dtype)
@@ -328,10 +328,10 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 full bf16 eager s512": dict(arch="gpt2", technique="full", precision="bf16", attention="eager",
                                       **{**_ACT, "batch_size": 1, "seq_len": 512}),
     # GPT-2's own default activation, gelu_new (Python ops, four saved tensors); the arch="gpt2" cases
-    # above use the fused gelu_pytorch_tanh that engine.architectures.build_config writes
+    # above use the fused gelu_pytorch_tanh that engine.models.architectures.build_config writes
     "gpt2 gelu_new full fp32 adamw act": dict(model="{gpt2_gelu_new}", technique="full", precision="fp32",
                                               batch_size=2, seq_len=128),
-    # the scratch GPT-2 config exactly as the trainer builds it (engine.architectures.build_config)
+    # the scratch GPT-2 config exactly as the trainer builds it (engine.models.architectures.build_config)
     "gpt2 scratch build_config fp32 act": dict(model="{gpt2_build_config}", technique="scratch", precision="fp32",
                                                batch_size=2, seq_len=128),
     "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
@@ -376,7 +376,7 @@ def case_request(name: str) -> EstimateRequest:
         gpt2 = EstimateRequest(arch="gpt2", **{k: _ACT[k] for k in ("size", "width", "heads", "layers", "vocab_size")})
         kw["model"] = _config_folder("gpt2-gelu-new", {**gpt2.dims().config, "activation_function": "gelu_new"})
     if kw.get("model") == "{gpt2_build_config}":
-        from engine.architectures import build_config, shape_for
+        from engine.models.architectures import build_config, shape_for
 
         shape = shape_for("tiny", layers=_ACT["layers"], width=_ACT["width"], heads=_ACT["heads"])
         cfg = build_config("gpt2", shape, vocab_size=_ACT["vocab_size"], max_seq_len=1024).to_dict()

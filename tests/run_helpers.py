@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engine import job, runfolder, spec
+from engine import spec
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
 
 @contextmanager
 def in_process_trainer() -> Iterator[None]:
@@ -111,7 +115,7 @@ def assert_generate_reads(run: Path, name: str, final: dict[str, Any]) -> None:
     """`generate` loads checkpoint `name` (consolidating shards if it must) with exactly final/'s weights."""
     import torch
 
-    from engine.generate import load_for_inference
+    from engine.serve.generate import load_for_inference
 
     sampled, _, source = load_for_inference(run, name)
     assert source == name

@@ -1,4 +1,4 @@
-"""Test-only harness for engine/sharded_checkpoint.py: two gloo processes on the CPU, a tiny GPT-2 built from
+"""Test-only harness for engine/checkpoints/fsdp.py: two gloo processes on the CPU, a tiny GPT-2 built from
 its config and sharded with FSDP2's fully_shard directly (no accelerate). `run_scenario` spawns the ranks;
 each writes what the tests compare into the output folder (tensors as safetensors, facts as JSON)."""
 
@@ -43,7 +43,7 @@ def tiny_tokenizer() -> Any:
 
 def sharded_model(seed: int, lr: float = 1e-2) -> tuple[Any, Any]:
     """A tiny GPT-2 with each block and the root sharded over all ranks (as accelerate's fsdp_version 2 wraps
-    transformer layers), and its AdamW (fused, as engine/train_state.py builds it)."""
+    transformer layers), and its AdamW (fused, as engine/run/train_state.py builds it)."""
     import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -97,8 +97,8 @@ def _scenario(rank: int, out: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    from engine import checkpoint
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import store as checkpoint
+    from engine.checkpoints import fsdp as sc
     from engine.errors import UserError
 
     run = out / "run"
@@ -145,7 +145,7 @@ def _scenario(rank: int, out: Path) -> dict[str, Any]:
 def _crash_scenario(rank: int, out: Path) -> dict[str, Any]:
     """Two saves; with LLMW_CRASH_AT=ckpt:before_manifest:2 rank 0 dies inside the second, after every rank
     wrote its shards (mp.spawn then ends rank 1)."""
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import fsdp as sc
 
     model, opt = sharded_model(seed=0)
     for step in (1, 2):
@@ -180,12 +180,12 @@ def run_scenario(out: Path, scenario: str = "main") -> list[dict[str, Any]]:
     return [json.loads((out / f"facts-{r}.json").read_text()) for r in range(WORLD)]
 
 
-# ---- the real trainer (engine/distributed.py) under accelerate's own FSDP2 preparation ------------------
+# ---- the real trainer (engine/run/distributed/trainer.py) under accelerate's own FSDP2 preparation ------------------
 
 def fsdp_env(spec: Any) -> dict[str, str]:
     """The FSDP_* variables `accelerate launch` derives from launch_config's fsdp_config (booleans as "true"/
     "false", the rest as written): FullyShardedDataParallelPlugin() reads them."""
-    from engine import launch_config
+    from engine.run.distributed import launch as launch_config
 
     cfg = launch_config.accelerate_config(spec, cuda=True)["fsdp_config"]
     return {"FSDP_" + k.removeprefix("fsdp_").upper(): str(v).lower() if isinstance(v, bool) else str(v)
@@ -212,9 +212,9 @@ def _force_fsdp2() -> None:
 def _trainer_worker(rank: int, port: int, run: str, resume: bool) -> None:
     import torch
 
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
-    from engine.distributed import DistributedTrainer
+    from engine.run.distributed.trainer import DistributedTrainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), ACCELERATE_TORCH_DEVICE="cpu",
@@ -229,7 +229,7 @@ def _trainer_worker(rank: int, port: int, run: str, resume: bool) -> None:
 
 
 def run_trainer(run: Path, *, resume: bool = False) -> list[dict[str, Any]]:
-    """Both ranks of DistributedTrainer on `run` (made by engine.job.create); each rank's exit code."""
+    """Both ranks of DistributedTrainer on `run` (made by engine.run.job.create); each rank's exit code."""
     import torch.multiprocessing as mp
 
     for r in range(WORLD):

@@ -10,7 +10,7 @@ from run_helpers import make_corpus
 
 
 def tokenizer_for(corpus: Path, vocab_size: int = 320) -> Any:
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.tokenizer_train import train_tokenizer
 
     return train_tokenizer([corpus], "bpe", vocab_size)
 

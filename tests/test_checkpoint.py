@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ck
+from engine.checkpoints import store as ck
 from engine.errors import UserError
 
 
@@ -41,7 +41,7 @@ def test_save_commits_a_verified_folder(tmp_path: Path) -> None:
 CRASH_SCRIPT = """
 import sys
 from pathlib import Path
-from engine import checkpoint as ck
+from engine.checkpoints import store as ck
 run = Path(sys.argv[1])
 ck.save(run, 10, 0, lambda d: (d / "model.safetensors").write_bytes(b"ten"))
 ck.save(run, 20, 0, lambda d: (d / "model.safetensors").write_bytes(b"twenty"))
@@ -137,7 +137,7 @@ def test_find_by_step_or_name(tmp_path: Path) -> None:
 FUZZ_SCRIPT = """
 import os, sys
 from pathlib import Path
-from engine import checkpoint as ck
+from engine.checkpoints import store as ck
 run = Path(sys.argv[1])
 step = max([c.step for c in ck.list_checkpoints(run)] or [0])
 blob = os.urandom(1 << 20)

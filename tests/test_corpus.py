@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.corpus import (
+from engine.data.corpus import (
     check_text_files,
     corpus_fingerprint,
     iter_pieces,
@@ -149,7 +149,7 @@ def test_fingerprint_follows_names_and_contents_not_location(tmp_path: Path) -> 
 
 
 def test_fingerprint_can_be_stopped(tmp_path: Path) -> None:
-    from engine.corpus import PreparationStopped
+    from engine.data.corpus import PreparationStopped
 
     files = [write(tmp_path / f"{i}.txt", f"file {i}\n") for i in range(3)]
     polls = []

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.corpus import read_text
-from engine.data import DataSource, Example, count_tokens, iter_examples, preview, source_bytes
+from engine.data.corpus import read_text
+from engine.data.sources import DataSource, Example, count_tokens, iter_examples, preview, source_bytes
 from engine.errors import UserError
 from engine.spec import DataSpec
 from data_helpers import make_corpus
@@ -25,7 +25,7 @@ ROWS = [{"q": f"question {i}?", "a": f"answer {i}.", "label": ["yes", "no"][i % 
 
 @pytest.fixture
 def byte_tok():  # noqa: ANN201 - a transformers tokenizer
-    from engine.tokenizer_train import train_tokenizer
+    from engine.data.tokenizer_train import train_tokenizer
 
     seed = Path(os.environ["LLM_WIZARD_CACHE"]) / "seed.txt"  # conftest gives each test its own cache
     seed.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def test_folder_of_jsonl_files(tmp_path: Path) -> None:
 
 
 def test_too_small_for_a_validation_split(tmp_path: Path, byte_tok) -> None:  # D8
-    from engine.data_pack import example_blocks
+    from engine.data.pack import example_blocks
 
     path = write_rows(tmp_path / "chat.jsonl", ROWS[:2], "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a")
@@ -251,7 +251,7 @@ def make_slack_export(root: Path) -> Path:
 
 
 def test_slack_export_persona(tmp_path: Path, byte_tok) -> None:
-    from engine.data_slack import slack_users
+    from engine.data.slack import slack_users
 
     root = make_slack_export(tmp_path / "export")
     source = DataSource.from_spec(DataSpec(path=str(root), slack_user="annie", context=3))
@@ -418,7 +418,7 @@ def test_masked_blocks_mask_prompts_and_the_loss_ignores_them(tmp_path: Path, by
     import torch
     import torch.nn.functional as F
 
-    from engine.data_pack import MaskedBlocks, example_blocks, lm_loss
+    from engine.data.pack import MaskedBlocks, example_blocks, lm_loss
 
     path = write_rows(tmp_path / "chat.jsonl", ROWS * 4, "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a")
@@ -453,7 +453,7 @@ def test_masked_blocks_mask_prompts_and_the_loss_ignores_them(tmp_path: Path, by
 
 
 def test_unmasked_and_text_sources_give_plain_blocks(tmp_path: Path, byte_tok) -> None:
-    from engine.data_pack import MaskedBlocks, example_blocks
+    from engine.data.pack import MaskedBlocks, example_blocks
 
     make_corpus(tmp_path / "corpus", n_files=2)
     blocks, _ = example_blocks(DataSource(str(tmp_path / "corpus")), byte_tok, 16, cache_dir=tmp_path / "c")
@@ -465,7 +465,7 @@ def test_unmasked_and_text_sources_give_plain_blocks(tmp_path: Path, byte_tok) -
 
 
 def test_everything_masked_is_refused(tmp_path: Path, byte_tok, monkeypatch: pytest.MonkeyPatch) -> None:  # D7
-    from engine import data_pack
+    from engine.data import pack as data_pack
 
     path = write_rows(tmp_path / "chat.jsonl", [{"q": "question " * 20, "a": "y"}] * 30, "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a", template="{prompt}{response}")
@@ -481,7 +481,7 @@ def test_everything_masked_is_refused(tmp_path: Path, byte_tok, monkeypatch: pyt
 
 
 def test_source_blocks_from_a_run_spec(tmp_path: Path, byte_tok) -> None:
-    from engine.data_pack import MaskedBlocks, source_blocks
+    from engine.data.pack import MaskedBlocks, source_blocks
     from engine.spec import from_dict
     from engine.techniques.base import SetupContext
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.datacheck import (
+from engine.estimate.data_size import (
     DEFAULT_BYTES_PER_TOKEN, TokenCount, check_data, count_tokens, data_rule, load_tokenizer,
 )
 from engine.errors import UserError

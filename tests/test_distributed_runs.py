@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
-from engine import checkpoint, runfolder
+from engine.checkpoints import store as checkpoint
+
+from engine.runfolder import folder as runfolder
 from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec
 from run_helpers import events, launch, make_corpus, resume, tiny_spec, wait_exit, wait_for, wait_step
 
 pytestmark = pytest.mark.slow
-PROBE = {"LLM_WIZARD_RANK_PROBE": "1"}  # each rank writes <run>/ranks/rank-<r>.jsonl (engine/distributed.py)
+PROBE = {"LLM_WIZARD_RANK_PROBE": "1"}  # each rank writes <run>/ranks/rank-<r>.jsonl (engine/run/distributed/trainer.py)
 TWO = {"num_processes": 2}
 
 
@@ -180,7 +182,9 @@ def test_print_launch_commands_run_two_machines_on_localhost(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    from engine import launch_config, spec
+    from engine import spec
+
+    from engine.run.distributed import launch as launch_config
 
     port = launch_config.free_port()
     s = tiny_spec(make_corpus(tmp_path, lines=600), train={"max_steps": 4}, checkpoint={"every": 0},

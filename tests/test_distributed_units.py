@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import launch_config, spec
-from engine.dist_supervisor import RankFailure, first_failure, parse_failures
+from engine import spec
+
+from engine.run.distributed import launch as launch_config
+from engine.run.distributed.supervisor import RankFailure, first_failure, parse_failures
 from engine.errors import UserError
 from run_helpers import make_corpus, tiny_spec
 
 SUMMARY = """
 ============================================================
-engine.dist_worker FAILED
+engine.run.distributed.worker FAILED
 ------------------------------------------------------------
 Failures:
 [1]:
@@ -69,7 +71,7 @@ def test_unsupported_strategies_refused_before_launch(tmp_path: Path) -> None:
     fsdp = tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "fsdp"})
     with pytest.raises(UserError, match="fsdp needs CUDA GPUs"):  # accelerate runs FSDP only on accelerators
         launch_config.check_supported(fsdp, cuda=False)
-    launch_config.check_supported(fsdp, cuda=True)  # sharded checkpoints: engine/sharded_checkpoint.py
+    launch_config.check_supported(fsdp, cuda=True)  # sharded checkpoints: engine/checkpoints/fsdp.py
     launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2}))
     launch_config.check_supported(tiny_spec(corpus, distributed={"strategy": "fsdp"}))  # one process: unused
 
@@ -98,12 +100,12 @@ def test_commands_go_through_accelerate_launch(tmp_path: Path) -> None:
     cmd = launch_config.accelerate_command(tmp_path, machine_rank=1, resume=True, commands_from=7)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--config_file") + 1] == str(tmp_path / launch_config.CONFIG)
-    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[cmd.index("-m", 3) + 1] == "engine.dist_worker"
+    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[cmd.index("-m", 3) + 1] == "engine.run.distributed.worker"
     assert cmd[-3:] == ["--commands-from", "7", "--resume"]
     (tmp_path / "spec.toml").write_text("[distributed]\nnum_processes = 2\n")
-    assert launch_config.job_module(tmp_path) == "engine.dist_supervisor"
+    assert launch_config.job_module(tmp_path) == "engine.run.distributed.supervisor"
     (tmp_path / "spec.toml").write_text("[train]\nlr = 1e-3\n")
-    assert launch_config.job_module(tmp_path) == "engine.job"
+    assert launch_config.job_module(tmp_path) == "engine.run.job"
 
 
 def test_print_launch_shows_each_machine(tmp_path: Path) -> None:
@@ -119,7 +121,7 @@ def test_print_launch_shows_each_machine(tmp_path: Path) -> None:
     lines = p.stdout.splitlines()
     nodes = [line for line in lines if line.startswith("setsid nohup")]
     assert len(nodes) == 2 and "--machine-rank 0" in nodes[0] and "--machine-rank 1" in nodes[1]
-    assert all(f"-m engine.dist_supervisor {run}" in n for n in nodes) and "job-machine1.log" in nodes[1]
+    assert all(f"-m engine.run.distributed.supervisor {run}" in n for n in nodes) and "job-machine1.log" in nodes[1]
     assert "16 processes (8 per machine" in p.stdout and "shared storage" in p.stdout
     cfg = yaml.safe_load((run / launch_config.CONFIG).read_text())
     assert cfg["num_machines"] == 2 and cfg["main_process_ip"] == "10.0.0.5"
@@ -140,7 +142,7 @@ def test_the_rank_that_died_is_named() -> None:
 
 
 def test_wizard_choice_of_gpus_reaches_spec_and_estimate() -> None:
-    from engine.estimate import estimate
+    from engine.estimate.memory import estimate
     from tui.wizard import Choices, estimate_request, spec_dict
 
     one, two = Choices(), Choices(num_processes=2)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UserError
-from engine.estimate import (
+from engine.estimate.memory import (
     CUDA_CONTEXT_BYTES, FRAGMENTATION_MARGIN, NF4_BITS, EstimateRequest, estimate, total_for, verdict,
 )
-from engine.model_count import dims_from_config, load_dims, scratch_config
+from engine.models.shape import dims_from_config, load_dims, scratch_config
 from tui.cli import main
 
 GiB = 1 << 30
@@ -172,7 +172,7 @@ def test_suggestions_are_ranked_and_each_has_its_new_total() -> None:
 def test_suggestions_carry_structured_changes_that_match_their_totals_and_flags() -> None:
     from dataclasses import replace
 
-    from engine.estimate_suggest import FIELDS, flags_for
+    from engine.estimate.suggest import FIELDS, flags_for
 
     req = EstimateRequest(arch="llama", size="1B", technique="full", precision="mixed-bf16", batch_size=16,
                           seq_len=2048)
@@ -272,11 +272,11 @@ def test_a_hub_id_is_read_from_the_local_hub_cache(tmp_path: Path, monkeypatch: 
 @pytest.mark.parametrize("arch, size", [("gpt2", "125M"), ("llama", "1B"), ("llama", "7B")])
 def test_scratch_shapes_match_engine_architectures(arch: str, size: str) -> None:
     # model_count writes the config without importing transformers; it must build what
-    # engine.architectures.build_config builds (the scratch technique's model)
+    # engine.models.architectures.build_config builds (the scratch technique's model)
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     config = build_config(arch, shape_for(size), vocab_size=32000, max_seq_len=1024)
     with torch.device("meta"):
@@ -315,7 +315,7 @@ def test_activation_saves_match_autograd() -> None:
     import torch
     from transformers.activations import ACT2FN
 
-    from engine.estimate_activations import ACTIVATION_SAVES
+    from engine.estimate.activations import ACTIVATION_SAVES
 
     for name, (besides, keeps_output) in ACTIVATION_SAVES.items():
         x = torch.randn(8, 64, requires_grad=True) * 1.0  # a non-leaf, like a Linear's output
@@ -350,7 +350,7 @@ def test_activation_read_from_config() -> None:
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_scratch_config_matches_build_config(arch: str) -> None:
     # The estimator's scratch config must be the model the trainer builds (activation included)
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     shape = shape_for("tiny")
     ours = scratch_config(arch, shape.layers, shape.width, shape.heads, shape.kv_heads, shape.mlp_width(arch),

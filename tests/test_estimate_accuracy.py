@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.estimate import EstimateRequest, estimate
+from engine.estimate.memory import EstimateRequest, estimate
 from memory_measure import BENCH_ONLY, CASES, case_request, measurable_dims, measure
 
 TOLERANCE = 0.10

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from engine import fake_nvml
-from engine.hardware import HardwareReport, TorchInfo, find_problems, probe, probe_gpus, probe_torch
+from engine.machine import fake_nvml
+from engine.machine.probe import HardwareReport, TorchInfo, find_problems, probe, probe_gpus, probe_torch
 
 GIB = 1024**3
 
@@ -135,7 +135,7 @@ def test_windows_without_wsl_and_macos():
 
 
 def test_torch_probe_reads_the_build_without_importing():
-    code = ("import sys; from engine.hardware import probe_torch; t = probe_torch(False); "
+    code = ("import sys; from engine.machine.probe import probe_torch; t = probe_torch(False); "
             "print(t.version, t.cuda, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     import torch

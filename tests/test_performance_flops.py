@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import flops
-from engine.fake_nvml import fixture
+from engine.machine import flops
+from engine.machine.fake_nvml import fixture
 
 
 @pytest.mark.parametrize("name, tflops", [

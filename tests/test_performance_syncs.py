@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from engine import job, runfolder
-from engine.trainer import Trainer
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 LOG_EVERY = 5

@@ -17,11 +17,17 @@ from typing import Any
 
 import pytest
 
-from engine import batch_finder, job, oom, runfolder
-from engine import checkpoint as ck
+from engine.run import batch_finder
+
+from engine.run import job
+
+from engine.run import oom
+
+from engine.runfolder import folder as runfolder
+from engine.checkpoints import store as ck
 from engine import spec as spec_mod
 from engine.errors import UserError
-from engine.trainer import Trainer
+from engine.run.trainer import Trainer
 from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 BUDGET = "oom_over:160"  # tokens: micro-batches of up to 5 x 32 fit

@@ -21,9 +21,17 @@ from typing import Any
 
 import pytest
 
-from engine import checkpoint, job, runfolder, save_guard, spec
+from engine import spec
+
+from engine.checkpoints import store as checkpoint
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+
+from engine.checkpoints import guards as save_guard
 from engine.errors import UserError
-from engine.trainer import Interval, Trainer
+from engine.run.trainer import Interval, Trainer
 from run_helpers import control, in_process_trainer, make_corpus, tiny_spec, wait_exit, wait_step
 
 BASE_STEPS, STEPS = 10, 40
@@ -264,7 +272,7 @@ def test_L5_a_repeat_from_before_a_restart_is_decided_once_for_every_rank(tmp_pa
     attaches travels with the command, so a rank without the run folder answers the repeat alike."""
     from types import SimpleNamespace
 
-    from engine import controls
+    from engine.run import controls
 
     run = runfolder.create_run(tmp_path, "p", "technique = 'scratch'\n")
     runfolder.EventLog(run).emit("control_ack", id="c1", cmd="save", ok=True, step=4, message="saved step-000004")

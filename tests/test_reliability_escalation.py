@@ -1,4 +1,4 @@
-"""Escalation of numerical trouble (RELIABILITY N3, N4, N5; engine/numerics.py).
+"""Escalation of numerical trouble (RELIABILITY N3, N4, N5; engine/run/escalation.py).
 
 Units on synthetic flags, loss series and a CPU GradScaler; then real in-process runs (tiny model, tens
 of steps) with injected faults: `nan@try:a-b` makes optimizer-step attempts a..b of the process
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import numerics, watchdogs
-from engine.watchdogs import Watchdogs
+from engine.checkpoints import store as ck
+from engine.run import escalation as numerics
+from engine.run import watchdogs
+from engine.run.watchdogs import Watchdogs
 from fault_helpers import (
     STREAK_FAULT, alerts, assert_one_bad_step_goes_on_K_in_a_row_pause, run_in_process, saved_state, states,
 )
@@ -146,7 +147,7 @@ def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: str, **train) -
 @pytest.mark.parametrize("on_device", [True, False], ids=["device-flags", "sync-per-step"])
 def test_N3_one_bad_step_goes_on_K_in_a_row_across_two_reads_pause_without_rolling_back(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_device: bool) -> None:
-    from engine import step_guard
+    from engine.run import step_guard
 
     if not on_device:  # as with bitsandbytes' 8-bit optimizers: each step's flags are read at once
         monkeypatch.setattr(step_guard, "skips_on_device", lambda *a: False)
@@ -158,7 +159,7 @@ def test_N3_one_bad_step_goes_on_K_in_a_row_across_two_reads_pause_without_rolli
 
 def test_N3_auto_rollback_halves_the_lr_skips_the_data_is_capped_and_survives_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
 
     # attempts 14-16 fail once; from attempt 22 on every step fails: two rollbacks, then a pause
     trainer, code, evs = _run(tmp_path, monkeypatch, "nan@try:14-16,nan@try:22-200", auto_rollback=True,

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import job, runfolder
+from engine.checkpoints import store as ck
+from engine.run import job
+from engine.runfolder import folder as runfolder
 from engine.errors import UserError
 from fault_helpers import (
     CANARY_ENV, assert_failed_by_injected_exception, assert_no_canary, assert_stopped_while_disk_full,
@@ -38,7 +39,7 @@ import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
 limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-from engine.job import main
+from engine.run.job import main
 sys.exit(main([sys.argv[1], "--resume"]))
 """
 
@@ -97,7 +98,7 @@ def test_P6_G4_C3_C8_P7_O5_second_start_refused_second_signal_damaged_newest_the
     # P6: refused by the launcher and by the job itself, naming the owner; the owner's status untouched
     with pytest.raises(UserError, match=f"already being trained by process {pid}"):
         job.launch(run, resume=True)
-    second = subprocess.run([sys.executable, "-m", "engine.job", str(run), "--resume"], cwd=ROOT,
+    second = subprocess.run([sys.executable, "-m", "engine.run.job", str(run), "--resume"], cwd=ROOT,
                             capture_output=True, text=True, timeout=240)
     assert second.returncode == 2 and f"already being trained by process {pid}" in second.stderr
     assert runfolder.read_status(run)["pid"] == pid and runfolder.read_status(run)["state"] == "running"

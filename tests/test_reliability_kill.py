@@ -7,7 +7,7 @@ writer leaves a half-written step-* folder under the same kills, and a resume wi
 
 Speed: the jobs fork from one process that imported torch and transformers once (tests/kill_helpers.py,
 shared with the LoRA and distillation kill tests of test_reliability_techniques). Each child is a real
-process running `engine.job.run_job` and is killed with SIGKILL by this test.
+process running `engine.run.job.run_job` and is killed with SIGKILL by this test.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import job, runfolder, spec
+from engine.checkpoints import store as ck
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
 from kill_helpers import Zygote, finish, kill_trials, logged_losses, reference
 from run_helpers import make_corpus, tiny_spec
 

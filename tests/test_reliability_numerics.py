@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import job, runfolder
+from engine.checkpoints import store as ck
+from engine.run import job
+from engine.runfolder import folder as runfolder
 from engine.errors import UserError
-from engine.trainer import Interval, Trainer
+from engine.run.trainer import Interval, Trainer
 from run_helpers import in_process_trainer, make_corpus, tiny_spec
 
 
@@ -42,7 +43,7 @@ def test_N2_infinite_gradient_with_finite_loss_is_skipped_before_the_step(traine
     before = [p.detach().clone() for p in trainer.params]
     moments = [v.clone() for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
     hook = trainer.params[3].register_hook(lambda g: torch.full_like(g, float("inf")))
-    assert trainer._train_step()  # skipped on the device (engine/step_guard.py); read at the next log or save
+    assert trainer._train_step()  # skipped on the device (engine/run/step_guard.py); read at the next log or save
     hook.remove()
     assert trainer._settle_guard() is False
     assert trainer.step == 1 and not trainer.paused  # one bad step is skipped and logged; N3 pauses on a streak

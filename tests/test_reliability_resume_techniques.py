@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import engine.trainer_checkpoints
-from engine import job, runfolder, spec
+import engine.run.checkpointing
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
 from engine.techniques import prompt_tuning
-from engine.trainer import Trainer
+from engine.run.trainer import Trainer
 from run_helpers import in_process_trainer, losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, save_model, tensors
 
@@ -120,6 +122,6 @@ def test_R2_moe_stop_and_resume_is_bit_identical(models, tmp_path: Path, monkeyp
     spare, full = _check_exact(models, "moe", "model.safetensors", tmp_path, aux_loss_coef=0.1)
 
     # negative control: without the RNG state the router's jitter noise differs after the resume
-    monkeypatch.setattr(engine.trainer_checkpoints, "set_rng_state", lambda state: None)
+    monkeypatch.setattr(engine.run.checkpointing, "set_rng_state", lambda state: None)
     skipped = _resumed(spare, _spec(models, "moe", aux_loss_coef=0.1))
     assert any(skipped[k] != full[k] for k in skipped)

@@ -18,8 +18,16 @@ from types import SimpleNamespace
 import pytest
 from run_helpers import make_corpus, tiny_spec
 
-from engine import hardware, job, logind, runfolder, spec
-from engine.hardware import Problem
+from engine import spec
+
+from engine.machine import probe as hardware
+
+from engine.run import job
+
+from engine.machine import logind
+
+from engine.runfolder import folder as runfolder
+from engine.machine.probe import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +127,7 @@ def test_P9_linger_read_from_its_file_when_show_user_fails(loginctl, monkeypatch
 def test_P9_doctor_and_launch_carry_the_warning(monkeypatch, tmp_path, capfd) -> None:
     warning = Problem("warning", "logout-kills-runs", "logind has KillUserProcesses=yes: ...", "Run loginctl ...")
     monkeypatch.setattr(logind, "logout_risk", lambda **kw: warning)
-    from engine.fake_nvml import fixture
+    from engine.machine.fake_nvml import fixture
 
     assert warning in hardware.probe(nvml=fixture("none"), import_torch=False).problems  # `llm-wizard doctor`
     # launching still happens (a warning, not a refusal) and the dashboard/attach see it as an alert
@@ -160,7 +168,7 @@ while True:
 LAUNCHER = """
 import subprocess, sys, time
 from pathlib import Path
-from engine.job import spawn_detached
+from engine.run.job import spawn_detached
 d = Path(sys.argv[1])
 child = [sys.executable, str(d / "child.py")]
 detached = spawn_detached(child + [str(d / "detached.beat")], log=d / "detached.log", cwd=d)

@@ -1,7 +1,7 @@
 """The "skip" rung of the loss-spike ladder (RELIABILITY N4): warn, skip, pause, roll back.
 
 A single optimizer step whose loss is far above the recent level is skipped on the device like a non-finite
-one (engine/step_guard.py's third flag, against a threshold engine/watchdogs.py sets at each log), taken off
+one (engine/run/step_guard.py's third flag, against a threshold engine/run/watchdogs.py sets at each log), taken off
 the step and token counts and alerted at the next read; skipped spikes in a row escalate like a sustained
 spike. Units on synthetic series, then tiny in-process runs with `spike@try:k:x50` (log every step, so the
 skip is armed after warm-up and ten logged intervals), and a manual rollback that beats a pending automatic one.
@@ -17,8 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, numerics, runfolder, step_guard, watchdogs
-from engine.watchdogs import SKIP_MIN_INTERVALS, Watchdogs
+from engine.run import job
+
+from engine.run import escalation as numerics
+
+from engine.runfolder import folder as runfolder
+
+from engine.run import step_guard
+
+from engine.run import watchdogs
+from engine.run.watchdogs import SKIP_MIN_INTERVALS, Watchdogs
 from fault_helpers import alerts, run_in_process
 from run_helpers import make_corpus, tiny_spec
 
@@ -265,7 +273,7 @@ def test_N4_an_armed_skip_adds_no_sync_between_logs(tmp_path: Path, monkeypatch:
     import torch
     from accelerate.state import AcceleratorState
 
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
     from test_performance_syncs import LOG_EVERY, _count_syncs
 
     monkeypatch.setenv("LLMW_FAULT", "spike@try:62:x50")

@@ -32,9 +32,11 @@ from typing import NamedTuple
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import job, runfolder, spec
-from engine.trainer import Trainer
+from engine.checkpoints import store as ck
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from fault_helpers import (
     CANARY, CANARY_ENV, STREAK_FAULT, assert_failed_by_injected_exception, assert_no_canary,
     assert_one_bad_step_goes_on_K_in_a_row_pause, assert_stopped_while_disk_full, half_the_size_of, run_in_process,
@@ -193,7 +195,9 @@ def test_N1_N3_nonfinite_steps_are_skipped_state_stays_finite_and_K_in_a_row_pau
     import torch
     from safetensors.torch import load_file
 
-    from engine import save_guard, step_guard
+    from engine.checkpoints import guards as save_guard
+
+    from engine.run import step_guard
 
     _, m = models
     s = _spec(m, technique, train={"max_steps": 30}, log={"every": 2}, checkpoint={"every": 4, "keep": 20})

@@ -17,11 +17,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import checkpoint as ck
-from engine import fingerprint, locks, oom, runfolder, save_guard
+from engine.checkpoints import store as ck
+from engine.checkpoints import fingerprint
+from engine.runfolder import lock as locks
+from engine.run import oom
+from engine.runfolder import folder as runfolder
+from engine.checkpoints import guards as save_guard
 from engine.errors import UserError
-from engine.redact import redact
-from engine.watchdogs import Watchdogs, is_oom
+from engine.runfolder.redact import redact
+from engine.run.watchdogs import Watchdogs, is_oom
 from run_helpers import make_corpus, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +88,7 @@ def test_C5_free_space_below_a_checkpoint_is_refused_before_writing(tmp_path: Pa
 DISK_FULL_CHILD = """
 import resource, signal, sys, torch
 from pathlib import Path
-from engine import save_guard
+from engine.checkpoints import guards as save_guard
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 try:
@@ -212,7 +216,7 @@ def test_O6_nothing_fits_reports_numbers_and_options() -> None:
 HOLDER = """
 import sys, time
 from pathlib import Path
-from engine import locks
+from engine.runfolder import lock as locks
 locks.acquire(Path(sys.argv[1]))
 print("locked", flush=True)
 time.sleep(60)
@@ -344,7 +348,7 @@ def test_S7_run_folder_is_private(tmp_path: Path) -> None:
 
 
 def test_M3_S4_remote_code_in_a_model_folder_never_runs(tmp_path: Path) -> None:
-    from engine.techniques import pretrained_models
+    from engine.models import pretrained as pretrained_models
 
     folder, marker = tmp_path / "model", tmp_path / "REMOTE_CODE_RAN"
     folder.mkdir()
@@ -379,7 +383,7 @@ def test_N4_N6_detector_windows_survive_a_resume() -> None:
 def test_G3_sigterm_during_a_long_eval_is_honoured_within_a_batch() -> None:
     import torch
 
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
 
     calls = []
 
@@ -430,7 +434,7 @@ def test_M6_a_run_folder_that_exists_is_never_reused(tmp_path: Path, monkeypatch
 def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
     import torch
 
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
 
     seen_sizes, alerts = [], []
 
@@ -464,7 +468,7 @@ def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
 def test_S3_a_torch_with_unsafe_weights_only_loading_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from engine import security
+    from engine.models import trust as security
 
     security.check_torch()  # the installed one
     monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")

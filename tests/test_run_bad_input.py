@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint, spec
+from engine import spec
+
+from engine.checkpoints import store as checkpoint
 from run_helpers import tiny_spec
 from tui.cli import main
 

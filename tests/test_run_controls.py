@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoint, runfolder
-from engine.controls import LRSchedule
+from engine.checkpoints import store as checkpoint
+
+from engine.runfolder import folder as runfolder
+from engine.run.controls import LRSchedule
 from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
 
 pytestmark = pytest.mark.slow

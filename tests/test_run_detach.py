@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import runfolder, spec
+from engine import spec
+
+from engine.runfolder import folder as runfolder
 from run_helpers import events, make_corpus, tiny_spec, wait_for
 
 pytestmark = pytest.mark.slow

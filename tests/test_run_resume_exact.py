@@ -11,8 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, runfolder, spec
-from engine.trainer import Trainer
+from engine import spec
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from run_helpers import control, in_process_trainer, losses_by_step, make_corpus, tiny_spec, wait_step
 
 pytestmark = pytest.mark.slow
@@ -120,7 +124,9 @@ def test_a_save_after_set_lr_at_an_interval_step_keeps_the_new_lr(setup: tuple) 
     import json
     from types import SimpleNamespace
 
-    from engine import checkpoint, controls
+    from engine.checkpoints import store as checkpoint
+
+    from engine.run import controls
 
     s, _, runs = setup
     short = spec.from_dict({**s.to_dict(), "train": {**s.to_dict()["train"], "max_steps": 10}})

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import runfolder
-from engine.controls import LRSchedule
+from engine.runfolder import folder as runfolder
+from engine.run.controls import LRSchedule
 from engine.errors import UserError
-from engine.watchdogs import Watchdogs, fault, is_oom
+from engine.run.watchdogs import Watchdogs, fault, is_oom
 
 
 def _feed(w: Watchdogs, losses: list[float], share: float = 0.1) -> list:

@@ -18,12 +18,14 @@ from pathlib import Path
 import pytest
 from technique_models import gpt2, tokenizer_for
 
-from engine import fingerprint, runfolder
+from engine.checkpoints import fingerprint
+
+from engine.runfolder import folder as runfolder
 from engine import spec as spec_mod
 from engine.errors import UserError
-from engine.security import code_sha256
+from engine.models.trust import code_sha256
 from engine.spec import ModelSpec
-from engine.techniques.pretrained_models import load_pretrained, load_weights
+from engine.models.pretrained import load_pretrained, load_weights
 from run_helpers import make_corpus
 
 CONFIG_PY = """{marker}
@@ -258,7 +260,7 @@ def test_S8_commands_from_another_uid_or_a_writable_file_are_ignored_with_one_al
 def test_S8_the_trainer_alerts_about_ignored_commands(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from engine.trainer import Trainer
+    from engine.run.trainer import Trainer
 
     run = runfolder.create_run(tmp_path, "t", "name = 't'\n")
     trainer = Trainer(run, SimpleNamespace(train=SimpleNamespace(batch_size=1, grad_accum=1)))  # channels only
@@ -313,7 +315,7 @@ async def test_M3_S2_the_model_step_shows_the_code_and_asks_before_next(base: Pa
 
 def test_M3_generate_never_runs_the_code_saved_into_a_run(base: Path, tmp_path: Path) -> None:
     """A run of a pinned remote-code model keeps that code in final/; generate refuses it by name."""
-    from engine.generate import load_for_inference
+    from engine.serve.generate import load_for_inference
 
     marker = tmp_path / "REMOTE_CODE_RAN"
     run = tmp_path / "runs" / "custom-run"

@@ -39,7 +39,7 @@ def _full(out: Path, kind: str, prefix: str = "param/") -> dict:
 
 @pytest.mark.slow
 def test_sharded_save_writes_one_atomic_checkpoint_with_every_ranks_shards(scenario) -> None:
-    from engine import checkpoint
+    from engine.checkpoints import store as checkpoint
 
     out, facts = scenario
     assert all(f["sharded"] for f in facts) and {f["name"] for f in facts} == {"step-000002"}
@@ -115,7 +115,7 @@ def test_offline_consolidation_without_a_process_group(scenario, tmp_path) -> No
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import fsdp as sc
 
     out, _ = scenario
     model_dir = tmp_path / "model"  # what the trainer keeps in <run>/model: config and tokenizer
@@ -132,8 +132,8 @@ def test_offline_consolidation_without_a_process_group(scenario, tmp_path) -> No
 
 @pytest.mark.slow
 def test_a_truncated_shard_is_caught_by_the_manifest(scenario, tmp_path) -> None:
-    from engine import checkpoint
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import store as checkpoint
+    from engine.checkpoints import fsdp as sc
     from engine.errors import UserError
 
     out, _ = scenario
@@ -153,7 +153,7 @@ def test_a_truncated_shard_is_caught_by_the_manifest(scenario, tmp_path) -> None
 def test_rank0_killed_inside_a_sharded_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch) -> None:
     from torch.multiprocessing import ProcessExitedException
 
-    from engine import checkpoint
+    from engine.checkpoints import store as checkpoint
 
     monkeypatch.setenv("LLMW_CRASH_AT", "ckpt:before_manifest:2")  # the spawned ranks inherit it
     with pytest.raises(ProcessExitedException, match="exit code 137"):
@@ -176,7 +176,7 @@ class _Boom:
 
 
 def test_checkpoint_index_unpickler_refuses_code() -> None:
-    from engine.sharded_checkpoint import _MetadataUnpickler
+    from engine.checkpoints.fsdp import _MetadataUnpickler
 
     with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system"):
         _MetadataUnpickler(io.BytesIO(pickle.dumps(_Boom()))).load()
@@ -184,7 +184,7 @@ def test_checkpoint_index_unpickler_refuses_code() -> None:
 
 def test_check_layout_refuses_a_folder_that_is_not_sharded(tmp_path) -> None:
     from engine.errors import UserError
-    from engine.sharded_checkpoint import check_layout, is_sharded_checkpoint
+    from engine.checkpoints.fsdp import check_layout, is_sharded_checkpoint
 
     assert not is_sharded_checkpoint(tmp_path)
     with pytest.raises(UserError, match="not a sharded checkpoint"):
@@ -196,7 +196,7 @@ def test_check_layout_refuses_a_folder_that_is_not_sharded(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_offline_consolidation_refuses_shards_of_another_model(scenario, tmp_path) -> None:
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import fsdp as sc
     from engine.errors import UserError
 
     out, _ = scenario
@@ -215,7 +215,7 @@ def test_a_gathered_peft_state_is_written_as_an_adapter_folder(tmp_path) -> None
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import GPT2LMHeadModel
 
-    from engine.sharded_checkpoint import save_pretrained
+    from engine.checkpoints.fsdp import save_pretrained
 
     torch.manual_seed(0)
     base = GPT2LMHeadModel(h.tiny_config())

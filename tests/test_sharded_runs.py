@@ -1,4 +1,4 @@
-"""The trainer's FSDP path (engine/distributed.py -> engine/sharded_checkpoint.py) on two gloo CPU processes:
+"""The trainer's FSDP path (engine/run/distributed/trainer.py -> engine/checkpoints/fsdp.py) on two gloo CPU processes:
 accelerate's own FSDP2 preparation, forced on (it runs FSDP only on accelerators; tests/sharded_helpers.py),
 checkpoints of every rank's shards, final/ consolidated, and a resume that continues exactly. Two spawns."""
 
@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 import sharded_helpers as h
-from engine import checkpoint, job, launch_config
+from engine.checkpoints import store as checkpoint
+from engine.run import job
+from engine.run.distributed import launch as launch_config
 from engine.errors import UserError
 from run_helpers import assert_generate_reads, copy_stopped_at, events, make_corpus, tiny_spec
 
@@ -29,7 +31,7 @@ def test_fsdp_run_saves_shards_consolidates_final_and_resumes_exactly(tmp_path: 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine import sharded_checkpoint as sc
+    from engine.checkpoints import fsdp as sc
 
     s = tiny_spec(make_corpus(tmp_path, lines=400), train={"max_steps": 6}, checkpoint={"every": 3, "keep": 5},
                   distributed=FSDP)

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, runfolder, spec
-from engine.trainer import Trainer
+from engine import spec
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from run_helpers import control, losses_by_step, tiny_spec, wait_step
 from technique_models import corpus_and_tokenizer, gpt2, pretrain, tensors, tokenizer_for
 
@@ -55,7 +59,7 @@ def test_student_learns_teacher_unchanged_final_generates(models: dict[str, Path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.generate import generate
+    from engine.serve.generate import generate
 
     s = _spec(models, train={"max_steps": 30})
     run = job.create(s, tmp_path / "runs")
@@ -138,7 +142,7 @@ def test_resume_is_exact(models: dict[str, Path], tmp_path: Path) -> None:
     assert sorted(after) == list(range(9, 17))
     assert all(after[k] == full[k] for k in after), {k: (after[k], full[k]) for k in after}
 
-    from engine.generate import generate  # a checkpoint holds the student: generate rebuilds it from model/
+    from engine.serve.generate import generate  # a checkpoint holds the student: generate rebuilds it from model/
 
     text, source = generate(run, "the cat", checkpoint_ref="8", max_new_tokens=4)
     assert source == "step-000008" and text

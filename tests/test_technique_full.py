@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, spec
-from engine.generate import generate
-from engine.trainer import Trainer
+from engine import spec
+
+from engine.run import job
+from engine.serve.generate import generate
+from engine.run.trainer import Trainer
 from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec, tensors
 from run_helpers import WORDS, events, losses_by_step
 

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, runfolder, spec
+from engine import spec
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
 from engine.errors import UserError
-from engine.generate import generate
+from engine.serve.generate import generate
 from engine.techniques import lora
-from engine.trainer import Trainer
+from engine.run.trainer import Trainer
 from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec, tensors
 from run_helpers import control, events, launch, losses_by_step, wait_exit, wait_for, wait_step
 
@@ -230,7 +234,7 @@ def test_lora_learns_responses_from_jsonl_with_the_prompt_masked(base, tmp_path:
     import json
     import random
 
-    from engine.data_pack import MaskedBlocks
+    from engine.data.pack import MaskedBlocks
     from run_helpers import WORDS
 
     corpus, model_dir = base

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 import technique_models
-from engine import job, runfolder, spec
-from engine.trainer import Trainer
+from engine import spec
+from engine.run import job
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from run_helpers import losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, tensors
 
@@ -40,7 +42,7 @@ def test_moe_trains_with_router_loss_and_expert_shares(corpus, tmp_path: Path, k
     import torch
     from transformers import AutoConfig
 
-    from engine.generate import generate
+    from engine.serve.generate import generate
 
     text, tokenizer, tmp = corpus
     folder = getattr(technique_models, kind)(tokenizer, tmp / kind, experts=4)

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, runfolder, spec
-from engine.trainer import Trainer
+from engine import spec
+
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+from engine.run.trainer import Trainer
 from run_helpers import losses_by_step, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, tensors
 
@@ -55,7 +59,7 @@ def test_text_virtual_tokens_learn_base_unchanged_final_generates(base: tuple[Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.generate import generate
+    from engine.serve.generate import generate
     from engine.techniques import prompt_tuning
 
     corpus, folder = base

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import job, spec
-from engine.generate import generate
+from engine import spec
+
+from engine.run import job
+from engine.serve.generate import generate
 from engine.techniques import lora, qlora
-from engine.trainer import Trainer
+from engine.run.trainer import Trainer
 from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec, tensors
 from run_helpers import events, losses_by_step
 

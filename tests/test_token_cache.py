@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engine.token_cache as tc
-from engine.corpus import read_text
+import engine.data.token_cache as tc
+from engine.data.corpus import read_text
 from engine.errors import UserError
 from engine.paths import cache_dir
-from engine.token_cache import PreparationStopped, TokenBlocks, TokenFile, build_token_file, load_token_file
-from engine.tokenizer_train import train_tokenizer
+from engine.data.token_cache import PreparationStopped, TokenBlocks, TokenFile, build_token_file, load_token_file
+from engine.data.tokenizer_train import train_tokenizer
 from data_helpers import make_corpus
 
 
@@ -251,7 +251,7 @@ def test_temp_files_of_dead_processes_are_removed(corpus: list[Path], tmp_path: 
 
 
 def test_added_tokens_change_the_fingerprint_and_leave_the_byte_fast_path(corpus: list[Path]) -> None:
-    from engine.tokenizer_train import is_byte_tokenizer
+    from engine.data.tokenizer_train import is_byte_tokenizer
 
     tok = train_tokenizer(corpus, "byte", 0)
     plain = build_token_file(corpus, tok)

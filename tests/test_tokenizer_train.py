@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import engine.tokenizer_train as tt
-from engine.corpus import PreparationStopped
+import engine.data.tokenizer_train as tt
+from engine.data.corpus import PreparationStopped
 from engine.errors import UserError
 from engine.paths import cache_dir
-from engine.tokenizer_train import EOS, is_byte_tokenizer, train_tokenizer
+from engine.data.tokenizer_train import EOS, is_byte_tokenizer, train_tokenizer
 from data_helpers import make_corpus
 
 SAMPLE = "the café learns 数据\n\tresume() <|endoftext|> 😀"
@@ -104,7 +104,7 @@ def test_bad_file_is_named_before_training(corpus: list[Path], tmp_path: Path) -
 
 @pytest.mark.parametrize("kind", ["bpe", "char"])
 def test_stop_while_reading_leaves_nothing(corpus: list[Path], kind: str) -> None:
-    from engine.corpus import corpus_fingerprint
+    from engine.data.corpus import corpus_fingerprint
 
     corpus_fingerprint(corpus)  # hashed (and remembered) now, so every poll below is while reading
     polls = []

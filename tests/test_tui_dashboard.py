@@ -8,7 +8,7 @@ import json
 import pytest
 from tui_helpers import ack, commands, fake_run, fixed_report, screen_text, wait_until, write_events
 
-from engine.fake_nvml import fixture
+from engine.machine.fake_nvml import fixture
 from tui.app import make_app
 from tui.modals.confirm import ConfirmModal, QuitModal
 from tui.modals.lr import LrModal

@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 from tui_helpers import fake_run, fixed_report, screen_text, wait_until, write_events
 
-from engine.fake_nvml import FIXTURES, fixture
-from engine.gpu_monitor import GpuMonitor
-from engine.hardware import probe_gpus
+from engine.machine.fake_nvml import FIXTURES, fixture
+from engine.machine.monitor import GpuMonitor
+from engine.machine.probe import probe_gpus
 from tui.app import make_app
 from tui.screens.dashboard import DashboardScreen, alert_lines, expert_bars, stats_table
 from tui.screens.run_history import RunHistory

@@ -8,7 +8,7 @@ import sys
 import pytest
 from tui_helpers import fixed_report, screen_text
 
-from engine.fake_nvml import fixture
+from engine.machine.fake_nvml import fixture
 from tui.app import make_app
 from tui.widgets.gpu import GpuCard
 
@@ -55,7 +55,7 @@ async def test_reprobe_key_reads_again() -> None:
 
 def test_first_screen_path_imports_nothing_heavy() -> None:
     code = ("import sys; import tui.app, tui.wizard, tui.screens.hardware; "
-            "from engine.hardware import probe; probe(import_torch=False); "
+            "from engine.machine.probe import probe; probe(import_torch=False); "
             "heavy = [m for m in ('torch', 'transformers', 'peft', 'datasets', 'accelerate') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

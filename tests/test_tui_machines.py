@@ -14,7 +14,9 @@ from prompt_toolkit.output import DummyOutput
 from textual.widgets import Input
 from tui_helpers import fixed_report, screen_text, wait_until, write_events
 
-from engine import job, runfolder
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
 from engine.spec import DistributedSpec, from_dict, load
 from tui.app import make_app
 from tui.machines import join_plan, node_plan, parse_address

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from tui_helpers import fake_run, fixed_report, screen_text, wait_until
 
-from engine import job, runfolder
-from engine.fake_nvml import fixture
+from engine.run import job
+
+from engine.runfolder import folder as runfolder
+from engine.machine.fake_nvml import fixture
 from tui.app import make_app
 from tui.modals.confirm import QuitModal
 from tui.screens.dashboard import DashboardScreen
@@ -24,7 +26,7 @@ from tui.screens.runs import RunsScreen
 RUNNER = """
 import math, os, sys, time
 from pathlib import Path
-from engine import runfolder
+from engine.runfolder import folder as runfolder
 run, alert_at = Path(sys.argv[1]), int(sys.argv[2])
 log = runfolder.EventLog(run)
 me = {"pid": os.getpid(), "pid_start": runfolder.pid_start_time(os.getpid())}

@@ -100,7 +100,7 @@ async def test_checks_suggestion_applies_and_bars_update(corpus) -> None:
 
 
 async def test_model_folder_counts_parameters_from_config(tmp_path) -> None:
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     folder = tmp_path / "m"
     build_config("llama", shape_for("tiny"), vocab_size=300, max_seq_len=64).save_pretrained(folder)
@@ -130,7 +130,7 @@ def test_scratch_parameter_count_matches_the_model() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     for arch in ("gpt2", "llama"):
         cfg = build_config(arch, shape_for("tiny"), vocab_size=257, max_seq_len=128)

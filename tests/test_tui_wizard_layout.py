@@ -15,9 +15,9 @@ from textual.widgets import OptionList
 from tui_helpers import fixed_report, screen_text, wait_until
 
 from engine.errors import UserError
-from engine.estimate import estimate
-from engine.launch_config import zero_available
-from engine.layout import gib, propose
+from engine.estimate.memory import estimate
+from engine.run.distributed.launch import zero_available
+from engine.estimate.layout import gib, propose
 from engine.spec import from_dict, load
 from tui.app import make_app
 from tui.modals.choose import ChooseModal

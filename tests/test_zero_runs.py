@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2/3 (distributed.strategy zero2/zero3; engine/zero_checkpoint.py) on two gloo CPU processes,
+"""DeepSpeed ZeRO-2/3 (distributed.strategy zero2/zero3; engine/checkpoints/zero.py) on two gloo CPU processes,
 started by the real `llm-wizard train` path (supervisor -> `accelerate launch` with a DEEPSPEED config ->
 DistributedTrainer): the run trains what DDP trains, its checkpoints hold DeepSpeed's per-rank partitions inside
 the atomic manifest, final/ is a normal transformers folder, and a resume continues exactly.
@@ -17,7 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from engine import checkpoint, launch_config, spec
+from engine import spec
+
+from engine.checkpoints import store as checkpoint
+
+from engine.run.distributed import launch as launch_config
 from engine.errors import UserError
 from run_helpers import (assert_generate_reads, copy_stopped_at, events, launch, make_corpus, resume, tiny_spec,
                          wait_exit)
@@ -110,7 +114,7 @@ def test_zero_run_trains_like_ddp_saves_partitions_consolidates_and_resumes_exac
 @pytest.mark.slow
 @needs_deepspeed
 def test_zero_checkpoint_refuses_another_layout_or_stage_and_foreign_files(tmp_path: Path) -> None:
-    from engine import zero_checkpoint as zc
+    from engine.checkpoints import zero as zc
 
     folder = tmp_path / "step-000003"
     folder.mkdir()
@@ -156,7 +160,7 @@ def test_zero_refused_without_deepspeed_and_configured_with_it(tmp_path: Path, m
 def test_estimator_proposes_fsdp_never_zero_for_a_model_that_does_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """A model too big for one GPU gets FSDP (with its per-GPU estimate) and never a DeepSpeed strategy, which
     may not be installed; the wizard's own spec and request use ddp for several processes."""
-    from engine.estimate import EstimateRequest, estimate
+    from engine.estimate.memory import EstimateRequest, estimate
     from tui import wizard
 
     monkeypatch.setenv("LLM_WIZARD_FAKE_GPUS", "2xL4")
@@ -175,7 +179,7 @@ def test_zero3_controls_act_on_both_ranks_and_a_killed_rank_ends_the_run(tmp_pat
     step after the rollback repeats the first branch's numbers exactly; SIGKILL of rank 1 ends the run."""
     import signal
 
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from run_helpers import control, wait_for, wait_step
 
     s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 400}, checkpoint={"every": 5, "keep": 20},

@@ -20,8 +20,8 @@ def screen_text(app: App[Any]) -> str:
 
 def fixed_report(fixture_name: str = "2xL4", *, runs: str = "/home/user/.local/share/llm-wizard/runs"):
     """probe() against a fake NVML, with every machine-dependent field set to a constant."""
-    from engine.fake_nvml import fixture
-    from engine.hardware import TorchInfo, find_problems, probe
+    from engine.machine.fake_nvml import fixture
+    from engine.machine.probe import TorchInfo, find_problems, probe
 
     report = probe(nvml=fixture(fixture_name), import_torch=False)
     report = dataclasses.replace(

@@ -22,7 +22,7 @@ from textual.screen import Screen
 from tui.wizard import Choices
 
 if TYPE_CHECKING:
-    from engine.hardware import HardwareReport
+    from engine.machine.probe import HardwareReport
 
 # The wizard's steps in order, imported when first shown (module, class).
 STEP_SCREENS: tuple[tuple[str, str], ...] = (
@@ -92,7 +92,7 @@ class WizardApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="probe")
     def probe_hardware(self) -> None:
-        from engine.hardware import probe
+        from engine.machine.probe import probe
 
         self.post_message(HardwareProbed(probe(nvml=self.nvml, runs=self.runs_dir)))
 
@@ -107,7 +107,7 @@ class WizardApp(App[int]):
         return runs_dir(self.runs_dir)
 
     def existing_runs(self) -> list[Any]:
-        from engine.runfolder import list_runs
+        from engine.runfolder.folder import list_runs
 
         return list_runs(self.runs_path())
 
@@ -133,7 +133,7 @@ class WizardApp(App[int]):
             if choice == "detach":
                 self.detach(run)
             elif choice == "stop":
-                from engine.runfolder import send_command
+                from engine.runfolder.folder import send_command
 
                 send_command(run, "stop")
                 self.exit(0, message=f"Asked run {run.name} to save and stop.")
@@ -185,6 +185,6 @@ class WizardApp(App[int]):
 
 def make_app(*, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,
              attach: str | None = None, show_runs: bool = True) -> WizardApp:
-    """The app as `llm-wizard` runs it. `nvml` replaces pynvml (tests pass engine.fake_nvml fixtures);
+    """The app as `llm-wizard` runs it. `nvml` replaces pynvml (tests pass engine.machine.fake_nvml fixtures);
     `hardware` skips the probe (snapshot tests pass a fixed report); `attach` opens a run's dashboard."""
     return WizardApp(runs_dir=runs_dir, nvml=nvml, hardware=hardware, attach=attach, show_runs=show_runs)

@@ -1,5 +1,5 @@
 """Several machines in the wizard: machine 0's address, the run folder picked before it exists, and the
-exact command each machine runs (engine/launch_config.py's `launch_plan`, split into its prose and its
+exact command each machine runs (engine/run/distributed/launch.py's `launch_plan`, split into its prose and its
 command lines so that the screens can wrap the one and keep the other on one line each).
 
 The spec's `distributed.num_processes` is the total over every machine (engine/spec.py); the wizard's
@@ -68,8 +68,8 @@ def shown_address(host: str, port: int) -> str:
 
 def planned_run(runs_root: Path, name: str) -> Path:
     """The folder the run will get (absolute: every machine is given this path), picked now so that the
-    commands shown before launch are the ones that will work; engine.job.create(run_id=) makes it."""
-    from engine import runfolder
+    commands shown before launch are the ones that will work; engine.run.job.create(run_id=) makes it."""
+    from engine.runfolder import folder as runfolder
 
     return Path(runs_root).expanduser().absolute() / runfolder.new_run_id(name)
 
@@ -82,7 +82,7 @@ class Plan:
 
 def node_plan(run: Path, spec: Any, *, started: bool = False) -> Plan:
     """launch_plan's text, split where the per-machine lines begin."""
-    from engine.launch_config import launch_plan
+    from engine.run.distributed.launch import launch_plan
 
     lines = launch_plan(run, spec, started=started).splitlines()
     first = next((i for i, line in enumerate(lines) if line.startswith("# machine")), len(lines))
@@ -96,7 +96,7 @@ SHARED = ("The run folder must be on storage every machine sees at this same pat
 def join_plan(run: Path) -> Plan | None:
     """For a run of several machines: the commands of the machines other than 0 (what the dashboard shows
     until they have joined); None for a run on one machine or a spec that cannot be read."""
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine.errors import UserError
     from engine.spec import load
 

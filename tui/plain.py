@@ -42,7 +42,7 @@ class Prompts:
 
 def _check_model(value: str) -> bool | str:
     from engine.errors import UserError
-    from engine.model_count import load_dims
+    from engine.models.shape import load_dims
 
     try:
         load_dims(value.strip())
@@ -63,13 +63,13 @@ def _check_data(value: str) -> bool | str:
 
 
 def ask_layout(ask: Prompts, c: Choices, gpus: list[tuple[int, str, int]], cuda: bool) -> None:
-    """Processes and strategy on a machine with several GPUs, starting from engine.layout's proposal;
+    """Processes and strategy on a machine with several GPUs, starting from engine.estimate.layout's proposal;
     strategies this machine cannot run are listed, disabled, with the reason."""
     from dataclasses import replace
 
     import questionary
 
-    from engine.layout import NAMES, gib, layout_options, propose
+    from engine.estimate.layout import NAMES, gib, layout_options, propose
 
     proposal = propose(estimate_request(replace(c, num_processes=1, num_machines=1)), gpus, cuda=cuda)
     out().print(f"\n[bold]Layout:[/] {proposal.message}", highlight=False)
@@ -127,9 +127,9 @@ def print_plan(spec: Any, run: Path) -> None:
 
 
 def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
-    from engine.estimate import estimate
-    from engine.hardware import probe
-    from engine.layout import cuda_usable
+    from engine.estimate.memory import estimate
+    from engine.machine.probe import probe
+    from engine.estimate.layout import cuda_usable
     from engine.spec import from_dict, to_toml
     from tui.commands.doctor import render
     from tui.screens.technique import BY_KEY, TECHNIQUES, recommend
@@ -149,7 +149,7 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     info = BY_KEY[c.technique]
     console.print(f"  memory: {info.memory}\n  data: {info.data}")
     if c.technique == "scratch":
-        from engine.architectures import ARCHS, SIZES
+        from engine.models.architectures import ARCHS, SIZES
 
         c.arch = ask.select("Architecture", list(ARCHS), default=c.arch)
         c.size = ask.select("Size", list(SIZES), default=c.size)
@@ -198,7 +198,7 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     if ask.confirm(f"Save the spec as {path}?", default=True):
         path.write_text(toml, encoding="utf-8")
         console.print(f"saved; the same run from a shell: {train_command(str(path))}")
-    from engine import job
+    from engine.run import job
     from engine.paths import runs_dir as resolve_runs
 
     planned = None

@@ -62,7 +62,7 @@ class Choices:
     main_process_port: int = 29500  # engine.spec.DistributedSpec's default (a test keeps them equal)
     strategy: str = "ddp"  # ddp | fsdp | zero2 | zero3 (engine.spec.STRATEGIES), used when num_processes > 1
     layout_chosen: bool = False  # the user set num_processes/strategy: the checks step proposes no other
-    find_batch: str = "auto"  # train.find_batch: auto | on | off (engine/batch_finder.py)
+    find_batch: str = "auto"  # train.find_batch: auto | on | off (engine/run/batch_finder.py)
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
 
     def learning_rate(self) -> float:
@@ -141,8 +141,8 @@ def train_command(spec_path: str) -> str:
 
 
 def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
-    """The estimator's request for these choices (engine.estimate.EstimateRequest)."""
-    from engine.estimate import EstimateRequest
+    """The estimator's request for these choices (engine.estimate.memory.EstimateRequest)."""
+    from engine.estimate.memory import EstimateRequest
 
     scratch = c.technique == "scratch"
     vocab = c.scratch_vocab() if scratch else None
@@ -158,7 +158,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
     )
 
 
-# A suggestion's changes (engine/estimate_suggest.py FIELDS: the spec's dotted names, the estimator's
+# A suggestion's changes (engine/estimate/suggest.py FIELDS: the spec's dotted names, the estimator's
 # values) -> the Choices attribute each sets.
 CHOICE_FIELD = {"technique": "technique", "train.gradient_checkpointing": "grad_checkpointing",
                 "train.optimizer": "optimizer", "train.precision": "precision", "train.batch_size": "batch_size",
@@ -170,7 +170,7 @@ def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool)
     """Apply an estimator suggestion's `changes`; None when applied, else why the wizard cannot make it
     here (more GPUs than this machine has, a strategy it cannot run, an optimizer the engine does not train),
     and then nothing is changed. A process count is the total over the machines, as the estimator's."""
-    from engine.launch_config import strategy_unavailable
+    from engine.run.distributed.launch import strategy_unavailable
 
     changes = dict(changes)
     for key, value in changes.items():
@@ -196,7 +196,7 @@ def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool)
 
 
 def apply_proposal(c: Choices, proposal: Any) -> None:
-    """Take engine.layout.propose's layout unless the user chose one."""
+    """Take engine.estimate.layout.propose's layout unless the user chose one."""
     if not c.layout_chosen:
         c.num_processes, c.strategy = proposal.num_processes, proposal.strategy
 
@@ -214,7 +214,7 @@ def preflight(spec: Any) -> None:
     """The technique's checks before launch, as `llm-wizard train` makes them (UserError with the
     message to show): its `preflight` (options, the model found, QLoRA's 4-bit support, distillation's
     tokenizers), else its option validation (prompt-tuning, moe), then what several processes cannot do."""
-    from engine import launch_config
+    from engine.run.distributed import launch as launch_config
     from engine.techniques.base import get
 
     technique = get(spec.technique)

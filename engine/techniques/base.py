@@ -1,7 +1,7 @@
 """What every technique module provides, and the helpers they share.
 
 A technique is a module in engine/techniques/ (named as in the spec, '-' spelt '_') with four
-functions; the trainer (engine/trainer.py) owns everything else: the loop, accelerate, precision,
+functions; the trainer (engine/run/trainer.py) owns everything else: the loop, accelerate, precision,
 accumulation, clipping, LR schedule, controls, checkpoints, events.
 
     setup(ctx: SetupContext) -> Prepared
@@ -21,7 +21,7 @@ Optional:
         Extra values merged into each metrics event at the logging interval (and reset by the
         technique), e.g. MoE's router loss and the share of tokens each expert received.
     load_inference(run: Path, folder: Path) -> (model, tokenizer)
-        For `llm-wizard generate` when a checkpoint or final/ is not a plain causal LM (engine/generate.py).
+        For `llm-wizard generate` when a checkpoint or final/ is not a plain causal LM (engine/serve/generate.py).
     preflight(spec: RunSpec) -> None
         Checks that need neither data nor model, run by `llm-wizard train` before the run folder
         exists; raises UserError (QLoRA: can bitsandbytes run 4-bit here, else offer LoRA).
@@ -87,7 +87,7 @@ def get(technique: str) -> ModuleType:
 
 
 def corpus_files(ctx: SetupContext) -> list[Path]:
-    from engine.corpus import stdlib_corpus, text_files
+    from engine.data.corpus import stdlib_corpus, text_files
     from engine.spec import STDLIB
 
     path = ctx.spec.data.path
@@ -98,7 +98,7 @@ def text_blocks(ctx: SetupContext, files: list[Path], tokenizer: Any) -> Any:
     """The corpus tokenized once (cached by content hash) and cut into training/validation blocks."""
     import time
 
-    from engine.token_cache import TokenBlocks, build_token_file
+    from engine.data.token_cache import TokenBlocks, build_token_file
 
     last = [0.0]
 
@@ -140,7 +140,7 @@ def save_whole_model(prep: Prepared, folder: Path, *, final: bool) -> None:
     final/ is a from_pretrained folder with its tokenizer and the KV cache that training turned off."""
     from safetensors.torch import save_model
 
-    from engine.techniques.pretrained_models import unwrap
+    from engine.models.pretrained import unwrap
 
     model = unwrap(prep.model)
     if final:
@@ -155,6 +155,6 @@ def load_whole_model(prep: Prepared, folder: Path) -> None:
     """What save_whole_model(final=False) wrote, strictly: a missing or extra tensor is an error."""
     from safetensors.torch import load_model
 
-    from engine.techniques.pretrained_models import unwrap
+    from engine.models.pretrained import unwrap
 
     load_model(unwrap(prep.model), str(folder / MODEL_WEIGHTS), strict=True)

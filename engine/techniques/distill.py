@@ -24,7 +24,7 @@ from engine.errors import UserError
 from engine.techniques.base import (
     Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model, with_defaults,
 )
-from engine.techniques.pretrained_models import load_pretrained, load_tokenizer
+from engine.models.pretrained import load_pretrained, load_tokenizer
 
 DEFAULTS: dict[str, Any] = {"teacher": "", "alpha": 0.5, "temperature": 2.0, "task": "causal"}
 TASKS = ("causal", "classification")
@@ -62,7 +62,7 @@ def check_tokenizers(teacher: Any, student: Any, texts: list[str]) -> None:
 
 def _sample_texts(spec: Any) -> list[str]:
     """The fixed samples and the start of the user's own data (the text that will be compared)."""
-    from engine.data import DataSource, preview
+    from engine.data.sources import DataSource, preview
 
     rows = preview(DataSource.from_spec(spec.data), n=3)
     return [*SAMPLES, *(("".join(r.values()))[:2000] for r in rows)]
@@ -79,7 +79,7 @@ def preflight(spec: Any) -> None:
 def setup(ctx: SetupContext) -> Prepared:
     import torch
 
-    from engine.data_pack import source_blocks
+    from engine.data.pack import source_blocks
 
     spec = ctx.spec
     opts = options(spec)
@@ -141,7 +141,7 @@ def _new_student(spec: Any, tokenizer: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from engine.architectures import build_config, shape_for
+    from engine.models.architectures import build_config, shape_for
 
     m = spec.model
     shape = shape_for(m.size, layers=m.layers or None, width=m.width or None, heads=m.heads or None)

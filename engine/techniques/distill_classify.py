@@ -1,6 +1,6 @@
 """Distillation of a sequence classifier (listing 5.4's own case: sentiment on glue/sst2), for distill.py.
 
-Data: rows with a text and a label column (data.label_column; any table source of engine/data.py).
+Data: rows with a text and a label column (data.label_column; any table source of engine/data/sources.py).
 Classes are the distinct labels, in the teacher's order when its config names them (else sorted);
 the teacher must already be a classifier over them (the
 listing loads gpt2-medium with a new, untrained classification head as the teacher, which teaches
@@ -18,12 +18,12 @@ from typing import Any
 
 from engine.errors import UserError
 
-LABEL_SEP = " Label : "  # engine/data.py's classification format: "<column> : <text> Label : <label>"
+LABEL_SEP = " Label : "  # engine/data/sources.py's classification format: "<column> : <text> Label : <label>"
 
 
 def rows(spec: Any) -> list[tuple[str, str]]:
     """(text, label) pairs from the data source."""
-    from engine.data import DataSource, iter_examples
+    from engine.data.sources import DataSource, iter_examples
 
     source = DataSource.from_spec(spec.data)
     if source.mode != "label":
@@ -85,7 +85,7 @@ class ClassRows:
 
 def class_order(teacher_path: str, pairs: list[tuple[str, str]]) -> list[str]:
     """The data's classes in the teacher's order when its config names them, else sorted."""
-    from engine.techniques.pretrained_models import load_config
+    from engine.models.pretrained import load_config
 
     found = sorted({label for _, label in pairs})
     config = load_config(teacher_path, "options.teacher")
@@ -101,7 +101,7 @@ def load_classifiers(spec: Any, teacher_path: str, classes: list[str], teacher_d
     """(teacher, student, tokenizer): both classifiers over `classes`; the student's head may be new."""
     import torch
 
-    from engine.techniques.pretrained_models import load_pretrained
+    from engine.models.pretrained import load_pretrained
 
     labels = {"num_labels": len(classes), "id2label": dict(enumerate(classes)),
               "label2id": {c: i for i, c in enumerate(classes)}}

@@ -21,7 +21,7 @@ from engine.techniques import lora
 from engine.techniques.base import (
     Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
 )
-from engine.techniques.pretrained_models import load_config
+from engine.models.pretrained import load_config
 
 
 
@@ -36,7 +36,7 @@ def preflight(spec: Any) -> None:
 
 
 def setup(ctx: SetupContext) -> Prepared:
-    from engine.data_pack import source_blocks
+    from engine.data.pack import source_blocks
 
     spec = ctx.spec
     preflight(spec)
@@ -51,7 +51,7 @@ def setup(ctx: SetupContext) -> Prepared:
 
 
 def loss(prep: Prepared, batch: Any) -> Any:
-    from engine.data_pack import lm_loss
+    from engine.data.pack import lm_loss
 
     return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques.base import Prepared, SetupContext
-from engine.techniques.pretrained_models import load_config, load_tokenizer, load_weights, unwrap
+from engine.models.pretrained import load_config, load_tokenizer, load_weights, unwrap
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, so a checkpoint is a peft folder too
 ADAPTER_CONFIG = "adapter_config.json"
@@ -113,7 +113,7 @@ def wrap(base: Any, spec: Any, technique: str = "lora") -> Any:
 
 def load_base(spec: Any, *, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
     """(pretrained causal LM, its tokenizer) from spec.model.path (a local folder or a cached Hub id);
-    its own code and pickle weights load only as spec.model opts in (engine/security.py). `kwargs` go to
+    its own code and pickle weights load only as spec.model opts in (engine/models/trust.py). `kwargs` go to
     from_pretrained (QLoRA's quantization_config, device_map)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -165,7 +165,7 @@ def setup(ctx: SetupContext) -> Prepared:
 def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *,
                  checkpointing_done: bool = False) -> Prepared:
     """The shared second half of LoRA's and QLoRA's setup: data, the adapter, optimizer groups."""
-    from engine.data_pack import source_blocks
+    from engine.data.pack import source_blocks
 
     spec = ctx.spec
     data, fingerprint = source_blocks(ctx, tokenizer)  # any data source; prompts masked as data says
@@ -182,7 +182,7 @@ def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *
 
 
 def loss(prep: Prepared, batch: Any) -> Any:
-    from engine.data_pack import lm_loss
+    from engine.data.pack import lm_loss
 
     return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
 
@@ -226,7 +226,7 @@ def load(prep: Prepared, folder: Path) -> None:
 
 def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     """The base with the adapter of a checkpoint or of final/, for `llm-wizard generate`."""
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
 
     spec = spec_mod.load(Path(run) / runfolder.SPEC)

@@ -23,7 +23,7 @@ from engine.errors import UserError
 from engine.techniques.base import (
     MODEL_WEIGHTS, Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model, with_defaults,
 )
-from engine.techniques.pretrained_models import load_config, load_pretrained
+from engine.models.pretrained import load_config, load_pretrained
 
 DEFAULTS: dict[str, Any] = {"aux_loss_coef": None}
 
@@ -45,7 +45,7 @@ def experts_of(config: Any) -> tuple[int, int]:
 
 
 def setup(ctx: SetupContext) -> Prepared:
-    from engine.data_pack import source_blocks
+    from engine.data.pack import source_blocks
 
     spec = ctx.spec
     opts = options(spec)
@@ -141,7 +141,7 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     from safetensors.torch import load_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    from engine.techniques.pretrained_models import load_tokenizer
+    from engine.models.pretrained import load_tokenizer
 
     source = folder if (folder / "config.json").is_file() else run / "model"
     config = AutoConfig.from_pretrained(source)

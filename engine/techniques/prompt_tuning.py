@@ -2,7 +2,7 @@
 
 The pretrained model (spec.model.path) stays frozen, bit for bit; only `num_virtual_tokens` vectors of
 the embedding width learn, initialised from the embeddings of `init_text` (peft PromptTuningInit.TEXT)
-or at random when it is empty. Data is any source of engine/data.py: plain text (next-token loss on
+or at random when it is empty. Data is any source of engine/data/sources.py: plain text (next-token loss on
 every token) or, with data.label_column set, labelled rows in the book's format
 "<text_column> : <text> Label : <label>" with the loss on the label only (the mask of data_pack.py).
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.techniques.base import Prepared, SetupContext, with_defaults
-from engine.techniques.pretrained_models import load_pretrained, unwrap
+from engine.models.pretrained import load_pretrained, unwrap
 
 WEIGHTS = "prompt.safetensors"
 DEFAULTS = {"num_virtual_tokens": 8, "init_text": ""}
@@ -53,7 +53,7 @@ def build(spec: Any, base: Any, tokenizer: Any) -> Any:
 def setup(ctx: SetupContext) -> Prepared:
     import torch
 
-    from engine.data_pack import source_blocks
+    from engine.data.pack import source_blocks
 
     spec = ctx.spec
     opts = options(spec)
@@ -114,7 +114,7 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     """The base model with the virtual tokens of a checkpoint or of final/, for `llm-wizard generate`."""
     from peft import PeftModel
 
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
 
     spec = spec_mod.load(run / runfolder.SPEC)

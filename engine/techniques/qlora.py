@@ -121,7 +121,7 @@ def setup(ctx: SetupContext) -> Prepared:
 
 def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
     """The adapter on the base as it was trained (4-bit) where bitsandbytes runs, else on a full-precision base."""
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
 
     spec = spec_mod.load(Path(run) / runfolder.SPEC)

@@ -20,8 +20,8 @@ def setup(ctx: SetupContext) -> Prepared:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.architectures import build_config, shape_for
-    from engine.tokenizer_train import train_tokenizer
+    from engine.models.architectures import build_config, shape_for
+    from engine.data.tokenizer_train import train_tokenizer
 
     spec = ctx.spec
     files = corpus_files(ctx)

@@ -51,7 +51,7 @@ def describe(event: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine.paths import runs_dir
     from tui.output import out
 

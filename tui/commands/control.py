@@ -53,7 +53,7 @@ def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import runfolder
+    from engine.runfolder import folder as runfolder
     from engine.errors import UserError
     from engine.paths import runs_dir
     from tui.output import error, out, print_json

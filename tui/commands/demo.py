@@ -22,7 +22,7 @@ def demo_spec_path() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import job
+    from engine.run import job
     from engine import spec as spec_mod
     from engine.paths import runs_dir
     from tui.output import out, print_json

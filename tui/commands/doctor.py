@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.hardware import probe
+    from engine.machine.probe import probe
 
     report = probe(import_torch=True if args.import_torch else None, runs=getattr(args, "runs_dir", None))
     if args.json:

@@ -27,7 +27,7 @@ def _size_arg(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from engine.estimate import OPTIMIZERS, PRECISIONS, STRATEGIES, TECHNIQUES  # light: no torch
+    from engine.estimate.memory import OPTIMIZERS, PRECISIONS, STRATEGIES, TECHNIQUES  # light: no torch
 
     m = parser.add_argument_group("model")
     m.add_argument("--model", metavar="ID_OR_PATH", help="a folder with config.json, or a Hub id (config from the Hub cache)")
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, imported lazily)
-    from engine.estimate import EstimateRequest
+    from engine.estimate.memory import EstimateRequest
 
     targets = tuple(x.strip() for x in (args.lora_targets or "").split(",") if x.strip())
     return EstimateRequest(
@@ -79,7 +79,7 @@ def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, i
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.estimate import estimate, probe_gpus
+    from engine.estimate.memory import estimate, probe_gpus
 
     req = request_from_args(args)
     if args.gpu_memory:
@@ -106,8 +106,8 @@ def _b(n: int) -> str:
     return human_bytes(n)
 
 
-def render(e) -> None:  # noqa: ANN001 (engine.estimate.Estimate)
-    from engine.estimate_suggest import TABLE_5_2
+def render(e) -> None:  # noqa: ANN001 (engine.estimate.memory.Estimate)
+    from engine.estimate.suggest import TABLE_5_2
 
     c = out()
     m = e.model
@@ -166,7 +166,7 @@ def render(e) -> None:  # noqa: ANN001 (engine.estimate.Estimate)
         c.print(f"[dim]note: {note}[/]")
 
 
-def _render_data(d) -> None:  # noqa: ANN001 (engine.datacheck.DataCheck)
+def _render_data(d) -> None:  # noqa: ANN001 (engine.estimate.data_size.DataCheck)
     c = out()
     err = f" +/- {d.tokens_error:,}" if d.tokens_error else ""
     c.print(Text.assemble("Data: ", (f"{d.tokens:,}{err} tokens", "bold"), f" ({d.method})"))

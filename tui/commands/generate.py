@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.generate import generate
+    from engine.serve.generate import generate
     from engine.paths import runs_dir
-    from engine.runfolder import resolve_run
+    from engine.runfolder.folder import resolve_run
     from tui.output import out, print_json
 
     run_path = resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from engine.paths import runs_dir
-    from engine.runfolder import list_runs
+    from engine.runfolder.folder import list_runs
     from tui.output import out, print_json
 
     where = runs_dir(getattr(args, "runs_dir", None))

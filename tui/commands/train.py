@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import checkpoint, job, launch_config, runfolder
+    from engine.checkpoints import store as checkpoint
+    from engine.run import job
+    from engine.run.distributed import launch as launch_config
+    from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
     from engine.errors import UserError
     from engine.paths import runs_dir
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.foreground:
         out().print(f"run [bold]{run_path.name}[/] in {run_path}")
         if launch_config.is_multi(spec):
-            from engine.dist_supervisor import supervise
+            from engine.run.distributed.supervisor import supervise
 
             return supervise(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
         return job.run_job(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         launch_config.write_config(run_path, spec)
         err().print(launch_config.launch_plan(run_path, spec, resume=bool(args.resume), started=True),
                     markup=False)
-    from engine.logind import logout_risk
+    from engine.machine.logind import logout_risk
 
     if (risk := logout_risk()) is not None:  # RELIABILITY P9: said before the run starts; it still starts
         err().print(f"warning: {risk.message}\n  fix: {risk.fix}", style="yellow", markup=False)
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _preflight_data(spec: object) -> None:
     """Empty, binary and non-UTF-8 files fail here, before any run folder exists (RELIABILITY D1-D3)."""
-    from engine.corpus import check_text_files, text_files
+    from engine.data.corpus import check_text_files, text_files
     from engine.spec import STDLIB
 
     path = spec.data.path  # type: ignore[attr-defined]

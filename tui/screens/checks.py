@@ -47,7 +47,7 @@ def legend() -> Text:
 
 def data_check(est: Any, choices: Any) -> Any:
     """The estimator's data verdict for the tokens counted on the data step (not counted twice)."""
-    from engine.datacheck import TokenCount, data_rule
+    from engine.estimate.data_size import TokenCount, data_rule
 
     tokens = choices.extra.get("data_tokens")
     if tokens is None:
@@ -62,12 +62,12 @@ class Estimated(Message):
                  layouts: tuple[Any, ...] = ()) -> None:
         super().__init__()
         self.est, self.data, self.error = est, data, error
-        self.proposal, self.layouts = proposal, layouts  # engine.layout.Proposal, LayoutOption per strategy
+        self.proposal, self.layouts = proposal, layouts  # engine.estimate.layout.Proposal, LayoutOption per strategy
 
 
 def machine(wizard: Any) -> tuple[list[tuple[int, str, int]], bool]:
     """The probed GPUs as the estimator takes them, and whether torch can use CUDA there."""
-    from engine.layout import cuda_usable
+    from engine.estimate.layout import cuda_usable
 
     report = wizard.hardware
     if report is None:
@@ -83,8 +83,8 @@ def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: boo
     from dataclasses import replace
 
     from engine.errors import UserError
-    from engine.estimate import estimate
-    from engine.layout import layout_options, propose
+    from engine.estimate.memory import estimate
+    from engine.estimate.layout import layout_options, propose
 
     c = wizard.choices
     gpus, cuda = machine(wizard)
@@ -122,7 +122,7 @@ def memory_view(est: Any, width: int) -> Table:
 
 def layout_line(c: Any, proposal: Any) -> Text:
     """`Layout (proposed): DDP 92 GiB/GPU: does not fit 80 GiB; FSDP x8: 21 GiB/GPU fits`."""
-    from engine.layout import NAMES
+    from engine.estimate.layout import NAMES
 
     if proposal is None or not proposal.options:  # no GPU or one: the bars below say it all
         return Text("")

@@ -2,7 +2,7 @@
 
 A thread worker follows the run folder (events.jsonl by offset, status.json), another reads this
 machine's GPUs through NVML every 2 s; both post Messages, and only the screen touches widgets.
-Controls are appended to commands.jsonl with `engine.runfolder.send_command` and confirmed when the
+Controls are appended to commands.jsonl with `engine.runfolder.folder.send_command` and confirmed when the
 job's `control_ack` with the same id shows up in the events. The TUI never trains and never stops a
 run unasked.
 """
@@ -224,7 +224,7 @@ class DashboardScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
     def follow(self) -> None:
-        from engine.runfolder import read_events, read_status
+        from engine.runfolder.folder import read_events, read_status
 
         worker = get_current_worker()
         offset, last_status = 0, None
@@ -244,7 +244,7 @@ class DashboardScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="gpus")
     def watch_gpus(self) -> None:
         """Every local GPU every GPU_POLL_S, NVML kept open; one reading and done on a machine without."""
-        from engine.gpu_monitor import GpuMonitor
+        from engine.machine.monitor import GpuMonitor
 
         worker = get_current_worker()
         monitor = GpuMonitor(getattr(self.app, "nvml", None))
@@ -266,7 +266,7 @@ class DashboardScreen(Screen):
     def _lineage(self) -> list[tuple[str, int]]:
         """Checkpoints on the active branch, newest first, as the engine sees them on disk."""
         try:
-            from engine.checkpoint import lineage
+            from engine.checkpoints.store import lineage
 
             return [(c.name, c.step) for c in lineage(self.run)]
         except Exception:  # no checkpoint folder (a hand-written run) or an engine mid-change
@@ -378,7 +378,7 @@ class DashboardScreen(Screen):
 
     def send(self, cmd: str, label: str, **args: Any) -> None:
         from engine.errors import UserError
-        from engine.runfolder import send_command
+        from engine.runfolder.folder import send_command
 
         try:
             cid = send_command(self.run, cmd, **args)

@@ -29,26 +29,26 @@ TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # sources with columns
 class Corpus:
     files: int
     bytes: int
-    kind: str  # text, jsonl, csv, parquet, slack, hub (engine.data's formats)
+    kind: str  # text, jsonl, csv, parquet, slack, hub (engine.data.sources's formats)
 
 
 def make_source(dataset: str, text_column: str | None) -> Any:
-    """engine.data.DataSource for what was typed: stdlib, a path, or a cached Hub dataset id."""
-    from engine.data import DataSource
-    from engine.datacheck import source_for
+    """engine.data.sources.DataSource for what was typed: stdlib, a path, or a cached Hub dataset id."""
+    from engine.data.sources import DataSource
+    from engine.estimate.data_size import source_for
 
     return DataSource("stdlib") if dataset == "stdlib" else source_for(dataset, text_column)
 
 
 def describe(source: Any) -> Corpus:
-    from engine.data import source_bytes
+    from engine.data.sources import source_bytes
 
     return Corpus(len(source.files()), source_bytes(source), source.kind)
 
 
 def preview(source: Any, lines: int = PREVIEW_LINES) -> str:
     """The first examples as training will see them (prompt and response shown apart)."""
-    from engine.data import preview as first_examples
+    from engine.data.sources import preview as first_examples
 
     out: list[str] = []
     for row in first_examples(source, lines):
@@ -64,9 +64,9 @@ def preview(source: Any, lines: int = PREVIEW_LINES) -> str:
 def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None) -> tuple[int, str]:
     """(tokens, how they were counted) for the chosen data and tokenizer. The byte tokenizer's count is
     exact without a tokenizer (UTF-8 bytes plus an end-of-text per document); a model's tokenizer
-    counts through engine.datacheck (exact up to a few hundred MB, sampled beyond)."""
+    counts through engine.estimate.data_size (exact up to a few hundred MB, sampled beyond)."""
     if c.technique == "scratch" and c.tokenizer == "byte":
-        from engine.data import examples_with_bytes, source_bytes
+        from engine.data.sources import examples_with_bytes, source_bytes
 
         source = make_source(c.dataset, c.text_column or None)
         total, tokens = source_bytes(source), 0
@@ -75,7 +75,7 @@ def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None)
             if progress and i % 256 == 0:
                 progress(done, total)
         return tokens, "exact: byte tokenizer"
-    from engine.datacheck import count_tokens as datacheck_count, load_tokenizer
+    from engine.estimate.data_size import count_tokens as datacheck_count, load_tokenizer
 
     try:
         tokenizer = None if c.technique == "scratch" else load_tokenizer(c.model)

@@ -18,7 +18,7 @@ from tui.screens.base import WizardStep
 from tui.widgets.gpu import GpuCard
 
 if TYPE_CHECKING:
-    from engine.hardware import HardwareReport
+    from engine.machine.probe import HardwareReport
 
 SEVERITY = {"error": ("✗", "bold red"), "warning": ("!", "yellow"), "info": ("i", "cyan")}
 

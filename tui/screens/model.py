@@ -1,8 +1,8 @@
 """Step 3: which model. A Hub id or a local folder for fine-tuning, an architecture and a size for
 scratch. Only config.json is read; parameters are counted by the estimator's config arithmetic
-(engine.model_count), never by loading weights. A model that needs its own Python code, or has only
+(engine.models.shape), never by loading weights. A model that needs its own Python code, or has only
 pickle weights, shows what would run and asks for consent (a checkbox) before Next applies: the consent
-is written into the spec as the engine's opt-ins (engine/security.py, RELIABILITY M3 and S2)."""
+is written into the spec as the engine's opt-ins (engine/models/trust.py, RELIABILITY M3 and S2)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.architectures import ARCHS, SIZES
+from engine.models.architectures import ARCHS, SIZES
 from tui.screens.base import WizardStep
 from tui.widgets.paths import PathSuggester
 
@@ -33,14 +33,14 @@ def human_count(n: int) -> str:
 
 def scratch_parameters(arch: str, size: str, vocab_size: int, seq_len: int) -> int:
     """Parameters of a scratch model, from the estimator's config arithmetic (microseconds)."""
-    from engine.model_count import load_dims
+    from engine.models.shape import load_dims
 
     return load_dims(arch=arch, size=size, vocab_size=vocab_size, max_seq_len=seq_len).params
 
 
 def model_risks(source: str) -> tuple[Any, list[str]]:
     """(the code loading `source` would run, or None; its pickle weight files if it has no safetensors)."""
-    from engine.security import pickle_only, remote_code, resolve
+    from engine.models.trust import pickle_only, remote_code, resolve
 
     where = resolve(source)
     if where is None:
@@ -50,7 +50,7 @@ def model_risks(source: str) -> tuple[Any, list[str]]:
 
 def model_parameters(source: str) -> tuple[int, str]:
     """(parameters, architecture) of a folder or cached Hub id: only config.json is read."""
-    from engine.model_count import load_dims
+    from engine.models.shape import load_dims
 
     d = load_dims(source)
     return d.params, ", ".join(d.config.get("architectures") or [d.model_type])

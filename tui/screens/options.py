@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
-from engine.estimate import STRATEGIES
+from engine.estimate.memory import STRATEGIES
 from engine.spec import DistributedSpec
 from tui.screens.checks import VERDICT, Estimated, estimate_choices
 from tui.wizard import Choices, settle
@@ -84,8 +84,8 @@ def visible_settings(c: Choices, report: Any) -> list[Setting]:
     Machines: with more than one process, or on request (`m`); machine 0's address with several."""
     from dataclasses import replace
 
-    from engine.launch_config import strategy_unavailable
-    from engine.layout import cuda_usable
+    from engine.run.distributed.launch import strategy_unavailable
+    from engine.estimate.layout import cuda_usable
 
     n_gpus = len(report.gpus) if report else 0
     out = []
@@ -235,8 +235,8 @@ class OptionsScreen(WizardStep):
     def action_choose(self) -> None:
         """The highlighted setting's values as a list; for the strategy every one, those this machine
         cannot run disabled with the reason, each with its per-GPU estimate."""
-        from engine.launch_config import strategy_unavailable
-        from engine.layout import cuda_usable, gib
+        from engine.run.distributed.launch import strategy_unavailable
+        from engine.estimate.layout import cuda_usable, gib
         from tui.modals.choose import Choice, ChooseModal
 
         settings = self.query_one("#settings", OptionList)
@@ -313,7 +313,7 @@ class OptionsScreen(WizardStep):
 
 def layout_text(layouts: tuple[Any, ...]) -> Text:
     """Each strategy at the chosen process count: its per-GPU total and verdict, or why it is off here."""
-    from engine.layout import NAMES, gib
+    from engine.estimate.layout import NAMES, gib
 
     text = Text.assemble(("Strategies: ", "bold"))
     for i, o in enumerate(layouts):

@@ -2,10 +2,10 @@
 launch. Launching first makes the technique's own checks (tui.wizard.preflight, as `llm-wizard train`:
 a bad option, a missing model, QLoRA without 4-bit support, a teacher whose tokenizer differs), so a
 bad choice is refused here with its message and no run folder; then the run engine's own API
-(engine.job.create + launch: a detached process in its own session) and the dashboard on the new run.
+(engine.run.job.create + launch: a detached process in its own session) and the dashboard on the new run.
 
 Several machines: the run folder is picked here (tui.machines.planned_run) so that each machine's exact
-command (engine.launch_config.launch_plan) is shown before launch, one per line, never wrapped (the
+command (engine.run.distributed.launch.launch_plan) is shown before launch, one per line, never wrapped (the
 block scrolls sideways; c copies it); the launch creates the folder at that path."""
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ class ReviewScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def launch(self) -> None:
-        from engine import job
-        from engine.corpus import check_text_files, text_files
+        from engine.run import job
+        from engine.data.corpus import check_text_files, text_files
         from engine.errors import UserError
         from engine.paths import runs_dir
         from engine.spec import STDLIB, from_dict

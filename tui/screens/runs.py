@@ -67,7 +67,7 @@ class RunsScreen(Screen):
         table.focus()
 
     def action_refresh(self) -> None:
-        from engine.runfolder import list_runs
+        from engine.runfolder.folder import list_runs
 
         root = self.app.runs_path()  # type: ignore[attr-defined]
         runs = list(reversed(list_runs(root)))  # newest first

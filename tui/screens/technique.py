@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 from tui.screens.base import WizardStep
 
 if TYPE_CHECKING:
-    from engine.hardware import HardwareReport
+    from engine.machine.probe import HardwareReport
 
 GIB = 1024**3
 

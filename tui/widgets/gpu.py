@@ -13,7 +13,7 @@ from tui.output import human_bytes
 from tui.widgets.bars import UsageBar
 
 if TYPE_CHECKING:
-    from engine.hardware import GpuInfo
+    from engine.machine.probe import GpuInfo
 
 
 def gpu_stats(gpu: GpuInfo) -> str:

@@ -18,7 +18,7 @@ from tui.output import human_bytes
 from tui.widgets.bars import usage_bar
 
 if TYPE_CHECKING:
-    from engine.hardware import GpuInfo
+    from engine.machine.probe import GpuInfo
 
 GIB = 1024**3
 LEVELS = "▁▂▃▄▅▆▇█"

@@ -1,0 +1,1 @@
+"""Data: sources and formats, rows, corpora, tokenizers trained for scratch, token files, packing."""

@@ -1,0 +1,143 @@
+"""The changes that make a run fit, ranked by memory saved, with table 5.2's trade-offs.
+
+Each suggestion is the same request with one change, estimated again: the new total is
+arithmetic, not a guess. Table 5.2 of the book says which choices trade speed for memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.estimate.memory import Estimate, EstimateRequest, Suggestion
+    from engine.models.shape import ModelDims
+
+
+@dataclass(frozen=True)
+class TradeOff:
+    choice: str
+    speed: str  # does it make training faster?
+    memory: str  # does it save memory?
+    difficulty: str
+    note: str
+
+
+# Table 5.2 (chapter 5): training choices and what each buys. "Accumulation and checkpointing can
+# cut memory by about 60% at the cost of time."
+TABLE_5_2: tuple[TradeOff, ...] = (
+    TradeOff("batch size", "yes", "yes", "easy", "prefer powers of two"),
+    TradeOff("gradient accumulation", "no", "yes", "medium", "same effective batch, more steps per update"),
+    TradeOff("gradient checkpointing", "no", "yes", "medium", "recomputes each layer in the backward (~30% slower)"),
+    TradeOff("mixed precision", "yes", "no", "hard", "16-bit compute; pure bf16 also halves weights and states"),
+    TradeOff("optimizer choice", "yes", "yes", "easy", "8-bit AdamW keeps 2 bytes of state a parameter, not 8"),
+    TradeOff("data preloading", "yes", "no", "medium", "workers and pinned memory keep the GPU fed"),
+    TradeOff("compile", "yes", "no", "easy", "torch.compile fuses kernels"),
+)
+_ROW = {r.choice: r for r in TABLE_5_2}
+# Not in table 5.2: the book's section 5.3 techniques and multi-GPU sharding.
+_LORA = TradeOff("LoRA / QLoRA (5.3.5)", "yes", "yes", "medium", "trains small adapters; the base stays frozen")
+_SHARD = TradeOff("more GPUs, FSDP / ZeRO-3", "yes", "yes", "hard", "shards weights, gradients and states")
+_SEQ = TradeOff("shorter sequences", "yes", "yes", "easy", "the model sees less context per example")
+_BF16 = TradeOff("pure bf16", "yes", "yes", "hard", "16-bit weights and optimizer states; needs a bf16 GPU")
+MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth suggesting
+
+
+# A suggestion's `changes`: the run spec's dotted field -> (the estimate request's field, the CLI flag).
+# Values are in the estimator's vocabulary (EstimateRequest's: optimizer "adamw-8bit", precision "bf16" for
+# pure 16-bit), which the wizard's choices share; the flag string is the same change for `llm-wizard estimate`.
+FIELDS: dict[str, tuple[str, str]] = {
+    "technique": ("technique", "--technique"),
+    "train.gradient_checkpointing": ("grad_checkpointing", "--grad-checkpointing"),
+    "train.optimizer": ("optimizer", "--optimizer"),
+    "train.precision": ("precision", "--precision"),
+    "train.batch_size": ("batch_size", "--batch-size"),
+    "train.grad_accum": ("grad_accum", "--grad-accum"),
+    "train.seq_len": ("seq_len", "--seq-len"),
+    "distributed.num_processes": ("gpus", "--gpus"),
+    "distributed.strategy": ("strategy", "--strategy"),
+}
+
+
+def flags_for(changes: dict[str, object]) -> str:
+    """The CLI flags that make these changes (`--batch-size 4 --grad-accum 4`); a true boolean is a bare flag."""
+    words: list[str] = []
+    for key, value in changes.items():
+        flag = FIELDS[key][1]
+        words += [flag] if value is True else [flag, str(value)]
+    return " ".join(words)
+
+
+def _applied(req: EstimateRequest, changes: dict[str, object]) -> EstimateRequest:
+    return replace(req, **{FIELDS[k][0]: v for k, v in changes.items()})
+
+
+def _try(req: EstimateRequest, d: ModelDims, probed: list[tuple[int, str, int]],
+         changes: dict[str, object]) -> Estimate:
+    from engine.estimate.memory import estimate
+
+    return estimate(_applied(req, changes), gpus=probed, dims=d, with_suggestions=False)
+
+
+def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, str, int]], free: int,
+                      name: str) -> tuple[dict[str, object], Estimate] | None:
+    """Halve `name` (batch_size or seq_len) until the total fits, down to 1 (or 64 tokens)."""
+    floor = 64 if name == "seq_len" else 1
+    value, best = getattr(req, name), None
+    while value // 2 >= floor:
+        value //= 2
+        changes: dict[str, object] = {f"train.{name}": value}
+        if name == "batch_size":
+            changes["train.grad_accum"] = req.grad_accum * (req.batch_size // value)
+        est = _try(req, d, gpus, changes)
+        best = (changes, est)
+        if est.total_bytes <= free:
+            break
+    return best
+
+
+def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
+                gpus: list[tuple[int, str, int]]) -> list[Suggestion]:
+    from engine.estimate.memory import Suggestion, verdict
+
+    free = min(g[2] for g in gpus)
+    out: list[Suggestion] = []
+
+    def add(change: str, changes: dict[str, object], row: TradeOff, est: Estimate | None = None) -> None:
+        est = est or _try(req, d, gpus, changes)
+        saved = current.total_bytes - est.total_bytes
+        if saved > MIN_SAVING * current.total_bytes:
+            out.append(Suggestion(change, flags_for(changes), est.total_bytes, saved, verdict(est.total_bytes, free),
+                                  row.choice, row.speed, row.memory, row.difficulty, dict(changes)))
+
+    if not req.grad_checkpointing:
+        add("gradient checkpointing", {"train.gradient_checkpointing": True}, _ROW["gradient checkpointing"])
+    if req.optimizer in ("adamw", "adafactor") and req.technique not in ("prompt-tuning",):
+        add("8-bit AdamW", {"train.optimizer": "adamw-8bit"}, _ROW["optimizer choice"])
+    if req.precision in ("fp32", "mixed-bf16", "mixed-fp16") and req.technique not in ("lora", "qlora"):
+        add("pure bf16 weights and optimizer states", {"train.precision": "bf16"}, _BF16)
+    if req.technique in ("full", "moe") and req.model:
+        add("LoRA adapters instead of full fine-tuning", {"technique": "lora"}, _LORA)
+    if req.technique in ("full", "moe", "lora") and req.model:
+        add("QLoRA: a 4-bit base with LoRA adapters", {"technique": "qlora"}, _LORA)
+    if req.batch_size > 1:
+        found = _halve_until_fits(req, d, gpus, free, "batch_size")
+        if found:
+            changes, est = found
+            add(f"micro-batch {changes['train.batch_size']} x {changes['train.grad_accum']} accumulation steps "
+                "(same effective batch)", changes, _ROW["gradient accumulation"], est)
+    if req.seq_len > 64:
+        found = _halve_until_fits(req, d, gpus, free, "seq_len")
+        if found:
+            changes, est = found
+            add(f"sequences of {changes['train.seq_len']} tokens", changes, _SEQ, est)
+    n = max(req.gpus or len(gpus), 1)
+    for more in (2, 4, 8, 16):
+        if more > n:
+            changes = {"distributed.num_processes": more, "distributed.strategy": "fsdp"}
+            est = _try(req, d, gpus, changes)
+            if est.total_bytes <= free or more == 16:
+                add(f"{more} GPUs with FSDP (ZeRO-3)", changes, _SHARD, est)
+                break
+    out.sort(key=lambda s: -s.saved_bytes)
+    return out

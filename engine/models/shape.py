@@ -1,0 +1,292 @@
+"""A model's shape and parameter tensors, from its config alone: no weights, no torch at run time.
+
+The estimator needs every parameter tensor (name, size, which module kind it belongs to) to say
+what trains under LoRA, what 8-bit Adam quantizes (tensors of at least 4096 elements) and what
+gradients exist. For the families it knows (GPT-2 and the Llama family: Llama, Mistral, Qwen2/3,
+Mixtral) the tensors are enumerated from the config's numbers, which takes microseconds; importing
+torch alone takes ~2 s, too slow for an answer in under a second. Other model types are built on
+the meta device from the config (`meta_param_tensors`), which is exact but slower.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import UserError
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "mixtral")
+DEFAULT_SCRATCH_VOCAB = 32000  # Llama 2's vocabulary: the size a BPE tokenizer trained for scratch is capped at
+
+
+@dataclass(frozen=True)
+class ParamTensor:
+    name: str  # the module path's last parts, e.g. "layers.3.q_proj.weight"
+    numel: int
+    module: str  # the module's own name (q_proj, c_attn, embed_tokens, ...): what LoRA targets match
+    kind: str  # "embedding", "linear", "norm", "bias", "router"
+    layer: int | None = None  # the decoder layer it belongs to; None for embeddings and the head
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The numbers of a decoder-only model that memory depends on."""
+
+    family: str  # "gpt2", "llama" (Llama-style: RMSNorm, gated MLP, RoPE) or "other" (meta-counted)
+    model_type: str
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    max_positions: int
+    tie_embeddings: bool
+    experts: int = 1  # MoE: experts per layer and how many each token uses
+    experts_per_token: int = 1
+    dropout: float = 0.0  # residual/embedding dropout; >0 keeps a 1-byte mask per element on CUDA
+    attention: str = "sdpa"  # the attention implementation: "sdpa" (flash / memory-efficient) or "eager"
+    activation: str = ""  # the MLP's activation (GPT-2 activation_function, Llama hidden_act): what autograd saves
+    source: str = ""  # where the numbers came from, for the report
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+    tensors: tuple[ParamTensor, ...] = field(default=(), repr=False)
+
+    @property
+    def params(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    def default_lora_targets(self) -> tuple[str, ...]:
+        # peft's defaults for these families
+        return ("c_attn",) if self.family == "gpt2" else ("q_proj", "v_proj")
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each Linear in a layer, by module name (GPT-2's two c_proj: 'c_proj' is attention's)."""
+        h, i = self.hidden, self.intermediate
+        if self.family == "gpt2":
+            return {"c_attn": (h, 3 * h), "c_proj": (h, h), "c_fc": (h, i), "mlp.c_proj": (i, h)}
+        return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
+                "o_proj": (self.q_dim, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def to_transformers_config(self, **overrides: Any) -> Any:
+        """The transformers config (imports transformers: for measurement and training, not estimates)."""
+        from transformers import AutoConfig
+
+        cfg = dict(self.config)
+        cfg.update(overrides)
+        model_type = cfg.pop("model_type")
+        config = AutoConfig.for_model(model_type, **cfg)
+        config._attn_implementation = self.attention
+        return config
+
+    def with_dropout(self, p: float) -> ModelDims:
+        cfg = dict(self.config)
+        for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+            if key in cfg or self.family == "gpt2":
+                cfg[key] = p
+        return replace(self, dropout=p, config=cfg)
+
+
+# --- enumeration by family ---------------------------------------------------------------------------
+
+
+def _gpt2_tensors(v: int, h: int, n: int, i: int, pos: int) -> list[ParamTensor]:
+    out = [ParamTensor("wte.weight", v * h, "wte", "embedding"), ParamTensor("wpe.weight", pos * h, "wpe", "embedding")]
+    for k in range(n):
+        p = f"h.{k}."
+        out += [
+            ParamTensor(p + "ln_1.weight", h, "ln_1", "norm", k), ParamTensor(p + "ln_1.bias", h, "ln_1", "bias", k),
+            ParamTensor(p + "attn.c_attn.weight", h * 3 * h, "c_attn", "linear", k),
+            ParamTensor(p + "attn.c_attn.bias", 3 * h, "c_attn", "bias", k),
+            ParamTensor(p + "attn.c_proj.weight", h * h, "c_proj", "linear", k),
+            ParamTensor(p + "attn.c_proj.bias", h, "c_proj", "bias", k),
+            ParamTensor(p + "ln_2.weight", h, "ln_2", "norm", k), ParamTensor(p + "ln_2.bias", h, "ln_2", "bias", k),
+            ParamTensor(p + "mlp.c_fc.weight", h * i, "c_fc", "linear", k),
+            ParamTensor(p + "mlp.c_fc.bias", i, "c_fc", "bias", k),
+            ParamTensor(p + "mlp.c_proj.weight", i * h, "mlp.c_proj", "linear", k),
+            ParamTensor(p + "mlp.c_proj.bias", h, "mlp.c_proj", "bias", k),
+        ]
+    out += [ParamTensor("ln_f.weight", h, "ln_f", "norm"), ParamTensor("ln_f.bias", h, "ln_f", "bias")]
+    return out  # the LM head is tied to wte
+
+
+def _llama_tensors(d: ModelDims, cfg: dict[str, Any]) -> list[ParamTensor]:
+    h, i, v = d.hidden, d.intermediate, d.vocab_size
+    qkv_bias = bool(cfg.get("attention_bias", d.model_type == "qwen2"))
+    qk_norm = d.model_type == "qwen3"
+    out = [ParamTensor("embed_tokens.weight", v * h, "embed_tokens", "embedding")]
+    for k in range(d.layers):
+        p = f"layers.{k}."
+        out.append(ParamTensor(p + "input_layernorm.weight", h, "input_layernorm", "norm", k))
+        for name, (fi, fo) in (("q_proj", (h, d.q_dim)), ("k_proj", (h, d.kv_dim)), ("v_proj", (h, d.kv_dim)),
+                               ("o_proj", (d.q_dim, h))):
+            out.append(ParamTensor(p + f"self_attn.{name}.weight", fi * fo, name, "linear", k))
+            if qkv_bias and name != "o_proj":
+                out.append(ParamTensor(p + f"self_attn.{name}.bias", fo, name, "bias", k))
+        if qk_norm:
+            out += [ParamTensor(p + "self_attn.q_norm.weight", d.head_dim, "q_norm", "norm", k),
+                    ParamTensor(p + "self_attn.k_norm.weight", d.head_dim, "k_norm", "norm", k)]
+        out.append(ParamTensor(p + "post_attention_layernorm.weight", h, "post_attention_layernorm", "norm", k))
+        if d.experts > 1:
+            out.append(ParamTensor(p + "block_sparse_moe.gate.weight", h * d.experts, "gate", "router", k))
+            for e in range(d.experts):
+                q = p + f"block_sparse_moe.experts.{e}."
+                out += [ParamTensor(q + "w1.weight", h * i, "w1", "linear", k),
+                        ParamTensor(q + "w3.weight", h * i, "w3", "linear", k),
+                        ParamTensor(q + "w2.weight", i * h, "w2", "linear", k)]
+        else:
+            for name in ("gate_proj", "up_proj", "down_proj"):
+                out.append(ParamTensor(p + f"mlp.{name}.weight", h * i, name, "linear", k))
+    out.append(ParamTensor("norm.weight", h, "norm", "norm"))
+    if not d.tie_embeddings:
+        out.append(ParamTensor("lm_head.weight", v * h, "lm_head", "linear"))
+    return out
+
+
+def dims_from_config(cfg: dict[str, Any], source: str = "") -> ModelDims:
+    """ModelDims from a config.json's contents; unknown model types are counted on the meta device."""
+    d = _dims_from_config(cfg, source)
+    # transformers uses SDPA unless the config asks for another implementation
+    attention = str(cfg.get("_attn_implementation") or cfg.get("attn_implementation") or "sdpa")
+    return replace(d, attention="eager" if attention == "eager" else "sdpa")
+
+
+def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
+    mt = str(cfg.get("model_type", ""))
+    try:
+        if mt == "gpt2":
+            h, n = int(cfg.get("n_embd", 768)), int(cfg.get("n_layer", 12))
+            heads = int(cfg.get("n_head", 12))
+            i = int(cfg.get("n_inner") or 4 * h)
+            v, pos = int(cfg.get("vocab_size", 50257)), int(cfg.get("n_positions", 1024))
+            drop = max(float(cfg.get("resid_pdrop", 0.1)), float(cfg.get("embd_pdrop", 0.1)))
+            d = ModelDims("gpt2", mt, v, h, n, heads, heads, h // heads, i, pos, True, dropout=drop,
+                          activation=str(cfg.get("activation_function", "gelu_new")), source=source, config=cfg)
+            return replace(d, tensors=tuple(_gpt2_tensors(v, h, n, i, pos)))
+        if mt in LLAMA_LIKE:
+            h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+            kv = int(cfg.get("num_key_value_heads") or heads)
+            hd = int(cfg.get("head_dim") or h // heads)
+            experts = int(cfg.get("num_local_experts", 1) or 1)
+            d = ModelDims("llama", mt, int(cfg["vocab_size"]), h, int(cfg["num_hidden_layers"]), heads, kv, hd,
+                          int(cfg["intermediate_size"]), int(cfg.get("max_position_embeddings", 2048)),
+                          bool(cfg.get("tie_word_embeddings", False)), experts=experts,
+                          experts_per_token=int(cfg.get("num_experts_per_tok", 1) or 1),
+                          activation=str(cfg.get("hidden_act", "silu")), source=source, config=cfg)
+            return replace(d, tensors=tuple(_llama_tensors(d, cfg)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{source or 'config'}: config.json lacks or garbles {err} for model_type {mt!r}",
+                        field="model") from None
+    return meta_dims(cfg, source)
+
+
+def meta_dims(cfg: dict[str, Any], source: str) -> ModelDims:
+    """Any other causal LM: build it on the meta device and read its parameters (exact, ~seconds)."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        import torch
+
+        config = AutoConfig.for_model(**cfg)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as err:  # an unknown model_type or a config transformers cannot build
+        raise UserError(f"{source}: cannot build model_type {cfg.get('model_type')!r} from its config ({err})",
+                        field="model") from None
+    tensors = []
+    for name, p in model.named_parameters():
+        parts = name.split(".")
+        layer = next((int(x) for x in parts if x.isdigit()), None)
+        module = parts[-2] if len(parts) > 1 else parts[0]
+        kind = "embedding" if "embed" in name or name.endswith("wte.weight") else (
+            "norm" if p.dim() == 1 and parts[-1] == "weight" else "bias" if p.dim() == 1 else "linear")
+        tensors.append(ParamTensor(name, p.numel(), module, kind, layer))
+    g = lambda *keys, default=0: next((int(cfg[k]) for k in keys if cfg.get(k)), default)  # noqa: E731
+    h = g("hidden_size", "n_embd", "d_model")
+    heads = g("num_attention_heads", "n_head", default=max(1, h // 64))
+    return ModelDims("other", str(cfg.get("model_type")), g("vocab_size"), h,
+                     g("num_hidden_layers", "n_layer", "num_layers"), heads,
+                     g("num_key_value_heads", default=heads), h // heads if heads else h,
+                     g("intermediate_size", "n_inner", "ffn_dim", default=4 * h),
+                     g("max_position_embeddings", "n_positions", default=2048),
+                     bool(cfg.get("tie_word_embeddings", True)),
+                     activation=str(cfg.get("hidden_act") or cfg.get("activation_function") or ""), source=source,
+                     config=cfg, tensors=tuple(tensors))
+
+
+# --- where configs come from -------------------------------------------------------------------------
+
+
+def read_config(model: str) -> tuple[dict[str, Any], str]:
+    """config.json of a local folder, or of a Hub id from the local Hub cache (never the network)."""
+    path = Path(os.path.expanduser(model))
+    if path.exists():
+        cfg_path = path / "config.json" if path.is_dir() else path
+        if not cfg_path.is_file():
+            raise UserError(f"{path} has no config.json: point --model at a folder saved with save_pretrained",
+                            field="model")
+        where = str(cfg_path)
+    else:
+        if model.startswith((".", "/", "~")) or model.count("/") > 1:
+            raise UserError(f"model folder {model} does not exist", field="model")
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model, "config.json")
+        if not isinstance(found, str):
+            raise UserError(f"{model} is not in the local Hub cache and this machine is offline: run "
+                            f"`huggingface-cli download {model} config.json` where there is a network, "
+                            "or pass a local folder", field="model")
+        cfg_path, where = Path(found), f"{model} (Hub cache)"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {cfg_path}: {err}", field="model") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path} is not a JSON object", field="model")
+    return cfg, where
+
+
+def scratch_config(arch: str, layers: int, width: int, heads: int, kv_heads: int | None, mlp: int,
+                   vocab_size: int, max_seq_len: int) -> dict[str, Any]:
+    """The config.json that engine.models.architectures.build_config would write, without importing transformers."""
+    if arch == "gpt2":
+        return {"model_type": "gpt2", "vocab_size": vocab_size, "n_positions": max_seq_len, "n_embd": width,
+                "n_layer": layers, "n_head": heads, "n_inner": mlp, "bos_token_id": 0, "eos_token_id": 0,
+                "activation_function": "gelu_pytorch_tanh",
+                # the scratch technique sets dropout from the run spec (engine/spec.py), 0 unless asked
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    if arch == "llama":
+        return {"model_type": "llama", "vocab_size": vocab_size, "hidden_size": width, "intermediate_size": mlp,
+                "num_hidden_layers": layers, "num_attention_heads": heads,
+                "num_key_value_heads": kv_heads or heads, "max_position_embeddings": max_seq_len,
+                "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0}
+    raise UserError(f"unknown architecture {arch!r}: choose gpt2 or llama", field="arch")
+
+
+def load_dims(model: str | None = None, *, arch: str | None = None, size: str | None = None,
+              layers: int | None = None, width: int | None = None, heads: int | None = None,
+              vocab_size: int | None = None, max_seq_len: int = 2048) -> ModelDims:
+    """The model a request names: a config folder or Hub id, or a scratch architecture and size."""
+    if model:
+        cfg, where = read_config(model)
+        return dims_from_config(cfg, where)
+    from engine.models.architectures import shape_for
+
+    arch = arch or "llama"
+    shape = shape_for(size or "tiny", layers=layers, width=width, heads=heads)
+    vocab = vocab_size or DEFAULT_SCRATCH_VOCAB
+    if vocab <= 0:
+        raise UserError(f"vocab size must be positive, got {vocab}", field="vocab_size")
+    cfg = scratch_config(arch, shape.layers, shape.width, shape.heads, shape.kv_heads, shape.mlp_width(arch),
+                         vocab, max_seq_len)
+    return dims_from_config(cfg, f"scratch {arch} {size or 'tiny'}")

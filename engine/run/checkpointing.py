@@ -1,0 +1,160 @@
+"""How the trainer saves and loads its state: checkpoints (atomic, verified, never with a non-finite
+tensor, pausing on a full disk), the trainer state a resume needs, and final/ written whole.
+
+A mixin of engine/run/trainer.py's Trainer; engine/run/distributed/trainer.py overrides the weight writers for sharded runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.checkpoints import store as checkpoint
+
+from engine.checkpoints import fingerprint
+
+from engine.checkpoints import guards as save_guard
+from engine.errors import UserError
+from engine.run.train_state import rng_state, set_rng_state, versions
+
+
+class CheckpointSteps:
+    """Trainer methods that write or read checkpoints and final/ (self is the Trainer)."""
+
+    def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
+        import torch
+
+        self._settle_guard()  # skipped steps come off the count before it names a checkpoint
+        name = checkpoint.name_for(self.step, self.branch)
+        existing = self.run / checkpoint.CHECKPOINTS / name
+        replace = False
+        if existing.is_dir() and checkpoint.verify(existing, full=False) is None:
+            # The interval save of this step may predate a control (set_lr, rescue) taken at the boundary
+            # after it: then save again, or a resume would lose the user's learning rate.
+            saved = json.loads((existing / "trainer_state.json").read_text()).get("schedule")
+            if saved == json.loads(json.dumps(self.schedule.state_dict())):
+                return checkpoint.CheckpointInfo(name, existing, self.step, self.branch, self.parent)
+            replace = True
+
+        bad = self._nonfinite_state()
+        if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
+            message = (f"not saved at step {self.step}: {', '.join(bad)} not finite; roll back to an earlier "
+                       "checkpoint, perhaps with a lower learning rate")
+            self.events.emit("alert", step=self.step, kind="nan", message=message, suggest="rollback",
+                             severity="error")
+            if reason == "interval":
+                self.set_paused(True)
+                return None
+            raise UserError(message, field="checkpoint")
+
+        def write(folder: Path) -> None:
+            self._write_weights(folder)
+            torch.save(rng_state(), folder / "rng.pt")
+            if self.accelerator.scaler is not None:
+                torch.save(self.accelerator.scaler.state_dict(), folder / "scaler.pt")
+            (folder / "trainer_state.json").write_text(json.dumps(self._trainer_state()))
+
+        metrics = {"loss": self.last.get("train/loss"), "eval_loss": self.last.get("eval/loss")}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+        meta = {"metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
+                "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
+                "versions": versions()}
+        history = checkpoint.lineage(self.run)
+        needed = save_guard.folder_bytes(history[0].path) if history else 0
+        while (room := save_guard.room_problem(self.run, needed)) is not None:  # RELIABILITY C5
+            self._wait_for_space(room, "low_disk")
+        while True:
+            try:
+                info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta=meta,
+                                       replace=replace)
+                break
+            except Exception as e:
+                full = save_guard.disk_full(e, self.run, needed)
+                if full is None:
+                    raise
+                # RELIABILITY C4: checkpoint.save removed its temporary folder; the previous one is intact
+                self._wait_for_space(save_guard.describe_pause(full, history[0].name if history else None),
+                                     "disk_full")
+        self.parent = info.name
+        deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
+        self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
+                         reason=reason, deleted=deleted)
+        return info
+
+    def _nonfinite_state(self) -> list[str]:
+        return save_guard.nonfinite_state(self.params, self.optimizer)
+
+    def _write_weights(self, folder: Path) -> None:
+        """Model and optimizer state into a checkpoint (engine/run/distributed/trainer.py writes sharded ones its own way)."""
+        import torch
+
+        self.technique.save(self.prep, folder, final=False)
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+
+    def _load_weights(self, folder: Path) -> None:
+        import torch
+
+        self.technique.load(self.prep, folder)
+        device = self.accelerator.device
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
+
+    def _wait_for_space(self, message: str, kind: str) -> None:
+        """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
+        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        self.paused = True
+        self.set_state("paused", message)
+        self.in_save = True
+        try:
+            self._boundary()
+        finally:
+            self.in_save = False
+        if self.stop_reason:
+            raise UserError(message, field="checkpoint")
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "position": self.position, "tokens": self.tokens,
+                "branch": self.branch, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                "batch_choice": self.batch_choice,
+                "schedule": self.schedule.state_dict(), "watchdogs": self.watchdogs.state,
+                "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint,
+                "fingerprint_parts": fingerprint.parts(self.spec, self.prep.data_fingerprint)}
+
+    def _load(self, info: checkpoint.CheckpointInfo) -> None:
+        import torch
+
+        st = json.loads((info.path / "trainer_state.json").read_text())
+        fingerprint.check(st.get("fingerprint_parts"), fingerprint.parts(self.spec, self.prep.data_fingerprint),
+                          info.name, self.run, self.spec.technique)
+        if st.get("spec_fingerprint") != self.spec.fingerprint():
+            raise UserError(f"{info.name} was saved with a different model or data setup than this spec; "
+                            "resume refuses to mix them (start a new run instead)", field="resume")
+        if st.get("data_fingerprint") != self.prep.data_fingerprint:
+            raise UserError(f"the data changed since {info.name} was saved; resume refuses to continue on "
+                            "different data (start a new run instead)", field="data.path")
+        self._load_weights(info.path)
+        if self.accelerator.scaler is not None and (info.path / "scaler.pt").exists():
+            self.accelerator.scaler.load_state_dict(torch.load(info.path / "scaler.pt", weights_only=True))
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step, self.epoch, self.position, self.tokens = st["step"], st["epoch"], st["position"], st["tokens"]
+        self.batch_size, self.grad_accum = st.get("batch_size", self.batch_size), st.get("grad_accum", self.grad_accum)
+        self.batch_choice = st.get("batch_choice", self.batch_choice)
+        self.schedule.load_state_dict(st["schedule"])
+        self.watchdogs.state = st["watchdogs"]
+        self.arm_skip()  # the threshold the checkpoint's detector knew
+        set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
+        self.parent = info.name
+
+    def _save_final(self) -> tuple[Path, dict[str, Any]]:
+        """final/ written whole or not at all; save() may return fields for the done event (LoRA's adapter size)."""
+        import shutil
+
+        final, tmp = self.run / "final", self.run / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        summary = self.technique.save(self.prep, tmp, final=True) or {}
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final, summary

@@ -1,0 +1,1 @@
+"""Several processes: the accelerate launch, the supervisor, each rank and its training loop."""

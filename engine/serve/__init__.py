@@ -1,0 +1,1 @@
+"""Using what a run trained: sampling text from a checkpoint or final/."""

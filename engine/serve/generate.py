@@ -1,0 +1,103 @@
+"""Sample text from a run: its final model, or a checkpoint (the newest on the active branch by default).
+
+Checkpoints hold weights only; the model's config and tokenizer are saved once per run in
+<run>/model/ when training starts. A technique whose checkpoints need more (an adapter on a base
+model) provides `load_inference(run, folder) -> (model, tokenizer)` in its module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine.checkpoints import store as checkpoint
+
+from engine.runfolder import folder as runfolder
+from engine.errors import UserError
+
+MODEL_DIR = "model"
+
+
+def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[Any, Any, str]:
+    """(model in eval mode, tokenizer, a description of the source)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from engine import spec as spec_mod
+    from engine.techniques.base import get
+
+    final = run / "final"
+    newest = checkpoint.find_resume(run)
+    if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+        _refuse_model_code(run, final)
+        if (final / "adapter_config.json").is_file():  # a peft adapter: the technique puts it on its base
+            technique = get(spec_mod.load(run / runfolder.SPEC).technique)
+            model, tokenizer = technique.load_inference(run, final)
+            return model.eval(), tokenizer, "final"
+        if (final / "config.json").is_file() and AutoConfig.from_pretrained(final).is_encoder_decoder:
+            from transformers import AutoModelForSeq2SeqLM  # an encoder-decoder (MoE's Switch Transformers)
+
+            return AutoModelForSeq2SeqLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
+        return AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
+    target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
+    if target is None:
+        raise UserError(f"run {run.name} has no checkpoint or final model yet", field="run")
+    technique = get(spec_mod.load(run / runfolder.SPEC).technique)
+    if hasattr(technique, "load_inference"):
+        model, tokenizer = technique.load_inference(run, target.path)
+        return model.eval(), tokenizer, target.name
+    from safetensors.torch import load_model
+
+    from engine.checkpoints import fsdp as sharded_checkpoint
+
+    base = run / MODEL_DIR
+    if not (base / "config.json").is_file():
+        raise UserError(f"run {run.name} has no {MODEL_DIR}/config.json to rebuild the model from", field="run")
+    _refuse_model_code(run, base)
+    if sharded_checkpoint.is_sharded_checkpoint(target.path):  # FSDP or ZeRO: gather its shards in this process
+        import tempfile
+
+        from engine.checkpoints import zero as zero_checkpoint
+
+        sharded = zero_checkpoint if zero_checkpoint.is_zero_checkpoint(target.path) else sharded_checkpoint
+        with tempfile.TemporaryDirectory(prefix="llmw-consolidate-") as tmp:
+            whole = sharded.consolidate_offline(target.path, base, Path(tmp) / "model")
+            model = AutoModelForCausalLM.from_pretrained(whole)
+        return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    load_model(model, str(target.path / "model.safetensors"), strict=True)
+    return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+
+
+def _refuse_model_code(run: Path, folder: Path) -> None:
+    """A model saved with its own code (a pinned remote-code base copies it into the run) is not loaded here:
+    generate never runs a model's Python files (RELIABILITY M3), and says so instead of transformers' prompt."""
+    from engine.models import trust as security
+
+    source = security.resolve(str(folder))
+    code = security.remote_code(source) if source is not None else None
+    if code is not None:
+        raise UserError(f"{folder.relative_to(run)}/ of run {run.name} needs its own model code "
+                        f"({', '.join(code.files)}); generate never runs a model's code: after reading those "
+                        "files, load the folder with transformers and trust_remote_code=True yourself", field="run")
+
+
+def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_new_tokens: int = 100,
+             temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> tuple[str, str]:
+    """(the continuation of `prompt`, its source)."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise UserError("max_new_tokens must be at least 1", field="max_new_tokens")
+    model, tokenizer, source = load_for_inference(run, checkpoint_ref)
+    torch.manual_seed(seed)
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tokenizer.eos_token_id]])
+    limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
+    ids = ids[:, -max(1, limit - max_new_tokens):]
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=min(max_new_tokens, limit - 1),
+                             do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+                             top_k=top_k if temperature > 0 else None, pad_token_id=tokenizer.eos_token_id)
+    new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1]:]  # a decoder's output is all new
+    return tokenizer.decode(new, skip_special_tokens=True), source

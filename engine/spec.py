@@ -10,24 +10,26 @@ validate it in their `setup()`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine import vocabulary
 from engine.errors import UserError
+from engine.fields import bad as _bad, check as _check, check_keys as _check_keys, choice as _choice, setting as _f
+from engine.fields import set_value, toml_value as _toml_value  # noqa: F401 (set_value: spec.set_value for callers)
 
-TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit", "sgd")
-TOKENIZERS = ("bpe", "byte", "char")
-STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")  # several processes: replicate (DDP) or shard (FSDP, DeepSpeed ZeRO)
+# The names a setting takes are engine/vocabulary.py's; the spec accepts those the run engine trains.
+TECHNIQUES = vocabulary.names(vocabulary.TECHNIQUES)
+PRECISIONS = vocabulary.names(vocabulary.PRECISIONS, trained=True)
+OPTIMIZERS = vocabulary.names(vocabulary.OPTIMIZERS, trained=True)
+STRATEGIES = vocabulary.names(vocabulary.STRATEGIES, trained=True)  # several processes: replicate or shard
+SCHEDULES, TOKENIZERS, FIND_BATCH = vocabulary.SCHEDULES, vocabulary.TOKENIZERS, vocabulary.FIND_BATCH
+STDLIB, DATA_FORMATS = vocabulary.STDLIB, vocabulary.DATA_FORMATS
 # train settings a technique starts from when the spec leaves them out (fine-tuning wants a smaller LR
 # than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -37,48 +39,17 @@ CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_
 # schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.
 VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio", "find_batch",
                   "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback", "auto_rollback_max")
-STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
-FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/run/batch_finder.py)
-DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
-
-
-def _f(default: Any, help: str, quiet: bool = False, **kw: Any) -> Any:
-    """A field with its help text; `quiet` ones are left out of spec.toml while they hold their default."""
-    metadata = {"help": help, "quiet": quiet}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
-    return field(default=default, metadata=metadata, **kw)
-
-
-def _bad(section: str, name: str, message: str) -> UserError:
-    dotted = f"{section}.{name}" if section else name
-    return UserError(f"{dotted}: {message}", field=dotted)
-
-
-def _positive(section: str, obj: Any, *names: str, zero_ok: bool = False) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise _bad(section, name, f"must be a number, got {value!r}")
-        if value < 0 or (value == 0 and not zero_ok):
-            raise _bad(section, name, f"must be {'>= 0' if zero_ok else 'positive'}, got {value!r}")
-
-
-def _choice(section: str, obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise _bad(section, name, f"unknown value {value!r}: choose one of {', '.join(choices)}")
 
 
 @dataclass
 class ModelSpec:
-    arch: str = _f("gpt2", "scratch architecture: gpt2 or llama")
-    size: str = _f("tiny", "scratch size preset (tiny, 10M, 125M, 350M, 1B, 7B)")
-    layers: int = _f(0, "override the size's number of layers (0 = the size's)")
-    width: int = _f(0, "override the size's hidden width (0 = the size's)")
-    heads: int = _f(0, "override the size's attention heads (0 = the size's)")
-    dropout: float = _f(0.0, "dropout in the scratch model (0 is usual for short runs)")
+    arch: str = _f("gpt2", "scratch architecture: gpt2 or llama", choices=vocabulary.names(vocabulary.ARCHS))
+    size: str = _f("tiny", "scratch size preset (tiny, 10M, 125M, 350M, 1B, 7B)", choices=vocabulary.SIZES)
+    layers: int = _f(0, "override the size's number of layers (0 = the size's)", low=">= 0")
+    width: int = _f(0, "override the size's hidden width (0 = the size's)", low=">= 0")
+    heads: int = _f(0, "override the size's attention heads (0 = the size's)", low=">= 0")
+    dropout: float = _f(0.0, "dropout in the scratch model (0 is usual for short runs)", low=">= 0")
     path: str = _f("", "a pretrained model: Hub id or local folder (fine-tuning techniques)")
     # Opt-ins for model.path (engine/models/trust.py, RELIABILITY M3 and S2): written to spec.toml only when set.
     trust_remote_code: bool = _f(False, "run this model's own Python code (config.json auto_map); needs a pin: "
@@ -89,11 +60,7 @@ class ModelSpec:
                                            "tensors only, weights_only=True)", quiet=True)
 
     def __post_init__(self) -> None:
-        from engine.models.architectures import ARCHS, SIZES
-
-        _choice("model", self, "arch", ARCHS)
-        _choice("model", self, "size", tuple(SIZES))
-        _positive("model", self, "layers", "width", "heads", "dropout", zero_ok=True)
+        _check("model", self)
         if self.dropout >= 1:
             raise _bad("model", "dropout", f"must be below 1, got {self.dropout}")
         for name, pattern, what in (("revision", "[0-9a-f]{40}", "a 40-digit commit hash"),
@@ -107,13 +74,13 @@ class ModelSpec:
 
 @dataclass
 class TokenizerSpec:
-    kind: str = _f("bpe", "bpe (trained on your text), byte (256 symbols) or char (the book's char-level)")
-    vocab_size: int = _f(512, "BPE vocabulary size (ignored for byte and char)")
+    kind: str = _f("bpe", "bpe (trained on your text), byte (256 symbols) or char (the book's char-level)",
+                   choices=TOKENIZERS)
+    vocab_size: int = _f(512, "BPE vocabulary size (ignored for byte and char)", low="> 0")
     path: str = _f("", "an existing tokenizer folder instead of training one")
 
     def __post_init__(self) -> None:
-        _choice("tokenizer", self, "kind", TOKENIZERS)
-        _positive("tokenizer", self, "vocab_size")
+        _check("tokenizer", self)
         if self.kind == "bpe" and self.vocab_size < 64:
             raise _bad("tokenizer", "vocab_size", f"a BPE vocabulary needs at least 64 entries, got {self.vocab_size}")
 
@@ -123,32 +90,30 @@ class DataSpec:
     path: str = _f("", f"a text file or a folder of them; {STDLIB!r} = Python's standard library source; "
                        "a JSONL/CSV/Parquet file, a Slack export folder, or a Hub dataset id (format = hub)")
     text_column: str = _f("text", "column holding the text (JSONL/CSV/Parquet/Hub; empty = guess)")
-    val_fraction: float = _f(0.05, "share of the token blocks held out for validation")
-    format: str = _f("auto", "auto (from the path), " + ", ".join(DATA_FORMATS[1:]))
+    val_fraction: float = _f(0.05, "share of the token blocks held out for validation", low=">= 0")
+    format: str = _f("auto", "auto (from the path), " + ", ".join(DATA_FORMATS[1:]), choices=DATA_FORMATS)
     prompt_column: str = _f("", "column with the prompt; with response_column, rows become template text")
     response_column: str = _f("", "column with the response (trained on; the prompt can be masked)")
     label_column: str = _f("", "column with a class label: rows become 'text : ... Label : <label>'")
     template: str = _f(DEFAULT_TEMPLATE, "how a prompt and its response are joined: {prompt} then {response}")
     mask_prompt: bool = _f(True, "no loss on the prompt (or the text before a label); train on the answer only")
     slack_user: str = _f("", "Slack export: the user (id, name or display name) whose replies are learned")
-    context: int = _f(4, "Slack export: preceding messages kept as the prompt of each reply")
+    context: int = _f(4, "Slack export: preceding messages kept as the prompt of each reply", low=">= 0")
     split: str = _f("train", "Hub dataset: the split to train on")
     subset: str = _f("", "Hub dataset: the configuration (subset) name, if it has several")
 
     def __post_init__(self) -> None:
         if not self.path:
             raise _bad("data", "path", "is required: a text file, a folder, or 'stdlib'")
-        _choice("data", self, "format", DATA_FORMATS)
+        _check("data", self)
         if self.format == "hub":
             if self.path.startswith((".", "/", "~")) or self.path.count("/") > 1:
                 raise _bad("data", "path", f"a Hub dataset id looks like 'owner/name', got {self.path!r}")
         elif self.path != STDLIB and not Path(self.path).expanduser().exists():
             hint = " (for a Hub dataset set data.format = \"hub\")" if self.path.count("/") == 1 else ""
             raise _bad("data", "path", f"file or folder not found: {self.path}{hint}")
-        _positive("data", self, "val_fraction", zero_ok=True)
         if self.val_fraction >= 0.5:
             raise _bad("data", "val_fraction", f"must be below 0.5, got {self.val_fraction}")
-        _positive("data", self, "context", zero_ok=True)
         if bool(self.prompt_column) != bool(self.response_column):
             raise _bad("data", "response_column" if self.prompt_column else "prompt_column",
                        "set prompt_column and response_column together")
@@ -162,42 +127,41 @@ class DataSpec:
 
 @dataclass
 class TrainSpec:
-    seq_len: int = _f(128, "tokens per training sequence (context length)")
-    batch_size: int = _f(8, "sequences per micro-batch (prefer a power of two)")
-    grad_accum: int = _f(1, "micro-batches per optimizer step (saves memory, same effective batch)")
-    lr: float = _f(3e-4, "peak learning rate")
-    schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine, linear or constant")
-    warmup_steps: int = _f(0, "optimizer steps of linear warm-up")
-    min_lr_ratio: float = _f(0.1, "the schedule's floor as a share of the peak LR")
-    max_steps: int = _f(0, "optimizer steps to train (0 = use epochs)")
-    epochs: float = _f(1.0, "passes over the training data when max_steps is 0")
-    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    optimizer: str = _f("adamw", "adamw, adamw8bit, paged_adamw8bit (bitsandbytes; QLoRA's default) or sgd")
-    precision: str = _f("fp32", "fp32, bf16 or fp16 (fp16 needs a GPU)")
+    seq_len: int = _f(128, "tokens per training sequence (context length)", low="> 0")
+    batch_size: int = _f(8, "sequences per micro-batch (prefer a power of two)", low="> 0")
+    grad_accum: int = _f(1, "micro-batches per optimizer step (saves memory, same effective batch)", low="> 0")
+    lr: float = _f(3e-4, "peak learning rate", low="> 0")
+    schedule: str = _f("cosine", "learning-rate schedule after warm-up: cosine, linear or constant",
+                        choices=SCHEDULES)
+    warmup_steps: int = _f(0, "optimizer steps of linear warm-up", low=">= 0")
+    min_lr_ratio: float = _f(0.1, "the schedule's floor as a share of the peak LR", low=">= 0")
+    max_steps: int = _f(0, "optimizer steps to train (0 = use epochs)", low=">= 0")
+    epochs: float = _f(1.0, "passes over the training data when max_steps is 0", low=">= 0")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)", low=">= 0")
+    weight_decay: float = _f(0.0, "AdamW weight decay", low=">= 0")
+    optimizer: str = _f("adamw", "adamw, adamw8bit, paged_adamw8bit (bitsandbytes; QLoRA's default) or sgd",
+                         choices=OPTIMIZERS)
+    precision: str = _f("fp32", "fp32, or mixed precision over fp32 weights: bf16 or fp16 (fp16 needs a GPU)",
+                         choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
     oom_backoff: bool = _f(False, "on out-of-memory, halve the micro-batch and double accumulation")
     find_batch: str = _f("auto", "before the first step, probe for the largest micro-batch that fits (same "
-                                 "effective batch): on, off, or auto (on a GPU when the estimate is tight)")
-    threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)")
-    nonfinite_patience: int = _f(3, "non-finite steps in a row (each skipped) before the run pauses or rolls back")
-    spike_patience: int = _f(3, "logging intervals in a row with a loss spike before the run pauses or rolls back")
+                                 "effective batch): on, off, or auto (on a GPU when the estimate is tight)",
+                         choices=FIND_BATCH)
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default; 1 suits tiny CPU runs)", low=">= 0")
+    nonfinite_patience: int = _f(3, "non-finite steps in a row (each skipped) before the run pauses or rolls back",
+                                 low="> 0")
+    spike_patience: int = _f(3, "logging intervals in a row with a loss spike before the run pauses or rolls back",
+                             low="> 0")
     spike_skip: bool = _f(True, "skip a single optimizer step whose loss is a clear outlier (over 3x the smoothed "
                           "loss and 6 spreads above it; off in warm-up and the first 10 logged intervals)")
     auto_rollback: bool = _f(False, "instead of pausing on those: roll back to the newest checkpoint before it, "
                              "halve the LR and skip that data (at most auto_rollback_max times, then pause)")
-    auto_rollback_max: int = _f(3, "automatic rollbacks allowed before the run pauses for you")
+    auto_rollback_max: int = _f(3, "automatic rollbacks allowed before the run pauses for you", low=">= 0")
 
     def __post_init__(self) -> None:
-        _positive("train", self, "seq_len", "batch_size", "grad_accum", "lr", "nonfinite_patience", "spike_patience")
-        _positive("train", self, "auto_rollback_max", zero_ok=True)
-        _positive("train", self, "warmup_steps", "min_lr_ratio", "max_steps", "epochs", "grad_clip",
-                  "weight_decay", "threads", zero_ok=True)
-        _choice("train", self, "schedule", SCHEDULES)
-        _choice("train", self, "optimizer", OPTIMIZERS)
-        _choice("train", self, "precision", PRECISIONS)
-        _choice("train", self, "find_batch", FIND_BATCH)
+        _check("train", self)
         if self.min_lr_ratio > 1:
             raise _bad("train", "min_lr_ratio", f"must be at most 1, got {self.min_lr_ratio}")
         if self.max_steps == 0 and self.epochs == 0:
@@ -211,46 +175,45 @@ class TrainSpec:
 
 @dataclass
 class EvalSpec:
-    every: int = _f(100, "optimizer steps between evaluations on the validation split (0 = never)")
-    batches: int = _f(8, "validation batches per evaluation (0 = the whole split)")
+    every: int = _f(100, "optimizer steps between evaluations on the validation split (0 = never)", low=">= 0")
+    batches: int = _f(8, "validation batches per evaluation (0 = the whole split)", low=">= 0")
 
     def __post_init__(self) -> None:
-        _positive("eval", self, "every", "batches", zero_ok=True)
+        _check("eval", self)
 
 
 @dataclass
 class CheckpointSpec:
-    every: int = _f(200, "optimizer steps between checkpoints (0 = only at the end and on request)")
-    keep: int = _f(3, "checkpoints kept on the active branch (the best is kept as well)")
+    every: int = _f(200, "optimizer steps between checkpoints (0 = only at the end and on request)", low=">= 0")
+    keep: int = _f(3, "checkpoints kept on the active branch (the best is kept as well)", low="> 0")
 
     def __post_init__(self) -> None:
-        _positive("checkpoint", self, "every", zero_ok=True)
-        _positive("checkpoint", self, "keep")
+        _check("checkpoint", self)
         if self.keep < 2:
             raise _bad("checkpoint", "keep", f"keep at least 2 so that a save never leaves none, got {self.keep}")
 
 
 @dataclass
 class LogSpec:
-    every: int = _f(10, "optimizer steps between metrics events (each costs one device sync)")
+    every: int = _f(10, "optimizer steps between metrics events (each costs one device sync)", low="> 0")
 
     def __post_init__(self) -> None:
-        _positive("log", self, "every")
+        _check("log", self)
 
 
 @dataclass
 class DistributedSpec:
-    num_processes: int = _f(1, "training processes in all (one per GPU); above 1 the run goes through `accelerate launch`")
-    num_machines: int = _f(1, "machines taking part (each runs `llm-wizard train --print-launch`'s command)")
-    machine_rank: int = _f(0, "this machine's index, 0 to num_machines - 1 (0 hosts the rendezvous)")
+    num_processes: int = _f(1, "training processes in all (one per GPU); above 1 the run goes through "
+                               "`accelerate launch`", low="> 0")
+    num_machines: int = _f(1, "machines taking part (each runs `llm-wizard train --print-launch`'s command)", low="> 0")
+    machine_rank: int = _f(0, "this machine's index, 0 to num_machines - 1 (0 hosts the rendezvous)", low=">= 0")
     main_process_ip: str = _f("", "address of machine 0, reachable from every machine (several machines)")
     main_process_port: int = _f(29500, "rendezvous port on machine 0 (one machine: a free port is picked)")
-    strategy: str = _f("ddp", "ddp (a full copy per GPU), fsdp (sharded), zero2 or zero3 (DeepSpeed)")
+    strategy: str = _f("ddp", "ddp (a full copy per GPU), fsdp (sharded), zero2 or zero3 (DeepSpeed)",
+                        choices=STRATEGIES)
 
     def __post_init__(self) -> None:
-        _positive("distributed", self, "num_processes", "num_machines")
-        _positive("distributed", self, "machine_rank", zero_ok=True)
-        _choice("distributed", self, "strategy", STRATEGIES)
+        _check("distributed", self)
         if self.num_processes % self.num_machines:
             raise _bad("distributed", "num_processes", f"{self.num_processes} does not split evenly over "
                        f"{self.num_machines} machines")
@@ -261,16 +224,11 @@ class DistributedSpec:
             raise _bad("distributed", "main_process_ip", "several machines need the address of machine 0")
         if not 0 < self.main_process_port < 65536:
             raise _bad("distributed", "main_process_port", f"not a TCP port: {self.main_process_port}")
-        if self.num_processes > 1:
-            from engine.run.distributed.launch import deepspeed_missing
-
-            if (missing := deepspeed_missing(self.strategy)) is not None:
-                raise _bad("distributed", "strategy", missing)
 
 
 @dataclass
 class RunSpec:
-    technique: str = _f("scratch", "how to train: " + ", ".join(TECHNIQUES))
+    technique: str = _f("scratch", "how to train: " + ", ".join(TECHNIQUES), choices=TECHNIQUES)
     name: str = _f("run", "a short name; the run id is <time>-<name>-<suffix>")
     seed: int = _f(0, "random seed for weights, data order and dropout")
     runs_dir: str = _f("", "where runs live (empty = --runs-dir, $LLM_WIZARD_RUNS or the default)")
@@ -285,7 +243,7 @@ class RunSpec:
     options: dict[str, Any] = _f({}, "technique-specific settings (validated by the technique)")
 
     def __post_init__(self) -> None:
-        _choice("", self, "technique", TECHNIQUES)
+        _choice("", self, "technique", TECHNIQUES)  # its sections check themselves
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise UserError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}", field="name")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -317,25 +275,9 @@ SECTIONS: dict[str, type] = {
 }
 
 
-# Names people bring from HF TrainingArguments and other tools, for the "did you mean" hint.
-ALIASES = {"learning_rate": "lr", "scheduler": "schedule", "lr_scheduler_type": "schedule", "steps": "max_steps",
-           "gradient_accumulation_steps": "grad_accum", "per_device_train_batch_size": "batch_size",
-           "warmup": "warmup_steps", "max_length": "seq_len", "block_size": "seq_len", "context_length": "seq_len",
-           "num_train_epochs": "epochs", "max_grad_norm": "grad_clip", "save_steps": "every", "eval_steps": "every"}
-
-
-def _check_keys(where: str, given: dict[str, Any], allowed: list[str]) -> None:
-    for key in given:
-        if key not in allowed:
-            alias = ALIASES.get(key)
-            hint = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
-            tip = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
-            raise UserError(f"{where}{key}: unknown setting{tip}", field=f"{where}{key}")
-
-
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
-    _check_keys(f"{section}.", values, names)
+    _check_keys(f"{section}.", values, names, vocabulary.FOREIGN_NAMES)
     types = {f.name: f.type for f in fields(cls)}
     if section == "train" and isinstance(values.get("find_batch"), bool):
         values["find_batch"] = "on" if values["find_batch"] else "off"  # `find_batch = true` reads as on
@@ -356,7 +298,7 @@ def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
     """Build and validate a spec; relative data/model/tokenizer paths are taken from `base_dir`."""
     data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
     top = [f.name for f in fields(RunSpec)]
-    _check_keys("", data, top)
+    _check_keys("", data, top, vocabulary.FOREIGN_NAMES)
     train = data.setdefault("train", {})
     if isinstance(train, dict) and isinstance(data.get("technique"), str):
         for k, v in TECHNIQUE_DEFAULTS.get(data["technique"], {}).items():
@@ -397,36 +339,6 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunSpec:
     for assignment in overrides or []:
         set_value(data, assignment)
     return from_dict(data, base_dir=p.parent.resolve())
-
-
-def set_value(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `section.key=value` override (CLI `--set`); the value is parsed as TOML."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: use section.key=value", field="set")
-    key, raw = assignment.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word is a string
-    node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
 def to_toml(spec: RunSpec) -> str:

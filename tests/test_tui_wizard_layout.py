@@ -16,7 +16,7 @@ from tui_helpers import fixed_report, screen_text, wait_until
 
 from engine.errors import UserError
 from engine.estimate.memory import estimate
-from engine.run.distributed.launch import zero_available
+from engine.machine.strategies import zero_available
 from engine.estimate.layout import gib, propose
 from engine.spec import from_dict, load
 from tui.app import make_app

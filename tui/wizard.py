@@ -170,7 +170,7 @@ def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool)
     """Apply an estimator suggestion's `changes`; None when applied, else why the wizard cannot make it
     here (more GPUs than this machine has, a strategy it cannot run, an optimizer the engine does not train),
     and then nothing is changed. A process count is the total over the machines, as the estimator's."""
-    from engine.run.distributed.launch import strategy_unavailable
+    from engine.machine.strategies import strategy_unavailable
 
     changes = dict(changes)
     for key, value in changes.items():

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from engine.estimate.memory import STRATEGIES, EstimateRequest, estimate, verdict
-from engine.run.distributed.launch import strategy_unavailable
+from engine.machine.strategies import strategy_unavailable
 
 if TYPE_CHECKING:
     from engine.models.shape import ModelDims

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-ARCHS = ("gpt2", "llama")
+from engine import vocabulary
+
+ARCHS = vocabulary.names(vocabulary.ARCHS)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ SIZES: dict[str, Shape] = {
     "1B": Shape(layers=22, width=2048, heads=32, kv_heads=4, intermediate=5632),
     "7B": Shape(layers=32, width=4096, heads=32, intermediate=11008),
 }
+assert tuple(SIZES) == vocabulary.SIZES, "a size is named in engine/vocabulary.py and given its shape here"
 
 
 def shape_for(size: str, **overrides: int | None) -> Shape:

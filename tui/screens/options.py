@@ -84,7 +84,7 @@ def visible_settings(c: Choices, report: Any) -> list[Setting]:
     Machines: with more than one process, or on request (`m`); machine 0's address with several."""
     from dataclasses import replace
 
-    from engine.run.distributed.launch import strategy_unavailable
+    from engine.machine.strategies import strategy_unavailable
     from engine.estimate.layout import cuda_usable
 
     n_gpus = len(report.gpus) if report else 0
@@ -235,7 +235,7 @@ class OptionsScreen(WizardStep):
     def action_choose(self) -> None:
         """The highlighted setting's values as a list; for the strategy every one, those this machine
         cannot run disabled with the reason, each with its per-GPU estimate."""
-        from engine.run.distributed.launch import strategy_unavailable
+        from engine.machine.strategies import strategy_unavailable
         from engine.estimate.layout import cuda_usable, gib
         from tui.modals.choose import Choice, ChooseModal
 

@@ -20,27 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.machine.strategies import GPU_ONLY_STRATEGIES, TRAINABLE_STRATEGIES, deepspeed_missing
 
 CONFIG = "accelerate_config.yaml"
 SUPERVISOR = "engine.run.distributed.supervisor"
 WORKER = "engine.run.distributed.worker"
 ACCELERATE = ("-m", "accelerate.commands.launch")  # `accelerate launch`, from this interpreter's environment
-# Strategies this version trains. fsdp (FSDP2: engine/checkpoints/fsdp.py saves its shards and
-# consolidates final/) needs CUDA GPUs: accelerate runs FSDP only on an accelerator. zero2/zero3 (DeepSpeed,
-# engine/checkpoints/zero.py) need the deepspeed package (the optional extra llm-wizard[deepspeed]); they run
-# on CUDA GPUs and, over gloo, on the CPU.
-TRAINABLE_STRATEGIES = ("ddp", "fsdp", "zero2", "zero3")
-GPU_ONLY_STRATEGIES = ("fsdp",)
-DEEPSPEED_STRATEGIES = ("zero2", "zero3")
-
-
-def deepspeed_missing(strategy: str) -> str | None:
-    """Why `strategy` cannot run here (the deepspeed package is not importable), or None."""
-    if strategy not in DEEPSPEED_STRATEGIES or zero_available():
-        return None
-    return (f"{strategy} needs DeepSpeed, which is not installed in this Python environment "
-            "(pip install 'llm-wizard[deepspeed]'); without it use fsdp to shard the model over CUDA GPUs, or ddp, "
-            "which keeps a full copy on each GPU (the estimate shows whether that fits)")
+# Which strategies this machine can train: engine/machine/strategies.py.
 
 
 def is_multi(spec: Any) -> bool:
@@ -183,22 +169,3 @@ def launch_plan(run: Path, spec: Any, *, resume: bool = False, started: bool = F
     for rank in range(1 if started else 0, d.num_machines):
         lines += [f"# machine {rank}:", node_command(run, rank, resume=resume)]
     return "\n".join(lines)
-
-
-def zero_available() -> bool:
-    """Whether DeepSpeed can be imported here (ZeRO-2/3 need it); found without importing it."""
-    import importlib.util
-
-    return importlib.util.find_spec("deepspeed") is not None
-
-
-def strategy_unavailable(strategy: str, *, cuda: bool) -> str | None:
-    """Why this machine cannot train `strategy` now, in a few words (None: it can): what the wizard shows
-    beside a disabled choice. The same rules as check_supported and the spec's DeepSpeed check."""
-    if strategy in DEEPSPEED_STRATEGIES and not zero_available():
-        return "DeepSpeed is not installed"
-    # The wizard shards over CUDA GPUs only: ZeRO also runs over gloo on the CPU (check_supported lets a spec
-    # ask for it, the tests use it), but sharding a model that does not fit a GPU into CPU processes is no plan.
-    if (strategy in GPU_ONLY_STRATEGIES or strategy in DEEPSPEED_STRATEGIES) and not cuda:
-        return "no CUDA"
-    return None

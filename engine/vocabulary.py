@@ -1,0 +1,115 @@
+"""The names of a run's settings, said once: techniques, precisions, optimizers, strategies, scratch shapes.
+
+The run spec validates against these, the estimator takes them as its request's values, and the wizard
+offers them: so a value the estimator suggests is one that `llm-wizard train --set` accepts. A name the
+estimator can count but the run engine does not train (`trains=False`: pure bf16, Adafactor) is offered by
+`llm-wizard estimate` only, never suggested and never written into a spec. Nothing but engine.errors is
+imported here (the base layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import UserError
+
+
+@dataclass(frozen=True)
+class Name:
+    """One value of a setting, with the line the wizard and the CLI show beside it."""
+
+    name: str
+    help: str
+    trains: bool = True  # False: the estimator knows it; the run engine does not train it
+
+
+@dataclass(frozen=True)
+class Precision(Name):
+    weights: str = "fp32"  # the dtype of trainable weights, their gradients and optimizer states
+    compute: str = "fp32"  # the dtype matmuls run in (autocast's, under mixed precision)
+
+    @property
+    def mixed(self) -> bool:
+        """16-bit compute over fp32 weights: autocast keeps a 16-bit copy of each Linear weight."""
+        return self.weights != self.compute
+
+
+TECHNIQUES: tuple[Name, ...] = (
+    Name("scratch", "a new model from a config, random weights, tokenizer trained on your data"),
+    Name("full", "fine-tune every weight of a pretrained model"),
+    Name("lora", "small low-rank adapters on a frozen model"),
+    Name("qlora", "LoRA adapters on a 4-bit (NF4) frozen model"),
+    Name("prompt-tuning", "only a few virtual token embeddings train"),
+    Name("distill", "a student learns from a teacher's outputs"),
+    Name("moe", "fine-tune a mixture-of-experts model"),
+)
+PRECISIONS: tuple[Precision, ...] = (
+    Precision("fp32", "32-bit weights and compute: the most memory, no surprises", compute="fp32"),
+    Precision("bf16", "mixed precision: bf16 compute under autocast over fp32 weights and optimizer states",
+              compute="bf16"),
+    Precision("fp16", "mixed precision: fp16 compute over fp32 weights, with loss scaling (needs a GPU)",
+              compute="fp16"),
+    # The estimator's accuracy tests measure it (tests/memory_measure.py); the run engine does not train it:
+    # bf16 AdamW states lose small updates (8 bits of mantissa), a precision trade-off a run should not get
+    # from a memory suggestion.
+    Precision("bf16-pure", "estimate only: bf16 weights, gradients and optimizer states (half the memory of "
+                           "fp32 weights; small updates are lost to bf16 rounding); the run engine trains bf16 "
+                           "as mixed precision", trains=False, weights="bf16", compute="bf16"),
+)
+OPTIMIZERS: tuple[Name, ...] = (
+    Name("adamw", "AdamW: two fp32 states a parameter (8 bytes)"),
+    Name("adamw8bit", "8-bit AdamW (bitsandbytes): about 2 bytes of state a parameter"),
+    Name("paged_adamw8bit", "8-bit AdamW whose states page to CPU memory under pressure (QLoRA's default)"),
+    Name("sgd", "SGD with momentum: one state a parameter"),
+    Name("adafactor", "estimate only: a factored second moment (the run engine does not train it)", trains=False),
+)
+STRATEGIES: tuple[Name, ...] = (
+    Name("ddp", "a full copy per GPU (fastest while it fits)"),
+    Name("fsdp", "weights, gradients and optimizer states sharded over the GPUs (FSDP2)"),
+    Name("zero2", "gradients and optimizer states sharded (DeepSpeed ZeRO-2)"),
+    Name("zero3", "weights, gradients and optimizer states sharded (DeepSpeed ZeRO-3)"),
+)
+ARCHS: tuple[Name, ...] = (
+    Name("gpt2", "GPT-2 style: learned positions, GELU MLP, tied embeddings"),
+    Name("llama", "Llama style: rotary positions, SwiGLU MLP, RMSNorm"),
+)
+SIZES = ("tiny", "10M", "125M", "350M", "1B", "7B")  # engine/models/architectures.py gives each its shape
+SCHEDULES = ("cosine", "linear", "constant")
+TOKENIZERS = ("bpe", "byte", "char")
+FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/run/batch_finder.py)
+STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
+DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
+
+# Names people bring from HF TrainingArguments and other tools, for the spec's "did you mean" hint.
+FOREIGN_NAMES = {"learning_rate": "lr", "scheduler": "schedule", "lr_scheduler_type": "schedule",
+                 "steps": "max_steps", "gradient_accumulation_steps": "grad_accum",
+                 "per_device_train_batch_size": "batch_size", "warmup": "warmup_steps", "max_length": "seq_len",
+                 "block_size": "seq_len", "context_length": "seq_len", "num_train_epochs": "epochs",
+                 "max_grad_norm": "grad_clip", "save_steps": "every", "eval_steps": "every"}
+
+# The estimator's older names, read as the run spec's (scripts written for `estimate` keep working).
+# `bf16` meant pure bf16 there; it is the spec's mixed bf16 now, and pure bf16 is `bf16-pure`.
+FORMER_NAMES = {"mixed-bf16": "bf16", "mixed-fp16": "fp16", "adamw-8bit": "adamw8bit",
+                "paged-adamw-8bit": "paged_adamw8bit"}
+
+
+def names(values: tuple[Name, ...], *, trained: bool = False) -> tuple[str, ...]:
+    """The names of a setting's values; `trained`: only those the run engine trains."""
+    return tuple(v.name for v in values if v.trains or not trained)
+
+
+def find(values: tuple[Name, ...], name: str) -> Name:
+    for v in values:
+        if v.name == name:
+            return v
+    raise UserError(f"unknown value {name!r}: choose one of {', '.join(names(values))}", field=name)
+
+
+def precision(name: str) -> Precision:
+    p = find(PRECISIONS, name)
+    assert isinstance(p, Precision)
+    return p
+
+
+def help_of(values: tuple[Name, ...], name: str) -> str:
+    return find(values, name).help

@@ -63,7 +63,7 @@ def test_distributed_section_validates(tmp_path: Path) -> None:
         assert e.value.field == f"distributed.{name}", (d, e.value)
     if importlib.util.find_spec("deepspeed") is None:  # the optional extra; tests/test_zero_runs.py covers both
         with pytest.raises(UserError, match="DeepSpeed, which is not installed"):
-            tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "zero3"})
+            launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "zero3"}))
 
 
 def test_unsupported_strategies_refused_before_launch(tmp_path: Path) -> None:

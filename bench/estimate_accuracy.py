@@ -27,17 +27,17 @@ from memory_measure import CASES, case_request, measurable_dims, measure  # noqa
 REALISTIC: dict[str, dict] = {
     "gpt2 125M full fp32 adamw b8 s1024": dict(arch="gpt2", size="125M", vocab_size=50257, technique="full",
                                               precision="fp32", batch_size=8, seq_len=1024),
-    "llama 1.1B scratch bf16 adamw b1 s512": dict(arch="llama", size="1B", technique="scratch", precision="bf16",
+    "llama 1.1B scratch bf16 adamw b1 s512": dict(arch="llama", size="1B", technique="scratch", precision="bf16-pure",
                                                  batch_size=1, seq_len=512),
-    "llama 1.1B full bf16 b4 s2048": dict(arch="llama", size="1B", technique="full", precision="bf16",
+    "llama 1.1B full bf16 b4 s2048": dict(arch="llama", size="1B", technique="full", precision="bf16-pure",
                                          batch_size=4, seq_len=2048),
-    "llama 1.1B full bf16 ckpt b16 s2048": dict(arch="llama", size="1B", technique="full", precision="bf16",
+    "llama 1.1B full bf16 ckpt b16 s2048": dict(arch="llama", size="1B", technique="full", precision="bf16-pure",
                                                grad_checkpointing=True, batch_size=16, seq_len=2048),
-    "llama 1.1B lora bf16 b4 s1024": dict(arch="llama", size="1B", technique="lora", precision="bf16",
+    "llama 1.1B lora bf16 b4 s1024": dict(arch="llama", size="1B", technique="lora", precision="bf16-pure",
                                          batch_size=4, seq_len=1024),
 }
 BIG = {
-    "llama 7B lora bf16 b1 s2048": dict(arch="llama", size="7B", technique="lora", precision="bf16",
+    "llama 7B lora bf16 b1 s2048": dict(arch="llama", size="7B", technique="lora", precision="bf16-pure",
                                        batch_size=1, seq_len=2048),
 }
 

@@ -49,9 +49,6 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 PRESETS = _here.parent / "presets"
 WORDS = ("the cat dog sat on a mat and ran to big red blue house tree with old new fast slow over under "
          "near far little large green yellow river stone road light dark").split()
-# spec names -> the estimator's (fp32 and autocast presets only: "bf16" in a spec is autocast)
-EST_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16"}
-EST_OPTIMIZER = {"adamw": "adamw", "adamw8bit": "adamw-8bit", "paged_adamw8bit": "paged-adamw-8bit", "sgd": "sgd"}
 
 
 @dataclass
@@ -198,7 +195,7 @@ def estimated_peak(s: Any) -> int:
         layers=(m.layers or None) if new_model else None, width=(m.width or None) if new_model else None,
         heads=(m.heads or None) if new_model else None, vocab_size=vocab,
         lora_rank=o.get("lora_rank", 16), num_virtual_tokens=o.get("num_virtual_tokens", 8),
-        precision=EST_PRECISION[t.precision], optimizer=EST_OPTIMIZER[t.optimizer], batch_size=t.batch_size,
+        precision=t.precision, optimizer=t.optimizer, batch_size=t.batch_size,
         seq_len=t.seq_len, grad_accum=t.grad_accum, grad_checkpointing=t.gradient_checkpointing)
     return estimate(req, gpus=[], with_suggestions=False).peak_bytes
 

@@ -127,7 +127,7 @@ def _optimizer(req: EstimateRequest, params: list[Any]) -> Any:
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)
     if req.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
-    if req.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    if req.optimizer in ("adamw8bit", "paged_adamw8bit"):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, lr=1e-4)
@@ -152,7 +152,7 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
     torch.manual_seed(0)
     # A frozen base is loaded in 16 bits unless the run is fp32 (mixed precision trains fp32 adapters)
     frozen_base = req.technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
-    dtype = torch.bfloat16 if req.precision == "bf16" or frozen_base or req.technique == "qlora" else torch.float32
+    dtype = torch.bfloat16 if req.precision == "bf16-pure" or frozen_base or req.technique == "qlora" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     extra: list[Any] = []
     if req.grad_checkpointing:
@@ -253,7 +253,7 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
                 ids = torch.randint(0, vocab, (b, s))
                 if tracker is not None:
                     tracker.reset_mod_stats()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "mixed-bf16"):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "bf16"):
                     loss = _loss(model, teacher, ids) / req.grad_accum
                 loss.backward()
                 grads = _storage_bytes(p.grad for p in params)
@@ -297,35 +297,35 @@ _OPT = dict(size="tiny", width=256, heads=4, layers=2, vocab_size=4000, batch_si
 CASES: dict[str, dict[str, Any]] = {
     "llama full fp32 adamw act": dict(arch="llama", technique="full", precision="fp32", **_ACT),
     "llama full fp32 adamw opt": dict(arch="llama", technique="full", precision="fp32", **_OPT),
-    "llama full bf16 adamw act": dict(arch="llama", technique="full", precision="bf16", **_ACT),
-    "llama full bf16 sgd opt": dict(arch="llama", technique="full", precision="bf16", optimizer="sgd", **_OPT),
-    "llama full fp32 adamw-8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw-8bit", **_OPT),
-    "llama full bf16 adamw-8bit act": dict(arch="llama", technique="full", precision="bf16", optimizer="adamw-8bit", **_ACT),
-    "llama full bf16 adafactor opt": dict(arch="llama", technique="full", precision="bf16", optimizer="adafactor", **_OPT),
+    "llama full bf16 adamw act": dict(arch="llama", technique="full", precision="bf16-pure", **_ACT),
+    "llama full bf16 sgd opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
+    "llama full fp32 adamw-8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw8bit", **_OPT),
+    "llama full bf16 adamw-8bit act": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_ACT),
+    "llama full bf16 adafactor opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adafactor", **_OPT),
     "llama full fp32 adamw ckpt act": dict(arch="llama", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
-    "llama full bf16 adamw ckpt act": dict(arch="llama", technique="full", precision="bf16", grad_checkpointing=True, **_ACT),
+    "llama full bf16 adamw ckpt act": dict(arch="llama", technique="full", precision="bf16-pure", grad_checkpointing=True, **_ACT),
     "llama scratch fp32 adamw accum2": dict(arch="llama", technique="scratch", precision="fp32", grad_accum=2, **_ACT),
     "gpt2 full fp32 adamw act": dict(arch="gpt2", technique="full", precision="fp32", **_ACT),
-    "gpt2 full bf16 sgd opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="sgd", **_OPT),
+    "gpt2 full bf16 sgd opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
     "gpt2 full fp32 adamw ckpt act": dict(arch="gpt2", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
-    "gpt2 full bf16 adamw-8bit opt": dict(arch="gpt2", technique="full", precision="bf16", optimizer="adamw-8bit", **_OPT),
-    "llama full mixed-bf16 adamw act": dict(arch="llama", technique="full", precision="mixed-bf16", **_ACT),
-    "gpt2 full mixed-bf16 adamw act": dict(arch="gpt2", technique="full", precision="mixed-bf16", **_ACT),
-    "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
+    "gpt2 full bf16 adamw-8bit opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_OPT),
+    "llama full mixed-bf16 adamw act": dict(arch="llama", technique="full", precision="bf16", **_ACT),
+    "gpt2 full mixed-bf16 adamw act": dict(arch="gpt2", technique="full", precision="bf16", **_ACT),
+    "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16-pure", **_ACT),
     "llama lora fp32 all-linear ckpt": dict(arch="llama", technique="lora", precision="fp32", grad_checkpointing=True,
                                             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"), **_ACT),
-    "llama lora mixed-bf16 adamw act": dict(arch="llama", technique="lora", precision="mixed-bf16", **_ACT),
+    "llama lora mixed-bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
     "gpt2 lora fp32 adamw act": dict(arch="gpt2", technique="lora", precision="fp32", **_ACT),
-    "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16", **_ACT),
-    "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16",
+    "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16-pure", **_ACT),
+    "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16-pure",
                                             grad_checkpointing=True, **_OPT),
     "llama distill fp32 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="fp32", **_ACT),
-    "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16", **_ACT),
+    "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16-pure", **_ACT),
     "mixtral moe fp32 adamw act": dict(model="{mixtral}", technique="moe", precision="fp32", batch_size=2, seq_len=128),
-    "llama lora bf16 eager s512": dict(arch="llama", technique="lora", precision="bf16", attention="eager",
+    "llama lora bf16 eager s512": dict(arch="llama", technique="lora", precision="bf16-pure", attention="eager",
                                        **{**_ACT, "batch_size": 1, "seq_len": 512}),
-    "gpt2 full bf16 eager s512": dict(arch="gpt2", technique="full", precision="bf16", attention="eager",
+    "gpt2 full bf16 eager s512": dict(arch="gpt2", technique="full", precision="bf16-pure", attention="eager",
                                       **{**_ACT, "batch_size": 1, "seq_len": 512}),
     # GPT-2's own default activation, gelu_new (Python ops, four saved tensors); the arch="gpt2" cases
     # above use the fused gelu_pytorch_tanh that engine.models.architectures.build_config writes
@@ -334,7 +334,7 @@ CASES: dict[str, dict[str, Any]] = {
     # the scratch GPT-2 config exactly as the trainer builds it (engine.models.architectures.build_config)
     "gpt2 scratch build_config fp32 act": dict(model="{gpt2_build_config}", technique="scratch", precision="fp32",
                                                batch_size=2, seq_len=128),
-    "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16", **_ACT),
+    "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16-pure", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
 

@@ -86,7 +86,7 @@ def test_rule_of_thumb_is_the_books() -> None:
         assert "rule of thumb" in est.rule_of_thumb.label
         assert est.to_dict()["rule_of_thumb_bytes"] == factor * est.model.params
     # the book: a 1B model from scratch needs more than 4 GB, "at least 5-6 GB with batch and context"
-    est = estimate(EstimateRequest(technique="scratch", precision="bf16", **one_b), gpus=[])
+    est = estimate(EstimateRequest(technique="scratch", precision="bf16-pure", **one_b), gpus=[])
     assert est.rule_of_thumb.bytes > 4e9 and est.peak_bytes > 5e9
 
 
@@ -96,11 +96,11 @@ def test_breakdown_follows_precision_optimizer_and_technique() -> None:
     p = fp32.model.params
     assert fp32.breakdown.weights == 4 * p and fp32.breakdown.gradients == 4 * p
     assert fp32.breakdown.optimizer_states == pytest.approx(8 * p, rel=1e-4)  # AdamW: 2 fp32 moments
-    bf16 = estimate(EstimateRequest(technique="full", precision="bf16", optimizer="sgd", **base), gpus=[])
+    bf16 = estimate(EstimateRequest(technique="full", precision="bf16-pure", optimizer="sgd", **base), gpus=[])
     assert bf16.breakdown.weights == 2 * p and bf16.breakdown.optimizer_states == 2 * p  # momentum
-    eight = estimate(EstimateRequest(technique="full", precision="fp32", optimizer="adamw-8bit", **base), gpus=[])
+    eight = estimate(EstimateRequest(technique="full", precision="fp32", optimizer="adamw8bit", **base), gpus=[])
     assert eight.breakdown.optimizer_states == pytest.approx(2 * p, rel=0.05)
-    mixed = estimate(EstimateRequest(technique="full", precision="mixed-bf16", **base), gpus=[])
+    mixed = estimate(EstimateRequest(technique="full", precision="bf16", **base), gpus=[])
     assert mixed.breakdown.autocast_copies > 0 and fp32.breakdown.autocast_copies == 0
     qlora = estimate(EstimateRequest(technique="qlora", **base), gpus=[])
     nf4 = qlora.breakdown.weights_by_dtype["nf4"]
@@ -114,7 +114,7 @@ def qlora_dims():  # noqa: ANN201
 
 
 def test_checkpointing_and_phases() -> None:
-    req = EstimateRequest(arch="llama", size="125M", technique="scratch", precision="bf16", batch_size=16, seq_len=2048,
+    req = EstimateRequest(arch="llama", size="125M", technique="scratch", precision="bf16-pure", batch_size=16, seq_len=2048,
                           vocab_size=4096)  # a small vocabulary: the layers, not the logits, dominate
     plain = estimate(req, gpus=[])
     ckpt = estimate(EstimateRequest(**{**req.__dict__, "grad_checkpointing": True}), gpus=[])
@@ -126,7 +126,7 @@ def test_checkpointing_and_phases() -> None:
 def test_margins_and_verdicts() -> None:
     assert total_for(10 * GiB) == int(10 * GiB * (1 + FRAGMENTATION_MARGIN)) + CUDA_CONTEXT_BYTES
     assert verdict(50, 100) == "fits" and verdict(95, 100) == "tight" and verdict(101, 100) == "no"
-    req = EstimateRequest(arch="llama", size="1B", technique="scratch", precision="bf16", batch_size=1, seq_len=512)
+    req = EstimateRequest(arch="llama", size="1B", technique="scratch", precision="bf16-pure", batch_size=1, seq_len=512)
     est = estimate(req, gpus=[(0, "a", 80 * GiB), (1, "b", est_total(req) - 1)])
     assert [g.verdict for g in est.gpus] == ["fits", "no"]
     assert est.gpus[0].needed_bytes == est.total_bytes
@@ -144,7 +144,7 @@ def test_probed_gpus_come_from_the_hardware_probe(monkeypatch: pytest.MonkeyPatc
 
 
 def test_sharding_lowers_the_per_gpu_peak() -> None:
-    base = dict(arch="llama", size="7B", technique="full", precision="bf16", batch_size=1, seq_len=1024)
+    base = dict(arch="llama", size="7B", technique="full", precision="bf16-pure", batch_size=1, seq_len=1024)
     one = estimate(EstimateRequest(**base, gpus=1), gpus=[]).peak_bytes
     ddp = estimate(EstimateRequest(**base, gpus=4, strategy="ddp"), gpus=[]).peak_bytes
     zero2 = estimate(EstimateRequest(**base, gpus=4, strategy="zero2"), gpus=[]).peak_bytes
@@ -153,7 +153,7 @@ def test_sharding_lowers_the_per_gpu_peak() -> None:
 
 
 def test_suggestions_are_ranked_and_each_has_its_new_total() -> None:
-    req = EstimateRequest(model=None, arch="llama", size="1B", technique="full", precision="mixed-bf16",
+    req = EstimateRequest(model=None, arch="llama", size="1B", technique="full", precision="bf16",
                           batch_size=16, seq_len=2048)
     est = estimate(req, gpus=[(0, "L4", 22 * GiB)])
     assert est.gpus[0].verdict == "no"
@@ -174,13 +174,13 @@ def test_suggestions_carry_structured_changes_that_match_their_totals_and_flags(
 
     from engine.estimate.suggest import FIELDS, flags_for
 
-    req = EstimateRequest(arch="llama", size="1B", technique="full", precision="mixed-bf16", batch_size=16,
+    req = EstimateRequest(arch="llama", size="1B", technique="full", precision="bf16", batch_size=16,
                           seq_len=2048)
     gpus = [(0, "L4", 22 * GiB)]
     est = estimate(req, gpus=gpus)
     by_change = {s.change: s for s in est.suggestions}
     assert by_change["gradient checkpointing"].changes == {"train.gradient_checkpointing": True}
-    assert by_change["8-bit AdamW"].changes == {"train.optimizer": "adamw-8bit"}
+    assert by_change["8-bit AdamW"].changes == {"train.optimizer": "adamw8bit"}
     assert by_change["16 GPUs with FSDP (ZeRO-3)"].changes == {"distributed.num_processes": 16,
                                                                  "distributed.strategy": "fsdp"}
     accum = next(s for s in est.suggestions if "train.batch_size" in s.changes).changes
@@ -298,7 +298,7 @@ def test_lora_all_linear_is_every_decoder_linear() -> None:
 def test_eager_attention_grows_with_the_sequence() -> None:
     assert dims_from_config({**SMALL_LLAMA, "attn_implementation": "eager"}).attention == "eager"
     assert dims_from_config(dict(SMALL_LLAMA)).attention == "sdpa"
-    base = dict(arch="llama", size="125M", technique="full", precision="bf16", batch_size=1)
+    base = dict(arch="llama", size="125M", technique="full", precision="bf16-pure", batch_size=1)
 
     def acts(attention: str, seq: int) -> int:
         return estimate(EstimateRequest(**base, seq_len=seq, attention=attention), gpus=[]).breakdown.activations

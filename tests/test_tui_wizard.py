@@ -140,7 +140,7 @@ def test_scratch_parameter_count_matches_the_model() -> None:
 
 
 def test_choices_make_a_valid_spec_and_suggestions_apply(tmp_path) -> None:
-    c = Choices(dataset="stdlib", batch_size=16, max_steps=200, precision="mixed-bf16", optimizer="adamw-8bit")
+    c = Choices(dataset="stdlib", batch_size=16, max_steps=200, precision="bf16", optimizer="adamw8bit")
     spec = from_dict(spec_dict(c))
     assert (spec.train.precision, spec.train.optimizer, spec.train.batch_size) == ("bf16", "adamw8bit", 16)
     assert spec.tokenizer.kind == "byte" and spec.data.path == "stdlib"

@@ -161,7 +161,7 @@ async def test_wizard_proposes_fsdp_on_eight_h100s_and_writes_it(big_model, tmp_
         assert "batch finder" in text and "real steps find the largest micro-batch that fits" in text
         app.screen.query_one("#settings").highlighted = keys.index("strategy")
         await pilot.pause()
-        assert "fsdp / zero3: weights, gradients" in " ".join(screen_text(app).split())  # the hint line
+        assert "fsdp: weights, gradients" in " ".join(screen_text(app).split())  # the hint line (engine/vocabulary.py)
         layouts = {o.strategy: o for o in app.screen.layouts}
         await pilot.press("space")  # the strategy as a list: every one, the unavailable disabled with the reason
         assert isinstance(app.screen, ChooseModal)

@@ -19,7 +19,8 @@ from tui.screens.dataset import DatasetScreen
 from tui.screens.model import ModelScreen
 from tui.screens.options import OptionsScreen
 from tui.screens.review import ReviewScreen
-from tui.wizard import SPEC_OPTIMIZER, TECHNIQUES, Choices, DEFAULT_LR, apply_changes, spec_dict
+from tui.screens.options import SETTINGS
+from tui.wizard import TECHNIQUES, Choices, DEFAULT_LR, apply_changes, spec_dict
 
 MODULES = {"lora": lora, "qlora": lora, "prompt-tuning": prompt_tuning, "distill": distill}
 
@@ -41,7 +42,10 @@ def test_defaults_and_names_are_the_engines() -> None:
         train = spec_mod.from_dict(spec_dict(Choices(technique=technique, model="m", teacher="t"))).train
         assert train.lr == defaults["lr"] == DEFAULT_LR[technique]
         assert train.optimizer == defaults.get("optimizer", "adamw"), technique
-    assert set(SPEC_OPTIMIZER.values()) <= set(spec_mod.OPTIMIZERS)
+    for setting in SETTINGS:  # the wizard offers only what the spec takes (engine/vocabulary.py)
+        if setting.key in ("optimizer", "precision", "strategy"):
+            assert set(setting.values) <= set({"optimizer": spec_mod.OPTIMIZERS, "precision": spec_mod.PRECISIONS,
+                                               "strategy": spec_mod.STRATEGIES}[setting.key]), setting.key
     c = Choices()
     assert c.lora_rank == lora.DEFAULTS["lora_rank"]
     assert c.num_virtual_tokens == prompt_tuning.DEFAULTS["num_virtual_tokens"]
@@ -49,9 +53,10 @@ def test_defaults_and_names_are_the_engines() -> None:
         options = spec_dict(Choices(technique=technique, model="m", teacher="t")).get("options", {})
         assert set(options) <= set(getattr(MODULES.get(technique), "DEFAULTS", {})), technique
     assert spec_mod.from_dict(spec_dict(Choices(technique="qlora", model="m",
-                                                optimizer="paged-adamw-8bit"))).train.optimizer == "paged_adamw8bit"
+                                                optimizer="paged_adamw8bit"))).train.optimizer == "paged_adamw8bit"
     c = Choices()  # the engine cannot train adafactor: never written as another
     assert apply_changes(c, {"train.optimizer": "adafactor"}, gpus=0, cuda=False) and c.optimizer == ""
+    assert apply_changes(c, {"train.precision": "bf16-pure"}, gpus=0, cuda=False) and c.precision == "fp32"
 
 
 async def _walk_to_review(pilot, technique: str, model: str, teacher: str = "",

@@ -2,10 +2,9 @@
 (what plain `llm-wizard` runs).
 
 `Choices` is what the user has picked so far, shared by the Textual wizard and the `--plain`
-prompts, so both write the same spec. Precision and optimizer use the estimator's vocabulary (it
-tells autocast from pure 16-bit, and paged from plain 8-bit Adam); `spec_dict` maps them onto the
-run spec's, and writes `options` under the names the technique module reads (engine/techniques/*.py
-DEFAULTS). `preflight` runs the technique's own checks before a run folder exists, as `llm-wizard
+prompts, so both write the same spec. Every setting holds the run spec's own names (engine/vocabulary.py),
+which the estimator's request shares: what the wizard shows, estimates and writes is one value.
+`spec_dict` writes `options` under the names the technique module reads (engine/techniques/*.py DEFAULTS). `preflight` runs the technique's own checks before a run folder exists, as `llm-wizard
 train` does.
 """
 
@@ -16,17 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TECHNIQUES = ("scratch", "full", "lora", "qlora", "prompt-tuning", "distill", "moe")
+from engine import vocabulary
+
+TECHNIQUES = vocabulary.names(vocabulary.TECHNIQUES)
 # A learning rate that suits each technique as a start (the book: fine-tuning uses a smaller LR);
 # full/lora/qlora are engine.spec.TECHNIQUE_DEFAULTS' (a test keeps them equal).
 DEFAULT_LR = {"scratch": 1e-3, "full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2,
               "distill": 5e-5, "moe": 2e-5}
-SPEC_PRECISION = {"fp32": "fp32", "mixed-bf16": "bf16", "mixed-fp16": "fp16", "bf16": "bf16"}
-# Estimator name -> spec name. The estimator also knows adafactor, which the run engine does not train:
-# it is left out so that it can never be written as something else.
-SPEC_OPTIMIZER = {"adamw": "adamw", "adamw-8bit": "adamw8bit", "paged-adamw-8bit": "paged_adamw8bit", "sgd": "sgd"}
 # The optimizer a technique starts with (engine.spec.TECHNIQUE_DEFAULTS: QLoRA's paper uses paged 8-bit AdamW).
-DEFAULT_OPTIMIZER = {"qlora": "paged-adamw-8bit"}
+DEFAULT_OPTIMIZER = {"qlora": "paged_adamw8bit"}
 
 
 @dataclass
@@ -44,8 +41,8 @@ class Choices:
     batch_size: int = 8
     grad_accum: int = 1
     grad_checkpointing: bool = False
-    precision: str = "fp32"  # the estimator's names: fp32, mixed-bf16, mixed-fp16, bf16
-    optimizer: str = ""  # the estimator's names: adamw, adamw-8bit, paged-adamw-8bit, sgd; empty: the technique's
+    precision: str = "fp32"  # engine.vocabulary.PRECISIONS the run trains: fp32, bf16 or fp16 (mixed)
+    optimizer: str = ""  # engine.vocabulary.OPTIMIZERS the run trains; empty: the technique's
     compile: bool = False
     lr: float | None = None  # None: DEFAULT_LR for the technique
     schedule: str = "cosine"
@@ -69,7 +66,7 @@ class Choices:
         return self.lr if self.lr is not None else DEFAULT_LR[self.technique]
 
     def optimizer_name(self) -> str:
-        """The optimizer in the estimator's vocabulary: the one picked, else the technique's default."""
+        """The optimizer picked, else the technique's default."""
         return self.optimizer or DEFAULT_OPTIMIZER.get(self.technique, "adamw")
 
     def scratch_vocab(self) -> int:
@@ -106,8 +103,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         "technique": c.technique, "name": c.run_name(), "model": model, "data": data,
         "train": {"seq_len": c.seq_len, "batch_size": c.batch_size, "grad_accum": c.grad_accum,
                   "lr": c.learning_rate(), "schedule": c.schedule, "warmup_steps": min(c.warmup_steps, c.max_steps - 1),
-                  "max_steps": c.max_steps, "optimizer": SPEC_OPTIMIZER[c.optimizer_name()],
-                  "precision": SPEC_PRECISION[c.precision], "gradient_checkpointing": c.grad_checkpointing,
+                  "max_steps": c.max_steps, "optimizer": c.optimizer_name(),
+                  "precision": c.precision, "gradient_checkpointing": c.grad_checkpointing,
                   "compile": c.compile, "find_batch": c.find_batch},
         "eval": {"every": min(c.eval_every, c.max_steps)},
         "checkpoint": {"every": min(c.checkpoint_every, c.max_steps)},
@@ -158,12 +155,15 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
     )
 
 
-# A suggestion's changes (engine/estimate/suggest.py FIELDS: the spec's dotted names, the estimator's
-# values) -> the Choices attribute each sets.
-CHOICE_FIELD = {"technique": "technique", "train.gradient_checkpointing": "grad_checkpointing",
+# A suggestion's changes (engine/estimate/suggest.py FIELDS: the spec's dotted names and values) -> the
+# Choices attribute each sets.
+CHOICE_FIELD = {"technique": "technique", "options.lora_rank": "lora_rank", "train.gradient_checkpointing": "grad_checkpointing",
                 "train.optimizer": "optimizer", "train.precision": "precision", "train.batch_size": "batch_size",
                 "train.grad_accum": "grad_accum", "train.seq_len": "seq_len",
                 "distributed.num_processes": "num_processes", "distributed.strategy": "strategy"}
+
+
+TRAINED = {"train.optimizer": vocabulary.OPTIMIZERS, "train.precision": vocabulary.PRECISIONS}
 
 
 def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool) -> str | None:
@@ -184,7 +184,7 @@ def apply_changes(c: Choices, changes: dict[str, Any], *, gpus: int, cuda: bool)
                 return f"needs {value // c.num_machines} GPUs{each}; this machine has {gpus}"
         if key == "distributed.strategy" and (why := strategy_unavailable(value, cuda=cuda)):
             return f"{value}: {why}"
-        if key == "train.optimizer" and value not in SPEC_OPTIMIZER:
+        if key in TRAINED and value not in vocabulary.names(TRAINED[key], trained=True):
             return f"the run engine does not train {value}"
     if "distributed.num_processes" in changes:
         changes["distributed.num_processes"] //= c.num_machines

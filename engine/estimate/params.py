@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from engine import vocabulary
 from engine.errors import UserError
 from engine.estimate.activations import LORA_DTYPE_BYTES, Trainable
+from engine.estimate.request import EstimateRequest
 from engine.models.shape import ModelDims
-
-if TYPE_CHECKING:
-    from engine.estimate.memory import EstimateRequest
 
 # NF4 with double quantization: 4 bits + an fp8 absmax per 64 weights + an fp32 absmax per 256 of
 # those = 4 + 8/64 + 32/(64*256) = 4.127 bits (QLoRA paper, section 3; measured 4.13 in DESIGN.md).
@@ -38,8 +36,9 @@ BNB_BLOCK = 256  # blockwise quantization: one float32 absmax per 256 values, pe
 
 
 def bytes_for(precision: str) -> tuple[int, int]:
-    """(bytes of a trainable weight, bytes of an activation element) for a precision."""
-    return {"fp32": (4, 4), "bf16": (2, 2), "mixed-bf16": (4, 2), "mixed-fp16": (4, 2)}[precision]
+    """(bytes of a trainable weight, bytes of an activation element) for a precision (engine.vocabulary's)."""
+    p = vocabulary.precision(precision)
+    return (4 if p.weights == "fp32" else 2), (4 if p.compute == "fp32" else 2)
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ def _state_bytes(optimizer: str, numel: int, elem: int, shape2d: tuple[int, int]
         return 2 * numel * elem + 4, numel * elem  # exp_avg, exp_avg_sq, step; foreach sqrt temp
     if optimizer == "sgd":
         return numel * elem, 0  # momentum buffer
-    if optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+    if optimizer in ("adamw8bit", "paged_adamw8bit"):
         if numel < BNB_MIN_8BIT_SIZE:
             return 2 * numel * 4, 0
         return 2 * numel + 2 * 4 * math.ceil(numel / BNB_BLOCK), 0
@@ -99,6 +98,7 @@ def _state_bytes(optimizer: str, numel: int, elem: int, shape2d: tuple[int, int]
 
 def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
     w_train, _ = bytes_for(req.precision)
+    precision = vocabulary.precision(req.precision)
     frozen = 4 if req.precision == "fp32" else 2
     by_dtype: dict[str, int] = {}
     shapes = d.linear_shapes()
@@ -108,7 +108,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
 
     layer_grads = [0] * d.layers
     head = embed = tied = grads = states = temp = casts = n_trainable = 0
-    tname = {4: "fp32", 2: "bf16" if "fp16" not in req.precision else "fp16"}
+    tname = {4: "fp32", 2: "fp16" if precision.compute == "fp16" else "bf16"}
     for p in d.tensors:
         if t.full:
             add(tname[w_train], p.numel * w_train)
@@ -118,7 +118,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
             shape = (shapes.get(p.module) or (p.numel // d.hidden, d.hidden)) if matrix else None
             s, tmp = _state_bytes(req.optimizer, p.numel, w_train, shape)
             states, temp = states + s, temp + tmp
-            if req.precision.startswith("mixed") and p.kind == "linear":
+            if precision.mixed and p.kind == "linear":
                 casts += p.numel * 2  # autocast's cached 16-bit copy of an fp32 Linear weight
             if p.layer is not None:
                 layer_grads[p.layer] += g

@@ -1,17 +1,22 @@
 """The changes that make a run fit, ranked by memory saved, with table 5.2's trade-offs.
 
-Each suggestion is the same request with one change, estimated again: the new total is
-arithmetic, not a guess. Table 5.2 of the book says which choices trade speed for memory.
+Each suggestion is the same request with one change, estimated again through the breakdown
+(engine/estimate/breakdown.py): the new total is arithmetic, not a guess. Table 5.2 of the book says
+which choices trade speed for memory. A change is named in the run spec's vocabulary and only with a
+value the run engine trains (engine/vocabulary.py `trains`), so `llm-wizard train --set` accepts it.
+Pure bf16 (bf16 weights and optimizer states) is never suggested: the run engine trains bf16 as mixed
+precision over fp32 weights, and a run configured from that suggestion would need about twice the
+memory the suggestion showed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from engine.estimate.memory import Estimate, EstimateRequest, Suggestion
-    from engine.models.shape import ModelDims
+from engine import vocabulary
+from engine.estimate.breakdown import breakdown, verdict
+from engine.estimate.request import Estimate, EstimateRequest, Suggestion
+from engine.models.shape import ModelDims
 
 
 @dataclass(frozen=True)
@@ -29,7 +34,7 @@ TABLE_5_2: tuple[TradeOff, ...] = (
     TradeOff("batch size", "yes", "yes", "easy", "prefer powers of two"),
     TradeOff("gradient accumulation", "no", "yes", "medium", "same effective batch, more steps per update"),
     TradeOff("gradient checkpointing", "no", "yes", "medium", "recomputes each layer in the backward (~30% slower)"),
-    TradeOff("mixed precision", "yes", "no", "hard", "16-bit compute; pure bf16 also halves weights and states"),
+    TradeOff("mixed precision", "yes", "no", "hard", "16-bit compute over fp32 weights; activations halve"),
     TradeOff("optimizer choice", "yes", "yes", "easy", "8-bit AdamW keeps 2 bytes of state a parameter, not 8"),
     TradeOff("data preloading", "yes", "no", "medium", "workers and pinned memory keep the GPU fed"),
     TradeOff("compile", "yes", "no", "easy", "torch.compile fuses kernels"),
@@ -39,15 +44,15 @@ _ROW = {r.choice: r for r in TABLE_5_2}
 _LORA = TradeOff("LoRA / QLoRA (5.3.5)", "yes", "yes", "medium", "trains small adapters; the base stays frozen")
 _SHARD = TradeOff("more GPUs, FSDP / ZeRO-3", "yes", "yes", "hard", "shards weights, gradients and states")
 _SEQ = TradeOff("shorter sequences", "yes", "yes", "easy", "the model sees less context per example")
-_BF16 = TradeOff("pure bf16", "yes", "yes", "hard", "16-bit weights and optimizer states; needs a bf16 GPU")
 MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth suggesting
 
 
 # A suggestion's `changes`: the run spec's dotted field -> (the estimate request's field, the CLI flag).
-# Values are in the estimator's vocabulary (EstimateRequest's: optimizer "adamw-8bit", precision "bf16" for
-# pure 16-bit), which the wizard's choices share; the flag string is the same change for `llm-wizard estimate`.
+# Values are the spec's (engine/vocabulary.py), which the estimate request and the wizard's choices share;
+# the flag string is the same change for `llm-wizard estimate`.
 FIELDS: dict[str, tuple[str, str]] = {
     "technique": ("technique", "--technique"),
+    "options.lora_rank": ("lora_rank", "--lora-rank"),
     "train.gradient_checkpointing": ("grad_checkpointing", "--grad-checkpointing"),
     "train.optimizer": ("optimizer", "--optimizer"),
     "train.precision": ("precision", "--precision"),
@@ -74,9 +79,7 @@ def _applied(req: EstimateRequest, changes: dict[str, object]) -> EstimateReques
 
 def _try(req: EstimateRequest, d: ModelDims, probed: list[tuple[int, str, int]],
          changes: dict[str, object]) -> Estimate:
-    from engine.estimate.memory import estimate
-
-    return estimate(_applied(req, changes), gpus=probed, dims=d, with_suggestions=False)
+    return breakdown(_applied(req, changes), probed, d)
 
 
 def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, str, int]], free: int,
@@ -98,28 +101,26 @@ def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, 
 
 def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
                 gpus: list[tuple[int, str, int]]) -> list[Suggestion]:
-    from engine.estimate.memory import Suggestion, verdict
-
     free = min(g[2] for g in gpus)
     out: list[Suggestion] = []
 
     def add(change: str, changes: dict[str, object], row: TradeOff, est: Estimate | None = None) -> None:
         est = est or _try(req, d, gpus, changes)
         saved = current.total_bytes - est.total_bytes
-        if saved > MIN_SAVING * current.total_bytes:
+        if saved > MIN_SAVING * current.total_bytes and _trains(changes):
             out.append(Suggestion(change, flags_for(changes), est.total_bytes, saved, verdict(est.total_bytes, free),
                                   row.choice, row.speed, row.memory, row.difficulty, dict(changes)))
 
     if not req.grad_checkpointing:
         add("gradient checkpointing", {"train.gradient_checkpointing": True}, _ROW["gradient checkpointing"])
     if req.optimizer in ("adamw", "adafactor") and req.technique not in ("prompt-tuning",):
-        add("8-bit AdamW", {"train.optimizer": "adamw-8bit"}, _ROW["optimizer choice"])
-    if req.precision in ("fp32", "mixed-bf16", "mixed-fp16") and req.technique not in ("lora", "qlora"):
-        add("pure bf16 weights and optimizer states", {"train.precision": "bf16"}, _BF16)
+        add("8-bit AdamW", {"train.optimizer": "adamw8bit"}, _ROW["optimizer choice"])
+    if req.precision == "fp32":  # 16-bit activations; the fp32 weights stay (and gain autocast's copies)
+        add("mixed precision (bf16 compute over fp32 weights)", {"train.precision": "bf16"}, _ROW["mixed precision"])
     if req.technique in ("full", "moe") and req.model:
-        add("LoRA adapters instead of full fine-tuning", {"technique": "lora"}, _LORA)
+        add("LoRA adapters instead of full fine-tuning", {"technique": "lora", "options.lora_rank": req.lora_rank}, _LORA)
     if req.technique in ("full", "moe", "lora") and req.model:
-        add("QLoRA: a 4-bit base with LoRA adapters", {"technique": "qlora"}, _LORA)
+        add("QLoRA: a 4-bit base with LoRA adapters", {"technique": "qlora", "options.lora_rank": req.lora_rank}, _LORA)
     if req.batch_size > 1:
         found = _halve_until_fits(req, d, gpus, free, "batch_size")
         if found:
@@ -141,3 +142,11 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
                 break
     out.sort(key=lambda s: -s.saved_bytes)
     return out
+
+
+def _trains(changes: dict[str, object]) -> bool:
+    """Whether the run engine trains every named value of these changes (the estimator also counts some
+    it does not: pure bf16, Adafactor)."""
+    lists = {"train.precision": vocabulary.PRECISIONS, "train.optimizer": vocabulary.OPTIMIZERS,
+             "distributed.strategy": vocabulary.STRATEGIES, "technique": vocabulary.TECHNIQUES}
+    return all(vocabulary.find(lists[k], str(v)).trains for k, v in changes.items() if k in lists)

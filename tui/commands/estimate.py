@@ -27,25 +27,30 @@ def _size_arg(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from engine.estimate.memory import OPTIMIZERS, PRECISIONS, STRATEGIES, TECHNIQUES  # light: no torch
+    from engine import vocabulary  # light: no torch
+
+    def listed(values: tuple[vocabulary.Name, ...]) -> str:
+        """The names, those the run engine does not train marked: the run spec's vocabulary."""
+        return " | ".join(v.name + ("" if v.trains else " (estimate only)") for v in values)
 
     m = parser.add_argument_group("model")
     m.add_argument("--model", metavar="ID_OR_PATH", help="a folder with config.json, or a Hub id (config from the Hub cache)")
-    m.add_argument("--arch", choices=("gpt2", "llama"), help="scratch: the architecture")
-    m.add_argument("--size", help="scratch: tiny | 10M | 125M | 350M | 1B | 7B")
+    m.add_argument("--arch", choices=vocabulary.names(vocabulary.ARCHS), help="scratch: the architecture")
+    m.add_argument("--size", help=f"scratch: {' | '.join(vocabulary.SIZES)}")
     m.add_argument("--layers", type=int, help="scratch: override the size's layer count")
     m.add_argument("--width", type=int, help="scratch: override the hidden width")
     m.add_argument("--heads", type=int, help="scratch: override the attention heads")
     m.add_argument("--vocab-size", type=int, help="scratch: the tokenizer's vocabulary (default 32000)")
     t = parser.add_argument_group("technique")
-    t.add_argument("--technique", default="full", help=f"{' | '.join(TECHNIQUES)} (default full)")
+    t.add_argument("--technique", default="full", help=f"{listed(vocabulary.TECHNIQUES)} (default full)")
     t.add_argument("--teacher", metavar="ID_OR_PATH", help="distillation: the teacher model")
     t.add_argument("--lora-rank", type=int, default=8)
     t.add_argument("--lora-targets", help="comma-separated module names (default: peft's for the family)")
     t.add_argument("--num-virtual-tokens", type=int, default=20, help="prompt tuning")
     o = parser.add_argument_group("options")
-    o.add_argument("--precision", default="mixed-bf16", help=f"{' | '.join(PRECISIONS)} (default mixed-bf16)")
-    o.add_argument("--optimizer", default="adamw", help=f"{' | '.join(OPTIMIZERS)} (default adamw)")
+    o.add_argument("--precision", default="bf16", help=f"{listed(vocabulary.PRECISIONS)} (default bf16: the run "
+                   "spec's mixed precision over fp32 weights)")
+    o.add_argument("--optimizer", default="adamw", help=f"{listed(vocabulary.OPTIMIZERS)} (default adamw)")
     o.add_argument("--batch-size", type=int, default=8, help="micro-batch per GPU (default 8)")
     o.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (default 1024)")
     o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -53,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--attention", choices=("sdpa", "eager"),
                    help="attention implementation (default: the model config's; transformers uses sdpa)")
     o.add_argument("--gpus", type=int, help="number of GPUs (default: those found)")
-    o.add_argument("--strategy", default="ddp", help=f"{' | '.join(STRATEGIES)} (default ddp)")
+    o.add_argument("--strategy", default="ddp", help=f"{listed(vocabulary.STRATEGIES)} (default ddp)")
     o.add_argument("--gpu-memory", type=_size_arg, metavar="SIZE",
                    help="assume GPUs with this much free memory (e.g. 24GiB) instead of probing")
     d = parser.add_argument_group("data")

@@ -17,10 +17,10 @@ from textual.containers import Vertical
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
+from engine import vocabulary
+from engine.spec import DistributedSpec
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
-from engine.estimate.memory import STRATEGIES
-from engine.spec import DistributedSpec
 from tui.screens.checks import VERDICT, Estimated, estimate_choices
 from tui.wizard import Choices, settle
 
@@ -36,6 +36,16 @@ class Setting:
     hint: str = ""  # a line shown under the list while this setting is highlighted
 
 
+def _hint(values: tuple[vocabulary.Name, ...], only: tuple[str, ...] = ()) -> str:
+    """Each value offered, with its help (engine/vocabulary.py): the line under a highlighted setting."""
+    return "; ".join(f"{v.name}: {v.help}" for v in values if v.trains and (v.name in only or not only)) + "."
+
+
+STRATEGIES = vocabulary.names(vocabulary.STRATEGIES, trained=True)
+_PLAIN = ("adamw", "adamw8bit", "sgd")
+_QLORA = ("paged_adamw8bit", "adamw8bit", "adamw")
+
+
 def _lr_values() -> tuple[float, ...]:
     return (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 3e-2)
 
@@ -44,11 +54,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", "batch size", (1, 2, 4, 8, 16, 32, 64, 128), "speed + memory, easy; powers of two"),
     Setting("grad_accum", "grad accumulation", (1, 2, 4, 8, 16, 32), "memory, medium: same effective batch"),
     Setting("grad_checkpointing", "grad checkpointing", (False, True), "memory, medium: ~30% slower"),
-    Setting("precision", "precision", ("fp32", "mixed-bf16", "mixed-fp16", "bf16"), "speed, hard"),
-    Setting("optimizer", "optimizer", ("adamw", "adamw-8bit", "sgd"), "speed + memory, easy",
-            ("scratch", "full", "lora", "prompt-tuning", "distill", "moe")),
+    Setting("precision", "precision", vocabulary.names(vocabulary.PRECISIONS, trained=True), "speed, hard",
+            hint=_hint(vocabulary.PRECISIONS)),
+    Setting("optimizer", "optimizer", _PLAIN, "speed + memory, easy",
+            ("scratch", "full", "lora", "prompt-tuning", "distill", "moe"), hint=_hint(vocabulary.OPTIMIZERS, _PLAIN)),
     # QLoRA starts from paged 8-bit AdamW (its paper's choice; spikes page out to CPU memory)
-    Setting("optimizer", "optimizer", ("paged-adamw-8bit", "adamw-8bit", "adamw"), "speed + memory, easy", ("qlora",)),
+    Setting("optimizer", "optimizer", _QLORA, "speed + memory, easy", ("qlora",),
+            hint=_hint(vocabulary.OPTIMIZERS, _QLORA)),
     Setting("compile", "torch.compile", (False, True), "speed, easy: slow first step"),
     Setting("preload", "data preloading", ("mmap cache",), "speed, medium: tokenized once"),
     Setting("seq_len", "sequence length", (64, 128, 256, 512, 1024, 2048, 4096), "memory: activations grow with it"),
@@ -71,8 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
             hint="Machine 0 is this one: its IP address or host name, reachable from every machine, and the "
                  "rendezvous port (29500 unless you add :PORT). Space to set it."),
     Setting("strategy", "multi-GPU strategy", STRATEGIES, "memory: fsdp/zero shard across the GPUs",
-            multi_gpu=True, hint="ddp: a full copy per GPU (fastest); fsdp / zero3: weights, gradients and "
-                                 "optimizer states sharded; zero2: gradients and states sharded."),
+            multi_gpu=True, hint=_hint(vocabulary.STRATEGIES)),
 )
 LAYOUT_KEYS = ("num_processes", "num_machines", "strategy")
 

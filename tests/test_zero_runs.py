@@ -138,13 +138,13 @@ def test_zero_refused_without_deepspeed_and_configured_with_it(tmp_path: Path, m
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     corpus = make_corpus(tmp_path, lines=10)
     for strategy in ("zero2", "zero3"):
-        with pytest.raises(UserError) as e:
-            tiny_spec(corpus, distributed={"num_processes": 2, "strategy": strategy})
+        with pytest.raises(UserError) as e:  # before any process starts (the spec itself is machine-free)
+            launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2, "strategy": strategy}))
         message = str(e.value)
         assert e.value.field == "distributed.strategy" and f"{strategy} needs DeepSpeed, which is not installed" \
             in message, message
         assert "llm-wizard[deepspeed]" in message and "fsdp" in message and "ddp" in message
-    tiny_spec(corpus, distributed={"strategy": "zero3"})  # one process: the strategy is unused, not refused
+    launch_config.check_supported(tiny_spec(corpus, distributed={"strategy": "zero3"}))  # one process: unused
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: object() if name == "deepspeed" else real(name, *a))
     s = tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "zero3"}, train={"grad_accum": 2})

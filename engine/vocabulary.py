@@ -102,7 +102,7 @@ def find(values: tuple[Name, ...], name: str) -> Name:
     for v in values:
         if v.name == name:
             return v
-    raise UserError(f"unknown value {name!r}: choose one of {', '.join(names(values))}", field=name)
+    raise UserError(f"unknown value {name!r}: choose one of {', '.join(names(values))}", field="value")
 
 
 def precision(name: str) -> Precision:

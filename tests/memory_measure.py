@@ -297,35 +297,35 @@ _OPT = dict(size="tiny", width=256, heads=4, layers=2, vocab_size=4000, batch_si
 CASES: dict[str, dict[str, Any]] = {
     "llama full fp32 adamw act": dict(arch="llama", technique="full", precision="fp32", **_ACT),
     "llama full fp32 adamw opt": dict(arch="llama", technique="full", precision="fp32", **_OPT),
-    "llama full bf16 adamw act": dict(arch="llama", technique="full", precision="bf16-pure", **_ACT),
-    "llama full bf16 sgd opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
-    "llama full fp32 adamw-8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw8bit", **_OPT),
-    "llama full bf16 adamw-8bit act": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_ACT),
-    "llama full bf16 adafactor opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adafactor", **_OPT),
+    "llama full bf16-pure adamw act": dict(arch="llama", technique="full", precision="bf16-pure", **_ACT),
+    "llama full bf16-pure sgd opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
+    "llama full fp32 adamw8bit opt": dict(arch="llama", technique="full", precision="fp32", optimizer="adamw8bit", **_OPT),
+    "llama full bf16-pure adamw8bit act": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_ACT),
+    "llama full bf16-pure adafactor opt": dict(arch="llama", technique="full", precision="bf16-pure", optimizer="adafactor", **_OPT),
     "llama full fp32 adamw ckpt act": dict(arch="llama", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
-    "llama full bf16 adamw ckpt act": dict(arch="llama", technique="full", precision="bf16-pure", grad_checkpointing=True, **_ACT),
+    "llama full bf16-pure adamw ckpt act": dict(arch="llama", technique="full", precision="bf16-pure", grad_checkpointing=True, **_ACT),
     "llama scratch fp32 adamw accum2": dict(arch="llama", technique="scratch", precision="fp32", grad_accum=2, **_ACT),
     "gpt2 full fp32 adamw act": dict(arch="gpt2", technique="full", precision="fp32", **_ACT),
-    "gpt2 full bf16 sgd opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
+    "gpt2 full bf16-pure sgd opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="sgd", **_OPT),
     "gpt2 full fp32 adamw ckpt act": dict(arch="gpt2", technique="full", precision="fp32", grad_checkpointing=True, **_ACT),
-    "gpt2 full bf16 adamw-8bit opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_OPT),
-    "llama full mixed-bf16 adamw act": dict(arch="llama", technique="full", precision="bf16", **_ACT),
-    "gpt2 full mixed-bf16 adamw act": dict(arch="gpt2", technique="full", precision="bf16", **_ACT),
-    "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16-pure", **_ACT),
+    "gpt2 full bf16-pure adamw8bit opt": dict(arch="gpt2", technique="full", precision="bf16-pure", optimizer="adamw8bit", **_OPT),
+    "llama full bf16 adamw act": dict(arch="llama", technique="full", precision="bf16", **_ACT),
+    "gpt2 full bf16 adamw act": dict(arch="gpt2", technique="full", precision="bf16", **_ACT),
+    "llama lora bf16-pure adamw act": dict(arch="llama", technique="lora", precision="bf16-pure", **_ACT),
     "llama lora fp32 all-linear ckpt": dict(arch="llama", technique="lora", precision="fp32", grad_checkpointing=True,
                                             lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"), **_ACT),
-    "llama lora mixed-bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
+    "llama lora bf16 adamw act": dict(arch="llama", technique="lora", precision="bf16", **_ACT),
     "gpt2 lora fp32 adamw act": dict(arch="gpt2", technique="lora", precision="fp32", **_ACT),
-    "llama qlora bf16 adamw act": dict(arch="llama", technique="qlora", precision="bf16-pure", **_ACT),
-    "llama qlora bf16 adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16-pure",
+    "llama qlora bf16-pure adamw act": dict(arch="llama", technique="qlora", precision="bf16-pure", **_ACT),
+    "llama qlora bf16-pure adamw opt ckpt": dict(arch="llama", technique="qlora", precision="bf16-pure",
                                             grad_checkpointing=True, **_OPT),
     "llama distill fp32 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="fp32", **_ACT),
-    "llama distill bf16 adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16-pure", **_ACT),
+    "llama distill bf16-pure adamw act": dict(arch="llama", technique="distill", teacher="{teacher}", precision="bf16-pure", **_ACT),
     "mixtral moe fp32 adamw act": dict(model="{mixtral}", technique="moe", precision="fp32", batch_size=2, seq_len=128),
-    "llama lora bf16 eager s512": dict(arch="llama", technique="lora", precision="bf16-pure", attention="eager",
+    "llama lora bf16-pure eager s512": dict(arch="llama", technique="lora", precision="bf16-pure", attention="eager",
                                        **{**_ACT, "batch_size": 1, "seq_len": 512}),
-    "gpt2 full bf16 eager s512": dict(arch="gpt2", technique="full", precision="bf16-pure", attention="eager",
+    "gpt2 full bf16-pure eager s512": dict(arch="gpt2", technique="full", precision="bf16-pure", attention="eager",
                                       **{**_ACT, "batch_size": 1, "seq_len": 512}),
     # GPT-2's own default activation, gelu_new (Python ops, four saved tensors); the arch="gpt2" cases
     # above use the fused gelu_pytorch_tanh that engine.models.architectures.build_config writes
@@ -334,7 +334,7 @@ CASES: dict[str, dict[str, Any]] = {
     # the scratch GPT-2 config exactly as the trainer builds it (engine.models.architectures.build_config)
     "gpt2 scratch build_config fp32 act": dict(model="{gpt2_build_config}", technique="scratch", precision="fp32",
                                                batch_size=2, seq_len=128),
-    "llama prompt-tuning bf16 act": dict(arch="llama", technique="prompt-tuning", precision="bf16-pure", **_ACT),
+    "llama prompt-tuning bf16-pure act": dict(arch="llama", technique="prompt-tuning", precision="bf16-pure", **_ACT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
 
@@ -342,9 +342,9 @@ CASES: dict[str, dict[str, Any]] = {
 # Measured by the bench only, to keep the test suite's CPU time down: each repeats a path that a
 # test case already covers, in another precision or shape.
 BENCH_ONLY = frozenset({
-    "llama full bf16 adamw-8bit act", "llama full bf16 adamw ckpt act", "gpt2 full mixed-bf16 adamw act",
-    "llama lora mixed-bf16 adamw act", "llama distill fp32 adamw act", "llama qlora bf16 adamw opt ckpt",
-    "gpt2 full bf16 eager s512",
+    "llama full bf16-pure adamw8bit act", "llama full bf16-pure adamw ckpt act", "gpt2 full bf16 adamw act",
+    "llama lora bf16 adamw act", "llama distill fp32 adamw act", "llama qlora bf16-pure adamw opt ckpt",
+    "gpt2 full bf16-pure eager s512",
 })
 
 # A small Mixtral: 4 experts, 2 per token.

@@ -40,4 +40,4 @@ def test_peak_within_ten_percent(name: str) -> None:
 def test_peak_within_ten_percent_under_fake_tensors() -> None:
     # The bench measures large shapes under FakeTensorMode with a hand-made LoRA Linear: the same
     # numbers as real tensors and peft on a small shape show that path measures the same thing.
-    _check(case_request("llama lora bf16 adamw act"), fake=True)
+    _check(case_request("llama lora bf16-pure adamw act"), fake=True)

@@ -125,3 +125,19 @@ def test_run_defaults_of_the_request_are_the_techniques() -> None:
 
     assert RUN_LORA_RANK == lora.DEFAULTS["lora_rank"]
     assert RUN_VIRTUAL_TOKENS == prompt_tuning.DEFAULTS["num_virtual_tokens"]
+
+
+def test_estimator_and_base_import_no_circle_and_nothing_above() -> None:
+    """grimp counts imports inside functions and under TYPE_CHECKING as edges: memory -> suggest -> breakdown
+    -> params -> request, never back; the spec, its fields and the vocabulary import only the base."""
+    import grimp
+
+    graph = grimp.build_graph("engine", include_external_packages=False)
+    wing = sorted(m for m in graph.modules if m.startswith("engine.estimate."))
+    for i, a in enumerate(wing):
+        for b in wing[i + 1:]:
+            both = graph.chain_exists(importer=a, imported=b) and graph.chain_exists(importer=b, imported=a)
+            assert not both, f"import circle between {a} and {b}"
+    base = {"engine", "engine.errors", "engine.vocabulary", "engine.fields", "engine.spec", "engine.paths"}
+    for module in ("engine.spec", "engine.fields", "engine.vocabulary"):
+        assert graph.find_modules_directly_imported_by(module) <= base, module

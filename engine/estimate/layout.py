@@ -5,7 +5,7 @@ with DDP over every local GPU (a full copy per GPU: the fastest, no sharding tra
 does not fit but whose sharded share does gets FSDP over the local GPUs (ZeRO-3 where FSDP is not
 available and DeepSpeed is). When nothing fits, the proposal says so and keeps the layout with the
 smallest per-GPU need, so that the estimator's suggestions start from it. Every number is the
-estimator's per-GPU total (engine/estimate/memory.py `_sharded`: DDP replicates and adds its gradient buckets,
+estimator's per-GPU total (engine/estimate/breakdown.py `_sharded`: DDP replicates and adds its gradient buckets,
 FSDP/ZeRO-3 shard weights, gradients and optimizer states). Nothing heavy is imported.
 """
 

@@ -18,7 +18,7 @@
   rollback and final/ go through engine/checkpoints/fsdp.py, where every rank writes and reads its own
   shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder;
 - DeepSpeed ZeRO-2/3 (zero2/zero3): the same, through engine/checkpoints/zero.py (same function names), and
-  the optimizer step is DeepSpeed's engine's (zero_checkpoint.train_step).
+  the optimizer step is DeepSpeed's engine's (engine/run/distributed/zero_engine.py).
 
 A test hook (env LLM_WIZARD_RANK_PROBE=1) makes every rank append its step, pause state, learning rate
 and a digest of its parameters to `<run>/ranks/rank-<r>.jsonl` at each step boundary and after each
@@ -42,6 +42,7 @@ from engine.runfolder import folder as runfolder
 from engine.checkpoints import fsdp as sharded_checkpoint
 
 from engine.checkpoints import zero as zero_checkpoint
+from engine.run.distributed import zero_engine
 from engine.run.trainer import EXIT_SIGNAL, Trainer
 
 PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
@@ -186,7 +187,7 @@ class DistributedTrainer(Trainer):
         from engine.run.watchdogs import Watchdogs
 
         super()._prepare()
-        self.zero = zero_checkpoint.is_zero(self.accelerator)
+        self.zero = zero_engine.is_zero(self.accelerator)
         self._shards = zero_checkpoint if self.zero else sharded_checkpoint
         self.sharded = self.zero or sharded_checkpoint.is_sharded(self.model)
         self._announce_load = False
@@ -214,13 +215,13 @@ class DistributedTrainer(Trainer):
                                  f"{d.num_machines} machine(s)")
 
     def is_deepspeed(self) -> bool:
-        return zero_checkpoint.is_zero(self.accelerator)
+        return zero_engine.is_zero(self.accelerator)
 
     def _make_accelerator(self) -> Any:
         if not self.spec.distributed.strategy.startswith("zero"):
             return super()._make_accelerator()
         t = self.spec.train
-        return zero_checkpoint.make_accelerator({"fp32": "no"}.get(t.precision, t.precision),
+        return zero_engine.make_accelerator({"fp32": "no"}.get(t.precision, t.precision),
                                                 batch_size=self.batch_size, grad_accum=self.grad_accum,
                                                 grad_clip=t.grad_clip or 0.0)
 
@@ -261,7 +262,7 @@ class DistributedTrainer(Trainer):
 
     def _train_step(self) -> bool:
         before = self.tokens
-        done = zero_checkpoint.train_step(self) if self.zero else super()._train_step()
+        done = zero_engine.train_step(self) if self.zero else super()._train_step()
         if done:  # every rank trained as many tokens as this one
             extra = (self.tokens - before) * (self.world - 1)
             self.tokens += extra

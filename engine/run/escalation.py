@@ -61,6 +61,7 @@ class Recoverable(Protocol):
     watchdogs: Watchdogs
     schedule: LRSchedule
     accelerator: Any  # its fp16 scaler, if any
+    optimizer: Any
     last: dict[str, Any]  # the last logged metrics
     step: int
     epoch: int
@@ -170,6 +171,25 @@ def on_flags(trainer: Recoverable, flags: list[list[bool]], spans: list[list[int
                             f"{above:.3g}): the step was skipped ({len(spikes)} since the last read"
                             f"{f', {run} in a row' if run else ''}); training goes on. {patience} in a row {then}")
     return escalation or spike_esc
+
+
+def skip_on_host(trainer: Recoverable, row: list[bool], span: list[int], loss: Any) -> None:
+    """A bad step of an optimizer without a device skip (one sync a step): the weights stay as they were,
+    fp16's scaler is kept in step, and the step counts toward the streaks like the device flags."""
+    scaler, optimizer = trainer.accelerator.scaler, trainer.optimizer
+    nonfinite = row[0] or row[1]
+    if scaler is not None:
+        if nonfinite:
+            optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
+        else:
+            scaler.update()  # a finite spike: no step, but end clip's unscale_ so the next one works
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and nonfinite and not row[0]:
+        check_scale(trainer)  # an overflow is loss scaling's routine, unless the scale collapses
+        return
+    escalation = on_flags(trainer, [row], [span], trainer.step, [float(loss)])
+    if escalation is not None:
+        escalate(trainer, escalation)
 
 
 def after_log(trainer: Recoverable, first_step: int, start: tuple[int, int] | None) -> Escalation | None:

@@ -82,7 +82,7 @@ def train_step(trainer: Any) -> bool:
     if trainer.watchdogs.state.get("nonfinite_run"):
         numerics.on_flags(trainer, [[False, False]], [span], trainer.step)
     trainer.step += 1
-    tokens = trainer.batch_size * trainer.grad_accum * trainer.spec.train.seq_len
+    tokens = trainer.batch_size * trainer.grad_accum * trainer.spec.train.seq_len * trainer.ranks.world  # all ranks'
     trainer.tokens += tokens
     iv.loss += loss_sum
     iv.steps += 1

@@ -3,7 +3,7 @@
 The spikes are injected on rank 0 only (LLMW_FAULT_RANK=0), as a bad batch is one rank's: DDP averages the
 gradients, but each rank computes its own loss, so a per-rank skip flag would skip the step on rank 0 and
 apply it on rank 1, and the replicas would part (then hang on mismatched collectives). The trainer averages
-each step's loss over ranks on the device before the flags (engine/run/distributed/trainer.py `_step_loss`). One launch:
+each step's loss over ranks on the device before the flags (`Ranks.step_loss` in engine/run/distributed/collectives.py). One launch:
 a single skipped spike, a streak that rolls back automatically, a second streak that pauses (the automatic
 rollbacks are used up), then stop."""
 

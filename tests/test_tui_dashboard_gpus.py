@@ -16,7 +16,8 @@ from engine.machine.fake_nvml import FIXTURES, fixture
 from engine.machine.monitor import GpuMonitor
 from engine.machine.probe import probe_gpus
 from tui.app import make_app
-from tui.screens.dashboard import DashboardScreen, alert_lines, expert_bars, stats_table
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.dashboard_view import alert_lines, expert_bars, stats_table
 from tui.screens.run_history import RunHistory
 from tui.widgets.gpu_panel import GpuPanel, gpu_rows, gpu_summary, row_budget, short_name
 

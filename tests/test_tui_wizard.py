@@ -13,7 +13,8 @@ from tui.screens.dataset import DatasetScreen
 from tui.screens.model import ModelScreen, scratch_parameters
 from tui.screens.options import OptionsScreen
 from tui.screens.review import ReviewScreen
-from tui.screens.technique import TechniqueScreen, recommend
+from tui.screens.technique import TechniqueScreen
+from tui.techniques import recommend
 from tui.wizard import Choices, apply_changes, spec_dict
 
 CORPUS = "corpus.txt"

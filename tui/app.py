@@ -115,7 +115,8 @@ class WizardApp(App[int]):
 
     def followed_run(self) -> Path | None:
         """The run whose dashboard is open (and still live), if any."""
-        from tui.screens.dashboard import LIVE, DashboardScreen
+        from tui.screens.dashboard import DashboardScreen
+        from tui.screens.dashboard_view import LIVE
 
         for screen in reversed(self.screen_stack):
             if isinstance(screen, DashboardScreen) and screen.history.state in LIVE:

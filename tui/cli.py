@@ -35,12 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def open_wizard(args: argparse.Namespace) -> int:
+    """Plain `llm-wizard`: the Textual wizard, or its line-by-line form with --plain."""
+    runs = getattr(args, "runs_dir", None)
+    if getattr(args, "plain", False):
+        from tui.plain import run_plain
+
+        return run_plain(runs_dir=runs)
+    from tui.app import make_app
+
+    result = make_app(runs_dir=runs).run()
+    return int(result or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command is None:
-            from tui.wizard import open_wizard
-
             return open_wizard(args)
         return int(_command(args.command).run(args) or 0)
     except UserError as err:

@@ -53,7 +53,7 @@ def _check_model(value: str) -> bool | str:
 
 def _check_data(value: str) -> bool | str:
     from engine.errors import UserError
-    from tui.screens.dataset import make_source
+    from tui.corpus import make_source
 
     try:
         make_source(value.strip(), None)
@@ -132,7 +132,7 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     from engine.estimate.layout import cuda_usable
     from engine.spec import from_dict, to_toml
     from tui.commands.doctor import render
-    from tui.screens.technique import BY_KEY, TECHNIQUES, recommend
+    from tui.techniques import BY_KEY, TECHNIQUES, recommend
 
     ask = prompts or Prompts()
     console = out()
@@ -160,7 +160,7 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     c.dataset = ask.text("Data (a text file or folder, .jsonl/.csv/.parquet, or stdlib)", default="stdlib",
                          validate=_check_data).strip()
     console.print("counting tokens…")
-    from tui.screens.dataset import count_tokens
+    from tui.corpus import count_tokens
 
     c.extra["data_tokens"], method = count_tokens(c)
     console.print(f"  {c.extra['data_tokens']:,} tokens ({method})")

@@ -1,5 +1,5 @@
-"""The wizard's choices, how they become a run spec and an estimate request, and `open_wizard`
-(what plain `llm-wizard` runs).
+"""The wizard's choices and how they become a run spec and an estimate request: the headless model under
+both the Textual app (tui/app.py) and `--plain` (tui/plain.py), which import it and never the reverse.
 
 `Choices` is what the user has picked so far, shared by the Textual wizard and the `--plain`
 prompts, so both write the same spec. Every setting holds the run spec's own names (engine/vocabulary.py),
@@ -10,7 +10,6 @@ train` does.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,15 +221,3 @@ def preflight(spec: Any) -> None:
     if check is not None:
         check(spec)
     launch_config.check_supported(spec)
-
-
-def open_wizard(args: argparse.Namespace) -> int:
-    runs = getattr(args, "runs_dir", None)
-    if getattr(args, "plain", False):
-        from tui.plain import run_plain
-
-        return run_plain(runs_dir=runs)
-    from tui.app import make_app
-
-    result = make_app(runs_dir=runs).run()
-    return int(result or 0)

@@ -26,20 +26,32 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine import paths
 from engine.data.corpus import PreparationStopped, corpus_fingerprint
 from engine.data.sources import DataSource, examples_with_bytes, source_bytes
 from engine.errors import UserError
+from engine.data.temps import remove_stale_temps
 from engine.data.token_cache import TokenBlocks, TokenFile, _encoder, build_token_file, load_token_file, \
-    remove_stale_temps, tokenizer_fingerprint
+    tokenizer_fingerprint
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from engine.techniques.base import SetupContext
+    from engine.spec import RunSpec
+
+
+class DataContext(Protocol):
+    """What source_blocks needs from a technique's setup (engine.techniques.base.SetupContext is one): the
+    data lives below the techniques, so it names the shape, not the class."""
+    spec: RunSpec
+
+    def progress(self, message: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
 
 FORMAT_VERSION = 1
 BATCH_EXAMPLES = 1024  # examples tokenized together (one Rust call over all cores)
@@ -122,7 +134,7 @@ def example_blocks(
     return cls(token_file, seq_len, val_fraction, seed), token_file.fingerprint
 
 
-def source_blocks(ctx: SetupContext, tokenizer: Any) -> tuple[TokenBlocks, str]:
+def source_blocks(ctx: DataContext, tokenizer: Any) -> tuple[TokenBlocks, str]:
     """example_blocks for a technique's setup(): the run's data spec, progress and stop request."""
     spec = ctx.spec
     last = [0.0]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine import paths
 from engine.data.corpus import PreparationStopped, corpus_fingerprint, iter_pieces
 from engine.errors import UserError
-from engine.runfolder.folder import pid_alive
+from engine.data.temps import remove_stale_temps
 from engine.data.tokenizer_train import encoding_rules, is_byte_tokenizer
 
 if TYPE_CHECKING:
@@ -104,20 +104,6 @@ def _encoder(tokenizer: Any) -> Callable[[list[str]], list[np.ndarray]]:
     return lambda texts: [
         np.asarray(ids, dtype=np.int64) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]
     ]
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Delete `.tmp-<key>-<pid>.*` left by a process that was killed while writing (SIGKILL, OOM)."""
-    import shutil
-
-    for tmp in folder.glob(".tmp-*"):
-        pid = tmp.name.split(".")[1].rsplit("-", 1)[-1]
-        if not pid.isdigit() or pid_alive(int(pid)):
-            continue
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
 
 
 def _batch_bytes() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from engine.data.corpus import PreparationStopped, corpus_fingerprint, iter_text
+from engine.data.temps import remove_stale_temps
 from engine.errors import UserError
 from engine.paths import cache_dir
 
@@ -153,8 +154,6 @@ def tokenizer_key(
 def _save(tok: Tokenizer, kind: str, target: Path, meta: dict[str, object]) -> None:
     """save_pretrained into a temporary folder next to `target`, then rename it into place."""
     from transformers import PreTrainedTokenizerFast
-
-    from engine.data.token_cache import remove_stale_temps  # here: token_cache imports this module
 
     extra = {"unk_token": UNK} if kind == "char" else {}
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, **extra)

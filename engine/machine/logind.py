@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.machine.probe import Problem
+from engine.machine.problems import Problem
 
 CONF_FILES = ("/etc/systemd/logind.conf",)
 CONF_DIRS = ("/usr/lib/systemd/logind.conf.d", "/run/systemd/logind.conf.d", "/etc/systemd/logind.conf.d")

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.machine import logind
+from engine.machine.problems import Problem
 from engine.paths import runs_dir
 
 # A checkpoint of a 1B-parameter model with its AdamW state: 4 bytes of fp32 weights + 8 bytes of
@@ -53,14 +55,6 @@ class TorchInfo:
     device_count: int = 0
     mps_available: bool = False
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class Problem:
-    severity: str  # "error" (training will not work), "warning" (slow or limited), "info"
-    code: str
-    message: str
-    fix: str
 
 
 @dataclass
@@ -333,8 +327,6 @@ def probe(*, nvml: Any | None = None, import_torch: bool | None = None, runs: st
         disk_free_bytes=disk_free(where),
     )
     report.problems = find_problems(report)
-    from engine.machine.logind import logout_risk  # here, not at the top: logind imports Problem from this module
-
-    if (risk := logout_risk()) is not None:  # RELIABILITY P9: logout would end detached runs
+    if (risk := logind.logout_risk()) is not None:  # RELIABILITY P9: logout would end detached runs
         report.problems.append(risk)
     return report

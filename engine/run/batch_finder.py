@@ -1,5 +1,6 @@
 """The preflight batch finder (RELIABILITY O1, O6): before the first step, probe real training steps for
 the largest micro-batch that fits with a margin, keeping the effective batch (micro-batch x accumulation).
+With train.oom_backoff, a step that runs out of memory later backs off the same way (`back_off`).
 
 When (train.find_batch): "on" always, "off" never, "auto" (the default) on a CUDA device when the
 estimator (engine/estimate/memory.py) says the spec's micro-batch is tight or does not fit in the memory this
@@ -27,7 +28,7 @@ from typing import Any
 from engine.run import step_guard
 from engine.run.oom import NoBatchFits, find_micro_batch, gib, no_fit_report
 from engine.run.train_state import rng_state, set_rng_state
-from engine.run.watchdogs import fault_budget
+from engine.run.watchdogs import fault_budget, oom_alert
 
 MARGIN = 0.9  # use at most 90% of the memory: the estimator's 10% for the allocator's fragmentation
 ESTIMATE_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16"}  # accelerate autocasts
@@ -226,3 +227,15 @@ def no_fit_options(trainer: Any, available: int | None) -> list[str]:
         options.append(f"a smaller model.size (now {spec.model.size})")
     return options
 
+
+def back_off(trainer: Any, at: tuple[int, int]) -> None:
+    """RELIABILITY O2: out of memory in a step halves the micro-batch and doubles the accumulation (the same
+    effective batch), then the same samples are trained again, from `at`, in the smaller pieces."""
+    import torch
+
+    trainer.optimizer.zero_grad(set_to_none=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    trainer.batch_size, trainer.grad_accum = trainer.batch_size // 2, trainer.grad_accum * 2
+    trainer.epoch, trainer.position = at
+    trainer.events.emit("alert", step=trainer.step, **oom_alert(trainer.batch_size, trainer.grad_accum, True).fields())

@@ -1,5 +1,6 @@
 """How the trainer saves and loads its state: checkpoints (atomic, verified, never with a non-finite
-tensor, pausing on a full disk), the trainer state a resume needs, and final/ written whole.
+tensor, pausing on a full disk), the trainer state a resume needs, resume and rollback, the model/ folder
+(config and tokenizer) and final/, each written whole.
 
 A mixin of engine/run/trainer.py's Trainer; engine/run/distributed/trainer.py overrides the weight writers for sharded runs.
 """
@@ -11,13 +12,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoints import store as checkpoint
-
 from engine.checkpoints import fingerprint
-
 from engine.checkpoints import guards as save_guard
+from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
+from engine.run import escalation as numerics
+from engine.run.meter import Interval
 from engine.run.train_state import rng_state, set_rng_state, versions
+from engine.runfolder import folder as runfolder
 
 
 class CheckpointSteps:
@@ -145,6 +147,63 @@ class CheckpointSteps:
         self.arm_skip()  # the threshold the checkpoint's detector knew
         set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
         self.parent = info.name
+
+    def _resume(self) -> None:
+        removed = checkpoint.clean_tmp(self.run)
+        notes: list[str] = []
+        target = checkpoint.find_resume(self.run, log=notes.append)
+        if target is None:
+            raise UserError(f"run {self.run.name} has no complete checkpoint to resume from; start it again "
+                            f"with `llm-wizard train {self.run / runfolder.SPEC}`", field="resume")
+        newest = checkpoint.lineage(self.run)
+        self.branch = checkpoint.read_branches(self.run)["active"]
+        self._load(target)
+        notes += fingerprint.version_changes(target.path, versions())  # RELIABILITY R9: warn, still load
+        if newest and newest[0].name != target.name:
+            # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
+            self.branch = checkpoint.start_branch(self.run, target.name)
+        self.events.emit("state", state="starting", step=self.step, resumed_from=target.name, branch=self.branch,
+                         message=f"resumed from {target.name}" + (f" ({'; '.join(notes)})" if notes else ""),
+                         cleaned=removed)
+
+    def supersede_auto_rollback(self, info: checkpoint.CheckpointInfo) -> None:
+        """A user's rollback or rescue between the read that decided an automatic rollback and the step that
+        would do it wins: the automatic one is dropped (two in a row would throw away the user's target)."""
+        pending, self.rollback_due = self.rollback_due, None
+        if pending is not None:
+            self.events.emit("alert", step=self.step, kind="rollback", severity="warning", suggest="set_lr",
+                             dropped=pending.cause, message=f"the pending automatic rollback ({pending.detail}) "
+                             f"was dropped: your rollback to {info.name} came first; the automatic one's learning "
+                             f"rate x{numerics.LR_FACTOR:g} is not applied")
+
+    def rollback(self, info: checkpoint.CheckpointInfo) -> None:
+        import torch
+
+        self.supersede_auto_rollback(info)
+        self._load(info)
+        self.branch = checkpoint.start_branch(self.run, info.name)
+        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
+        self.events.emit("state", state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
+                         message=f"rolled back to {info.name} (branch {self.branch})")
+        self.write_status()
+
+    def _save_model_folder(self) -> None:
+        """model/: the config and tokenizer, what `generate` needs besides a checkpoint (once, whole or not at
+        all: a kill between the two writes left it half)."""
+        import shutil
+
+        model_dir = self.run / "model"
+        model = self.prep.model
+        # DeepSpeed's engine has a config of its own: the model's is the wrapped module's
+        wrapped = getattr(model, "module", None) if self.ranks.is_deepspeed(self.accelerator) else model
+        config = getattr(wrapped, "config", None)
+        if config is None or model_dir.exists():
+            return
+        tmp = self.run / ".tmp-model"
+        shutil.rmtree(tmp, ignore_errors=True)
+        config.save_pretrained(tmp)
+        self.prep.tokenizer.save_pretrained(tmp)
+        os.rename(tmp, model_dir)
 
     def _save_final(self) -> tuple[Path, dict[str, Any]]:
         """final/ written whole or not at all; save() may return fields for the done event (LoRA's adapter size)."""

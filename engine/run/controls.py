@@ -5,7 +5,8 @@ LR = base x schedule(step) x multiplier, assigned to every param group before ev
 on resume, and no scheduler step can undo it (editing param groups directly would be undone).
 
 Commands arrive through commands.jsonl (see runfolder) and are handled at optimizer-step boundaries by
-`handle()`, which validates the arguments and calls the trainer. Every command gets one
+`handle()`, which validates the arguments and acts through `Steerable`, the few things of the trainer a
+command may touch (the trainer imports this module; this module names only that shape). Every command gets one
 `control_ack` event carrying its id: {"id", "cmd", "ok", "step", "message"}.
 
 The order commands run in (RELIABILITY L5, L7), whatever arrives together:
@@ -35,13 +36,14 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.runfolder import folder as runfolder
 from engine.errors import UserError
+from engine.runfolder import folder as runfolder
 
 if TYPE_CHECKING:
-    from engine.run.trainer import Trainer
+    from engine.checkpoints.store import CheckpointInfo
+    from engine.run.watchdogs import Watchdogs
 
 RESCUE_FACTOR = 0.1  # the book's "lower the learning rate a lot"
 RESCUE_BACK = 100  # roll back to the checkpoint about this many steps before the plateau
@@ -99,6 +101,25 @@ class LRSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("multiplier", "rescue_until", "rescue_restore"):
             setattr(self, key, state.get(key, getattr(self, key)))
+
+
+class Steerable(Protocol):
+    """What the commands steer: engine.run.trainer.Trainer on one process or each rank of several."""
+    run: Path
+    step: int
+    branch: int
+    paused: bool
+    stop_reason: str | None
+    schedule: LRSchedule
+    watchdogs: Watchdogs  # its state says where a plateau began (rescue)
+
+    def set_paused(self, paused: bool) -> None: ...
+
+    def request_stop(self, reason: str) -> None: ...
+
+    def save_checkpoint(self, reason: str) -> CheckpointInfo | None: ...
+
+    def rollback(self, info: CheckpointInfo) -> None: ...
 
 
 def _number(cmd: dict[str, Any], key: str, default: float | None = None, *, positive: bool = True) -> float | None:
@@ -166,7 +187,7 @@ def earlier_answers(run: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def handle(trainer: Trainer, cmd: dict[str, Any]) -> dict[str, Any]:
+def handle(trainer: Steerable, cmd: dict[str, Any]) -> dict[str, Any]:
     """One command, serialised as the module docstring says; returns the ack's fields (ok, message, extras)."""
     inbox = getattr(trainer, "commands", None)
     answered = inbox.answered if isinstance(inbox, CommandInbox) else None
@@ -188,7 +209,7 @@ def _duplicate(cid: Any, name: Any, first: dict[str, Any]) -> dict[str, Any]:
             "message": f"already answered at step {first.get('step')}, not run again: {first.get('message')}"}
 
 
-def _refusal(trainer: Trainer, name: Any) -> dict[str, Any] | None:
+def _refusal(trainer: Steerable, name: Any) -> dict[str, Any] | None:
     """Why a command cannot run now (rules 3 and 4 of the module docstring), or None."""
     if trainer.stop_reason:
         if name == "stop":
@@ -200,7 +221,7 @@ def _refusal(trainer: Trainer, name: Any) -> dict[str, Any] | None:
     return None
 
 
-def _execute(trainer: Trainer, cmd: dict[str, Any]) -> dict[str, Any]:
+def _execute(trainer: Steerable, cmd: dict[str, Any]) -> dict[str, Any]:
     """Run one command against the trainer; returns the ack's fields (ok, message, extras)."""
     name = cmd.get("cmd")
     try:

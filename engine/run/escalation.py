@@ -19,19 +19,23 @@ set_lr and rescue use) and moves the data position past the batches that were tr
 - N5: fp16's GradScaler halves its scale on every overflow; a scale below a floor, or many halvings
   within a window, means the gradients overflow whatever the scale: `ScaleMonitor` warns. It reads the
   scale at log time only.
-Every decision is an alert event (kind, message, suggest) for the dashboard.
+Every decision is an alert event (kind, message, suggest) for the dashboard. The functions act on the
+trainer through `Recoverable`, the part of it they read and steer; the trainer imports this module.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.run.watchdogs import Alert
+from engine.run.watchdogs import Alert, Watchdogs
 
 if TYPE_CHECKING:
-    from engine.run.trainer import Trainer
+    from engine.checkpoints.store import CheckpointInfo
+    from engine.run.controls import LRSchedule
+    from engine.spec import RunSpec
 
 LR_FACTOR = 0.5  # each automatic rollback halves the learning rate
 RECOVERED_STEPS = 200  # this far past the trouble the run has recovered: the rollback count starts again
@@ -47,6 +51,32 @@ class Escalation:
     detail: str
     skipped: int = 0  # steps skipped by the read that found it (nan, skipped spikes)
     level: float | None = None  # the loss of the last skipped spike step: a resume after a pause accepts it
+
+
+class Recoverable(Protocol):
+    """What escalation reads and steers: engine.run.trainer.Trainer on one process or each rank of several."""
+    spec: RunSpec
+    run: Path
+    events: Any  # runfolder.EventLog, or a rank's stand-in that writes nothing
+    watchdogs: Watchdogs
+    schedule: LRSchedule
+    accelerator: Any  # its fp16 scaler, if any
+    optimizer: Any
+    last: dict[str, Any]  # the last logged metrics
+    step: int
+    epoch: int
+    position: int
+    branch: int
+    writes_files: bool  # rank 0 (or the only process) chooses the rollback target
+    rollback_due: Escalation | None
+
+    def arm_skip(self) -> None: ...
+
+    def set_paused(self, paused: bool) -> None: ...
+
+    def agree(self, text: str) -> str: ...
+
+    def rollback(self, info: CheckpointInfo) -> None: ...
 
 
 def count_nonfinite(state: dict[str, Any], flags: list[list[bool]], spans: list[list[int]], base: int,
@@ -103,12 +133,12 @@ def count_streak(state: dict[str, Any], cause: str, flags: list[list[bool]], spa
     return bad, escalation
 
 
-def skip_patience(trainer: Trainer) -> int:
+def skip_patience(trainer: Recoverable) -> int:
     """Skipped spike steps in a row that escalate: as many steps as `spike_patience` logging intervals hold."""
     return trainer.spec.train.spike_patience * max(1, trainer.spec.log.every)
 
 
-def on_flags(trainer: Trainer, flags: list[list[bool]], spans: list[list[int]], base: int,
+def on_flags(trainer: Recoverable, flags: list[list[bool]], spans: list[list[int]], base: int,
              losses: list[float] | None = None) -> Escalation | None:
     """Count the streaks; alert on skipped steps that do not (yet) escalate. Returns the escalation."""
     t = trainer.spec.train
@@ -143,7 +173,26 @@ def on_flags(trainer: Trainer, flags: list[list[bool]], spans: list[list[int]], 
     return escalation or spike_esc
 
 
-def after_log(trainer: Trainer, first_step: int, start: tuple[int, int] | None) -> Escalation | None:
+def skip_on_host(trainer: Recoverable, row: list[bool], span: list[int], loss: Any) -> None:
+    """A bad step of an optimizer without a device skip (one sync a step): the weights stay as they were,
+    fp16's scaler is kept in step, and the step counts toward the streaks like the device flags."""
+    scaler, optimizer = trainer.accelerator.scaler, trainer.optimizer
+    nonfinite = row[0] or row[1]
+    if scaler is not None:
+        if nonfinite:
+            optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
+        else:
+            scaler.update()  # a finite spike: no step, but end clip's unscale_ so the next one works
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None and nonfinite and not row[0]:
+        check_scale(trainer)  # an overflow is loss scaling's routine, unless the scale collapses
+        return
+    escalation = on_flags(trainer, [row], [span], trainer.step, [float(loss)])
+    if escalation is not None:
+        escalate(trainer, escalation)
+
+
+def after_log(trainer: Recoverable, first_step: int, start: tuple[int, int] | None) -> Escalation | None:
     """After a metrics event: a spike streak of `spike_patience` intervals escalates; fp16's scale is checked."""
     s = trainer.watchdogs.state
     run = s.get("spike_run", 0)
@@ -161,7 +210,7 @@ def after_log(trainer: Trainer, first_step: int, start: tuple[int, int] | None) 
                       f"logging intervals in a row since step {begin['step']}")
 
 
-def check_scale(trainer: Trainer) -> None:
+def check_scale(trainer: Recoverable) -> None:
     """Read fp16's loss scale (one sync: at log time, and on an overflow step, which syncs anyway) and warn."""
     scaler = trainer.accelerator.scaler
     if scaler is None:
@@ -172,7 +221,7 @@ def check_scale(trainer: Trainer) -> None:
         trainer.events.emit("alert", step=trainer.step, **alert.fields())
 
 
-def escalate(trainer: Trainer, esc: Escalation) -> str:
+def escalate(trainer: Recoverable, esc: Escalation) -> str:
     """Pause with a rollback offer, or (auto_rollback, attempts left) arrange a rollback before the next step.
     Returns "pause" or "rollback"."""
     t, s = trainer.spec.train, trainer.watchdogs.state
@@ -199,7 +248,7 @@ def escalate(trainer: Trainer, esc: Escalation) -> str:
     return "pause"
 
 
-def auto_rollback(trainer: Trainer, esc: Escalation) -> None:
+def auto_rollback(trainer: Recoverable, esc: Escalation) -> None:
     """Roll back to the newest valid checkpoint before `esc.step`, halve the LR, skip the data it covered."""
     from engine.checkpoints import store as checkpoint
 

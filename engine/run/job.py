@@ -13,7 +13,6 @@ echoes events to stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.run.distributed import launch as launch_config
+from engine.run.process import echo, ignore_late_signals
 
 from engine.runfolder import lock as locks
 
@@ -117,15 +117,6 @@ def last_error(run: Path) -> str | None:
     return errors[-1].get("message") if errors else None
 
 
-def _echo(event: dict[str, Any]) -> None:
-    """Foreground mode: one plain line per event (the CLI's `attach` is the pretty view)."""
-    keys = {k: v for k, v in event.items() if k not in ("v", "t", "type")}
-    try:
-        print(f"[{event['type']}] " + json.dumps(keys, default=str), flush=True)
-    except OSError:
-        pass  # the terminal went away: keep training
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m engine.run.job", description="run one training job")
     p.add_argument("run", type=Path)
@@ -157,7 +148,7 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         runfolder.EventLog(run).emit("error", message=str(e), kind="user")
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
-    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=_echo if foreground else None,
+    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=echo if foreground else None,
                       commands_from=commands_from)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -175,13 +166,6 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
     code = trainer.run_job()
     ignore_late_signals()
     return code
-
-
-def ignore_late_signals() -> None:
-    """After the job has saved and ended: a signal arriving now (a second Ctrl-C while Python shuts down,
-    where it resets our handlers to the default) must not turn the job's exit code into "killed"."""
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

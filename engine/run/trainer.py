@@ -5,7 +5,8 @@ two steps (never mid-accumulation) the loop reads commands, honours pause/stop a
 evaluates and saves. Nothing is read back from the device between logging intervals: the non-finite
 guard skips a bad step on the device and is read at the next log, checkpoint or evaluation
 (engine/run/step_guard.py), so a NaN never reaches the weights or a checkpoint. Saving and loading state
-(checkpoints, final/) live in engine/run/checkpointing.py.
+(checkpoints, resume, rollback, final/) live in engine/run/checkpointing.py, the interval's numbers in
+engine/run/meter.py; what differs on several processes is asked of `self.ranks` (engine/run/ranks.py).
 
 Exit codes: 0 done or stopped by command, 2 bad input, 3 out of memory, 11 stopped by a signal
 (state saved), 1 anything else (traceback in job.log and an error event).
@@ -18,54 +19,30 @@ import os
 import time
 import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.run import batch_finder
-
 from engine.checkpoints import store as checkpoint
-
-from engine.run import controls
-
-from engine.checkpoints import fingerprint
-
-from engine.machine import flops
-
-from engine.run import escalation as numerics
-
-from engine.runfolder import folder as runfolder
-
-from engine.run import step_guard
 from engine.errors import UserError
+from engine.machine import flops
+from engine.run import batch_finder, controls, step_guard
+from engine.run import escalation as numerics
+from engine.run.checkpointing import CheckpointSteps
+from engine.run.meter import Interval, Meter, memory_metrics, val_loss
+from engine.run.ranks import OneProcess
+from engine.run.train_state import build_optimizer, seed_all
+from engine.run.watchdogs import Watchdogs, injected, is_oom, oom_alert
+from engine.runfolder import folder as runfolder
 from engine.runfolder.redact import redact
 from engine.spec import RunSpec
 from engine.techniques.base import Prepared, SetupContext, get
-from engine.run.checkpointing import CheckpointSteps
-from engine.run.train_state import build_optimizer, seed_all, versions
-from engine.run.watchdogs import Watchdogs, fault, is_oom, oom_alert
 
 EXIT_SIGNAL, EXIT_OOM = 11, 3
 
 
-@dataclass
-class Interval:
-    """What accumulates between two metrics events (tensors stay on the device until logged)."""
-    loss: Any = 0.0
-    loss_sq: Any = 0.0  # sum of squared step losses: the spread the spike skip's threshold needs
-    steps: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    grad_norm: Any = None
-    lr: float = 0.0
-    flags: list[Any] = field(default_factory=list)  # per step, on the device: [loss, grad norm] not finite, spike
-    losses: list[Any] = field(default_factory=list)  # per flagged step, on the device: its loss (for the alerts)
-    spans: list[list[int]] = field(default_factory=list)  # per flagged step: epoch, position before and after
-    start: tuple[int, int] | None = None  # the data position where the interval began
-
-
 class Trainer(CheckpointSteps):
     writes_files = True  # False on ranks other than 0 of a multi-process run (engine/run/distributed/trainer.py)
+    ranks: OneProcess = OneProcess()  # what differs on several processes (engine/run/ranks.py)
 
     def __init__(self, run: Path, spec: RunSpec, *, resume: bool = False, step_sleep: float = 0.0,
                  echo: Any = None, commands_from: int | None = None) -> None:
@@ -83,12 +60,12 @@ class Trainer(CheckpointSteps):
         self.last: dict[str, Any] = {}
         self.batch_size, self.grad_accum = spec.train.batch_size, spec.train.grad_accum
         self.batch_choice: dict[str, Any] | None = None  # the preflight batch finder's, kept in checkpoints
-        self._step_ms_smooth: float | None = None
         self._last_status = 0.0
         self.tries = 0  # optimizer-step attempts of this process (LLMW_FAULT's <kind>@try:k)
         self.rollback_due: numerics.Escalation | None = None  # an automatic rollback, done before the next step
         self.skip_above: Any = None  # device scalar: a step whose loss is above it is skipped (step_guard)
         self.skip_value = math.inf  # its value, as the host last set it
+        self.looping = False  # preparation is over: a signal is handled at the next boundary
 
     # ---- status and events -------------------------------------------------------------------
 
@@ -174,8 +151,9 @@ class Trainer(CheckpointSteps):
         n_train = self.prep.data.n_train_blocks
         # Counted before accelerate.prepare: DeepSpeed flattens and partitions the parameters it is handed.
         total, trainable = self.prep.n_params()
-        self.flops_per_token = flops.flops_per_token(self.prep.model, t.seq_len)
-        self.accelerator = self._make_accelerator()
+        self.meter = Meter(flops.flops_per_token(self.prep.model, t.seq_len), flops.device_peak(),
+                           self.spec.log.every, self.ranks.world)
+        self.accelerator = self.ranks.make_accelerator(self.spec, self.batch_size, self.grad_accum)
         optimizer = build_optimizer(self.prep.param_groups, t)
         self.model, self.optimizer = self.accelerator.prepare(self.prep.model, optimizer)
         if t.compile:
@@ -183,24 +161,14 @@ class Trainer(CheckpointSteps):
         self.prep.model = self.model
         self.params = [p for g in self.prep.param_groups for p in g["params"]]
         self.device_guard = step_guard.skips_on_device(self.optimizer, self.accelerator.scaler)
-        self.peak_flops = flops.device_peak()
-        steps_per_epoch = n_train // (self.batch_size * self.grad_accum) or 1
+        steps_per_epoch = n_train // (self.batch_size * self.grad_accum * self.ranks.world) or 1
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * steps_per_epoch))
         self.schedule = controls.LRSchedule([t.lr for _ in self.optimizer.param_groups], self.total_steps,
                                             t.warmup_steps, t.schedule, t.min_lr_ratio)
         self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
         self.skip_above = torch.full((), math.inf, device=self.accelerator.device)
-        model_dir = self.run / "model"  # config + tokenizer: what `generate` needs besides a checkpoint
-        config = getattr(getattr(self.prep.model, "module", None), "config", None) if self.is_deepspeed() \
-            else getattr(self.prep.model, "config", None)  # DeepSpeed's engine has a config of its own
-        if self.writes_files and config is not None and not model_dir.exists():
-            import shutil
-
-            tmp = self.run / ".tmp-model"  # whole or not at all: a kill between the two writes left it half
-            shutil.rmtree(tmp, ignore_errors=True)
-            config.save_pretrained(tmp)
-            self.prep.tokenizer.save_pretrained(tmp)
-            os.rename(tmp, model_dir)
+        if self.writes_files:
+            self._save_model_folder()
         self.events.emit("state", state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
@@ -208,45 +176,16 @@ class Trainer(CheckpointSteps):
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
 
-    def is_deepspeed(self) -> bool:
-        """Whether accelerate handed back DeepSpeed's engine (engine/run/distributed/trainer.py: strategy zero2/zero3)."""
-        return False
-
-    def _make_accelerator(self) -> Any:
-        import torch
-        from accelerate import Accelerator
-
-        return Accelerator(mixed_precision={"fp32": "no"}.get(self.spec.train.precision, self.spec.train.precision),
-                           cpu=not torch.cuda.is_available())
-
     def _progress(self, message: str) -> None:
         self.message = message
         self.write_status()
-
-    def _resume(self) -> None:
-        removed = checkpoint.clean_tmp(self.run)
-        notes: list[str] = []
-        target = checkpoint.find_resume(self.run, log=notes.append)
-        if target is None:
-            raise UserError(f"run {self.run.name} has no complete checkpoint to resume from; start it again "
-                            f"with `llm-wizard train {self.run / runfolder.SPEC}`", field="resume")
-        newest = checkpoint.lineage(self.run)
-        self.branch = checkpoint.read_branches(self.run)["active"]
-        self._load(target)
-        notes += fingerprint.version_changes(target.path, versions())  # RELIABILITY R9: warn, still load
-        if newest and newest[0].name != target.name:
-            # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
-            self.branch = checkpoint.start_branch(self.run, target.name)
-        self.events.emit("state", state="starting", step=self.step, resumed_from=target.name, branch=self.branch,
-                         message=f"resumed from {target.name}" + (f" ({'; '.join(notes)})" if notes else ""),
-                         cleaned=removed)
 
     def _loop(self) -> int:
         import torch
 
         t = self.spec
-        iv = Interval(loss=torch.zeros((), device=self.accelerator.device))
-        self.interval = iv
+        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
+        self.looping = True
         while self.step < self.total_steps:
             self._boundary()
             if self.stop_reason:
@@ -295,28 +234,17 @@ class Trainer(CheckpointSteps):
         if self.skip_above is not None:
             self.skip_above.fill_(self.skip_value)
 
-    def _step_loss(self, loss: Any) -> Any:
-        """The step's loss as the skip compares it (engine/run/distributed/trainer.py: the mean over ranks)."""
-        return loss
-
     def agree(self, text: str) -> str:
-        """Rank 0's choice, the same on every rank (engine/run/distributed/trainer.py broadcasts it)."""
-        return text
-
-    def supersede_auto_rollback(self, info: checkpoint.CheckpointInfo) -> None:
-        """A user's rollback or rescue between the read that decided an automatic rollback and the step that
-        would do it wins: the automatic one is dropped (two in a row would throw away the user's target)."""
-        pending, self.rollback_due = self.rollback_due, None
-        if pending is not None:
-            self.events.emit("alert", step=self.step, kind="rollback", severity="warning", suggest="set_lr",
-                             dropped=pending.cause, message=f"the pending automatic rollback ({pending.detail}) "
-                             f"was dropped: your rollback to {info.name} came first; the automatic one's learning "
-                             f"rate x{numerics.LR_FACTOR:g} is not applied")
+        """Rank 0's choice, the same on every rank (escalation's automatic rollback target)."""
+        return self.ranks.agree(text)
 
     def _next_batch(self) -> Any:
-        data = self.prep.data
-        batch = data.train_batch(self.epoch, self.position, self.batch_size)
-        self.epoch, self.position = data.advance(self.epoch, self.position, self.batch_size)
+        """This process's micro-batch: rank r takes the r-th of each group of world-size micro-batches from the
+        global position, which advances by world x batch (a checkpointed position means the same on any layout)."""
+        data, rank = self.prep.data, self.ranks.rank
+        at = data.advance(self.epoch, self.position, rank * self.batch_size) if rank else (self.epoch, self.position)
+        batch = data.train_batch(at[0], at[1], self.batch_size)
+        self.epoch, self.position = data.advance(self.epoch, self.position, self.ranks.world * self.batch_size)
         return batch.to(self.accelerator.device, non_blocking=True)
 
     def _train_step(self) -> bool:
@@ -329,7 +257,7 @@ class Trainer(CheckpointSteps):
             return False
         self.tries += 1
         started, at = time.perf_counter(), (self.epoch, self.position)
-        acc = self.accelerator
+        acc, faults = self.accelerator, bool(os.environ.get("LLMW_FAULT"))
         loss_sum = torch.zeros((), device=acc.device)
         try:
             for micro in range(self.grad_accum):
@@ -337,26 +265,15 @@ class Trainer(CheckpointSteps):
                 sync = acc.no_sync(self.model) if micro < self.grad_accum - 1 else nullcontext()
                 with sync, acc.autocast():
                     loss = self.technique.loss(self.prep, batch)
-                    if fault("nan", self.step + 1, self.tries) is not None:
-                        loss = loss * float("nan")
-                    if (factor := fault("spike", self.step + 1, self.tries)) is not None:
-                        loss = loss * float(factor.lstrip("x") or 50)
-                    if fault("raise", self.step + 1) is not None:
-                        raise RuntimeError(f"injected fault at step {self.step + 1}")
-                    if fault("oom", self.step + 1) is not None:
-                        raise torch.OutOfMemoryError(f"injected out of memory at step {self.step + 1}")
+                    if faults:
+                        loss = injected(loss, self.step + 1, self.tries)
                     acc.backward(loss / self.grad_accum)
                 loss_sum += loss.detach() / self.grad_accum
-            loss_sum = self._step_loss(loss_sum)
+            loss_sum = self.ranks.step_loss(loss_sum)
         except Exception as e:
             if not (is_oom(e) and self.spec.train.oom_backoff and self.batch_size > 1):
                 raise
-            self.optimizer.zero_grad(set_to_none=True)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.batch_size, self.grad_accum = self.batch_size // 2, self.grad_accum * 2
-            self.epoch, self.position = at  # redo the same samples in smaller pieces
-            self.events.emit("alert", step=self.step, **oom_alert(self.batch_size, self.grad_accum, True).fields())
+            batch_finder.back_off(self, at)
             return False
         lr = self.schedule.apply(self.optimizer, self.step)
         clip = self.spec.train.grad_clip or float("inf")
@@ -372,20 +289,7 @@ class Trainer(CheckpointSteps):
             iv.losses.append(loss_sum)
             iv.spans.append(span)
         elif bool(bad):  # optimizers without a device skip: one sync a step
-            row = flags.tolist()
-            nonfinite = row[0] or row[1]
-            if acc.scaler is not None:
-                if nonfinite:
-                    self.optimizer.step()  # fp16: the scaler skips it and halves its scale (else unscale_ fails next)
-                else:
-                    acc.scaler.update()  # a finite spike: no step, but end clip's unscale_ so the next one works
-            self.optimizer.zero_grad(set_to_none=True)
-            if acc.scaler is not None and nonfinite and not row[0]:
-                numerics.check_scale(self)  # an overflow is loss scaling's routine, unless the scale collapses
-                return False
-            escalation = numerics.on_flags(self, [row], [span], self.step, [float(loss_sum)])
-            if escalation is not None:
-                numerics.escalate(self, escalation)
+            numerics.skip_on_host(self, flags.tolist(), span, loss_sum)
             return False
         else:
             self.optimizer.step()
@@ -393,7 +297,7 @@ class Trainer(CheckpointSteps):
                 numerics.on_flags(self, [[False, False, False]], [span], self.step)  # a good step ends a streak
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len
+        tokens = self.batch_size * self.grad_accum * self.spec.train.seq_len * self.ranks.world  # all ranks' tokens
         self.tokens += tokens
         ok = ~bad
         iv.loss += torch.where(ok, loss_sum, 0.0)  # a skipped step adds nothing to the logged mean
@@ -424,7 +328,7 @@ class Trainer(CheckpointSteps):
         bad = [i for i, f in enumerate(flags) if any(f)]
         if not bad:
             return True
-        per_step = self.batch_size * self.grad_accum * self.spec.train.seq_len * getattr(self, "world", 1)
+        per_step = self.batch_size * self.grad_accum * self.spec.train.seq_len * self.ranks.world
         self.step -= len(bad)
         self.tokens -= len(bad) * per_step
         iv.steps -= len(bad)
@@ -441,32 +345,17 @@ class Trainer(CheckpointSteps):
         iv = self.interval
         if not iv.steps:
             return
-        loss_sum, loss_sq, grad_norm = torch.stack([iv.loss, iv.loss_sq, iv.grad_norm.to(iv.loss.dtype)]).tolist()
-        loss = loss_sum / iv.steps
-        step_ms = 1000 * iv.seconds / iv.steps
-        if self._step_ms_smooth is None or self.step <= 2 * self.spec.log.every:
-            self._step_ms_smooth = step_ms  # the first intervals include warm-up: replace, don't average
-        else:
-            self._step_ms_smooth = 0.8 * self._step_ms_smooth + 0.2 * step_ms
-        m = {"train/loss": loss, "train/lr": iv.lr, "train/grad_norm": grad_norm,
-             "train/tok_per_s": iv.tokens / max(iv.seconds, 1e-9), "train/step_ms": step_ms,
-             "train/mfu": flops.mfu(self.flops_per_token, iv.tokens / max(iv.seconds, 1e-9),
-                                    self.peak_flops and self.peak_flops * getattr(self, "world", 1))}
-        alerts = self.watchdogs.on_metrics(self.step, loss, self.epoch_share(), loss_sq / iv.steps)
+        iv.loss, iv.loss_sq = self.ranks.mean(iv.loss, iv.loss_sq)  # every rank logs at the same steps
+        m, loss_sq = self.meter.read(iv, self.step)
+        alerts = self.watchdogs.on_metrics(self.step, m["train/loss"], self.epoch_share(), loss_sq)
         self.arm_skip()
         m["train/loss_smooth"] = self.watchdogs.state["smooth"]
         technique_metrics = getattr(self.technique, "metrics", None)  # optional: e.g. MoE expert load
         if technique_metrics is not None:
             m.update(technique_metrics(self.prep))
-        if torch.cuda.is_available():
-            m["sys/gpu_mem"] = torch.cuda.max_memory_allocated()
-        else:
-            import resource
-
-            m["sys/rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        eta = (self.total_steps - self.step) * self._step_ms_smooth / 1000
-        self.events.emit("metrics", flush=False, step=self.step, epoch=round(self.epoch_share(), 5),
-                         tokens=self.tokens, eta_s=round(eta, 1), branch=self.branch, **m)
+        m.update(memory_metrics())
+        self.events.emit("metrics", flush=False, step=self.step, epoch=round(self.epoch_share(), 5), tokens=self.tokens,
+                         eta_s=round(self.meter.eta_s(self.total_steps - self.step), 1), branch=self.branch, **m)
         for alert in alerts:
             self.events.emit("alert", flush=False, step=self.step, **alert.fields())
         self.events.flush()
@@ -478,37 +367,22 @@ class Trainer(CheckpointSteps):
             numerics.escalate(self, escalation)
 
     def _evaluate(self) -> None:
-        import torch
-
-        data, n_max = self.prep.data, self.spec.eval.batches
-        if not data.n_val_blocks:
+        if not self.prep.data.n_val_blocks:
             return
         self.model.eval()
-        eval_batch = getattr(self, "eval_batch_size", self.batch_size)
-        while True:
-            total, n = 0.0, 0
-            try:
-                with torch.no_grad(), self.accelerator.autocast():
-                    for batch in data.val_batches(eval_batch):
-                        total += float(self.technique.loss(self.prep, batch.to(self.accelerator.device)))
-                        n += 1
-                        if (n_max and n >= n_max) or self.stop_reason:
-                            break
-                break
-            except Exception as e:  # RELIABILITY O4: an OOM in eval shrinks the eval batch only
-                if not is_oom(e) or eval_batch == 1:
-                    raise
-                eval_batch //= 2
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self.events.emit("alert", step=self.step, kind="oom", severity="warning", suggest="pause",
-                                 message=f"out of memory in evaluation: eval batch lowered to {eval_batch} "
-                                 f"(training keeps micro-batch {self.batch_size})")
-        self.eval_batch_size = eval_batch
+
+        def shrunk(batch: int) -> None:  # RELIABILITY O4: an OOM in eval shrinks the eval batch only
+            self.events.emit("alert", step=self.step, kind="oom", severity="warning", suggest="pause",
+                             message=f"out of memory in evaluation: eval batch lowered to {batch} "
+                             f"(training keeps micro-batch {self.batch_size})")
+
+        loss, self.eval_batch_size = val_loss(
+            lambda batch: self.technique.loss(self.prep, batch), self.prep.data, self.accelerator,
+            getattr(self, "eval_batch_size", self.batch_size), self.spec.eval.batches, lambda: bool(self.stop_reason),
+            shrunk)
         self.model.train()
-        if not n:
+        if loss is None:
             return
-        loss = total / n
         self.last["eval/loss"] = loss
         self.events.emit("eval", step=self.step, **{"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50))})
         for alert in self.watchdogs.on_eval(self.step, loss):
@@ -532,15 +406,3 @@ class Trainer(CheckpointSteps):
             else:
                 ack = controls.handle(self, cmd)
             self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
-
-
-    def rollback(self, info: checkpoint.CheckpointInfo) -> None:
-        import torch
-
-        self.supersede_auto_rollback(info)
-        self._load(info)
-        self.branch = checkpoint.start_branch(self.run, info.name)
-        self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
-        self.events.emit("state", state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
-                         message=f"rolled back to {info.name} (branch {self.branch})")
-        self.write_status()

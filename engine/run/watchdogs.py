@@ -183,3 +183,18 @@ def fault(kind: str, step: int, attempt: int | None = None) -> str | None:
             _fired.add((part, at))
             return arg
     return None
+
+
+def injected(loss: Any, step: int, attempt: int) -> Any:
+    """A micro-batch's loss with the faults LLMW_FAULT asks for at this step (tests): nan, spike, raise, oom."""
+    import torch
+
+    if fault("nan", step, attempt) is not None:
+        loss = loss * float("nan")
+    if (factor := fault("spike", step, attempt)) is not None:
+        loss = loss * float(factor.lstrip("x") or 50)
+    if fault("raise", step) is not None:
+        raise RuntimeError(f"injected fault at step {step}")
+    if fault("oom", step) is not None:
+        raise torch.OutOfMemoryError(f"injected out of memory at step {step}")
+    return loss

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,7 +12,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 if TYPE_CHECKING:
-    from tui.app import WizardApp
+    from engine.machine.probe import HardwareReport
+    from tui.wizard import Choices
 
 STEPS = ("Hardware", "Technique", "Model", "Data", "Checks", "Options", "Review")
 
@@ -27,6 +29,22 @@ def step_bar(current: int) -> Text:
     return text
 
 
+class WizardHost(Protocol):
+    """What the steps use of the app that shows them (tui.app.WizardApp is it): screens sit below the app
+    and name this shape instead of importing it."""
+    choices: Choices
+    hardware: HardwareReport | None
+    runs_dir: str | None
+
+    def next_step(self, current: Screen) -> None: ...
+
+    def probe_hardware(self) -> Any: ...
+
+    def runs_path(self) -> Path: ...
+
+    def existing_runs(self) -> list[Any]: ...
+
+
 class WizardStep(Screen):
     """A step of the wizard. Subclasses set STEP (0-based), compose `body()`, and say when Next applies."""
 
@@ -39,7 +57,7 @@ class WizardStep(Screen):
     ]
 
     @property
-    def wizard(self) -> WizardApp:
+    def wizard(self) -> WizardHost:
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from tui.screens.dashboard import STATE_STYLE
+from tui.screens.dashboard_view import STATE_STYLE
 from tui.widgets.chart import BLOCKS
 
 TAIL_BYTES = 64 * 1024  # the sparkline reads only the end of events.jsonl, however long the run

@@ -3,9 +3,6 @@ choose it, with a recommendation from the hardware (and from the data, once it i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -13,72 +10,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.screens.base import WizardStep
-
-if TYPE_CHECKING:
-    from engine.machine.probe import HardwareReport
-
-GIB = 1024**3
-
-
-@dataclass(frozen=True)
-class TechniqueInfo:
-    key: str
-    title: str
-    book: str
-    memory: str  # memory need, as the book's multiplier of the parameter count
-    data: str
-    when: str
-
-
-TECHNIQUES: tuple[TechniqueInfo, ...] = (
-    TechniqueInfo("scratch", "From scratch", "5.2.1, listing 5.1",
-                  "more than 4x the parameter count in bytes (weights, gradients, Adam states), plus "
-                  "activations for batch and context: a 1B model wants 5-6 GB at least",
-                  "a lot: about 20 tokens per parameter (Chinchilla: 20B tokens for 1B parameters)",
-                  "a new language or domain no model covers, or a small model to learn how training "
-                  "works (the demo trains one on Python's own source)"),
-    TechniqueInfo("full", "Full fine-tune", "5.2.2, listing 5.2",
-                  "every weight trains: weights + gradients + optimizer states, about 4x the parameters "
-                  "in fp32 (16 bytes a parameter with AdamW), less with 8-bit Adam",
-                  "more than about 1e-5 x parameters tokens (10K tokens for 1B) or it does little",
-                  "you have the memory and plenty of task data, and want the most change in the model"),
-    TechniqueInfo("lora", "LoRA", "5.3.5, listing 5.6",
-                  "the frozen base once (2 bytes a parameter in 16-bit) plus small adapters: 1-2x",
-                  "a few thousand examples are enough to shift style or task",
-                  "most fine-tunes: a fraction of full fine-tuning's memory; the adapter is megabytes"),
-    TechniqueInfo("qlora", "QLoRA", "5.3.5",
-                  "the base in 4-bit NF4 (about half a byte a parameter) plus adapters: about 1x",
-                  "as LoRA",
-                  "the model does not fit for LoRA in 16-bit; needs bitsandbytes with CUDA"),
-    TechniqueInfo("prompt-tuning", "Prompt tuning", "5.3.1, listing 5.3",
-                  "about inference memory: only N virtual-token embeddings train",
-                  "small labelled sets (text : ... Label : ...)",
-                  "many tasks on one frozen model, each stored as a few kilobytes"),
-    TechniqueInfo("distill", "Distillation", "5.3.2, listing 5.4",
-                  "teacher and student together (the teacher without gradients)",
-                  "unlabelled text: the teacher's soft labels are the signal",
-                  "a smaller, faster model that imitates a large one; tokenizers must agree"),
-    TechniqueInfo("moe", "MoE fine-tune", "5.3.4, listing 5.5",
-                  "every expert is in memory although few run per token",
-                  "as a full fine-tune; the router's load-balancing loss is logged",
-                  "you start from a mixture-of-experts model (Switch, Mixtral, Qwen-MoE)"),
-)
-BY_KEY = {t.key: t for t in TECHNIQUES}
-
-
-def recommend(report: HardwareReport | None, data_tokens: int | None = None) -> tuple[str, str]:
-    """(technique, why) from the hardware and, when known, the data size."""
-    if report is None:
-        return "lora", "the usual choice while the hardware is being read"
-    if not report.gpus:
-        return "scratch", ("no GPU: a tiny model from scratch trains in minutes on the CPU; "
-                           "LoRA of a small model also works")
-    free = min(g.memory_free_bytes for g in report.gpus)
-    if data_tokens is not None and data_tokens < 10_000:
-        return "prompt-tuning", f"only {data_tokens:,} tokens of data: too few to change many weights"
-    if free < 12 * GIB:
-        return "qlora", f"{free / GIB:.0f} GiB free per GPU: a 4-bit base keeps 7B models within reach"
-    return "lora", f"{free / GIB:.0f} GiB free per GPU: LoRA fits 7B models in 16-bit with room for batch"
+from tui.techniques import BY_KEY, TECHNIQUES, TechniqueInfo, recommend
 
 
 def details(info: TechniqueInfo, recommended: bool, why: str) -> Text:

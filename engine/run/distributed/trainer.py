@@ -1,24 +1,23 @@
 """The shared training loop on several processes (one per GPU, started by `accelerate launch`).
 
-`DistributedTrainer` is engine.run.trainer.Trainer with what changes when there are several ranks:
+`DistributedTrainer` is engine.run.trainer.Trainer holding a `Ranks` (engine/run/distributed/collectives.py)
+for what its loop asks of the processes (the accelerator, this rank's micro-batch of the global position,
+the loss the spike skip compares and the metrics averaged over ranks, rank 0's choices), plus what changes
+in leading the run folder when there are several ranks:
 - rank 0 alone writes events, status and checkpoints (the others keep the same state in memory);
-- commands: rank 0 reads commands.jsonl, then broadcasts them with torch.distributed at the same step
-  boundary, so pause, set_lr, rollback, rescue and stop act on every rank before the same step. A stop
-  asked by a signal on any rank is agreed on in the same exchange (one all_reduce of two integers a
-  step; the command bytes are broadcast only when there are some);
-- data: rank r takes the r-th micro-batch of each group of world-size micro-batches from the global
-  position, which advances by world x batch, so the checkpointed position means the same on any layout;
-- metrics: the loss is averaged over ranks at the logging interval, tokens (and tokens/s) summed;
+- commands: rank 0 reads commands.jsonl, then broadcasts them at the same step boundary, so pause, set_lr,
+  rollback, rescue and stop act on every rank before the same step; a stop asked by a signal on any rank
+  is agreed on in the same exchange;
 - skipped steps: every rank must skip the same ones or the weights part. The gradient norm is the same
   everywhere (DDP averaged the gradients) but the loss is each rank's own, so with the spike skip on each
-  step's loss is averaged over ranks on the device before the flags are taken (`_step_loss`): identical
-  flags, hence identical skips, streaks, pauses and rollbacks, with no host sync; an automatic rollback
-  loads the checkpoint rank 0 chose (`agree`);
+  step's loss is averaged over ranks on the device before the flags are taken (`Ranks.step_loss`):
+  identical flags, hence identical skips, streaks, pauses and rollbacks, with no host sync; an automatic
+  rollback loads the checkpoint rank 0 chose (`agree`);
 - FSDP (accelerate's fsdp_version 2, GPUs only): parameters are DTensor shards, so checkpoints, resume,
   rollback and final/ go through engine/checkpoints/fsdp.py, where every rank writes and reads its own
   shards inside rank 0's atomic save and final/ is consolidated into a normal from_pretrained folder;
 - DeepSpeed ZeRO-2/3 (zero2/zero3): the same, through engine/checkpoints/zero.py (same function names), and
-  the optimizer step is DeepSpeed's engine's (zero_checkpoint.train_step).
+  the optimizer step is DeepSpeed's engine's (engine/run/distributed/zero_engine.py).
 
 A test hook (env LLM_WIZARD_RANK_PROBE=1) makes every rank append its step, pause state, learning rate
 and a digest of its parameters to `<run>/ranks/rank-<r>.jsonl` at each step boundary and after each
@@ -29,19 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoints import store as checkpoint
-
-from engine.runfolder import folder as runfolder
-
 from engine.checkpoints import fsdp as sharded_checkpoint
-
+from engine.checkpoints import store as checkpoint
 from engine.checkpoints import zero as zero_checkpoint
+from engine.errors import UserError
+from engine.run import controls
+from engine.runfolder import folder as runfolder
+from engine.run.distributed import zero_engine
+from engine.run.distributed.collectives import Ranks
+from engine.run.meter import Interval
 from engine.run.trainer import EXIT_SIGNAL, Trainer
 
 PROBE_ENV = "LLM_WIZARD_RANK_PROBE"
@@ -83,15 +83,15 @@ class DistributedTrainer(Trainer):
     def __init__(self, run: Path, spec: Any, *, rank: int, world: int, **kw: Any) -> None:
         super().__init__(run, spec, **kw)
         self.rank, self.world = rank, world
+        self.ranks = Ranks(rank, world, spike_skip=spec.train.spike_skip,
+                           zero=spec.distributed.strategy.startswith("zero"))
         self.writes_files = rank == 0
         self.pending_signal: int = 0  # a signal this rank received, not yet agreed on by all ranks
-        self._looping = False
         if rank:
             self.events.close()
             self.events = _NoEvents()  # type: ignore[assignment]
         self._probe = Path(run) / "ranks" / f"rank-{rank}.jsonl" if os.environ.get(PROBE_ENV) else None
         self._probed: tuple[int, bool] | None = None
-        self.exchange_cost = [0, 0.0, 0.0]  # boundaries, seconds reading commands.jsonl, seconds in collectives
         sup = os.environ.get(SUPERVISOR_PID_ENV, "")
         self._status_pid = int(sup) if sup.isdigit() else os.getpid()
 
@@ -102,7 +102,7 @@ class DistributedTrainer(Trainer):
         stop is agreed on at the next boundary, so no rank leaves a collective the others are in."""
         import signal
 
-        if self._looping:
+        if self.looping:
             self.pending_signal = self.pending_signal or signum
         else:
             self.request_stop(signal.Signals(signum).name)
@@ -112,7 +112,7 @@ class DistributedTrainer(Trainer):
             self._last_status = time.monotonic()
             return
         # The supervisor's pid: the process a reader checks for life and signals to stop the whole run.
-        n, read_s, sync_s = self.exchange_cost
+        n, read_s, sync_s = self.ranks.exchange_cost
         super().write_status(pid=self._status_pid, pid_start=runfolder.pid_start_time(self._status_pid),
                              rank0_pid=os.getpid(), world_size=self.world, commands_read_ms=1000 * read_s / max(n, 1),
                              commands_sync_ms=1000 * sync_s / max(n, 1), **extra)
@@ -131,62 +131,13 @@ class DistributedTrainer(Trainer):
         self.set_state("failed", message)
         return code
 
-    # ---- collectives --------------------------------------------------------------------------
-
-    def _device(self) -> Any:
-        import torch.distributed as dist
-
-        return self.accelerator.device if dist.get_backend() == "nccl" else "cpu"
-
-    def _broadcast_bytes(self, payload: bytes, n: int) -> bytes:
-        import torch
-        import torch.distributed as dist
-
-        if self.rank == 0:
-            buf = torch.frombuffer(bytearray(payload), dtype=torch.uint8).to(self._device())
-        else:
-            buf = torch.empty(n, dtype=torch.uint8, device=self._device())
-        dist.broadcast(buf, src=0)
-        return bytes(buf.cpu().numpy().tobytes())
-
-    def _broadcast_text(self, text: str) -> str:
-        import torch
-        import torch.distributed as dist
-
-        data = text.encode() if self.rank == 0 else b""
-        n = torch.tensor([len(data)], dtype=torch.int64, device=self._device())
-        dist.broadcast(n, src=0)
-        return self._broadcast_bytes(data, int(n.item())).decode() if int(n.item()) else ""
-
-    def _exchange(self) -> tuple[list[dict[str, Any]], int]:
-        """Rank 0's new commands and any rank's pending signal, the same on every rank."""
-        import torch
-        import torch.distributed as dist
-
-        started = time.perf_counter()
-        payload = b""
-        if self.rank == 0:
-            cmds = self.commands.poll()
-            payload = json.dumps(cmds).encode() if cmds else b""
-        polled = time.perf_counter()
-        flags = torch.tensor([len(payload), self.pending_signal], dtype=torch.int64, device=self._device())
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        n, signum = (int(x) for x in flags.tolist())
-        cmds = json.loads(self._broadcast_bytes(payload, n)) if n else []
-        self.exchange_cost[0] += 1  # for bench/ddp.py, in status.json: what reading and agreeing costs a step
-        self.exchange_cost[1] += polled - started
-        self.exchange_cost[2] += time.perf_counter() - polled
-        return cmds, signum
-
     # ---- the loop's hooks ---------------------------------------------------------------------
 
     def _prepare(self) -> None:
         import torch.distributed as dist
 
-        from engine.run.watchdogs import Watchdogs
-
         super()._prepare()
-        self.zero = zero_checkpoint.is_zero(self.accelerator)
+        self.zero = zero_engine.is_zero(self.accelerator)
         self._shards = zero_checkpoint if self.zero else sharded_checkpoint
         self.sharded = self.zero or sharded_checkpoint.is_sharded(self.model)
         self._announce_load = False
@@ -195,17 +146,9 @@ class DistributedTrainer(Trainer):
         prints = [None] * self.world
         dist.all_gather_object(prints, self.prep.data_fingerprint)
         if len(set(prints)) > 1:
-            from engine.errors import UserError
-
             raise UserError(f"the ranks prepared different data (fingerprints {sorted(set(map(str, prints)))}); "
                             "every machine must see the same data and tokenizer", field="data.path")
-        t = self.spec.train
-        if not t.max_steps:  # an epoch now takes world-size fewer steps
-            per_epoch = self.prep.data.n_train_blocks // (self.batch_size * self.grad_accum * self.world) or 1
-            self.total_steps = max(1, math.ceil(t.epochs * per_epoch))
-            self.schedule.total_steps = self.total_steps
-            self.watchdogs = Watchdogs(self.total_steps, t.warmup_steps)
-        d = self.spec.distributed
+        t, d = self.spec.train, self.spec.distributed
         self.events.emit("state", state="starting", step=0, world_size=self.world, strategy=d.strategy,
                          num_machines=d.num_machines, total_steps=self.total_steps,
                          backend=dist.get_backend(), device=str(self.accelerator.device),
@@ -213,25 +156,10 @@ class DistributedTrainer(Trainer):
                          message=f"{self.world} processes ({d.strategy}, {dist.get_backend()}) on "
                                  f"{d.num_machines} machine(s)")
 
-    def is_deepspeed(self) -> bool:
-        return zero_checkpoint.is_zero(self.accelerator)
-
-    def _make_accelerator(self) -> Any:
-        if not self.spec.distributed.strategy.startswith("zero"):
-            return super()._make_accelerator()
-        t = self.spec.train
-        return zero_checkpoint.make_accelerator({"fp32": "no"}.get(t.precision, t.precision),
-                                                batch_size=self.batch_size, grad_accum=self.grad_accum,
-                                                grad_clip=t.grad_clip or 0.0)
-
-    def _loop(self) -> int:
-        self._looping = True
-        return super()._loop()
-
     def _handle_commands(self) -> None:
         import signal
 
-        cmds, signum = self._exchange()
+        cmds, signum = self.ranks.exchange(self.commands, self.pending_signal)
         if signum and not self.stop_reason:
             self.request_stop(signal.Signals(signum).name)
         for cmd in cmds:
@@ -243,60 +171,14 @@ class DistributedTrainer(Trainer):
             if cmd.get("cmd") == "?":
                 ack = {"ok": False, "message": f"not a command: {cmd.get('invalid')!r}"}
             else:
-                from engine.run import controls
-
                 ack = controls.handle(self, cmd)
             self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
             self._write_probe(cmd=cmd.get("cmd"), ok=ack.get("ok"))
         if self._probed != (self.step, self.paused):
             self._write_probe()
 
-    def _next_batch(self) -> Any:
-        data = self.prep.data
-        at = data.advance(self.epoch, self.position, self.rank * self.batch_size) if self.rank \
-            else (self.epoch, self.position)
-        batch = data.train_batch(at[0], at[1], self.batch_size)
-        self.epoch, self.position = data.advance(self.epoch, self.position, self.world * self.batch_size)
-        return batch.to(self.accelerator.device, non_blocking=True)
-
     def _train_step(self) -> bool:
-        before = self.tokens
-        done = zero_checkpoint.train_step(self) if self.zero else super()._train_step()
-        if done:  # every rank trained as many tokens as this one
-            extra = (self.tokens - before) * (self.world - 1)
-            self.tokens += extra
-            self.interval.tokens += extra
-        return done
-
-    def _step_loss(self, loss: Any) -> Any:
-        """The mean loss over ranks, so that every rank flags the same steps as spikes (and as non-finite).
-        Reading each rank's flags and all-reducing them at the next read would come too late: the fused
-        optimizer has already applied or skipped the step on each rank by then. One all_reduce of a scalar a
-        step: on NCCL it is queued on the device (no host sync), on gloo it is a CPU exchange like the
-        command exchange each step already does. Without the spike skip, nothing is exchanged: a non-finite
-        loss on one rank makes every rank's gradient norm non-finite through DDP's gradient all-reduce."""
-        import torch.distributed as dist
-
-        if not self.spec.train.spike_skip:
-            return loss
-        agreed = loss.to(self._device())
-        dist.all_reduce(agreed)
-        return (agreed / self.world).to(loss.device)
-
-    def agree(self, text: str) -> str:
-        return self._broadcast_text(text)
-
-    def _log_metrics(self) -> None:
-        import torch
-        import torch.distributed as dist
-
-        iv = self.interval
-        if iv.steps:  # every rank logs at the same steps: the mean loss (and squared loss) over ranks
-            both = torch.stack([iv.loss, torch.as_tensor(iv.loss_sq, device=iv.loss.device)]).to(self._device())
-            dist.all_reduce(both)
-            both = (both / self.world).to(iv.loss.device)
-            iv.loss, iv.loss_sq = both[0], both[1]
-        super()._log_metrics()
+        return zero_engine.train_step(self) if self.zero else super()._train_step()
 
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
         """Rank 0 writes (sharded: every rank writes its shards into rank 0's save); every rank learns its
@@ -317,7 +199,7 @@ class DistributedTrainer(Trainer):
                 self._shards.follow(self.model, self.optimizer, rank=self.rank, world=self.world)
         elif self.rank == 0:
             info = super().save_checkpoint(reason)
-        outcome = self._broadcast_text(json.dumps([info.name if info else "", self.paused]))
+        outcome = self.ranks.broadcast_text(json.dumps([info.name if info else "", self.paused]))
         name, paused = json.loads(outcome)
         if self.rank and paused and not self.paused:
             self.paused = True
@@ -343,8 +225,6 @@ class DistributedTrainer(Trainer):
     def _load_weights(self, folder: Path) -> None:
         if not self.sharded:
             if sharded_checkpoint.is_sharded_checkpoint(folder):
-                from engine.errors import UserError
-
                 kind = "DeepSpeed ZeRO" if zero_checkpoint.is_zero_checkpoint(folder) else "FSDP"
                 raise UserError(f"{folder.name} holds {kind} shards; resume it with the distributed.strategy that "
                                 "saved it, on the same number of processes", field="distributed.strategy")
@@ -352,14 +232,12 @@ class DistributedTrainer(Trainer):
             return
         if self._announce_load:  # rank 0 resuming: the others wait in _resume to load the same one with us
             self._announce_load = False
-            self._broadcast_text(folder.name)
+            self.ranks.broadcast_text(folder.name)
         self._shards.read_shards(folder, self.model, self.optimizer, world=self.world)
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
         exchanges with their wait and hang both. End the run instead; the previous checkpoint is intact."""
-        from engine.errors import UserError
-
         self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
         raise UserError(f"{message} (with several processes the run ends here; the previous checkpoint is "
                         f"intact: free space, then `llm-wizard train --resume {self.run.name}`)", field="checkpoint")
@@ -373,7 +251,7 @@ class DistributedTrainer(Trainer):
             if self.sharded:
                 return
             name = self.parent or ""
-        name = self._broadcast_text(name)
+        name = self.ranks.broadcast_text(name)
         if self.rank:
             self._load(checkpoint.find(self.run, name))
 
@@ -382,8 +260,6 @@ class DistributedTrainer(Trainer):
             super().rollback(info)
             return
         import torch
-
-        from engine.run.trainer import Interval
 
         self.supersede_auto_rollback(info)  # as on rank 0 (which alone emits the alert)
         self._load(info)  # the branch bookkeeping on disk is rank 0's

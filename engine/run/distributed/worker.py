@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # the supervisor checked it already; it changed on disk since
         print(f"error: rank {rank}: {e}", file=sys.stderr, flush=True)
         return e.exit_code
-    from engine.run.job import _echo, ignore_late_signals
+    from engine.run.process import echo as echo_event, ignore_late_signals
 
-    echo = _echo if rank == 0 and os.environ.get(ECHO_ENV) else None  # `train --foreground`: events on the terminal
+    echo = echo_event if rank == 0 and os.environ.get(ECHO_ENV) else None  # `train --foreground`: events on the terminal
     trainer = DistributedTrainer(run, spec, rank=rank, world=world, resume=a.resume, step_sleep=a.step_sleep,
                                  commands_from=a.commands_from, echo=echo)
 

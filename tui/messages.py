@@ -1,0 +1,46 @@
+"""The messages the dashboard's workers post (a thread never touches a widget: it posts one of these).
+Those that arrive many times a second can replace an unhandled older one (`can_replace`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual.message import Message
+
+
+class RunEvents(Message):
+    def __init__(self, events: list[dict[str, Any]], status: dict[str, Any]) -> None:
+        super().__init__()
+        self.events, self.status = events, status
+
+
+class RunStatus(Message):
+    """Only the status changed; a newer one makes an unhandled older one pointless."""
+
+    def __init__(self, status: dict[str, Any]) -> None:
+        super().__init__()
+        self.status = status
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunStatus)
+
+
+class GpuReadings(Message):
+    def __init__(self, gpus: list[Any], status: str = "ok") -> None:
+        super().__init__()
+        self.gpus, self.status = gpus, status
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuReadings)
+
+
+class Checkpoints(Message):
+    def __init__(self, items: list[tuple[str, int]]) -> None:
+        super().__init__()
+        self.items = items
+
+
+class SampleText(Message):
+    def __init__(self, text: str, ok: bool) -> None:
+        super().__init__()
+        self.text, self.ok = text, ok

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import engine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UI = ("textual", "rich", "questionary", "tui")
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate")
 

@@ -13,6 +13,7 @@ from engine.estimate.memory import EstimateRequest, estimate
 from memory_measure import BENCH_ONLY, CASES, case_request, measurable_dims, measure
 
 TOLERANCE = 0.10
+pytestmark = pytest.mark.slow  # 25 measured training steps: 35-80 s on the shared 2-core machine
 
 
 def _check(req: EstimateRequest, fake: bool = False) -> None:

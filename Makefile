@@ -14,7 +14,7 @@ demo: setup
 test: setup
 	$(PYTEST) $(PYTEST_ARGS)
 
-# While developing: the pure and in-process layers without the tests marked slow (about a minute).
+# While developing: the pure and in-process layers without the tests marked slow (under two minutes).
 # The subprocess (e2e) and terminal (tui) layers run in `make test`, or alone: `pytest tests/tui`.
 test-fast: setup
 	$(PYTEST) -m "not slow" tests/unit tests/engine $(PYTEST_ARGS)

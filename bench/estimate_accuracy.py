@@ -5,7 +5,7 @@
     .venv/bin/python bench/estimate_accuracy.py --big      # also a 7B Llama LoRA step (~2 min more)
 
 Small cases run with real tensors on the CPU; realistic shapes (GPT-2 125M, TinyLlama 1.1B, Llama
-2 7B) run under FakeTensorMode, which measures without allocating. Both use tests/memory_measure.py,
+2 7B) run under FakeTensorMode, which measures without allocating. Both use tests/support/memory_measure.py,
 the module the accuracy tests use.
 """
 
@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-# The project and tests/ (the measuring code the accuracy tests share) when run from a checkout.
+# The project and tests/support/ (the measuring code the accuracy tests share) when run from a checkout.
 _ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests" / "support")]
 
 from engine.estimate.memory import EstimateRequest, estimate  # noqa: E402
 from memory_measure import CASES, case_request, measurable_dims, measure  # noqa: E402

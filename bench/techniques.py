@@ -42,7 +42,7 @@ from typing import Any
 _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
 sys.path.insert(0, str(_here.parent))
-sys.path.insert(1, str(_here.parent / "tests"))  # memory_measure's MemTracker helper
+sys.path.insert(1, str(_here.parent / "tests" / "support"))  # memory_measure's MemTracker helper
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 

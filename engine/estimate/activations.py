@@ -1,7 +1,7 @@
 """What autograd keeps between forward and backward, per decoder layer, and when the peak happens.
 
 The sizes below are the tensors autograd saves, read off the graph of transformers' GPT-2 and Llama
-(SDPA attention) and checked against MemTracker (tests/test_estimate_accuracy.py):
+(SDPA attention) and checked against MemTracker (tests/unit/test_estimate_accuracy.py):
 
 - Llama RMSNorm keeps its input in fp32 (the input itself in fp32, an fp32 copy in 16-bit) and the
   rsqrt; with a trainable weight also the normalised tensor. Linear layers with a trainable weight
@@ -31,7 +31,7 @@ LORA_DTYPE_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapte
 
 # What autograd saves for transformers' ACT2FN activations, in tensors of the input's size: (besides the
 # output, whether the output itself is saved). The output is usually kept anyway by the next Linear or
-# by Llama's act * up. Measured with saved_tensors_hooks (tests/test_estimate.py checks every entry).
+# by Llama's act * up. Measured with saved_tensors_hooks (tests/unit/test_estimate.py checks every entry).
 ACTIVATION_SAVES: dict[str, tuple[int, bool]] = {
     "gelu": (1, False), "gelu_pytorch_tanh": (1, False), "silu": (1, False), "swish": (1, False),
     "gelu_new": (4, False), "gelu_python_tanh": (4, False), "gelu_accurate": (4, False), "gelu_fast": (7, False),

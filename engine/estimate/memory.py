@@ -6,7 +6,7 @@ tensor total of one step (phase-aware: the forward/backward peak and the optimiz
 different moments; the larger one counts), the total with the allocator's and CUDA's margins, a
 verdict per GPU and the changes that would make it fit. No weights are loaded and torch is not
 imported: a 7B Llama answers in milliseconds. The accuracy of `peak_bytes` is measured against
-MemTracker in tests/test_estimate_accuracy.py and bench/estimate_accuracy.py.
+MemTracker in tests/unit/test_estimate_accuracy.py and bench/estimate_accuracy.py.
 
 This module is the estimator's face: the request and result types are engine/estimate/request.py's, the
 arithmetic engine/estimate/breakdown.py's, the suggestions engine/estimate/suggest.py's (which estimate

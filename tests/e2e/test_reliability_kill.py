@@ -5,7 +5,7 @@ of an uninterrupted run at that step. Two controls prove the harness can fail: a
 writer leaves a half-written step-* folder under the same kills, and a resume without the RNG state
 (dropout on) logs different losses.
 
-Speed: the jobs fork from one process that imported torch and transformers once (tests/kill_helpers.py,
+Speed: the jobs fork from one process that imported torch and transformers once (tests/support/kill_helpers.py,
 shared with the LoRA and distillation kill tests of test_reliability_techniques). Each child is a real
 process running `engine.run.job.run_job` and is killed with SIGKILL by this test.
 """

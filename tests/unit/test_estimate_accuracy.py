@@ -1,6 +1,6 @@
 """The estimator against MemTracker: every case's peak within 10% of the measured peak.
 
-The cases (tests/memory_measure.py) cover GPT-2 and Llama shapes, full fine-tuning in fp32 and pure
+The cases (tests/support/memory_measure.py) cover GPT-2 and Llama shapes, full fine-tuning in fp32 and pure
 bf16 with AdamW, SGD and 8-bit AdamW, LoRA, prompt tuning, gradient checkpointing and accumulation,
 at sizes where activations dominate and where the optimizer step does.
 """
@@ -13,6 +13,7 @@ from engine.estimate.memory import EstimateRequest, estimate
 from memory_measure import BENCH_ONLY, CASES, case_request, measurable_dims, measure
 
 TOLERANCE = 0.10
+pytestmark = pytest.mark.slow  # 25 measured training steps: 35-80 s on the shared 2-core machine
 
 
 def _check(req: EstimateRequest, fake: bool = False) -> None:

@@ -11,7 +11,7 @@ import pytest
 from engine import spec
 from engine.errors import UserError
 
-PRESETS = sorted((Path(__file__).parent.parent / "presets").glob("*.toml"))
+PRESETS = sorted((Path(__file__).parents[2] / "presets").glob("*.toml"))
 
 
 def test_defaults_round_trip_through_toml() -> None:

@@ -17,7 +17,7 @@ from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec, te
 from run_helpers import WORDS, events, losses_by_step
 
 pytestmark = pytest.mark.slow
-PRESETS = Path(__file__).parent.parent / "presets"
+PRESETS = Path(__file__).parents[2] / "presets"
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from technique_models import corpus_and_tokenizer, gpt2, tensors
 INIT = 0.2
 
 
-PRESETS = Path(__file__).parent.parent / "presets"
+PRESETS = Path(__file__).parents[2] / "presets"
 SHORT = ["train.max_steps=4", "train.warmup_steps=1", "eval.every=2", "checkpoint.every=2", "log.every=1"]
 
 

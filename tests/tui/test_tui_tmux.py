@@ -67,7 +67,7 @@ def test_demo_in_tmux_pause_resume_detach(tmp_path) -> None:
     runs = tmp_path / "runs"
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in {
         "LLM_WIZARD_RUNS": str(runs), "LLM_WIZARD_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1",
-        "TERM": "xterm-256color", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}.items())
+        "TERM": "xterm-256color", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}.items())
     term = Tmux("demo")
     # `; sleep` keeps the pane readable after the app exits (its parting message); metrics every 2
     # steps so that a busy CI machine shows a loss sooner

@@ -5,7 +5,7 @@ one (engine/run/step_guard.py's third flag, against a threshold engine/run/watch
 the step and token counts and alerted at the next read; skipped spikes in a row escalate like a sustained
 spike. Units on synthetic series, then tiny in-process runs with `spike@try:k:x50` (log every step, so the
 skip is armed after warm-up and ten logged intervals), and a manual rollback that beats a pending automatic one.
-The two-process agreement is in tests/test_distributed_numerics.py.
+The two-process agreement is in tests/e2e/test_distributed_numerics.py.
 """
 
 from __future__ import annotations

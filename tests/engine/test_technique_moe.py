@@ -20,7 +20,7 @@ from technique_models import corpus_and_tokenizer, gpt2, tensors
 COEF = 0.1  # larger than the models' 0.001 so the auxiliary term is visible in the loss
 
 
-PRESETS = Path(__file__).parent.parent / "presets"
+PRESETS = Path(__file__).parents[2] / "presets"
 
 
 @pytest.fixture(scope="module")

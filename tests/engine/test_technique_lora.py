@@ -25,7 +25,7 @@ from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec, te
 from run_helpers import control, events, launch, losses_by_step, wait_exit, wait_for, wait_step
 
 pytestmark = pytest.mark.slow
-PRESETS = Path(__file__).parent.parent / "presets"
+PRESETS = Path(__file__).parents[2] / "presets"
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The trainer's FSDP path (engine/run/distributed/trainer.py -> engine/checkpoints/fsdp.py) on two gloo CPU processes:
-accelerate's own FSDP2 preparation, forced on (it runs FSDP only on accelerators; tests/sharded_helpers.py),
+accelerate's own FSDP2 preparation, forced on (it runs FSDP only on accelerators; tests/support/sharded_helpers.py),
 checkpoints of every rank's shards, final/ consolidated, and a resume that continues exactly. Two spawns."""
 
 from __future__ import annotations

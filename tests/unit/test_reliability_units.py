@@ -28,7 +28,7 @@ from engine.runfolder.redact import redact
 from engine.run.watchdogs import Watchdogs, is_oom
 from run_helpers import make_corpus, tiny_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(payload: bytes):

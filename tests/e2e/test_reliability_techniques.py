@@ -1,7 +1,7 @@
 """Run-level faults on LoRA and distillation runs (RELIABILITY G5, C1, R1, P8, C4, S6, S7, N1, N3, R2, R3, R4).
 
 Scratch runs meet these faults in test_reliability_kill, test_reliability_faults and
-test_reliability_escalation; the same assertions (tests/fault_helpers.py, tests/kill_helpers.py) are held
+test_reliability_escalation; the same assertions (tests/support/fault_helpers.py, tests/support/kill_helpers.py) are held
 here against the two techniques whose state is not scratch's: a LoRA checkpoint holds the adapter alone,
 over a frozen base read from elsewhere; a distillation run carries a frozen teacher beside the student.
 
@@ -19,7 +19,7 @@ over a frozen base read from elsewhere; a distillation run carries a frozen teac
 - A resume on another base of the same shape (LoRA; a folder, or a Hub id whose cache moved to another
   commit), another teacher (distillation) or a changed option is refused, naming it.
 
-The jobs fork from one process that imported torch, transformers and peft once (tests/kill_helpers.py).
+The jobs fork from one process that imported torch, transformers and peft once (tests/support/kill_helpers.py).
 """
 
 from __future__ import annotations

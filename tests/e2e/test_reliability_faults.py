@@ -32,7 +32,7 @@ from fault_helpers import (
 from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 LIMITED_RESUME = """
 import resource, signal, sys

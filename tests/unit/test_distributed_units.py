@@ -61,7 +61,7 @@ def test_distributed_section_validates(tmp_path: Path) -> None:
         with pytest.raises(UserError) as e:
             tiny_spec(corpus, distributed=d)
         assert e.value.field == f"distributed.{name}", (d, e.value)
-    if importlib.util.find_spec("deepspeed") is None:  # the optional extra; tests/test_zero_runs.py covers both
+    if importlib.util.find_spec("deepspeed") is None:  # the optional extra; tests/e2e/test_zero_runs.py covers both
         with pytest.raises(UserError, match="DeepSpeed, which is not installed"):
             launch_config.check_supported(tiny_spec(corpus, distributed={"num_processes": 2, "strategy": "zero3"}))
 

@@ -29,7 +29,7 @@ from engine.machine import logind
 from engine.runfolder import folder as runfolder
 from engine.machine.probe import Problem
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- P9: logind KillUserProcesses and lingering (a fake loginctl on PATH) ---------------------------
 

@@ -1,6 +1,6 @@
 """Measure the tensor memory of one training step with PyTorch's own tools.
 
-Shared by tests/test_estimate_accuracy.py and bench/estimate_accuracy.py, so that the estimator is
+Shared by tests/unit/test_estimate_accuracy.py and bench/estimate_accuracy.py, so that the estimator is
 checked against measurements and never against numbers written into a test.
 
 One step of a causal LM built from a config (random init, no download) is run twice: the first

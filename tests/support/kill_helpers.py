@@ -25,7 +25,7 @@ from engine import spec
 from engine.run import job
 from engine.runfolder import folder as runfolder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 ZYGOTE = r"""
 import os, resource, signal, sys, time, json

@@ -25,7 +25,7 @@ from technique_models import corpus_and_tokenizer, gpt2, pretrain, tensors, toke
 pytestmark = pytest.mark.slow
 
 
-PRESETS = Path(__file__).parent.parent / "presets"
+PRESETS = Path(__file__).parents[2] / "presets"
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import engine
 import tui.commands
 from tui.commands import COMMANDS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UI = ("textual", "rich", "questionary", "tui")
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "accelerate")
 

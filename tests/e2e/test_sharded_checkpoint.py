@@ -1,5 +1,5 @@
 """Sharded (FSDP2) checkpoints on the CPU: two gloo processes, a tiny GPT-2 sharded with fully_shard
-(tests/sharded_helpers.py). One spawn (~7 s) produces what the slow tests compare; the unit tests need none."""
+(tests/support/sharded_helpers.py). One spawn (~7 s) produces what the slow tests compare; the unit tests need none."""
 
 from __future__ import annotations
 

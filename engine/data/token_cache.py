@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from engine import paths
 from engine.data.corpus import PreparationStopped, corpus_fingerprint, iter_pieces
 from engine.errors import UserError
-from engine.runfolder.folder import pid_alive
+from engine.processes import pid_alive
 from engine.data.tokenizer_train import encoding_rules, is_byte_tokenizer
 
 if TYPE_CHECKING:

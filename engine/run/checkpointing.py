@@ -18,6 +18,7 @@ from engine.checkpoints import fingerprint
 from engine.checkpoints import guards as save_guard
 from engine.errors import UserError
 from engine.run.train_state import rng_state, set_rng_state, versions
+from engine.runfolder import events as ev
 
 
 class CheckpointSteps:
@@ -42,8 +43,8 @@ class CheckpointSteps:
         if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
             message = (f"not saved at step {self.step}: {', '.join(bad)} not finite; roll back to an earlier "
                        "checkpoint, perhaps with a lower learning rate")
-            self.events.emit("alert", step=self.step, kind="nan", message=message, suggest="rollback",
-                             severity="error")
+            self.events.emit(ev.Alert(step=self.step, kind="nan", message=message, suggest="rollback",
+                                      severity="error"))
             if reason == "interval":
                 self.set_paused(True)
                 return None
@@ -79,8 +80,8 @@ class CheckpointSteps:
                                      "disk_full")
         self.parent = info.name
         deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
-        self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
-                         reason=reason, deleted=deleted)
+        self.events.emit(ev.Checkpoint(step=self.step, name=info.name, branch=self.branch, path=str(info.path),
+                                       reason=reason, deleted=deleted))
         return info
 
     def _nonfinite_state(self) -> list[str]:
@@ -102,7 +103,7 @@ class CheckpointSteps:
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
-        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
         self.paused = True
         self.set_state("paused", message)
         self.in_save = True

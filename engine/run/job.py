@@ -114,9 +114,8 @@ def _reap(pid: int) -> None:
 
 
 def last_error(run: Path) -> str | None:
-    events, _ = runfolder.read_events(run)
-    errors = [e for e in events if e.get("type") == "error"]
-    return errors[-1].get("message") if errors else None
+    errors = [e for e in ev.read(run) if isinstance(e, ev.Error)]
+    return errors[-1].message if errors else None
 
 
 def _echo(event: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from engine.runfolder import events as events_file
 from engine.runfolder import status as status_file
 from engine.runfolder.commands import CMD_ID, COMMANDS_FILE, CommandReader
 from engine.runfolder.events import EVENTS, EventLog
+from engine.runfolder.lock import stale_message
 from engine.runfolder.record import Invalid
 from engine.runfolder.status import LIVE_STATES, STATES, STATUS, write_text_atomic
 
@@ -76,8 +77,6 @@ def write_status(run: Path, status: dict[str, Any]) -> None:
 def current_status(run: str | os.PathLike[str]) -> status_file.Status | None:
     """The last status the job wrote (None if none yet); `state` is `crashed`, with what that means, if
     the job is gone."""
-    from engine.runfolder.lock import stale_message
-
     return status_file.read(run, stale=stale_message)
 
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 from event_helpers import metrics
-from engine.runfolder import events as ev
 from tui_helpers import ack, checkpoint, commands, fake_run, fixed_report, screen_text, wait_until, write_events
 
 from engine.machine.fake_nvml import fixture
+from engine.runfolder import events as ev
 from tui.app import make_app
 from tui.modals.confirm import ConfirmModal, QuitModal
 from tui.modals.lr import LrModal
@@ -45,6 +45,21 @@ async def test_shows_history_and_live_events(tmp_path) -> None:
         write_events(run, [metrics(310, loss=2.1, lr=2e-4)])
         await wait_until(pilot, lambda: dash(app).history.step == 310)
         assert dash(app).history.loss == 2.1
+
+
+async def test_a_line_that_is_not_an_event_is_reported_and_the_rest_still_shown(tmp_path) -> None:
+    run = fake_run(tmp_path, steps=300)
+    app = dashboard_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: dash(app).history.step == 300)
+        with open(run / "events.jsonl", "a") as f:  # a hand edit, or a newer job's event this version cannot read
+            f.write('{"v": 1, "t": 1.0, "type": "metrics", "step": "310"}\n')
+        write_events(run, [metrics(320, loss=2.05)])
+        await wait_until(pilot, lambda: dash(app).history.step == 320)
+        (problem,) = dash(app).history.skipped
+        assert "line skipped" in problem and "missing" in problem
+        await wait_until(pilot, lambda: any("line skipped" in n.message for n in app._notifications))  # a toast
+        assert isinstance(app.screen, DashboardScreen) and dash(app).history.loss == 2.05
 
 
 async def test_controls_are_sent_and_acknowledged(tmp_path) -> None:

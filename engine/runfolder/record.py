@@ -7,8 +7,8 @@ One codec for all of them, so that the writer and the reader check the same thin
   `list[X]`, `dict[str, X]`) when a record is built, so a writer can never write a line that its
   reader refuses; a float field takes a JSON integer too (json writes 2.0 as 2.0, but a hand-written
   line may say 2);
-- a field whose default is None is left out of the JSON while it is None; a field without a default
-  is always written, null included (the line keeps the shape the job has always written);
+- a field whose default is None is left out of the JSON while it is None; any other field is always
+  written, null included (the line keeps the shape the job has always written);
 - keys that this version does not know (a newer writer added them: keys are added, never renamed) are
   kept in `extra` and written back, so reading a line and writing it again loses nothing.
 """
@@ -37,7 +37,7 @@ def key(name: str, **kw: Any) -> Any:
 
 def extra_field() -> Any:
     """The `extra` field: keys a newer writer added, kept as read."""
-    return dataclasses.field(default_factory=dict, compare=True)
+    return dataclasses.field(default_factory=dict)
 
 
 @cache
@@ -67,12 +67,11 @@ def check_value(value: Any, tp: Any, where: str) -> None:
         return
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return check_value(value, option, where)
-            except Invalid as e:
-                errors.append(e)
+            except Invalid:
+                continue
         raise Invalid(f"{where}: {value!r} is not {' or '.join(_type_name(a) for a in typing.get_args(tp))}")
     if tp is type(None):
         if value is not None:

@@ -293,7 +293,7 @@ class DashboardScreen(Screen):
                     self.notify(e.message or asked, title=asked, severity="error")
         for problem in message.skipped:  # a damaged or foreign line: said once, never a traceback
             self.history.skip(problem)
-            self.notify(problem.describe(), title="events.jsonl", severity="warning")
+            self.notify(problem.describe(), title="events.jsonl", severity="warning", markup=False)
         self.history.apply_status(message.status)
         self.redraw()
 

@@ -13,13 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import UserError
-from engine.runfolder import events as ev
 
 if TYPE_CHECKING:
     from engine.runfolder.status import Status
 
 LOCK = "job.lock"
-TAIL_BYTES = 1 << 20  # where the last checkpoint event is looked for first
 _held: dict[str, int] = {}  # run folder -> fd, so the lock lives as long as this process
 
 
@@ -72,41 +70,11 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def resume_point(run: Path) -> tuple[str, int] | None:
-    """The checkpoint a resume starts from, as the job announced it in events.jsonl: the last `checkpoint`
-    event, or a later rollback or resume (which moved the run onto that checkpoint's branch). Only what
-    the job wrote after a save had completed counts, so a save cut short by a kill is never named. Read
-    from the end first: a long run's file is mostly metrics."""
-    path = Path(run) / ev.EVENTS
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return None
-    for start in dict.fromkeys((max(0, size - TAIL_BYTES), 0)):  # the tail, then the whole file if need be
-        with open(path, "rb") as f:
-            f.seek(start)
-            lines = f.read().splitlines()[1 if start else 0:]  # a tail's first line may be cut
-        point = None
-        for line in lines:
-            if not any(word in line for word in (b'"checkpoint"', b'"rollback_to"', b'"resumed_from"')):
-                continue
-            try:
-                e = ev.parse(line)
-            except ValueError:
-                continue
-            if isinstance(e, ev.Checkpoint):
-                point = (e.name, e.step)
-            elif isinstance(e, ev.State) and (e.rollback_to or e.resumed_from):
-                point = (e.rollback_to or e.resumed_from or "", e.step)
-        if point is not None:
-            return point
-    return None
-
-
 def stale_message(run: Path, status: Status) -> str:
-    """What a status whose process is gone (or whose pid now belongs to another process) means to the user.
-    The run folder's own files say where it can resume (the checkpoint store sits above the run folder)."""
-    point = resume_point(run)
-    where = f"resumable from step {point[1]}" if point else "no checkpoint yet: start it again"
+    """What a status whose process is gone (or whose pid now belongs to another process) means to the user."""
+    from engine.checkpoints import store as checkpoint
+
+    history = [c for c in checkpoint.lineage(run) if checkpoint.verify(c.path, full=False) is None]
+    where = f"resumable from step {history[0].step}" if history else "no checkpoint yet: start it again"
     return (f"stopped unexpectedly (the process {status.pid} is gone: killed, e.g. by the host's "
             f"out-of-memory killer, see dmesg, or the machine restarted); {where}")

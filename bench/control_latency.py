@@ -25,6 +25,7 @@ from engine import spec  # noqa: E402
 
 from engine.run import job
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 
 
@@ -62,7 +63,7 @@ def main() -> int:
         step_ms = [e["train/step_ms"] for e in events if e["type"] == "metrics"][-5:]
         cid = runfolder.send_command(run, "stop")
         runfolder.wait_ack(run, cid, timeout=60)
-        while runfolder.pid_alive(pid):
+        while processes.pid_alive(pid):
             time.sleep(0.1)
             job._reap(pid)
     result = {"n": a.n, "preset": Path(a.preset).name, "step_ms": round(statistics.median(step_ms), 1),

@@ -7,17 +7,22 @@ from typing import Any
 
 from textual.message import Message
 
+from engine.runfolder import events as ev
+from engine.runfolder.status import Status
+
 
 class RunEvents(Message):
-    def __init__(self, events: list[dict[str, Any]], status: dict[str, Any]) -> None:
+    """New events (and lines that were not events, with why) since the last read, and the status."""
+
+    def __init__(self, events: list[ev.Event], skipped: list[ev.Skipped], status: Status | None) -> None:
         super().__init__()
-        self.events, self.status = events, status
+        self.events, self.skipped, self.status = events, skipped, status
 
 
 class RunStatus(Message):
     """Only the status changed; a newer one makes an unhandled older one pointless."""
 
-    def __init__(self, status: dict[str, Any]) -> None:
+    def __init__(self, status: Status | None) -> None:
         super().__init__()
         self.status = status
 

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from engine.processes import pid_alive
+
 FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _FULL_TEXT = re.compile(r"No space left on device|File too large|Disk quota exceeded|os error (28|27|122)\b")
 _STREAM_TEXT = re.compile(r"inline_container|iostream error|PytorchStreamWriter|file write failed")
@@ -128,7 +130,6 @@ def clean_leftovers(run: Path) -> list[str]:
 
 def _writer_alive(name: str) -> bool:
     """runfolder.write_text_atomic names its temporary `.<file>.<pid>.tmp`: a live writer's is left alone."""
-    from engine.runfolder.folder import pid_alive
 
     pid = name[: -len(".tmp")].rpartition(".")[2]
     return pid.isdigit() and pid_alive(int(pid))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from engine.runfolder.folder import pid_alive
+from engine.processes import pid_alive
 
 
 def remove_stale_temps(folder: Path) -> None:

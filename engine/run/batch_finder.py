@@ -29,6 +29,7 @@ from engine.run import step_guard
 from engine.run.oom import NoBatchFits, find_micro_batch, gib, no_fit_report
 from engine.run.train_state import rng_state, set_rng_state
 from engine.run.watchdogs import fault_budget, oom_alert
+from engine.runfolder import events as ev
 
 MARGIN = 0.9  # use at most 90% of the memory: the estimator's 10% for the allocator's fragmentation
 ESTIMATE_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16"}  # accelerate autocasts
@@ -76,8 +77,8 @@ def preflight(trainer: Any) -> dict[str, Any] | None:
     saved_rng, saved_extra, model = rng_state(), dict(prep.extra), prep.model
     # a compiled model would recompile for every probed shape; eager needs at least as much memory
     prep.model = getattr(model, "_orig_mod", model)
-    trainer.events.emit("state", state="starting", step=trainer.step, message=f"finding the micro-batch that fits "
-                        f"({reason})")
+    trainer.events.emit(ev.State(state="starting", step=trainer.step, message=f"finding the micro-batch that fits "
+                                 f"({reason})"))
     try:
         choice = find_micro_batch(lambda b: probe_step(trainer, b, extra_bytes), effective, margin=MARGIN,
                                   limit_bytes=limit)
@@ -96,8 +97,8 @@ def preflight(trainer: Any) -> dict[str, Any] | None:
     note = "" if asked == (choice.micro_batch, choice.grad_accum) else f" (the spec asked for {asked[0]} x {asked[1]})"
     message = f"batch finder: {choice.message()}{note}"
     record = {**choice.to_dict(), "reason": reason, "message": message}
-    trainer.events.emit("alert", step=trainer.step, kind="batch_size", severity="info", suggest="", message=message,
-                        **{k: v for k, v in record.items() if k != "message"})
+    trainer.events.emit(ev.Alert(step=trainer.step, kind="batch_size", severity="info", suggest="", message=message,
+                                 **{k: v for k, v in record.items() if k != "message"}))
     trainer.message = message
     trainer.write_status()
     return record
@@ -238,4 +239,4 @@ def back_off(trainer: Any, at: tuple[int, int]) -> None:
         torch.cuda.empty_cache()
     trainer.batch_size, trainer.grad_accum = trainer.batch_size // 2, trainer.grad_accum * 2
     trainer.epoch, trainer.position = at
-    trainer.events.emit("alert", step=trainer.step, **oom_alert(trainer.batch_size, trainer.grad_accum, True).fields())
+    trainer.events.emit(ev.Alert(step=trainer.step, **oom_alert(trainer.batch_size, trainer.grad_accum, True).fields()))

@@ -19,6 +19,7 @@ from engine.errors import UserError
 from engine.run import escalation as numerics
 from engine.run.meter import Interval
 from engine.run.train_state import rng_state, set_rng_state, versions
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 
 
@@ -44,8 +45,8 @@ class CheckpointSteps:
         if bad:  # RELIABILITY C10: a checkpoint is a promise that resuming from it works
             message = (f"not saved at step {self.step}: {', '.join(bad)} not finite; roll back to an earlier "
                        "checkpoint, perhaps with a lower learning rate")
-            self.events.emit("alert", step=self.step, kind="nan", message=message, suggest="rollback",
-                             severity="error")
+            self.events.emit(ev.Alert(step=self.step, kind="nan", message=message, suggest="rollback",
+                                      severity="error"))
             if reason == "interval":
                 self.set_paused(True)
                 return None
@@ -81,8 +82,8 @@ class CheckpointSteps:
                                      "disk_full")
         self.parent = info.name
         deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
-        self.events.emit("checkpoint", step=self.step, name=info.name, branch=self.branch, path=str(info.path),
-                         reason=reason, deleted=deleted)
+        self.events.emit(ev.Checkpoint(step=self.step, name=info.name, branch=self.branch, path=str(info.path),
+                                       reason=reason, deleted=deleted))
         return info
 
     def _nonfinite_state(self) -> list[str]:
@@ -104,7 +105,7 @@ class CheckpointSteps:
 
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
-        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
         self.paused = True
         self.set_state("paused", message)
         self.in_save = True
@@ -162,19 +163,19 @@ class CheckpointSteps:
         if newest and newest[0].name != target.name:
             # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
             self.branch = checkpoint.start_branch(self.run, target.name)
-        self.events.emit("state", state="starting", step=self.step, resumed_from=target.name, branch=self.branch,
+        self.events.emit(ev.State(state="starting", step=self.step, resumed_from=target.name, branch=self.branch,
                          message=f"resumed from {target.name}" + (f" ({'; '.join(notes)})" if notes else ""),
-                         cleaned=removed)
+                         cleaned=removed))
 
     def supersede_auto_rollback(self, info: checkpoint.CheckpointInfo) -> None:
         """A user's rollback or rescue between the read that decided an automatic rollback and the step that
         would do it wins: the automatic one is dropped (two in a row would throw away the user's target)."""
         pending, self.rollback_due = self.rollback_due, None
         if pending is not None:
-            self.events.emit("alert", step=self.step, kind="rollback", severity="warning", suggest="set_lr",
+            self.events.emit(ev.Alert(step=self.step, kind="rollback", severity="warning", suggest="set_lr",
                              dropped=pending.cause, message=f"the pending automatic rollback ({pending.detail}) "
                              f"was dropped: your rollback to {info.name} came first; the automatic one's learning "
-                             f"rate x{numerics.LR_FACTOR:g} is not applied")
+                             f"rate x{numerics.LR_FACTOR:g} is not applied"))
 
     def rollback(self, info: checkpoint.CheckpointInfo) -> None:
         import torch
@@ -183,8 +184,8 @@ class CheckpointSteps:
         self._load(info)
         self.branch = checkpoint.start_branch(self.run, info.name)
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
-        self.events.emit("state", state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
-                         message=f"rolled back to {info.name} (branch {self.branch})")
+        self.events.emit(ev.State(state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
+                         message=f"rolled back to {info.name} (branch {self.branch})"))
         self.write_status()
 
     def _save_model_folder(self) -> None:

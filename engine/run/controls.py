@@ -32,13 +32,13 @@ resumed job starts reading at the file's size when it was launched, so it never 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import UserError
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 
 if TYPE_CHECKING:
@@ -176,12 +176,12 @@ def earlier_answers(run: Path) -> dict[str, dict[str, Any]]:
                 if b'"control_ack"' not in line:
                     continue
                 try:
-                    event = json.loads(line)
-                except ValueError:
+                    event = ev.parse(line)
+                except ValueError:  # not an event (skipped by every reader)
                     continue
-                cid = event.get("id") if isinstance(event, dict) else None
-                if isinstance(cid, str) and not event.get("duplicate") and cid not in out:
-                    out[cid] = _answer(event)
+                if isinstance(event, ev.ControlAck) and event.id is not None and not event.duplicate \
+                        and event.id not in out:
+                    out[event.id] = _answer(event.to_dict())
     except FileNotFoundError:
         pass
     return out

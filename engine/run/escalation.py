@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.run.watchdogs import Alert, Watchdogs
+from engine.runfolder import events as ev
 
 if TYPE_CHECKING:
     from engine.checkpoints.store import CheckpointInfo
@@ -153,10 +154,10 @@ def on_flags(trainer: Recoverable, flags: list[list[bool]], spans: list[list[int
         first = first_step(bad[0])
         what = "the loss" if flags[bad[0]][0] else "the gradient norm"
         run = state.get("nonfinite_run", 0)
-        trainer.events.emit("alert", step=first, skipped=len(bad), kind="nan", severity="warning",
-                            suggest="rollback", message=f"{what} is not finite at step {first}: the step was "
-                            f"skipped ({len(bad)} since the last read{f', {run} in a row' if run else ''}); "
-                            f"training goes on. {t.nonfinite_patience} in a row {then}")
+        trainer.events.emit(ev.Alert(step=first, skipped=len(bad), kind="nan", severity="warning",
+                                     suggest="rollback", message=f"{what} is not finite at step {first}: the step was "
+                                     f"skipped ({len(bad)} since the last read{f', {run} in a row' if run else ''}); "
+                                     f"training goes on. {t.nonfinite_patience} in a row {then}"))
     patience = skip_patience(trainer)
     spikes, spike_esc = count_streak(state, "spike", flags, spans, base, patience, losses)
     if spikes and spike_esc is None:
@@ -165,11 +166,12 @@ def on_flags(trainer: Recoverable, flags: list[list[bool]], spans: list[list[int
         smooth, above = state.get("smooth"), getattr(trainer, "skip_value", math.inf)
         loss = losses[spikes[0]] if losses else math.nan
         times = f", {loss / smooth:.1f}x the smoothed {smooth:.3g}" if smooth else ""
-        trainer.events.emit("alert", step=first, skipped=len(spikes), kind="spike", severity="warning",
-                            suggest="rollback", loss=loss, threshold=above,
-                            message=f"the loss jumped to {loss:.3g} at step {first}{times} (over the skip threshold "
-                            f"{above:.3g}): the step was skipped ({len(spikes)} since the last read"
-                            f"{f', {run} in a row' if run else ''}); training goes on. {patience} in a row {then}")
+        trainer.events.emit(ev.Alert(
+            step=first, skipped=len(spikes), kind="spike", severity="warning",
+            suggest="rollback", loss=loss, threshold=above,
+            message=f"the loss jumped to {loss:.3g} at step {first}{times} (over the skip threshold "
+            f"{above:.3g}): the step was skipped ({len(spikes)} since the last read"
+            f"{f', {run} in a row' if run else ''}); training goes on. {patience} in a row {then}"))
     return escalation or spike_esc
 
 
@@ -218,7 +220,7 @@ def check_scale(trainer: Recoverable) -> None:
     alert = ScaleMonitor(trainer.watchdogs.state.setdefault("scale", {})).on_scale(trainer.step,
                                                                                    float(scaler.get_scale()))
     if alert is not None:
-        trainer.events.emit("alert", step=trainer.step, **alert.fields())
+        trainer.events.emit(ev.Alert(step=trainer.step, **alert.fields()))
 
 
 def escalate(trainer: Recoverable, esc: Escalation) -> str:
@@ -231,9 +233,10 @@ def escalate(trainer: Recoverable, esc: Escalation) -> str:
     extra = {"skipped": esc.skipped} if esc.skipped else {}
     if t.auto_rollback and used < t.auto_rollback_max:
         trainer.rollback_due = esc
-        trainer.events.emit("alert", step=esc.step, kind=esc.cause, severity="warning", suggest="set_lr", **extra,
-                            message=f"{esc.detail}: rolling back automatically (attempt {used + 1} of "
-                            f"{t.auto_rollback_max}) with the learning rate x{LR_FACTOR:g}, skipping that data")
+        trainer.events.emit(ev.Alert(
+            step=esc.step, kind=esc.cause, severity="warning", suggest="set_lr", **extra,
+            message=f"{esc.detail}: rolling back automatically (attempt {used + 1} of "
+            f"{t.auto_rollback_max}) with the learning rate x{LR_FACTOR:g}, skipping that data"))
         return "rollback"
     level = esc.level if esc.level is not None else trainer.last.get("train/loss")
     if esc.cause == "spike" and level is not None:
@@ -242,8 +245,8 @@ def escalate(trainer: Recoverable, esc: Escalation) -> str:
     why = f" (auto-rollback already tried {used} times)" if t.auto_rollback else ""
     message = (f"{esc.detail}: paused{why}. Roll back to a checkpoint before step {esc.step}, perhaps with a "
                "lower learning rate, or resume to go on")
-    trainer.events.emit("alert", step=esc.step, kind=esc.cause, severity="error", suggest="rollback", **extra,
-                        message=message)
+    trainer.events.emit(ev.Alert(step=esc.step, kind=esc.cause, severity="error", suggest="rollback", **extra,
+                                 message=message))
     trainer.set_paused(True)  # the alert says why
     return "pause"
 
@@ -262,8 +265,8 @@ def auto_rollback(trainer: Recoverable, esc: Escalation) -> None:
     if target is None:
         message = (f"{esc.detail}: no valid checkpoint before step {esc.step} to roll back to: paused. Lower the "
                    "learning rate and resume, or start again with a lower one")
-        trainer.events.emit("alert", step=trainer.step, kind="rollback", severity="error", suggest="set_lr",
-                            message=message)
+        trainer.events.emit(ev.Alert(step=trainer.step, kind="rollback", severity="error", suggest="set_lr",
+                                     message=message))
         trainer.set_paused(True)  # the alert says why
         return
     s = trainer.schedule
@@ -277,13 +280,14 @@ def auto_rollback(trainer: Recoverable, esc: Escalation) -> None:
     if tuple(esc.end) > loaded:
         trainer.epoch, trainer.position = esc.end
     lr = s.lrs(trainer.step)[0]
-    trainer.events.emit("alert", step=trainer.step, kind="rollback", severity="warning", suggest="set_lr",
-                        checkpoint=target.name, branch=trainer.branch, multiplier=multiplier,
-                        skipped_from=list(loaded), skipped_to=[trainer.epoch, trainer.position],
-                        message=f"auto-rollback {used + 1} of {trainer.spec.train.auto_rollback_max}: back to "
-                        f"{target.name} (branch {trainer.branch}), learning rate x{LR_FACTOR:g} to {lr:.3g}, data "
-                        f"from block {loaded[1]} of epoch {loaded[0]} to block {trainer.position} of epoch "
-                        f"{trainer.epoch} skipped")
+    trainer.events.emit(ev.Alert(
+        step=trainer.step, kind="rollback", severity="warning", suggest="set_lr",
+        checkpoint=target.name, branch=trainer.branch, multiplier=multiplier,
+        skipped_from=list(loaded), skipped_to=[trainer.epoch, trainer.position],
+        message=f"auto-rollback {used + 1} of {trainer.spec.train.auto_rollback_max}: back to "
+        f"{target.name} (branch {trainer.branch}), learning rate x{LR_FACTOR:g} to {lr:.3g}, data "
+        f"from block {loaded[1]} of epoch {loaded[0]} to block {trainer.position} of epoch "
+        f"{trainer.epoch} skipped"))
 
 
 @dataclass

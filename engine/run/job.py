@@ -26,12 +26,14 @@ from engine.run.process import echo, ignore_late_signals
 
 from engine.runfolder import lock as locks
 
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 
 from engine.checkpoints import guards as save_guard
 
 from engine.models import trust as security
 from engine.errors import UserError
+from engine.processes import pid_alive
 from engine.spec import RunSpec, to_toml
 
 EXIT_SECOND_SIGNAL = 130
@@ -60,7 +62,7 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
     from engine.machine.logind import logout_risk
 
     if (risk := logout_risk()) is not None:  # RELIABILITY P9: a warning on the dashboard, not a refusal
-        runfolder.EventLog(run).emit("alert", kind="logout", message=f"{risk.message}. {risk.fix}", suggest=None)
+        runfolder.EventLog(run).emit(ev.Alert(kind="logout", message=f"{risk.message}. {risk.fix}", suggest=None))
     proc = spawn_detached(args, log=run / runfolder.LOG, cwd=run, env=env)
     # Record the pid at once, so a reader never sees the previous process's pid (the job soon rewrites
     # the status with its start time; if it already has, leave its status alone).
@@ -90,7 +92,7 @@ def wait_started(run: Path, pid: int, timeout: float = 600.0, on_message: Any = 
             return status
         if status.get("state") in ("failed", "done", "stopped"):
             return status
-        if not runfolder.pid_alive(pid):
+        if not pid_alive(pid):
             _reap(pid)
             status = runfolder.read_status(run)
             if status.get("state") in runfolder.LIVE_STATES:
@@ -112,9 +114,8 @@ def _reap(pid: int) -> None:
 
 
 def last_error(run: Path) -> str | None:
-    events, _ = runfolder.read_events(run)
-    errors = [e for e in events if e.get("type") == "error"]
-    return errors[-1].get("message") if errors else None
+    errors = [e for e in ev.read(run) if isinstance(e, ev.Error)]
+    return errors[-1].message if errors else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +146,7 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         security.check_torch()
         spec = spec_mod.load(run / runfolder.SPEC)
     except UserError as e:
-        runfolder.EventLog(run).emit("error", message=str(e), kind="user")
+        runfolder.EventLog(run).emit(ev.Error(message=str(e), kind="user"))
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
     trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=echo if foreground else None,

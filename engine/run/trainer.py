@@ -31,7 +31,9 @@ from engine.run.checkpointing import CheckpointSteps
 from engine.run.meter import Interval, Meter, memory_metrics, val_loss
 from engine.run.ranks import OneProcess
 from engine.run.train_state import build_optimizer, seed_all
+from engine.processes import pid_start_time
 from engine.run.watchdogs import Watchdogs, injected, is_oom, oom_alert
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 from engine.runfolder.redact import redact
 from engine.spec import RunSpec
@@ -49,8 +51,8 @@ class Trainer(CheckpointSteps):
         self.run, self.spec, self.resume, self.step_sleep = Path(run), spec, resume, step_sleep
         self.events = runfolder.EventLog(self.run, echo)
         self.commands = controls.CommandInbox(  # each command id runs once (L5); foreign-owned files ignored (S8)
-            self.run, commands_from, alert=lambda message: self.events.emit(
-                "alert", step=self.step, kind="commands", message=message, severity="error"))
+            self.run, commands_from, alert=lambda message: self.events.emit(ev.Alert(
+                step=self.step, kind="commands", message=message, severity="error")))
         self.in_save = False  # a save waits for disk space: controls refuse save/rollback/rescue (L7)
         self.step = self.epoch = self.position = self.tokens = 0
         self.branch, self.parent = 0, None
@@ -76,7 +78,7 @@ class Trainer(CheckpointSteps):
     def write_status(self, **extra: Any) -> None:
         self._last_status = time.monotonic()
         runfolder.write_status(self.run, {
-            "state": self.state, "pid": os.getpid(), "pid_start": runfolder.pid_start_time(os.getpid()),
+            "state": self.state, "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()),
             "technique": self.spec.technique, "started": self.started, "step": self.step,
             "total_steps": getattr(self, "total_steps", None), "branch": self.branch, "message": self.message,
             "lr": self.last.get("train/lr"), "loss": self.last.get("train/loss"),
@@ -85,7 +87,7 @@ class Trainer(CheckpointSteps):
 
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
         self.state, self.message = state, message
-        self.events.emit("state", state=state, step=self.step, message=message, **fields)
+        self.events.emit(ev.State(state=state, step=self.step, message=message, **fields))
         self.write_status()
 
     def set_paused(self, paused: bool) -> None:
@@ -113,13 +115,13 @@ class Trainer(CheckpointSteps):
             return self._fail(str(e), "user", e.exit_code)
         except PreparationStopped:
             self.set_state("stopped", f"stopped during preparation ({self.stop_reason})")
-            self.events.emit("done", state="stopped", step=self.step)
+            self.events.emit(ev.Done(state="stopped", step=self.step))
             return EXIT_SIGNAL
         except Exception as e:  # noqa: BLE001 - the job must always leave a final state behind
             traceback.print_exc()
             if is_oom(e):
                 alert = oom_alert(self.batch_size, self.grad_accum, backed_off=False)
-                self.events.emit("alert", step=self.step, **alert.fields())
+                self.events.emit(ev.Alert(step=self.step, **alert.fields()))
                 return self._fail(alert.message, "oom", EXIT_OOM)
             last = checkpoint.lineage(self.run)
             where = f"; last checkpoint {last[0].name} (resume from it)" if last else "; no checkpoint yet"
@@ -131,9 +133,9 @@ class Trainer(CheckpointSteps):
     def _fail(self, message: str, kind: str, code: int, **extra: Any) -> int:
         message = redact(message)  # an error quoting a URL or header must not carry a token into the run folder
         extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
-        self.events.emit("error", message=message, kind=kind, step=self.step, **extra)
+        self.events.emit(ev.Error(message=message, kind=kind, step=self.step, **extra))
         self.set_state("failed", message)
-        self.events.emit("done", state="failed", step=self.step, exit_code=code)
+        self.events.emit(ev.Done(state="failed", step=self.step, exit_code=code))
         return code
 
     def _prepare(self) -> None:
@@ -169,10 +171,10 @@ class Trainer(CheckpointSteps):
         self.skip_above = torch.full((), math.inf, device=self.accelerator.device)
         if self.writes_files:
             self._save_model_folder()
-        self.events.emit("state", state="starting", step=0, message="model ready", params=total,
+        self.events.emit(ev.State(state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
-                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum)
+                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum))
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
 
@@ -212,7 +214,7 @@ class Trainer(CheckpointSteps):
                 self.save_checkpoint(reason=self.stop_reason)
             self.set_state("stopped", f"stopped at step {self.step} ({self.stop_reason}); resume with "
                            f"`llm-wizard train --resume {self.run.name}`")
-            self.events.emit("done", state="stopped", step=self.step)
+            self.events.emit(ev.Done(state="stopped", step=self.step))
             return 0 if self.stop_reason == "stop command" else EXIT_SIGNAL
         if self.interval.steps:
             self._log_metrics()
@@ -222,7 +224,7 @@ class Trainer(CheckpointSteps):
         final, summary = self._save_final()
         note = f"; {summary['summary']}" if summary.get("summary") else ""
         self.set_state("done", f"finished {self.step} steps{note}")
-        self.events.emit("done", state="done", step=self.step, final=str(final), **summary)
+        self.events.emit(ev.Done(state="done", step=self.step, final=str(final), **summary))
         return 0
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -354,10 +356,10 @@ class Trainer(CheckpointSteps):
         if technique_metrics is not None:
             m.update(technique_metrics(self.prep))
         m.update(memory_metrics())
-        self.events.emit("metrics", flush=False, step=self.step, epoch=round(self.epoch_share(), 5), tokens=self.tokens,
-                         eta_s=round(self.meter.eta_s(self.total_steps - self.step), 1), branch=self.branch, **m)
+        self.events.emit(ev.Metrics.from_keys(step=self.step, epoch=round(self.epoch_share(), 5), tokens=self.tokens,
+                         eta_s=round(self.meter.eta_s(self.total_steps - self.step), 1), branch=self.branch, **m), flush=False)
         for alert in alerts:
-            self.events.emit("alert", flush=False, step=self.step, **alert.fields())
+            self.events.emit(ev.Alert(step=self.step, **alert.fields()), flush=False)
         self.events.flush()
         self.last.update(m)
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
@@ -372,9 +374,9 @@ class Trainer(CheckpointSteps):
         self.model.eval()
 
         def shrunk(batch: int) -> None:  # RELIABILITY O4: an OOM in eval shrinks the eval batch only
-            self.events.emit("alert", step=self.step, kind="oom", severity="warning", suggest="pause",
+            self.events.emit(ev.Alert(step=self.step, kind="oom", severity="warning", suggest="pause",
                              message=f"out of memory in evaluation: eval batch lowered to {batch} "
-                             f"(training keeps micro-batch {self.batch_size})")
+                             f"(training keeps micro-batch {self.batch_size})"))
 
         loss, self.eval_batch_size = val_loss(
             lambda batch: self.technique.loss(self.prep, batch), self.prep.data, self.accelerator,
@@ -384,9 +386,9 @@ class Trainer(CheckpointSteps):
         if loss is None:
             return
         self.last["eval/loss"] = loss
-        self.events.emit("eval", step=self.step, **{"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50))})
+        self.events.emit(ev.Eval(step=self.step, eval_loss=loss, eval_ppl=math.exp(min(loss, 50))))
         for alert in self.watchdogs.on_eval(self.step, loss):
-            self.events.emit("alert", step=self.step, **alert.fields())
+            self.events.emit(ev.Alert(step=self.step, **alert.fields()))
 
     # ---- controls -----------------------------------------------------------------------------
 
@@ -405,4 +407,4 @@ class Trainer(CheckpointSteps):
                 ack = {"ok": False, "message": f"not a command: {cmd.get('invalid')!r}"}
             else:
                 ack = controls.handle(self, cmd)
-            self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
+            self.events.emit(ev.ControlAck(id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack))

@@ -10,9 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.errors import UserError
+
+if TYPE_CHECKING:
+    from engine.runfolder.status import Status
 
 LOCK = "job.lock"
 _held: dict[str, int] = {}  # run folder -> fd, so the lock lives as long as this process
@@ -67,11 +70,11 @@ def _read_pid(fd: int) -> int | None:
         return None
 
 
-def stale_message(run: Path, status: dict[str, Any]) -> str:
+def stale_message(run: Path, status: Status) -> str:
     """What a status whose process is gone (or whose pid now belongs to another process) means to the user."""
     from engine.checkpoints import store as checkpoint
 
     history = [c for c in checkpoint.lineage(run) if checkpoint.verify(c.path, full=False) is None]
     where = f"resumable from step {history[0].step}" if history else "no checkpoint yet: start it again"
-    return (f"stopped unexpectedly (the process {status.get('pid')} is gone: killed, e.g. by the host's "
+    return (f"stopped unexpectedly (the process {status.pid} is gone: killed, e.g. by the host's "
             f"out-of-memory killer, see dmesg, or the machine restarted); {where}")

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from run_helpers import events, launch, make_corpus, tiny_spec, wait_exit, wait_for
 from test_distributed_runs import PROBE, TWO, control, probe
@@ -42,7 +43,7 @@ def test_two_process_spike_skip_auto_rollback_and_pause_agree_on_both_ranks(tmp_
         control(run, "stop")
         assert wait_exit(pid, 180) == 0, (run / runfolder.LOG).read_text()[-3000:]
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     spikes = _alerts(run, "spike")
     skipped = [a for a in spikes if a["severity"] == "warning" and a.get("skipped")]

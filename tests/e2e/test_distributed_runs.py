@@ -17,6 +17,7 @@ import pytest
 
 from engine.checkpoints import store as checkpoint
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from finetune_helpers import base_model, corpus_and_tokenizer, finetune_spec
 from run_helpers import events, launch, make_corpus, resume, tiny_spec, wait_exit, wait_for, wait_step
@@ -93,7 +94,7 @@ def test_two_process_scratch_controls_kill_and_exact_resume(tmp_path: Path) -> N
         os.kill(rank1, signal.SIGKILL)
         assert wait_exit(pid, 180) != 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     errors = [e for e in events(run, "error") if e.get("kind") == "rank"]
     assert errors and errors[0]["rank"] == 1 and "rank 1" in errors[0]["message"] \
@@ -115,7 +116,7 @@ def test_two_process_scratch_controls_kill_and_exact_resume(tmp_path: Path) -> N
         control(run, "stop")
         assert wait_exit(pid, 180) == 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     after = [e for e, _ in runfolder.read_events_with_offsets(run, offset) if e["type"] == "metrics"]
     assert after[0]["step"] == newest.step + 1
@@ -220,7 +221,7 @@ def test_two_process_save_command_between_logs_settles_skipped_steps_on_both_ran
         control(run, "stop")
         assert wait_exit(pid, 120) == 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     skipped = [e for e in events(run, "alert") if e.get("kind") == "nan"]
     assert skipped and skipped[0]["step"] == 3, events(run, "alert")

@@ -26,6 +26,7 @@ from engine.run import job
 
 from engine.machine import logind
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.machine.probe import Problem
 
@@ -226,17 +227,17 @@ def test_P10_child_reinstalling_sighup_survives_pty_hangup(tmp_path) -> None:
         master = -1
         os.waitpid(shell, 0)
         # the control, in the terminal's session with the same handler, got the hang-up and ended ...
-        _wait(lambda: (tmp_path / "attached.beat.hup").exists() and not runfolder.pid_alive(attached), 30,
+        _wait(lambda: (tmp_path / "attached.beat.hup").exists() and not processes.pid_alive(attached), 30,
               "the attached control to get SIGHUP")
         # ... the detached one did not, and keeps working
         at_hangup = _beat(tmp_path / "detached.beat")
         _wait(lambda: _beat(tmp_path / "detached.beat") >= at_hangup + 20, 30, "20 more heartbeats")
-        assert runfolder.pid_alive(detached) and not (tmp_path / "detached.beat.hup").exists()
+        assert processes.pid_alive(detached) and not (tmp_path / "detached.beat.hup").exists()
     finally:
         if master >= 0:
             os.close(master)
         for pid in (detached, attached):
-            if pid and runfolder.pid_alive(pid):
+            if pid and processes.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -284,8 +285,8 @@ def test_P3_ctrl_c_in_the_terminal_asks_and_never_reaches_the_runner(tmp_path) -
         step = steps_on(runfolder.read_status(run)["step"])
         status = runfolder.read_status(run)
         assert status["state"] == "running" and status["pid"] == pid and step > 0
-        assert runfolder.pid_alive(pid) and not any(e["type"] == "control_ack" for e in runfolder.read_events(run)[0])
+        assert processes.pid_alive(pid) and not any(e["type"] == "control_ack" for e in runfolder.read_events(run)[0])
     finally:
         term.kill()
-        if pid and runfolder.pid_alive(pid):
+        if pid and processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)

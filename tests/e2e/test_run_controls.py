@@ -14,6 +14,7 @@ import pytest
 
 from engine.checkpoints import store as checkpoint
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.run.controls import LRSchedule
 from run_helpers import control, events, launch, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
@@ -114,7 +115,7 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         assert branches["active"] == 2  # the rescue's branch: resume continues it, or starts at its origin
         assert newest.branch == 2 or newest.name == branches["origins"]["2"] == ack["checkpoint"]
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             wait_exit(pid)
 

@@ -16,6 +16,7 @@ import pytest
 
 from engine import spec
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from run_helpers import events, make_corpus, tiny_spec, wait_for
 
@@ -72,7 +73,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         os.kill(job_pid, signal.SIGHUP)  # a hang-up signal sent straight to the job is ignored too
         after = wait_for(lambda: (st := runfolder.read_status(run))["step"] >= before["step"] + 10 and st, 240,
                          "10 more steps after the hang-up")
-        assert after["state"] == "running" and runfolder.pid_alive(job_pid) and after["updated"] > before["updated"]
+        assert after["state"] == "running" and processes.pid_alive(job_pid) and after["updated"] > before["updated"]
         losses = [e["train/loss"] for e in events(run, "metrics")]
         assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # still learning after the hang-up
 
@@ -90,7 +91,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
         paused_at = runfolder.read_status(run)["step"]
         t0 = time.monotonic()
         os.kill(job_pid, signal.SIGTERM)
-        wait_for(lambda: not runfolder.pid_alive(job_pid), 240, "the job to exit")
+        wait_for(lambda: not processes.pid_alive(job_pid), 240, "the job to exit")
         assert time.monotonic() - t0 < 30  # one step + a tiny save + exit, with room for a loaded machine
         final = runfolder.read_status(run)
         assert final["state"] == "stopped" and final["step"] == paused_at
@@ -101,7 +102,7 @@ def test_run_survives_pty_hangup_and_sigterm_saves(tmp_path: Path) -> None:
     finally:
         if master >= 0:
             os.close(master)
-        if job_pid and runfolder.pid_alive(job_pid):
+        if job_pid and processes.pid_alive(job_pid):
             os.kill(job_pid, signal.SIGKILL)
 
 

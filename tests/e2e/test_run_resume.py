@@ -15,6 +15,7 @@ import pytest
 
 from engine.checkpoints import store as checkpoint
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.run.controls import LRSchedule
 from run_helpers import (control, events, launch, losses_by_step, make_corpus, resume, tiny_spec, wait_exit, wait_for,
@@ -47,7 +48,7 @@ def test_sigkill_then_resume_logs_the_same_losses_as_an_uninterrupted_run(tmp_pa
         assert wait_exit(pid_k) == 0
     finally:
         for pid in (pid_s, pid_k):
-            if runfolder.pid_alive(pid):
+            if processes.pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
     want = losses_by_step(events(straight))
     evs = events(killed)
@@ -123,7 +124,7 @@ def test_rollback_crash_mid_save_resume_keeps_the_new_branch_then_set_lr_survive
         assert control(run, "stop")["ok"]
         assert wait_exit(pid) == 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 

@@ -179,6 +179,7 @@ def test_zero3_controls_act_on_both_ranks_and_a_killed_rank_ends_the_run(tmp_pat
     step after the rollback repeats the first branch's numbers exactly; SIGKILL of rank 1 ends the run."""
     import signal
 
+    from engine import processes
     from engine.runfolder import folder as runfolder
     from run_helpers import control, wait_for, wait_step
 
@@ -215,7 +216,7 @@ def test_zero3_controls_act_on_both_ranks_and_a_killed_rank_ends_the_run(tmp_pat
         os.kill(rank1, signal.SIGKILL)
         assert wait_exit(pid, 180) != 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
     first = {e["step"]: e for e in events(run, "metrics") if e["branch"] == 0}
     second = {e["step"]: e for e in events(run, "metrics") if e["branch"] == 1}

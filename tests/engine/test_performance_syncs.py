@@ -16,6 +16,7 @@ import pytest
 
 from engine.run import job
 
+from engine.runfolder import commands as commands_file
 from engine.runfolder import folder as runfolder
 from engine.run.trainer import Trainer
 from run_helpers import in_process_trainer, make_corpus, tiny_spec
@@ -141,7 +142,7 @@ def test_command_polling_opens_the_file_only_when_it_changed(tmp_path: Path, mon
             opens.append(str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(runfolder, "open", counting_open, raising=False)  # the module's own `open`
+    monkeypatch.setattr(commands_file, "open", counting_open, raising=False)  # the module's own `open`
     reader = runfolder.CommandReader(run, 0)
     assert all(reader.poll() == [] for _ in range(50)) and opens == []  # no file yet
     cid = runfolder.send_command(run, "save")
@@ -167,7 +168,7 @@ def test_command_file_is_not_opened_during_training_steps(tmp_path: Path, monkey
             opens.append(trainer.step)
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(runfolder, "open", counting_open, raising=False)
+    monkeypatch.setattr(commands_file, "open", counting_open, raising=False)
     assert trainer.run_job() == 0
     assert opens == [0]  # read once before the first step, never again
     acks = [e for e in runfolder.read_events(trainer.run)[0] if e["type"] == "control_ack"]

@@ -27,6 +27,8 @@ from engine.checkpoints import store as checkpoint
 
 from engine.run import job
 
+from engine import processes
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 
 from engine.checkpoints import guards as save_guard
@@ -260,7 +262,7 @@ def test_L5_a_dead_run_refuses_commands_and_a_resume_never_replays_old_ones(tmp_
         assert sum(1 for a in _acks(run) if a["id"] == "stop-1" and not a.get("duplicate")) == 1
     finally:
         for p in (pid, pid2):
-            if p and runfolder.pid_alive(p):
+            if p and processes.pid_alive(p):
                 os.kill(p, signal.SIGKILL)
                 wait_exit(p)
 
@@ -275,7 +277,7 @@ def test_L5_a_repeat_from_before_a_restart_is_decided_once_for_every_rank(tmp_pa
     from engine.run import controls
 
     run = runfolder.create_run(tmp_path, "p", "technique = 'scratch'\n")
-    runfolder.EventLog(run).emit("control_ack", id="c1", cmd="save", ok=True, step=4, message="saved step-000004")
+    runfolder.EventLog(run).emit(ev.ControlAck(id="c1", cmd="save", ok=True, step=4, message="saved step-000004"))
     inbox = controls.CommandInbox(run)
     runfolder.send_command(run, "save", cid="c1")
     (cmd,) = json.loads(json.dumps(inbox.poll()))  # as broadcast to the other ranks
@@ -293,20 +295,20 @@ def test_L5_control_cli_says_queued_with_the_id_and_a_retry_by_id_gets_the_answe
 
     run = runfolder.create_run(tmp_path, "q", "technique = 'scratch'\n")
     runfolder.write_status(run, {"state": "running", "pid": os.getpid(), "step": 3,
-                                 "pid_start": runfolder.pid_start_time(os.getpid())})
+                                 "pid_start": processes.pid_start_time(os.getpid())})
     # busy: nobody answers within the timeout; the command is queued under its id
     assert main(["control", str(run), "lr", "0.5", "--timeout", "0.3"]) == 1
     err = " ".join(capsys.readouterr().err.split())  # rich wraps long lines
     (sent,) = [json.loads(line) for line in (run / runfolder.COMMANDS_FILE).read_text().splitlines()]
     assert "queued" in err and f"lr 0.5 --id {sent['id']}" in err
     # the job answers it; the retry by id sends the same id again and gets the answer, not a second run
-    runfolder.EventLog(run).emit("control_ack", id=sent["id"], cmd="set_lr", ok=True, step=4, message="lr now 1e-3")
+    runfolder.EventLog(run).emit(ev.ControlAck(id=sent["id"], cmd="set_lr", ok=True, step=4, message="lr now 1e-3"))
     log = runfolder.EventLog(run)
 
     def answer_repeat() -> None:  # what the job does with the repeat (tested with a real Trainer above)
         time.sleep(0.3)
-        log.emit("control_ack", id=sent["id"], cmd="set_lr", ok=True, step=5, duplicate=True, first_step=4,
-                 message="already answered at step 4, not run again: lr now 1e-3")
+        log.emit(ev.ControlAck(id=sent["id"], cmd="set_lr", ok=True, step=5, duplicate=True, first_step=4,
+                               message="already answered at step 4, not run again: lr now 1e-3"))
 
     threading.Thread(target=answer_repeat).start()
     assert main(["control", str(run), "lr", "0.5", "--id", sent["id"], "--json"]) == 0
@@ -318,7 +320,7 @@ def test_L5_control_cli_says_queued_with_the_id_and_a_retry_by_id_gets_the_answe
     # the job dies while the client waits: said so, with what a resume does with the command
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.5)"])
     runfolder.write_status(run, {"state": "running", "pid": child.pid, "step": 5,
-                                 "pid_start": runfolder.pid_start_time(child.pid)})
+                                 "pid_start": processes.pid_start_time(child.pid)})
     assert main(["control", str(run), "pause", "--timeout", "60"]) == 1
     child.wait()
     err = " ".join(capsys.readouterr().err.split())

@@ -15,6 +15,7 @@ from engine import spec
 
 from engine.run import job
 
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 from engine.run.trainer import Trainer
 from run_helpers import control, in_process_trainer, losses_by_step, make_corpus, tiny_spec, wait_step
@@ -133,15 +134,15 @@ def test_a_save_after_set_lr_at_an_interval_step_keeps_the_new_lr(setup: tuple) 
     run = job.create(short, runs)
     t = Trainer(run, short)
     assert t.run_job() == 0  # step 10 was saved at the interval, before any command
-    emitted: list[tuple] = []
-    t.events = SimpleNamespace(emit=lambda *a, **k: emitted.append((a, k)))  # the job closed its writer
+    emitted: list[ev.Event] = []
+    t.events = SimpleNamespace(emit=lambda event, flush=True: emitted.append(event))  # the job closed its writer
     folder = run / checkpoint.CHECKPOINTS / checkpoint.name_for(10, 0)
     before = json.loads((folder / "trainer_state.json").read_text())["schedule"]["multiplier"]
     assert controls.handle(t, {"cmd": "set_lr", "factor": 0.5})["ok"]
     info = t.save_checkpoint(reason="requested")
     after = json.loads((info.path / "trainer_state.json").read_text())["schedule"]["multiplier"]
     assert (before, after) == (1.0, 0.5) and info.path == folder
-    assert [a for a, _ in emitted if a == ("checkpoint",)], emitted
+    assert [e for e in emitted if isinstance(e, ev.Checkpoint) and e.step == 10], emitted
     assert checkpoint.verify(folder) is None  # replaced whole, manifest and all
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".tmp-")]
     # nothing changed since: the same checkpoint is answered, not written again

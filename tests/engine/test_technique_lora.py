@@ -16,6 +16,7 @@ from engine import spec
 
 from engine.run import job
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.errors import UserError
 from engine.serve.generate import generate
@@ -183,7 +184,7 @@ def test_pause_set_lr_and_rollback_in_a_detached_lora_job(base, tmp_path: Path) 
         assert control(run, "stop")["ok"]
         assert wait_exit(pid, timeout=60) == 0
     finally:
-        if runfolder.pid_alive(pid):
+        if processes.pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             wait_exit(pid)
     newest = sorted((run / "checkpoints").glob("step-*-b1"))[-1]

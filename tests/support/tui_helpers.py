@@ -11,6 +11,9 @@ from typing import Any
 
 from textual.app import App
 
+import event_helpers
+from engine.runfolder import events as ev
+
 
 def screen_text(app: App[Any]) -> str:
     """What the terminal shows, as lines of text (for asserts and for reading while debugging)."""
@@ -35,11 +38,15 @@ def fixed_report(fixture_name: str = "2xL4", *, runs: str = "/home/user/.local/s
     return report
 
 
-def write_events(run: Path, events: list[dict[str, Any]]) -> None:
-    run.mkdir(parents=True, exist_ok=True)
-    with (run / "events.jsonl").open("a") as f:
-        for e in events:
-            f.write(json.dumps({"v": 1, "t": e.pop("t", time.time()), **e}) + "\n")
+def write_events(run: Path, events: list[ev.Event]) -> None:
+    """Append typed events with the job's own writer (what the dashboard reads is what the job writes)."""
+    event_helpers.write(run, events)
+
+
+def checkpoint(step: int, t: float | None = None, branch: int = 0) -> ev.Checkpoint:
+    name = f"step-{step:06d}" + (f"-b{branch}" if branch else "")
+    return ev.Checkpoint(step=step, name=name, branch=branch, path=f"checkpoints/{name}", reason="interval",
+                         deleted=[], **({"t": t} if t is not None else {}))
 
 
 def fake_run(root: Path, *, steps: int = 300, every: int = 10, alert: bool = False, state: str = "running",
@@ -53,18 +60,20 @@ def fake_run(root: Path, *, steps: int = 300, every: int = 10, alert: bool = Fal
     run.mkdir(parents=True, exist_ok=True)
     (run / "spec.toml").write_text('technique = "scratch"\nname = "demo"\n')
     t0 = 1_767_000_000.0
-    events: list[dict[str, Any]] = [{"t": t0, "type": "state", "state": "running"}]
+    events: list[ev.Event] = [ev.State(t=t0, state="running", step=0, message="training 1000 steps",
+                                       total_steps=1000)]
     for step in range(every, steps + 1, every):
         loss = 2.2 + 3.3 * math.exp(-step / 80)
-        events.append({"t": t0 + step, "type": "metrics", "step": step, "loss": round(loss, 4),
-                       "lr": 3e-4 * min(1.0, step / 50), "tok_per_s": 10240.0, "step_ms": 100.0,
-                       "epoch": step / 1000, "eta_s": (1000 - step) * 0.1, "total_steps": 1000})
+        events.append(event_helpers.metrics(step, loss=round(loss, 4), lr=3e-4 * min(1.0, step / 50), t=t0 + step,
+                                            train_tok_per_s=10240.0, train_step_ms=100.0, epoch=step / 1000,
+                                            eta_s=(1000 - step) * 0.1))
         if step % 100 == 0:
-            events.append({"t": t0 + step, "type": "eval", "step": step, "val_loss": round(loss + 0.08, 4)})
-            events.append({"t": t0 + step, "type": "checkpoint", "step": step, "name": f"step-{step:06d}"})
+            val = round(loss + 0.08, 4)
+            events.append(ev.Eval(t=t0 + step, step=step, eval_loss=val, eval_ppl=math.exp(val)))
+            events.append(checkpoint(step, t0 + step))
     if alert:
-        events.append({"t": t0 + steps, "type": "alert", "kind": "plateau", "step": steps, "suggest": "rescue",
-                       "message": f"the loss has hardly moved for 100 steps at {steps / 10:.0f}% of the data"})
+        events.append(ev.Alert(t=t0 + steps, kind="plateau", step=steps, suggest="rescue",
+                               message=f"the loss has hardly moved for 100 steps at {steps / 10:.0f}% of the data"))
     write_events(run, events)
     (run / "status.json").write_text(json.dumps({"state": state, "pid": pid or os.getpid(), "step": steps,
                                                  "lr": 3e-4, "loss": 2.3, "updated": t0 + steps}))
@@ -85,7 +94,6 @@ def commands(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def ack(run: Path, cmd: dict[str, Any], message: str = "ok", **extra: Any) -> None:
+def ack(run: Path, cmd: dict[str, Any], message: str = "ok", step: int = 300, **extra: Any) -> None:
     """Play the job: acknowledge a command the dashboard sent."""
-    write_events(run, [{"type": "control_ack", "id": cmd["id"], "cmd": cmd["cmd"], "ok": True,
-                        "message": message, **extra}])
+    write_events(run, [ev.ControlAck(id=cmd["id"], cmd=cmd["cmd"], ok=True, step=step, message=message, **extra)])

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tui_helpers import ack, commands, fake_run, fixed_report, screen_text, wait_until, write_events
+from event_helpers import metrics
+from tui_helpers import ack, checkpoint, commands, fake_run, fixed_report, screen_text, wait_until, write_events
 
 from engine.machine.fake_nvml import fixture
+from engine.runfolder import events as ev
 from tui.app import make_app
 from tui.modals.confirm import ConfirmModal, QuitModal
 from tui.modals.lr import LrModal
@@ -40,9 +42,24 @@ async def test_shows_history_and_live_events(tmp_path) -> None:
         assert "⠀" not in text and any(0x2801 <= ord(ch) <= 0x28FF for ch in text)  # braille loss curve
         assert "GPU1" in text
         # the job logs more: the follower picks it up from its offset
-        write_events(run, [{"type": "metrics", "step": 310, "loss": 2.1, "lr": 2e-4}])
+        write_events(run, [metrics(310, loss=2.1, lr=2e-4)])
         await wait_until(pilot, lambda: dash(app).history.step == 310)
         assert dash(app).history.loss == 2.1
+
+
+async def test_a_line_that_is_not_an_event_is_reported_and_the_rest_still_shown(tmp_path) -> None:
+    run = fake_run(tmp_path, steps=300)
+    app = dashboard_app(run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: dash(app).history.step == 300)
+        with open(run / "events.jsonl", "a") as f:  # a hand edit, or a newer job's event this version cannot read
+            f.write('{"v": 1, "t": 1.0, "type": "metrics", "step": "310"}\n')
+        write_events(run, [metrics(320, loss=2.05)])
+        await wait_until(pilot, lambda: dash(app).history.step == 320)
+        (problem,) = dash(app).history.skipped
+        assert "line skipped" in problem and "missing" in problem
+        await wait_until(pilot, lambda: any("line skipped" in n.message for n in app._notifications))  # a toast
+        assert isinstance(app.screen, DashboardScreen) and dash(app).history.loss == 2.05
 
 
 async def test_controls_are_sent_and_acknowledged(tmp_path) -> None:
@@ -55,7 +72,7 @@ async def test_controls_are_sent_and_acknowledged(tmp_path) -> None:
         pause = commands(run)[0]
         assert pause["cmd"] == "pause" and pause["id"]
         ack(run, pause, "paused at step 300")
-        write_events(run, [{"type": "state", "state": "paused"}])
+        write_events(run, [ev.State(state="paused", step=300, message="paused at step 300")])
         await wait_until(pilot, lambda: dash(app).history.state == "paused")
         await pilot.pause()
         assert "pause: paused at step 300" in screen_text(app)
@@ -121,7 +138,7 @@ async def test_stop_asks_first(tmp_path) -> None:
 
 async def test_finished_run_dims_controls(tmp_path) -> None:
     run = fake_run(tmp_path, state="done")
-    write_events(run, [{"type": "done", "state": "done"}])
+    write_events(run, [ev.Done(state="done", step=300)])
     app = dashboard_app(run)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: dash(app).history.state == "done")
@@ -135,15 +152,15 @@ async def test_finished_run_dims_controls(tmp_path) -> None:
 def test_history_rollback_drops_the_abandoned_branch() -> None:
     h = RunHistory()
     for step in range(10, 110, 10):
-        h.apply({"type": "metrics", "step": step, "loss": 5 - step / 100, "lr": 1e-3})
+        h.apply(metrics(step, loss=5 - step / 100, lr=1e-3))
         if step % 50 == 0:
-            h.apply({"type": "checkpoint", "step": step, "name": f"step-{step:06d}"})
-    h.apply({"type": "control_ack", "id": "a", "cmd": "rollback", "ok": True, "checkpoint": "step-000050",
-             "step": 50})
+            h.apply(checkpoint(step))
+    h.apply(ev.ControlAck(id="a", cmd="rollback", ok=True, checkpoint="step-000050", step=50, branch=1,
+                          message="rolled back to step-000050; now on branch 1"))
     assert h.step == 50 and max(s for s, _ in h.train) == 50
-    h.apply({"type": "metrics", "step": 60, "loss": 4.0, "lr": 1e-4})
+    h.apply(metrics(60, loss=4.0, lr=1e-4))
     assert h.train[-1] == (60.0, 4.0) and [m.char for m in h.marks].count("↺") == 1
-    h.apply({"type": "metrics", "step": 70, "loss": float("nan")})
+    h.apply(metrics(70, loss=float("nan")))
     assert h.train[-1] == (60.0, 4.0)  # a NaN is shown as a number, never plotted
 
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from event_helpers import metrics
+from engine.runfolder import events as ev
 from tui_helpers import fake_run, fixed_report, screen_text, wait_until, write_events
 
 from engine.machine.fake_nvml import FIXTURES, fixture
@@ -56,14 +58,14 @@ def dash(app) -> DashboardScreen:
 def busy_run(tmp_path, *, cpu: bool = False):
     """A run with three alerts (the error in the middle), null MFU and an MoE run's expert shares."""
     run = fake_run(tmp_path, steps=400, alert=True)
-    mem = {"sys/rss": 412 * MIB} if cpu else {"sys/gpu_mem": 30 * 1024 * MIB}
+    mem = {"sys_rss": 412 * MIB} if cpu else {"sys_gpu_mem": 30 * 1024 * MIB}
     write_events(run, [
-        {"type": "alert", "kind": "oom", "step": 390, "severity": "error", "suggest": "pause",
-         "message": "out of memory at micro-batch 8: micro-batch halved to 4"},
-        {"type": "alert", "kind": "spike", "step": 400, "severity": "warning", "suggest": "rollback",
-         "message": "loss jumped to 9.1 at step 400, 3.1x the smoothed 2.9"},
-        {"type": "metrics", "step": 400, "loss": 2.3, "lr": 3e-4, "train/mfu": None, **mem,
-         "moe/expert_share": [0.18, 0.34, 0.22, 0.26]},
+        ev.Alert(kind="oom", step=390, severity="error", suggest="pause",
+                 message="out of memory at micro-batch 8: micro-batch halved to 4"),
+        ev.Alert(kind="spike", step=400, severity="warning", suggest="rollback",
+                 message="loss jumped to 9.1 at step 400, 3.1x the smoothed 2.9"),
+        metrics(400, loss=2.3, lr=3e-4, epoch=0.4, eta_s=60.0, train_mfu=None, **mem,
+                moe_expert_share=[0.18, 0.34, 0.22, 0.26]),
     ])
     return run
 
@@ -105,7 +107,7 @@ async def test_a_failing_board_is_reported_and_the_dashboard_goes_on(tmp_path) -
         await wait_until(pilot, lambda: dash(app).gpu_status != "ok", timeout=8)
         await pilot.pause()
         assert "GPUs  NVML failed: GPU is lost" in screen_text(app)
-        write_events(run, [{"type": "metrics", "step": 310, "loss": 2.1}])
+        write_events(run, [metrics(310, loss=2.1)])
         await wait_until(pilot, lambda: dash(app).history.step == 310)  # the run is still followed
 
 
@@ -219,30 +221,28 @@ def test_gpu_panel_switches_to_a_summary_on_a_short_screen() -> None:
 
 def test_alerts_newest_first_with_the_newest_error_on_top() -> None:
     h = RunHistory()
-    h.apply({"type": "state", "state": "running"})
+    h.apply(ev.State(state="running", step=0, message="training"))
     for step, kind, severity in [(10, "a", "warning"), (20, "b", "error"), (30, "c", "warning"),
                                  (40, "d", "info"), (50, "e", "warning"), (60, "f", "warning")]:
-        h.apply({"type": "alert", "kind": kind, "step": step, "severity": severity, "message": kind * 3,
-                 "suggest": "rescue"})
+        h.apply(ev.Alert(kind=kind, step=step, severity=severity, message=kind * 3, suggest="rescue"))
     lines = plain(alert_lines(h, 5, live=True)).splitlines()
     assert [ln.split()[3] for ln in lines] == ["b:", "f:", "e:", "d:", "c:"]
     assert lines[0].startswith("✖ step 20  b: bbb  press x to rescue") and "press" not in "".join(lines[1:])
     assert lines[3].startswith("i step 40")
     assert len(plain(alert_lines(h, 3, live=False)).splitlines()) == 3
     assert "press" not in plain(alert_lines(h, 5, live=False))  # a finished run has no remedies
-    h.apply({"type": "alert", "kind": "g", "step": 70, "severity": "error", "message": "ggg"})
+    h.apply(ev.Alert(kind="g", step=70, severity="error", message="ggg"))
     assert plain(alert_lines(h, 5, live=True)).splitlines()[0].startswith("✖ step 70  g: ggg")
 
 
 def test_mfu_is_shown_as_unknown_and_expert_shares_as_bars() -> None:
     h = RunHistory()
     assert "MFU       -" in plain(stats_table(h))
-    h.apply({"type": "metrics", "step": 1, "loss": 3.0, "train/mfu": None, "sys/rss": 100 * MIB})
+    h.apply(metrics(1, loss=3.0, train_mfu=None, sys_rss=100 * MIB))
     assert "MFU       unknown (CPU)" in plain(stats_table(h)) and h.on_cpu
-    h.apply({"type": "metrics", "step": 2, "loss": 3.0, "train/mfu": None, "sys/gpu_mem": 100 * MIB})
+    h.apply(metrics(2, loss=3.0, train_mfu=None, sys_gpu_mem=100 * MIB))
     assert "MFU       unknown\n" in plain(stats_table(h)) and h.on_cpu is False
-    h.apply({"type": "metrics", "step": 3, "loss": 3.0, "train/mfu": 0.412, "sys/gpu_mem": 100 * MIB,
-             "moe/expert_share": [0.1, 0.6, 0.28, 0.02]})
+    h.apply(metrics(3, loss=3.0, train_mfu=0.412, sys_gpu_mem=100 * MIB, moe_expert_share=[0.1, 0.6, 0.28, 0.02]))
     table = plain(stats_table(h))
     assert "MFU       41.2%" in table and "experts   ▂█▄▁ 2-60%" in table
     bars = expert_bars([0.1, 0.6, 0.28, 0.02])

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from tui_helpers import fixed_report, screen_text, wait_until
 
-from engine.runfolder.folder import pid_alive, read_events, read_status
+from engine.processes import pid_alive
+from engine.runfolder.folder import read_events, read_status
 from tui.app import make_app
 from tui.screens.dashboard import DashboardScreen
 

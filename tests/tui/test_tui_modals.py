@@ -7,6 +7,8 @@ import asyncio
 from textual.app import App
 from textual.widgets import Button
 
+from engine.runfolder import events as ev
+
 from tui.modals.confirm import ConfirmModal, QuitModal
 
 
@@ -32,9 +34,9 @@ def test_quit_and_confirm_buttons_name_their_keys() -> None:
 def test_attach_lines_show_severity_and_no_empty_suggestion() -> None:
     from tui.commands.attach import describe
 
-    note = describe({"type": "alert", "step": 0, "kind": "batch_size", "severity": "info",
-                     "message": "micro-batch 4 x accumulation 2 [chosen]"})
+    note = describe(ev.Alert(step=0, kind="batch_size", severity="info", suggest="",
+                             message="micro-batch 4 x accumulation 2 [chosen]"))
     assert note.startswith("[cyan]") and "note (batch_size)" in note and "->" not in note
     assert "\\[chosen]" in note  # a bracket in a message is text, not markup
-    warn = describe({"type": "alert", "step": 7, "kind": "spike", "message": "loss jumped", "suggest": "rollback"})
+    warn = describe(ev.Alert(step=7, kind="spike", message="loss jumped", suggest="rollback"))
     assert warn.startswith("[bold yellow]") and warn.endswith("loss jumped -> rollback[/]")

@@ -14,6 +14,7 @@ from tui_helpers import fake_run, fixed_report, screen_text, wait_until
 
 from engine.run import job
 
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.machine.fake_nvml import fixture
 from tui.app import make_app
@@ -26,20 +27,25 @@ from tui.screens.runs import RunsScreen
 RUNNER = """
 import math, os, sys, time
 from pathlib import Path
+from engine import processes
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 run, alert_at = Path(sys.argv[1]), int(sys.argv[2])
 log = runfolder.EventLog(run)
-me = {"pid": os.getpid(), "pid_start": runfolder.pid_start_time(os.getpid())}
-log.emit("state", state="running", total_steps=100000)
+me = {"pid": os.getpid(), "pid_start": processes.pid_start_time(os.getpid())}
+log.emit(ev.State(state="running", step=0, message="training", total_steps=100000))
 step = 0
 while True:
     step += 1
     loss = 2 + 3 * math.exp(-step / 40)
-    log.emit("metrics", step=step, **{"train/loss": round(loss, 5), "train/lr": 1e-3})
+    log.emit(ev.Metrics(step=step, epoch=step / 1e5, tokens=step * 512, eta_s=1.0, branch=0, train_loss=round(loss, 5),
+                        train_lr=1e-3, train_grad_norm=1.0, train_tok_per_s=1e4, train_step_ms=50.0, train_mfu=None,
+                        train_loss_smooth=loss))
     if step % 10 == 0:
-        log.emit("checkpoint", step=step, name=f"step-{step:06d}")
+        log.emit(ev.Checkpoint(step=step, name=f"step-{step:06d}", branch=0, path=str(run / "checkpoints"),
+                               reason="interval", deleted=[]))
     if step == alert_at:
-        log.emit("alert", kind="plateau", step=step, suggest="rescue", message=f"flat since step {step - 10}")
+        log.emit(ev.Alert(kind="plateau", step=step, suggest="rescue", message=f"flat since step {step - 10}"))
     runfolder.write_status(run, {"state": "running", "step": step, "loss": loss, **me})
     time.sleep(0.05)
 """
@@ -113,7 +119,7 @@ async def test_P5_reattach_finds_the_run_and_replays_its_events(runner) -> None:
         assert f"◆ {newest:>6}" in text  # the newest checkpoints are listed
         await pilot.press("d")
         assert isinstance(again.screen, RunsScreen)
-    assert runfolder.pid_alive(runfolder.read_status(run)["pid"])
+    assert processes.pid_alive(runfolder.read_status(run)["pid"])
 
 
 @pytest.mark.slow
@@ -137,7 +143,7 @@ async def test_P11_exception_in_a_handler_ends_only_the_ui(runner) -> None:
     # the runner never noticed: same process, still stepping, still running
     before = runfolder.read_status(run)
     after = _wait(lambda: (s := runfolder.read_status(run))["step"] >= before["step"] + 10 and s, "10 more steps")
-    assert after["pid"] == before["pid"] and after["state"] == "running" and runfolder.pid_alive(after["pid"])
+    assert after["pid"] == before["pid"] and after["state"] == "running" and processes.pid_alive(after["pid"])
 
     # and the UI starts again and attaches, with working controls
     app = make_app(hardware=fixed_report("none"), nvml=fixture("none"), attach=str(run))

@@ -18,9 +18,11 @@ from types import SimpleNamespace
 import pytest
 
 from engine.checkpoints import store as ck
+from engine.runfolder import events as ev
 from engine.checkpoints import fingerprint
 from engine.runfolder import lock as locks
 from engine.run import oom
+from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.checkpoints import guards as save_guard
 from engine.errors import UserError
@@ -252,7 +254,7 @@ def test_P7_O5_dead_or_reused_pid_is_stopped_unexpectedly_resumable_from_step(tm
     # a live pid (this test's) whose start time differs: the pid was reused by another process
     runfolder.write_status(tmp_path, {"state": "running", "pid": os.getpid(), "pid_start": "1", "step": 23})
     assert runfolder.read_status(tmp_path)["state"] == "crashed"
-    live = runfolder.pid_start_time(os.getpid())
+    live = processes.pid_start_time(os.getpid())
     runfolder.write_status(tmp_path, {"state": "running", "pid": os.getpid(), "pid_start": live, "step": 23})
     assert runfolder.read_status(tmp_path)["state"] == "running"
 
@@ -452,11 +454,11 @@ def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
         spec=SimpleNamespace(eval=SimpleNamespace(batches=0)), model=torch.nn.Linear(1, 1),
         accelerator=SimpleNamespace(autocast=nullcontext, device="cpu"), technique=SimpleNamespace(loss=loss),
         batch_size=8, stop_reason=None, last={}, step=5, watchdogs=Watchdogs(total_steps=100),
-        events=SimpleNamespace(emit=lambda event_type, **f: alerts.append((event_type, f))))
+        events=SimpleNamespace(emit=lambda event, flush=True: alerts.append(event)))
     Trainer._evaluate(fake)
     assert seen_sizes == [8, 4, 2] and fake.batch_size == 8 and fake.eval_batch_size == 2
     assert fake.last["eval/loss"] == pytest.approx(1.5)
-    assert [f["kind"] for k, f in alerts if k == "alert"] == ["oom", "oom"]
+    assert [e.kind for e in alerts if isinstance(e, ev.Alert)] == ["oom", "oom"]
     seen_sizes.clear()
     Trainer._evaluate(fake)  # the next evaluation starts from the size that fitted
     assert seen_sizes == [2]

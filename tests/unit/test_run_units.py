@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+import event_helpers
+from engine import processes
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 from engine.run.controls import LRSchedule
 from engine.errors import UserError
@@ -81,7 +84,7 @@ def test_schedule_warmup_cosine_multiplier_and_rescue() -> None:
 
 def test_events_and_commands_read_only_whole_lines(tmp_path: Path) -> None:
     log = runfolder.EventLog(tmp_path)
-    log.emit("metrics", flush=False, step=1, **{"train/loss": 2.0})
+    log.emit(event_helpers.metrics(1, loss=2.0), flush=False)
     assert runfolder.read_events(tmp_path) == ([], 0)  # buffered until flushed
     log.flush()
     with open(tmp_path / runfolder.EVENTS, "a") as f:
@@ -110,9 +113,9 @@ def test_wait_ack_and_dead_pid_detection(tmp_path: Path) -> None:
     assert runfolder.read_status(run)["state"] == "crashed"
     assert runfolder.wait_ack(run, "abc", timeout=5) is None  # the job is gone: no waiting the full timeout
     runfolder.write_status(run, {"state": "running", "pid": os.getpid(), "step": 7,
-                                 "pid_start": runfolder.pid_start_time(os.getpid())})
+                                 "pid_start": processes.pid_start_time(os.getpid())})
     log = runfolder.EventLog(run)
-    log.emit("control_ack", id="abc", cmd="pause", ok=True, step=7, message="paused")
+    log.emit(ev.ControlAck(id="abc", cmd="pause", ok=True, step=7, message="paused"))
     assert runfolder.wait_ack(run, "abc", timeout=5)["message"] == "paused"
     runfolder.write_status(run, {"state": "running", "pid": os.getpid(), "pid_start": "1"})  # a reused pid
     assert runfolder.read_status(run)["state"] == "crashed"
@@ -125,14 +128,14 @@ def test_follow_events_gives_resumable_offsets_and_ends_with_the_job(tmp_path: P
     run = runfolder.create_run(tmp_path, "f", "technique = 'scratch'\n")
     log = runfolder.EventLog(run)
     for step in (1, 2, 3):
-        log.emit("metrics", flush=False, step=step)
+        log.emit(event_helpers.metrics(step), flush=False)
     log.flush()
     runfolder.write_status(run, {"state": "done", "pid": None})
     seen = list(runfolder.follow_events(run, poll_s=0.01))
     assert [e["step"] for e, _ in seen] == [1, 2, 3]
     rest = list(runfolder.follow_events(run, seen[0][1], poll_s=0.01))  # restart after the first event
     assert [e["step"] for e, _ in rest] == [2, 3]
-    log.emit("done", state="done", step=3)
+    log.emit(ev.Done(state="done", step=3))
     assert [e["type"] for e, _ in runfolder.follow_events(run, seen[-1][1], poll_s=0.01)] == ["done"]
 
 

@@ -20,6 +20,7 @@ from technique_models import gpt2, tokenizer_for
 
 from engine.checkpoints import fingerprint
 
+from engine.runfolder import commands as commands_file
 from engine.runfolder import folder as runfolder
 from engine import spec as spec_mod
 from engine.errors import UserError
@@ -224,7 +225,7 @@ def test_S8_commands_from_another_uid_or_a_writable_file_are_ignored_with_one_al
     own = runfolder.send_command(run, "pause")
     assert [c["id"] for c in reader.poll()] == [own] and alerts == []
 
-    real = runfolder._stat
+    real = commands_file._stat
     foreign_uid = os.geteuid() + 4242
 
     def foreign(path: Path) -> os.stat_result:  # the file as another local user's would look
@@ -235,12 +236,12 @@ def test_S8_commands_from_another_uid_or_a_writable_file_are_ignored_with_one_al
         fields[4] = foreign_uid  # st_uid
         return os.stat_result(fields)
 
-    monkeypatch.setattr(runfolder, "_stat", foreign)
+    monkeypatch.setattr(commands_file, "_stat", foreign)
     runfolder.send_command(run, "stop")
     runfolder.send_command(run, "rollback", step=1)
     assert reader.poll() == [] and reader.poll() == []
     assert len(alerts) == 1 and f"uid {foreign_uid}" in alerts[0] and "commands ignored" in alerts[0]
-    monkeypatch.setattr(runfolder, "_stat", real)
+    monkeypatch.setattr(commands_file, "_stat", real)
     assert reader.poll() == []  # what arrived while it was foreign is skipped for good, not run later
 
     later = runfolder.send_command(run, "resume")

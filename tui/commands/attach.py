@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.runfolder.events import Event
 
 HELP = "follow a run's live events: loss, learning rate, checkpoints, alerts"
 
@@ -18,41 +21,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the last events instead of opening the dashboard (the default off a terminal)")
 
 
-def describe(event: dict[str, Any]) -> str:
+def describe(event: Event) -> str:
     """One line of Rich markup for an event (its texts escaped: a message may hold brackets)."""
     from rich.markup import escape
 
-    kind, step = event.get("type"), event.get("step", "")
-    if kind == "metrics":
-        eta = event.get("eta_s")
-        return (f"step {step:>6}  loss {event.get('train/loss', float('nan')):.4f}  "
-                f"lr {event.get('train/lr', 0):.3g}  |g| {event.get('train/grad_norm', 0):.3g}  "
-                f"{event.get('train/tok_per_s', 0):,.0f} tok/s  {event.get('train/step_ms', 0):.0f} ms/step  "
-                f"epoch {event.get('epoch', 0):.3f}" + (f"  eta {eta:.0f}s" if eta is not None else ""))
-    if kind == "eval":
-        return f"[cyan]step {step:>6}  eval loss {event.get('eval/loss', float('nan')):.4f}[/]"
-    if kind == "checkpoint":
-        return f"[blue]step {step:>6}  checkpoint {event.get('name')}[/]"
-    if kind == "alert":  # info alerts (the batch finder's choice) are notes, not warnings
-        severity = event.get("severity", "warning")
-        style, label = {"info": ("cyan", "note"), "error": ("bold red", "alert")}.get(severity, ("bold yellow", "alert"))
-        suggest = f" -> {event['suggest']}" if event.get("suggest") else ""
-        return f"[{style}]step {step:>6}  {label} ({event.get('kind')}): {escape(str(event.get('message')))}{escape(suggest)}[/]"
-    if kind == "control_ack":
-        colour = "green" if event.get("ok") else "red"
-        return f"[{colour}]{event.get('cmd')}: {escape(str(event.get('message')))}[/]"
-    if kind == "error":
-        return f"[bold red]error: {escape(str(event.get('message')))}[/]"
-    if kind == "done":
-        return f"[bold]done ({event.get('state')}) at step {step}[/]"
-    return f"[magenta]{event.get('state', kind)}[/] {escape(str(event.get('message', '')))}"
+    from engine.runfolder import events as ev
+
+    if isinstance(event, ev.Metrics):
+        return (f"step {event.step:>6}  loss {event.train_loss:.4f}  lr {event.train_lr:.3g}  "
+                f"|g| {event.train_grad_norm:.3g}  {event.train_tok_per_s:,.0f} tok/s  "
+                f"{event.train_step_ms:.0f} ms/step  epoch {event.epoch:.3f}  eta {event.eta_s:.0f}s")
+    if isinstance(event, ev.Eval):
+        return f"[cyan]step {event.step:>6}  eval loss {event.eval_loss:.4f}[/]"
+    if isinstance(event, ev.Checkpoint):
+        return f"[blue]step {event.step:>6}  checkpoint {event.name}[/]"
+    if isinstance(event, ev.Alert):  # info alerts (the batch finder's choice) are notes, not warnings
+        style, label = {"info": ("cyan", "note"), "error": ("bold red", "alert")}.get(event.severity,
+                                                                                    ("bold yellow", "alert"))
+        suggest = f" -> {event.suggest}" if event.suggest else ""
+        step = "" if event.step is None else event.step
+        return f"[{style}]step {step:>6}  {label} ({event.kind}): {escape(event.message)}{escape(suggest)}[/]"
+    if isinstance(event, ev.ControlAck):
+        return f"[{'green' if event.ok else 'red'}]{event.cmd}: {escape(event.message)}[/]"
+    if isinstance(event, ev.Error):
+        return f"[bold red]error: {escape(event.message)}[/]"
+    if isinstance(event, ev.Done):
+        return f"[bold]done ({event.state}) at step {event.step}[/]"
+    if isinstance(event, ev.State):
+        return f"[magenta]{event.state}[/] {escape(event.message)}"
+    return f"[magenta]{event.TYPE}[/]"
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from engine.runfolder import folder as runfolder
     from engine.paths import runs_dir
+    from engine.runfolder import events as ev
+    from engine.runfolder import folder as runfolder
     from tui.output import out
 
     run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
@@ -60,24 +65,31 @@ def run(args: argparse.Namespace) -> int:
         from tui.app import make_app
 
         return int(make_app(runs_dir=getattr(args, "runs_dir", None), attach=str(run_path)).run() or 0)
-    events, offset = runfolder.read_events(run_path)
+    batch = ev.read(run_path)
     console = out()
 
-    def show(event: dict[str, Any]) -> None:
+    def show(event: Event) -> None:
         if args.json:
-            print(json.dumps(event), flush=True)
+            print(json.dumps(event.to_dict()), flush=True)
         else:
             console.print(describe(event), markup=True, highlight=False)
 
+    def skipped(problem: ev.Skipped) -> None:  # on stderr: --json's stdout stays one event a line
+        print(f"warning: {problem.describe()}", file=sys.stderr, flush=True)
+
+    for problem in batch.skipped:
+        skipped(problem)
+    events = list(batch)
     for event in events[-args.last:] if args.last else []:
         show(event)
-    status = runfolder.read_status(run_path)
-    if not args.follow or status.get("state") not in runfolder.LIVE_STATES:
+    status = runfolder.current_status(run_path)
+    if not args.follow or status is None or not status.live:
         if not args.json:
-            console.print(f"[dim]{run_path.name}: {status.get('state', 'unknown')} at step {status.get('step', 0)}[/]")
+            state, step = (status.state, status.step or 0) if status is not None else ("unknown", 0)
+            console.print(f"[dim]{run_path.name}: {state} at step {step}[/]")
         return 0
     try:
-        for event, _ in runfolder.follow_events(run_path, offset):
+        for event, _ in ev.follow(run_path, batch.offset, live=runfolder.live(run_path), on_skip=skipped):
             show(event)
     except KeyboardInterrupt:
         pass  # detaching never stops the run

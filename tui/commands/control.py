@@ -53,20 +53,23 @@ def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.runfolder import folder as runfolder
     from engine.errors import UserError
+    from engine.runfolder import commands as commands_file
+    from engine.runfolder import events as ev
+    from engine.runfolder import folder as runfolder
     from engine.paths import runs_dir
     from tui.output import error, out, print_json
 
     run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
     cmd, extra = command_args(args)
-    status = runfolder.read_status(run_path)
-    if status.get("state") not in runfolder.LIVE_STATES:
-        raise UserError(f"run {run_path.name} is not running (state: {status.get('state', 'unknown')}); "
+    command = commands_file.build(cmd, cid=getattr(args, "cmd_id", None), **extra)  # checked before it is sent
+    status = runfolder.current_status(run_path)
+    if status is None or not status.live:
+        raise UserError(f"run {run_path.name} is not running (state: {status.state if status else 'unknown'}); "
                         f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
-    _, offset = runfolder.read_events(run_path)
-    cid = runfolder.send_command(run_path, cmd, cid=getattr(args, "cmd_id", None), **extra)
-    ack = runfolder.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset)
+    offset = ev.read(run_path).offset
+    cid = commands_file.send(run_path, command)
+    ack = ev.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset, live=runfolder.live(run_path))
     if ack is None:
         state = runfolder.read_status(run_path).get("state", "unknown")
         if state not in runfolder.LIVE_STATES:
@@ -78,17 +81,16 @@ def run(args: argparse.Namespace) -> int:
                   f"command id {cid} and runs at the next optimizer step; to wait again without running it twice: "
                   f"`llm-wizard control {run_path.name} {args.cmd}{_retry_args(args)} --id {cid}`")
         return 1
-    fields = {k: ack.get(k) for k in ("id", "cmd", "ok", "step", "message")}
-    fields.update({k: v for k, v in ack.items() if k not in fields and k not in ("v", "t", "type")})
-    if args.json:
-        print_json(fields)
-    elif ack.get("duplicate"):
-        out().print(f"[yellow]duplicate[/] {cid}: {ack.get('message')}")
-    elif ack.get("ok"):
-        out().print(f"[green]ok[/] step {ack.get('step')}: {ack.get('message')}")
+    if args.json:  # DESIGN.md: {"id", "cmd", "ok", "step", "message"} first, then what the ack adds
+        body = {k: v for k, v in ack.to_dict().items() if k not in ("v", "t", "type")}
+        print_json({**{k: body.pop(k) for k in ("id", "cmd", "ok", "step", "message")}, **body})
+    elif ack.duplicate:
+        out().print(f"[yellow]duplicate[/] {cid}: {ack.message}")
+    elif ack.ok:
+        out().print(f"[green]ok[/] step {ack.step}: {ack.message}")
     else:
-        error(f"{cmd} refused at step {ack.get('step')}: {ack.get('message')}")
-    return 0 if ack.get("ok") else 1
+        error(f"{cmd} refused at step {ack.step}: {ack.message}")
+    return 0 if ack.ok else 1
 
 
 def _retry_args(args: argparse.Namespace) -> str:

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.checkpoints import store as checkpoint
     from engine.run import job
     from engine.run.distributed import launch as launch_config
+    from engine.processes import pid_alive
+    from engine.runfolder import events as ev
     from engine.runfolder import folder as runfolder
     from engine import spec as spec_mod
     from engine.errors import UserError
@@ -81,11 +83,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_wait:
         show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))
         status = job.wait_started(run_path, pid, on_message=show)
-        still_preparing = status.get("state") == "starting" and runfolder.pid_alive(pid)
+        still_preparing = status.get("state") == "starting" and pid_alive(pid)
         if status.get("state") not in ("running", "paused", "done") and not still_preparing:
             message = job.last_error(run_path) or status.get("message") or "the job ended before training"
-            events, _ = runfolder.read_events(run_path)
-            user = any(e.get("type") == "error" and e.get("kind") == "user" for e in events)
+            user = any(isinstance(e, ev.Error) and e.kind == "user" for e in ev.read(run_path))
             error(message if user else f"{message} (see {run_path / runfolder.LOG})")
             return 2 if user else 1
     if args.json:

@@ -24,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
+from engine.runfolder import events as ev
 from tui.modals.confirm import ConfirmModal
 from tui.modals.lr import LrModal
 from tui.modals.prompt import PromptModal
@@ -101,17 +102,20 @@ class DashboardScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
     def follow(self) -> None:
-        from engine.runfolder.folder import read_events, read_status
+        from engine.runfolder.folder import current_status
 
         worker = get_current_worker()
         offset, last_status = 0, None
         while not worker.is_cancelled:
-            events, offset = read_events(self.run, offset)
-            status = read_status(self.run)
-            key = {k: v for k, v in status.items() if k != "updated"}
-            if events:
-                self.post_message(RunEvents(events, status))
-                if any(e.get("type") in ("checkpoint", "control_ack") for e in events):
+            batch = ev.read(self.run, offset)
+            offset = batch.offset
+            status = current_status(self.run)
+            key = status.to_dict() if status is not None else {}
+            key.pop("updated", None)
+            if batch.events or batch.skipped:
+                events = list(batch)
+                self.post_message(RunEvents(events, batch.skipped, status))
+                if any(isinstance(e, (ev.Checkpoint, ev.ControlAck)) for e in events):
                     self.post_message(Checkpoints(self._lineage()))
             elif key != last_status:
                 self.post_message(RunStatus(status))
@@ -154,14 +158,16 @@ class DashboardScreen(Screen):
     def on_run_events(self, message: RunEvents) -> None:
         for e in message.events:
             self.history.apply(e)
-            self.joined = self.joined or "world_size" in e
-            if e.get("type") == "control_ack" and e.get("id") in self.pending:
-                asked = self.pending.pop(e["id"])
-                ok = e.get("ok", True)
+            self.joined = self.joined or (isinstance(e, ev.State) and e.world_size is not None)
+            if isinstance(e, ev.ControlAck) and e.id in self.pending:
+                asked = self.pending.pop(e.id)
                 self.query_one("#run-message", Static).update(
-                    Text(f"{asked}: {e.get('message') or 'done'}", style="" if ok else "red"))
-                if not ok:
-                    self.notify(e.get("message") or asked, title=asked, severity="error")
+                    Text(f"{asked}: {e.message or 'done'}", style="" if e.ok else "red"))
+                if not e.ok:
+                    self.notify(e.message or asked, title=asked, severity="error")
+        for problem in message.skipped:  # a damaged or foreign line: said once, never a traceback
+            self.history.skip(problem)
+            self.notify(problem.describe(), title="events.jsonl", severity="warning", markup=False)
         self.history.apply_status(message.status)
         self.redraw()
 

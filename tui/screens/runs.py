@@ -3,7 +3,7 @@ sparkline of its recent history; Enter attaches to one, n starts the wizard for 
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from engine.runfolder import events as ev
 from tui.screens.dashboard_view import STATE_STYLE
 from tui.widgets.chart import BLOCKS
 
@@ -30,13 +31,14 @@ def recent_losses(run: Path, n: int = 24) -> list[float]:
         return []
     out: list[float] = []
     for line in data.splitlines()[1:] if len(data) == TAIL_BYTES else data.splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
+        if b'"metrics"' not in line:  # most lines of a long run are; the rest need no parsing
             continue
-        loss = e.get("train/loss", e.get("loss")) if e.get("type") == "metrics" else None
-        if isinstance(loss, (int, float)) and loss == loss:
-            out.append(float(loss))
+        try:
+            e = ev.parse(line)
+        except ValueError:  # a line cut by the tail's start, or not an event: no point to draw
+            continue
+        if isinstance(e, ev.Metrics) and math.isfinite(e.train_loss):
+            out.append(e.train_loss)
     return out[-n:]
 
 

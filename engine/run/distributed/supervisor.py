@@ -27,8 +27,10 @@ from engine.run.distributed import launch as launch_config
 
 from engine.runfolder import lock as locks
 
+from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 from engine.errors import UserError
+from engine.processes import pid_start_time
 
 # One entry of torch elastic's ChildFailedError summary ("rank : 1 (local_rank: 1)" then "exitcode : -9 (pid: N)").
 EXIT_SIGNAL = 11  # stopped by a signal, state saved (as engine.run.trainer)
@@ -102,7 +104,7 @@ def supervise(run: Path, *, resume: bool = False, foreground: bool = False, mach
         spec = spec_mod.load(run / runfolder.SPEC)
         launch_config.check_supported(spec)
     except UserError as e:
-        runfolder.EventLog(run).emit("error", message=str(e), kind="user")
+        runfolder.EventLog(run).emit(ev.Error(message=str(e), kind="user"))
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
     rank = spec.distributed.machine_rank if machine_rank is None else machine_rank
@@ -121,7 +123,7 @@ def supervise(run: Path, *, resume: bool = False, foreground: bool = False, mach
         commands_from = commands.stat().st_size if commands.exists() else 0
     log = run / runfolder.LOG
     log_from = log.stat().st_size if log.exists() else 0
-    _, events_from = runfolder.read_events(run)
+    events_from = ev.read(run).offset
     cmd = launch_config.accelerate_command(run, machine_rank=rank, resume=resume, commands_from=commands_from,
                                            step_sleep=step_sleep)
     env = {**os.environ, "LLM_WIZARD_SUPERVISOR_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1",
@@ -150,10 +152,10 @@ def supervise(run: Path, *, resume: bool = False, foreground: bool = False, mach
 
 def _finish(run: Path, code: int, events_from: int, log_from: int) -> int:
     """After the agent ended: rank 0's own `done` stands; otherwise name the rank that died."""
-    events, _ = runfolder.read_events(run, events_from)
-    done = [e for e in events if e.get("type") == "done"]
+    events = list(ev.read(run, events_from))
+    done = [e for e in events if isinstance(e, ev.Done)]
     if done:
-        return 0 if done[-1].get("state") in ("done", "stopped") else (code or 1)
+        return 0 if done[-1].state in ("done", "stopped") else (code or 1)
     try:
         with open(run / runfolder.LOG, "rb") as f:
             f.seek(log_from)
@@ -172,12 +174,12 @@ def _finish(run: Path, code: int, events_from: int, log_from: int) -> int:
     step = status.get("step", 0)
     log = runfolder.EventLog(run)
     extra = {"rank": failure.rank, "exitcode": failure.exitcode} if failure else {}
-    user_error = any(e.get("type") == "error" and e.get("kind") == "user" for e in events)
+    user_error = any(isinstance(e, ev.Error) and e.kind == "user" for e in events)
     if not user_error:  # bad input (the same on every rank) is rank 0's error event already
-        log.emit("error", message=message, kind="rank", step=step, **extra)
+        log.emit(ev.Error(message=message, kind="rank", step=step, **extra))
     runfolder.write_status(run, {**status, "state": "failed", "pid": os.getpid(),
-                                 "pid_start": runfolder.pid_start_time(os.getpid()), "message": message})
-    log.emit("done", state="failed", step=step, exit_code=code or 1)
+                                 "pid_start": pid_start_time(os.getpid()), "message": message})
+    log.emit(ev.Done(state="failed", step=step, exit_code=code or 1))
     log.close()
     return code or 1
 

@@ -37,8 +37,9 @@ from engine.checkpoints import fsdp as sharded_checkpoint
 from engine.checkpoints import store as checkpoint
 from engine.checkpoints import zero as zero_checkpoint
 from engine.errors import UserError
+from engine.processes import pid_start_time
 from engine.run import controls
-from engine.runfolder import folder as runfolder
+from engine.runfolder import events as ev
 from engine.run.distributed import zero_engine
 from engine.run.distributed.collectives import Ranks
 from engine.run.meter import Interval
@@ -65,8 +66,8 @@ def param_digest(model: Any) -> str:
 class _NoEvents:
     """What ranks other than 0 write instead of events: nothing."""
 
-    def emit(self, type: str, flush: bool = True, **fields: Any) -> dict[str, Any]:
-        return {"type": type, **fields}
+    def emit(self, event: ev.Event, flush: bool = True) -> ev.Event:
+        return event
 
     def flush(self) -> None:
         pass
@@ -113,7 +114,7 @@ class DistributedTrainer(Trainer):
             return
         # The supervisor's pid: the process a reader checks for life and signals to stop the whole run.
         n, read_s, sync_s = self.ranks.exchange_cost
-        super().write_status(pid=self._status_pid, pid_start=runfolder.pid_start_time(self._status_pid),
+        super().write_status(pid=self._status_pid, pid_start=pid_start_time(self._status_pid),
                              rank0_pid=os.getpid(), world_size=self.world, commands_read_ms=1000 * read_s / max(n, 1),
                              commands_sync_ms=1000 * sync_s / max(n, 1), **extra)
 
@@ -127,7 +128,7 @@ class DistributedTrainer(Trainer):
 
         message = redact(message)
         extra = {k: redact(v) if isinstance(v, str) else v for k, v in extra.items()}
-        self.events.emit("error", message=message, kind=kind, step=self.step, rank=0, **extra)
+        self.events.emit(ev.Error(message=message, kind=kind, step=self.step, rank=0, **extra))
         self.set_state("failed", message)
         return code
 
@@ -149,12 +150,12 @@ class DistributedTrainer(Trainer):
             raise UserError(f"the ranks prepared different data (fingerprints {sorted(set(map(str, prints)))}); "
                             "every machine must see the same data and tokenizer", field="data.path")
         t, d = self.spec.train, self.spec.distributed
-        self.events.emit("state", state="starting", step=0, world_size=self.world, strategy=d.strategy,
+        self.events.emit(ev.State(state="starting", step=0, world_size=self.world, strategy=d.strategy,
                          num_machines=d.num_machines, total_steps=self.total_steps,
                          backend=dist.get_backend(), device=str(self.accelerator.device),
                          tokens_per_step=t.seq_len * self.batch_size * self.grad_accum * self.world,
                          message=f"{self.world} processes ({d.strategy}, {dist.get_backend()}) on "
-                                 f"{d.num_machines} machine(s)")
+                                 f"{d.num_machines} machine(s)"))
 
     def _handle_commands(self) -> None:
         import signal
@@ -165,14 +166,14 @@ class DistributedTrainer(Trainer):
         for cmd in cmds:
             if cmd.get("cmd") == "stop" and cmd.get("signal"):  # the supervisor passing on a signal
                 self.request_stop(str(cmd["signal"]))
-                self.events.emit("control_ack", id=cmd.get("id"), cmd="stop", step=self.step, ok=True,
-                                 message=f"saving and stopping ({cmd['signal']})")
+                self.events.emit(ev.ControlAck(id=cmd.get("id"), cmd="stop", step=self.step, ok=True,
+                                               message=f"saving and stopping ({cmd['signal']})"))
                 continue
             if cmd.get("cmd") == "?":
                 ack = {"ok": False, "message": f"not a command: {cmd.get('invalid')!r}"}
             else:
                 ack = controls.handle(self, cmd)
-            self.events.emit("control_ack", id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack)
+            self.events.emit(ev.ControlAck(id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack))
             self._write_probe(cmd=cmd.get("cmd"), ok=ack.get("ok"))
         if self._probed != (self.step, self.paused):
             self._write_probe()
@@ -238,7 +239,7 @@ class DistributedTrainer(Trainer):
     def _wait_for_space(self, message: str, kind: str) -> None:
         """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
         exchanges with their wait and hang both. End the run instead; the previous checkpoint is intact."""
-        self.events.emit("alert", step=self.step, kind=kind, message=message, suggest="resume", severity="error")
+        self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
         raise UserError(f"{message} (with several processes the run ends here; the previous checkpoint is "
                         f"intact: free space, then `llm-wizard train --resume {self.run.name}`)", field="checkpoint")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.estimate.memory import EstimateRequest
 from engine.models.shape import ModelDims
+from engine.run.train_state import to_weight_dtype
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
         model = _apply_lora(model, req, fake)
     elif req.technique == "prompt-tuning":
         model = _apply_prompt_tuning(model, req)
+    # pure bf16 as the run engine configures it: adapters and virtual tokens (fp32 from peft) in bf16 too
+    to_weight_dtype(model, req.precision)
     model.train()
     return model, extra
 

@@ -154,7 +154,7 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
 
 def _trains(changes: dict[str, object]) -> bool:
     """Whether the run engine trains every named value of these changes (the estimator also counts some
-    it does not: pure bf16, Adafactor)."""
+    it does not: Adafactor)."""
     lists = {"train.precision": vocabulary.PRECISIONS, "train.optimizer": vocabulary.OPTIMIZERS,
              "distributed.strategy": vocabulary.STRATEGIES, "technique": vocabulary.TECHNIQUES}
     return all(vocabulary.find(lists[k], str(v)).trains for k, v in changes.items() if k in lists)

@@ -338,6 +338,9 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 scratch build_config fp32 act": dict(model="{gpt2_build_config}", technique="scratch", precision="fp32",
                                                batch_size=2, seq_len=128),
     "llama prompt-tuning bf16-pure act": dict(arch="llama", technique="prompt-tuning", precision="bf16-pure", **_ACT),
+    # pure bf16 as `train.precision = "bf16-pure"` runs it: a scratch model, and GPT-2 LoRA with bf16 adapters
+    "gpt2 scratch bf16-pure adamw act": dict(arch="gpt2", technique="scratch", precision="bf16-pure", **_ACT),
+    "gpt2 lora bf16-pure adamw opt": dict(arch="gpt2", technique="lora", precision="bf16-pure", **_OPT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
 

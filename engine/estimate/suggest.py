@@ -143,10 +143,9 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
                 add(f"{more} GPUs with FSDP (ZeRO-3)", changes, _SHARD, est)
                 break
     out.sort(key=lambda s: -s.saved_bytes)
-    # Lossy, so after every lossless change. Not for QLoRA (its 4-bit base is untested in pure bf16) nor
-    # DeepSpeed (the run spec refuses it there).
+    # Lossy, so after every lossless change. Not under DeepSpeed: the run spec refuses it there.
     sharded = (req.gpus or len(gpus)) > 1 and req.strategy in ("zero2", "zero3")
-    if req.precision in ("fp32", "bf16") and req.technique != "qlora" and not sharded:
+    if req.precision in ("fp32", "bf16") and not sharded:
         add("pure bf16: bf16 weights, gradients and AdamW states, no fp32 copy (lossy: updates under 1/256 of "
             "a weight round away; mixed bf16 is the safer choice)", {"train.precision": "bf16-pure"}, _PURE)
     return out

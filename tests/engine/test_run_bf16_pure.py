@@ -1,6 +1,7 @@
 """Pure bf16 (`train.precision = "bf16-pure"`) on the CPU: a scratch run and a LoRA run keep every parameter,
 gradient and AdamW state in bf16 (no fp32 copy, no autocast), the loss falls, checkpoints hold bf16 tensors,
-and a run stopped at step 10 and resumed to 20 matches a straight 20-step run bit for bit."""
+and a run stopped at step 10 and resumed to 20 matches a straight 20-step run bit for bit. QLoRA trains
+bf16 adapters on its NF4 base (its norms, made fp32 by peft, in bf16 too)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,21 @@ def test_lora_trains_bf16_adapters_on_a_bf16_base_and_resumes_exactly(tmp_path: 
     after = _resumed(s, tmp_path / "runs")
     assert sorted(after) == list(range(11, 21))
     assert all(after[k] == straight[k] for k in after), {k: (after[k], straight[k]) for k in after}
+
+
+def test_qlora_trains_bf16_adapters_on_the_nf4_base(tmp_path: Path) -> None:
+    import torch
+
+    from engine.techniques import qlora
+
+    if qlora.check_support() is not None:
+        pytest.skip(f"no 4-bit bitsandbytes here: {qlora.check_support()}")
+    corpus, tokenizer = corpus_and_tokenizer(tmp_path)
+    model_dir = base_model("llama", tokenizer, tmp_path / "base")
+    s = finetune_spec("qlora", model_dir, corpus, train={"lr": 1e-2, "max_steps": 20, "precision": "bf16-pure",
+                                                         "optimizer": "adamw"})
+    trainer, _, straight = _train(s, tmp_path / "runs")
+    _assert_pure_bf16(trainer)
+    assert {p.dtype for p in trainer.prep.model.parameters()} == {torch.bfloat16, torch.uint8}  # uint8: NF4
+    losses = [straight[k] for k in sorted(straight)]
+    assert len(losses) == 20 and _mean(losses[-3:]) < _mean(losses[:3]) - 0.5, losses

@@ -57,7 +57,7 @@ PRECISIONS: tuple[Precision, ...] = (
     # Pure bf16 trades accuracy for memory: AdamW's update is added to a bf16 weight (8 bits of mantissa),
     # so an update under about 1/256 of the weight rounds away. Said in the help, so nobody picks it blind.
     Precision("bf16-pure", "pure bf16: weights, gradients and AdamW states all bf16, no fp32 copy (half the "
-                           "memory of fp32 weights + fp32 Adam); updates smaller than 1/256 of a weight are lost "
+                           "memory of fp32 weights + fp32 Adam); updates under about 1/256 of a weight are lost "
                            "to bf16 rounding: fine for short fine-tuning, mixed bf16 is the safer default",
               weights="bf16", compute="bf16"),
 )

@@ -5,8 +5,8 @@ Each suggestion is the same request with one change, estimated again through the
 which choices trade speed for memory. A change is named in the run spec's vocabulary and only with a
 value the run engine trains (engine/vocabulary.py `trains`), so `llm-wizard train --set` accepts it.
 Pure bf16 (bf16 weights, gradients and optimizer states, no fp32 copy) is lossy where the others are not:
-updates under 1/256 of a weight round away. It is suggested last, after every lossless change whatever it
-saves, with that trade-off in its text.
+updates under about 1/256 of a weight round away. It is suggested last, after every lossless change
+whatever it saves, with that trade-off in its text.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ _LORA = TradeOff("LoRA / QLoRA (5.3.5)", "yes", "yes", "medium", "trains small a
 _SHARD = TradeOff("more GPUs, FSDP / ZeRO-3", "yes", "yes", "hard", "shards weights, gradients and states")
 _SEQ = TradeOff("shorter sequences", "yes", "yes", "easy", "the model sees less context per example")
 _PURE = TradeOff("pure bf16 (lossy)", "yes", "yes", "medium",
-                 "no fp32 weights or states: half their memory; updates under 1/256 of a weight are lost")
+                 "no fp32 weights or states: half their memory; updates under about 1/256 of a weight are lost")
 MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth suggesting
 
 
@@ -146,7 +146,7 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
     # Lossy, so after every lossless change. Not under DeepSpeed: the run spec refuses it there.
     sharded = (req.gpus or len(gpus)) > 1 and req.strategy in ("zero2", "zero3")
     if req.precision in ("fp32", "bf16") and not sharded:
-        add("pure bf16: bf16 weights, gradients and AdamW states, no fp32 copy (lossy: updates under 1/256 of "
+        add("pure bf16: bf16 weights, gradients and AdamW states, no fp32 copy (lossy: updates under about 1/256 of "
             "a weight round away; mixed bf16 is the safer choice)", {"train.precision": "bf16-pure"}, _PURE)
     return out
 

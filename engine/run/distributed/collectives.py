@@ -14,7 +14,6 @@ import time
 from typing import Any
 
 from engine import vocabulary
-
 from engine.run.distributed import zero_engine
 from engine.run.ranks import OneProcess
 

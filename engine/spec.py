@@ -141,7 +141,8 @@ class TrainSpec:
     weight_decay: float = _f(0.0, "AdamW weight decay", low=">= 0")
     optimizer: str = _f("adamw", "adamw, adamw8bit, paged_adamw8bit (bitsandbytes; QLoRA's default) or sgd",
                          choices=OPTIMIZERS)
-    precision: str = _f("fp32", "fp32, or mixed precision over fp32 weights: bf16 or fp16 (fp16 needs a GPU)",
+    precision: str = _f("fp32", "fp32; mixed precision over fp32 weights: bf16 or fp16 (fp16 needs a GPU); or "
+                                "bf16-pure: all bf16, half the memory, small updates round away",
                          choices=PRECISIONS)
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     compile: bool = _f(False, "torch.compile the model (faster after a slow first step)")
@@ -253,6 +254,11 @@ class RunSpec:
             raise UserError("train.find_batch: the batch finder runs in one process only; with several set "
                             "train.batch_size and train.grad_accum (or find_batch = \"auto\")",
                             field="train.find_batch")
+        if self.train.precision == "bf16-pure" and self.distributed.num_processes > 1 and \
+                self.distributed.strategy in ("zero2", "zero3"):
+            # DeepSpeed, not told of bf16 (no autocast), would keep its own fp32 partitions: not pure, untested
+            raise UserError("train.precision: bf16-pure trains in one process, or with ddp or fsdp; for "
+                            "DeepSpeed (zero2, zero3) use bf16 (mixed precision)", field="train.precision")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,7 +2,7 @@
 
 The run spec validates against these, the estimator takes them as its request's values, and the wizard
 offers them: so a value the estimator suggests is one that `llm-wizard train --set` accepts. A name the
-estimator can count but the run engine does not train (`trains=False`: pure bf16, Adafactor) is offered by
+estimator can count but the run engine does not train (`trains=False`: Adafactor) is offered by
 `llm-wizard estimate` only, never suggested and never written into a spec. Nothing but engine.errors is
 imported here (the base layer).
 """
@@ -33,6 +33,11 @@ class Precision(Name):
         """16-bit compute over fp32 weights: autocast keeps a 16-bit copy of each Linear weight."""
         return self.weights != self.compute
 
+    @property
+    def autocast(self) -> str:
+        """accelerate's `mixed_precision` for it: the compute dtype under mixed precision, else "no"."""
+        return self.compute if self.mixed else "no"
+
 
 TECHNIQUES: tuple[Name, ...] = (
     Name("scratch", "a new model from a config, random weights, tokenizer trained on your data"),
@@ -49,12 +54,12 @@ PRECISIONS: tuple[Precision, ...] = (
               compute="bf16"),
     Precision("fp16", "mixed precision: fp16 compute over fp32 weights, with loss scaling (needs a GPU)",
               compute="fp16"),
-    # The estimator's accuracy tests measure it (tests/memory_measure.py); the run engine does not train it:
-    # bf16 AdamW states lose small updates (8 bits of mantissa), a precision trade-off a run should not get
-    # from a memory suggestion.
-    Precision("bf16-pure", "estimate only: bf16 weights, gradients and optimizer states (half the memory of "
-                           "fp32 weights; small updates are lost to bf16 rounding); the run engine trains bf16 "
-                           "as mixed precision", trains=False, weights="bf16", compute="bf16"),
+    # Pure bf16 trades accuracy for memory: AdamW's update is added to a bf16 weight (8 bits of mantissa),
+    # so an update under about 1/256 of the weight rounds away. Said in the help, so nobody picks it blind.
+    Precision("bf16-pure", "pure bf16: weights, gradients and AdamW states all bf16, no fp32 copy (half the "
+                           "memory of fp32 weights + fp32 Adam); updates under about 1/256 of a weight are lost "
+                           "to bf16 rounding: fine for short fine-tuning, mixed bf16 is the safer default",
+              weights="bf16", compute="bf16"),
 )
 OPTIMIZERS: tuple[Name, ...] = (
     Name("adamw", "AdamW: two fp32 states a parameter (8 bytes)"),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from engine.models.shape import ModelDims
 
-LORA_DTYPE_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtype=True)
+LORA_DTYPE_BYTES = 4  # peft upcasts adapter weights to float32 (autocast_adapter_dtype=True); pure bf16: 2
 
 # What autograd saves for transformers' ACT2FN activations, in tensors of the input's size: (besides the
 # output, whether the output itself is saved). The output is usually kept anyway by the next Linear or
@@ -56,6 +56,7 @@ class Trainable:
     lora_targets: frozenset[str] = frozenset()
     lora_rank: int = 0
     inputs_need_grad: bool = False  # prompt tuning: the virtual tokens train, so grads flow from the start
+    adapter_bytes: int = LORA_DTYPE_BYTES  # a LoRA adapter's or virtual token's element (bf16 under pure bf16)
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,12 @@ class ActivationModel:
 
 
 def _lora_saves(name: str, in_dim: int, e: int, t: Trainable, shared_input_saved: bool, casts: set[str]) -> int:
-    """Bytes a LoRA branch on `name` keeps: its input (fp32) and A's output (rank)."""
+    """Bytes a LoRA branch on `name` keeps: its input (in the adapter's dtype) and A's output (rank)."""
     if name not in t.lora_targets:
         return 0
-    out = LORA_DTYPE_BYTES * t.lora_rank
-    if e != LORA_DTYPE_BYTES:
-        out += LORA_DTYPE_BYTES * in_dim  # its own float32 copy of the input
+    out = t.adapter_bytes * t.lora_rank
+    if e != t.adapter_bytes:
+        out += t.adapter_bytes * in_dim  # its own copy of the input in the adapter's dtype
     elif not shared_input_saved and "in" not in casts:
         out += e * in_dim  # the input itself, kept once for all branches that read it
         casts.add("in")

@@ -68,6 +68,12 @@ def _expand_targets(d: ModelDims, targets: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _adapter_bytes(req: EstimateRequest) -> int:
+    """peft keeps adapters and virtual tokens in fp32; pure bf16 casts every parameter to bf16
+    (engine/run/train_state.py `to_weight_dtype`)."""
+    return 2 if vocabulary.precision(req.precision).weights == "bf16" else LORA_DTYPE_BYTES
+
+
 def trainable(req: EstimateRequest, d: ModelDims) -> Trainable:
     if req.technique in ("lora", "qlora"):
         targets = _expand_targets(d, req.lora_target_names(d))
@@ -75,9 +81,10 @@ def trainable(req: EstimateRequest, d: ModelDims) -> Trainable:
         if d.family != "other" and not targets & known:
             raise UserError(f"LoRA targets {', '.join(sorted(targets))} match no Linear of this {d.model_type} "
                             f"model: choose from {', '.join(sorted(known))}", field="lora_targets")
-        return Trainable(full=False, lora_targets=targets, lora_rank=req.lora_rank)
+        return Trainable(full=False, lora_targets=targets, lora_rank=req.lora_rank,
+                         adapter_bytes=_adapter_bytes(req))
     if req.technique == "prompt-tuning":
-        return Trainable(full=False, inputs_need_grad=True)
+        return Trainable(full=False, inputs_need_grad=True, adapter_bytes=_adapter_bytes(req))
     return Trainable(full=True)
 
 
@@ -141,17 +148,17 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
                 n = t.lora_rank * (fi + fo)
                 per_layer += n
                 for numel, shape in ((t.lora_rank * fi, (t.lora_rank, fi)), (fo * t.lora_rank, (fo, t.lora_rank))):
-                    s, tmp = _state_bytes(req.optimizer, numel, LORA_DTYPE_BYTES, shape)
+                    s, tmp = _state_bytes(req.optimizer, numel, t.adapter_bytes, shape)
                     states, temp = states + s * d.layers, temp + tmp * d.layers
-        add("fp32", per_layer * d.layers * LORA_DTYPE_BYTES)
+        add(tname[t.adapter_bytes], per_layer * d.layers * t.adapter_bytes)
         n_trainable += per_layer * d.layers
-        layer_grads = [per_layer * LORA_DTYPE_BYTES] * d.layers
-        grads = per_layer * d.layers * LORA_DTYPE_BYTES
-    if t.inputs_need_grad:  # prompt tuning: the virtual token embeddings, float32
-        n = req.num_virtual_tokens * d.hidden
-        add("fp32", n * 4)
+        layer_grads = [per_layer * t.adapter_bytes] * d.layers
+        grads = per_layer * d.layers * t.adapter_bytes
+    if t.inputs_need_grad:  # prompt tuning: the virtual token embeddings, float32 (bf16 under pure bf16)
+        n, v = req.num_virtual_tokens * d.hidden, t.adapter_bytes
+        add(tname[v], n * v)
         n_trainable += n
-        s, temp = _state_bytes(req.optimizer, n, 4, (req.num_virtual_tokens, d.hidden))
-        states, embed, grads = states + s, n * 4, n * 4
+        s, temp = _state_bytes(req.optimizer, n, v, (req.num_virtual_tokens, d.hidden))
+        states, embed, grads = states + s, n * v, n * v
     return ParamBytes(sum(by_dtype.values()), by_dtype, n_trainable, grads, layer_grads, head, embed, tied, states,
                       temp, casts)

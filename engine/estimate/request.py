@@ -1,9 +1,9 @@
 """What an estimate is asked and what it answers: the request and the result types.
 
 The request's values are engine/vocabulary.py's, the run spec's own names (precision "bf16" is mixed
-precision over fp32 weights, optimizer "adamw8bit"), plus the few the estimator can count and the run
-engine does not train (`bf16-pure`, `adafactor`). The estimator's older names (`mixed-bf16`, `adamw-8bit`)
-are read as the spec's. Types only: the arithmetic is engine/estimate/breakdown.py's.
+precision over fp32 weights, "bf16-pure" bf16 weights and states, optimizer "adamw8bit"), plus the few
+the estimator can count and the run engine does not train (`adafactor`). The estimator's older names
+(`mixed-bf16`, `adamw-8bit`) are read as the spec's. Types only: the arithmetic is engine/estimate/breakdown.py's.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Each suggestion is the same request with one change, estimated again through the
 (engine/estimate/breakdown.py): the new total is arithmetic, not a guess. Table 5.2 of the book says
 which choices trade speed for memory. A change is named in the run spec's vocabulary and only with a
 value the run engine trains (engine/vocabulary.py `trains`), so `llm-wizard train --set` accepts it.
-Pure bf16 (bf16 weights and optimizer states) is never suggested: the run engine trains bf16 as mixed
-precision over fp32 weights, and a run configured from that suggestion would need about twice the
-memory the suggestion showed.
+Pure bf16 (bf16 weights, gradients and optimizer states, no fp32 copy) is lossy where the others are not:
+updates under about 1/256 of a weight round away. It is suggested last, after every lossless change
+whatever it saves, with that trade-off in its text.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ _ROW = {r.choice: r for r in TABLE_5_2}
 _LORA = TradeOff("LoRA / QLoRA (5.3.5)", "yes", "yes", "medium", "trains small adapters; the base stays frozen")
 _SHARD = TradeOff("more GPUs, FSDP / ZeRO-3", "yes", "yes", "hard", "shards weights, gradients and states")
 _SEQ = TradeOff("shorter sequences", "yes", "yes", "easy", "the model sees less context per example")
+_PURE = TradeOff("pure bf16 (lossy)", "yes", "yes", "medium",
+                 "no fp32 weights or states: half their memory; updates under about 1/256 of a weight are lost")
 MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth suggesting
 
 
@@ -141,12 +143,17 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
                 add(f"{more} GPUs with FSDP (ZeRO-3)", changes, _SHARD, est)
                 break
     out.sort(key=lambda s: -s.saved_bytes)
+    # Lossy, so after every lossless change. Not under DeepSpeed: the run spec refuses it there.
+    sharded = (req.gpus or len(gpus)) > 1 and req.strategy in ("zero2", "zero3")
+    if req.precision in ("fp32", "bf16") and not sharded:
+        add("pure bf16: bf16 weights, gradients and AdamW states, no fp32 copy (lossy: updates under about 1/256 of "
+            "a weight round away; mixed bf16 is the safer choice)", {"train.precision": "bf16-pure"}, _PURE)
     return out
 
 
 def _trains(changes: dict[str, object]) -> bool:
     """Whether the run engine trains every named value of these changes (the estimator also counts some
-    it does not: pure bf16, Adafactor)."""
+    it does not: Adafactor)."""
     lists = {"train.precision": vocabulary.PRECISIONS, "train.optimizer": vocabulary.OPTIMIZERS,
              "distributed.strategy": vocabulary.STRATEGIES, "technique": vocabulary.TECHNIQUES}
     return all(vocabulary.find(lists[k], str(v)).trains for k, v in changes.items() if k in lists)

@@ -32,7 +32,8 @@ from engine.run.watchdogs import fault_budget, oom_alert
 from engine.runfolder import events as ev
 
 MARGIN = 0.9  # use at most 90% of the memory: the estimator's 10% for the allocator's fragmentation
-ESTIMATE_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16"}  # accelerate autocasts
+ESTIMATE_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16",  # accelerate autocasts
+                      "bf16-pure": "bf16-pure"}  # no autocast: bf16 parameters
 ESTIMATE_OPTIMIZER = {"adamw": "adamw", "adamw8bit": "adamw-8bit", "paged_adamw8bit": "paged-adamw-8bit",
                       "sgd": "sgd"}
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import vocabulary
+
 
 class OneProcess:
     rank = 0
@@ -20,7 +22,7 @@ class OneProcess:
         import torch
         from accelerate import Accelerator
 
-        return Accelerator(mixed_precision={"fp32": "no"}.get(spec.train.precision, spec.train.precision),
+        return Accelerator(mixed_precision=vocabulary.precision(spec.train.precision).autocast,
                            cpu=not torch.cuda.is_available())
 
     def is_deepspeed(self, accelerator: Any) -> bool:

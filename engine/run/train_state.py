@@ -1,10 +1,13 @@
-"""Pieces of a run's state that are not the loop: the optimizer, seeding, and the RNG state saved in
-checkpoints (as tensors and plain lists, so `torch.load(weights_only=True)` reads it back)."""
+"""Pieces of a run's state that are not the loop: the optimizer, pure bf16's parameter dtype, seeding, and
+the RNG state saved in checkpoints (as tensors and plain lists, so `torch.load(weights_only=True)` reads it
+back)."""
 
 from __future__ import annotations
 
 import random
 from typing import Any
+
+from engine import vocabulary
 
 
 def build_optimizer(groups: list[dict[str, Any]], t: Any) -> Any:
@@ -24,6 +27,25 @@ def build_optimizer(groups: list[dict[str, Any]], t: Any) -> Any:
     # step on the device without a sync (engine/run/step_guard.py)
     fused = all(p.is_floating_point() for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.95), fused=fused or None)
+
+
+def to_weight_dtype(model: Any, precision: str) -> int:
+    """Pure bf16 (`bf16-pure`): every floating parameter in bf16, trainable or frozen (peft keeps adapters and
+    prompt tuning's virtual tokens in fp32, from_pretrained a base in fp32), so that gradients and the
+    optimizer's states, made like their parameters, are bf16 too. In place (`.data`), so the parameter
+    objects the technique put in its param groups stay the ones the model uses. Buffers (RoPE's inv_freq)
+    keep their dtype: models compute them in fp32 and cast the result. Other precisions: untouched.
+    Returns how many parameters changed dtype."""
+    import torch
+
+    if vocabulary.precision(precision).weights != "bf16":
+        return 0
+    changed = 0
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != torch.bfloat16:
+            p.data = p.data.to(torch.bfloat16)
+            changed += 1
+    return changed
 
 
 def seed_all(seed: int) -> None:

@@ -25,13 +25,13 @@ from typing import Any
 from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
 from engine.machine import flops
+from engine.processes import pid_start_time
 from engine.run import batch_finder, controls, step_guard
 from engine.run import escalation as numerics
 from engine.run.checkpointing import CheckpointSteps
 from engine.run.meter import Interval, Meter, memory_metrics, val_loss
 from engine.run.ranks import OneProcess
-from engine.run.train_state import build_optimizer, seed_all
-from engine.processes import pid_start_time
+from engine.run.train_state import build_optimizer, seed_all, to_weight_dtype
 from engine.run.watchdogs import Watchdogs, injected, is_oom, oom_alert
 from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
@@ -146,11 +146,13 @@ class Trainer(CheckpointSteps):
             torch.set_num_threads(t.threads)
         seed_all(self.spec.seed)
         if t.precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU", field="train.precision")
+            raise UserError("train.precision: fp16 needs a GPU; use bf16, bf16-pure or fp32 on the CPU",
+                            field="train.precision")
         self.technique = batch_finder.with_fault_allocator(get(self.spec.technique), t.seq_len)  # LLMW_FAULT=oom_over
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
         n_train = self.prep.data.n_train_blocks
+        to_weight_dtype(self.prep.model, t.precision)  # bf16-pure: bf16 parameters, so bf16 gradients and states
         # Counted before accelerate.prepare: DeepSpeed flattens and partitions the parameters it is handed.
         total, trainable = self.prep.n_params()
         self.meter = Meter(flops.flops_per_token(self.prep.model, t.seq_len), flops.device_peak(),

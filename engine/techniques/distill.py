@@ -84,7 +84,8 @@ def setup(ctx: SetupContext) -> Prepared:
     spec = ctx.spec
     opts = options(spec)
     ctx.progress(f"loading the teacher {opts['teacher']}")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)  # frozen: no fp32 copy needed
+    # frozen: no fp32 copy needed
+    dtype = {"bf16": torch.bfloat16, "bf16-pure": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision)
     if opts["task"] == "classification":
         return _setup_classifier(ctx, opts, dtype)
     teacher, tokenizer = load_pretrained(opts["teacher"], "options.teacher", **({"dtype": dtype} if dtype else {}))

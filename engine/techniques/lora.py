@@ -141,10 +141,12 @@ def check_fit(spec: Any, model: Any, tokenizer: Any) -> None:
 
 
 def base_dtype(spec: Any) -> Any:
-    """A frozen base needs no fp32 master copy: under mixed precision it loads in that 16-bit type."""
+    """A frozen base needs no fp32 master copy: under mixed precision it loads in that 16-bit type (pure
+    bf16: bf16, the adapters too, engine/run/train_state.py `to_weight_dtype`)."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision, torch.float32)
+    return {"bf16": torch.bfloat16, "bf16-pure": torch.bfloat16, "fp16": torch.float16}.get(
+        spec.train.precision, torch.float32)
 
 
 def preflight(spec: Any, technique: str = "lora") -> None:

@@ -99,7 +99,7 @@ def test_every_suggested_change_is_accepted_by_train_and_estimates_as_promised(
 
 
 def test_no_suggestion_names_a_value_the_run_does_not_train() -> None:
-    # pure bf16 and Adafactor are counted by the estimator and trained by no run: never suggested
+    # Adafactor is counted by the estimator and trained by no run: never suggested
     for precision in ("fp32", "bf16", "bf16-pure"):
         for optimizer in ("adamw", "adafactor"):
             req = EstimateRequest(arch="llama", size="1B", technique="full", precision=precision, optimizer=optimizer,
@@ -109,9 +109,31 @@ def test_no_suggestion_names_a_value_the_run_does_not_train() -> None:
             for s in est.suggestions:
                 assert s.changes.get("train.precision", "bf16") in spec_mod.PRECISIONS
                 assert s.changes.get("train.optimizer", "adamw") in spec_mod.OPTIMIZERS
-    assert "bf16-pure" not in spec_mod.PRECISIONS and "adafactor" not in spec_mod.OPTIMIZERS
-    with pytest.raises(Exception, match="train.precision: unknown value 'bf16-pure'"):
-        spec_mod.from_dict({"train": {"precision": "bf16-pure"}})
+    assert "bf16-pure" in spec_mod.PRECISIONS and "adafactor" not in spec_mod.OPTIMIZERS
+    assert spec_mod.from_dict({"train": {"precision": "bf16-pure"}}).train.precision == "bf16-pure"
+    with pytest.raises(Exception, match="train.optimizer: unknown value 'adafactor'"):
+        spec_mod.from_dict({"train": {"optimizer": "adafactor"}})
+
+
+def test_pure_bf16_is_suggested_last_and_says_it_is_lossy() -> None:
+    # it saves the most here (fp32 weights and AdamW states halve), and still comes after every lossless change
+    for precision in ("fp32", "bf16"):
+        req = EstimateRequest(arch="llama", size="1B", technique="full", precision=precision, batch_size=8,
+                              seq_len=2048)
+        suggestions = estimate(req, gpus=[(0, "L4", 22 * 2**30)]).suggestions
+        pure = [s for s in suggestions if s.changes == {"train.precision": "bf16-pure"}]
+        assert len(pure) == 1 and suggestions[-1] is pure[0], [s.change for s in suggestions]
+        assert "lossy" in pure[0].change and "mixed bf16 is the safer choice" in pure[0].change
+        lossless = suggestions[:-1]
+        assert [s.saved_bytes for s in lossless] == sorted((s.saved_bytes for s in lossless), reverse=True)
+    # not under DeepSpeed, whose spec refuses it
+    req = EstimateRequest(arch="llama", size="1B", technique="full", precision="bf16", batch_size=8, seq_len=2048,
+                          strategy="zero3", gpus=4)
+    suggestions = estimate(req, gpus=[(i, "L4", 22 * 2**30) for i in range(4)]).suggestions
+    assert suggestions and not [s for s in suggestions if s.changes.get("train.precision") == "bf16-pure"]
+    with pytest.raises(Exception, match="bf16-pure trains in one process, or with ddp or fsdp"):
+        spec_mod.from_dict({"train": {"precision": "bf16-pure"},
+                            "distributed": {"num_processes": 2, "strategy": "zero2"}})
 
 
 def test_the_estimators_former_names_read_as_the_specs() -> None:

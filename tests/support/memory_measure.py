@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.estimate.memory import EstimateRequest
 from engine.models.shape import ModelDims
+from engine.run.train_state import to_weight_dtype
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
         model = _apply_lora(model, req, fake)
     elif req.technique == "prompt-tuning":
         model = _apply_prompt_tuning(model, req)
+    # pure bf16 as the run engine configures it: adapters and virtual tokens (fp32 from peft) in bf16 too
+    to_weight_dtype(model, req.precision)
     model.train()
     return model, extra
 
@@ -335,6 +338,9 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 scratch build_config fp32 act": dict(model="{gpt2_build_config}", technique="scratch", precision="fp32",
                                                batch_size=2, seq_len=128),
     "llama prompt-tuning bf16-pure act": dict(arch="llama", technique="prompt-tuning", precision="bf16-pure", **_ACT),
+    # pure bf16 as `train.precision = "bf16-pure"` runs it: a scratch model, and GPT-2 LoRA with bf16 adapters
+    "gpt2 scratch bf16-pure adamw act": dict(arch="gpt2", technique="scratch", precision="bf16-pure", **_ACT),
+    "gpt2 lora bf16-pure adamw opt": dict(arch="gpt2", technique="lora", precision="bf16-pure", **_OPT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
 }
 

@@ -56,7 +56,17 @@ def test_defaults_and_names_are_the_engines() -> None:
                                                 optimizer="paged_adamw8bit"))).train.optimizer == "paged_adamw8bit"
     c = Choices()  # the engine cannot train adafactor: never written as another
     assert apply_changes(c, {"train.optimizer": "adafactor"}, gpus=0, cuda=False) and c.optimizer == ""
-    assert apply_changes(c, {"train.precision": "bf16-pure"}, gpus=0, cuda=False) and c.precision == "fp32"
+    assert apply_changes(c, {"train.precision": "bf16-pure"}, gpus=0, cuda=False) is None and \
+        c.precision == "bf16-pure"  # pure bf16 trains: a suggestion of it is applied
+
+
+def test_the_options_offer_pure_bf16_with_its_trade_off() -> None:
+    (precision,) = [s for s in SETTINGS if s.key == "precision"]
+    assert precision.values == ("fp32", "bf16", "fp16", "bf16-pure")
+    hint = " ".join(precision.hint.split())
+    assert "bf16-pure: pure bf16: weights, gradients and AdamW states all bf16" in hint
+    assert "half the memory of fp32 weights + fp32 Adam" in hint and "lost to bf16 rounding" in hint
+    assert "mixed bf16 is the safer default" in hint
 
 
 async def _walk_to_review(pilot, technique: str, model: str, teacher: str = "",

@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from engine import vocabulary
 from engine.run.distributed import zero_engine
 from engine.run.ranks import OneProcess
 
@@ -28,7 +29,7 @@ class Ranks(OneProcess):
     def make_accelerator(self, spec: Any, batch_size: int, grad_accum: int) -> Any:
         if self.zero:
             t = spec.train
-            self.accelerator = zero_engine.make_accelerator({"fp32": "no"}.get(t.precision, t.precision),
+            self.accelerator = zero_engine.make_accelerator(vocabulary.precision(t.precision).autocast,
                                                             batch_size=batch_size, grad_accum=grad_accum,
                                                             grad_clip=t.grad_clip or 0.0)
         else:

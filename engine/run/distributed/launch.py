@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from engine import vocabulary
 from engine.errors import UserError
 from engine.machine.strategies import GPU_ONLY_STRATEGIES, TRAINABLE_STRATEGIES, deepspeed_missing
 
@@ -80,7 +81,7 @@ def accelerate_config(spec: Any, *, cuda: bool, port: int | None = None) -> dict
     cfg: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE", "num_machines": d.num_machines, "num_processes": d.num_processes,
         "machine_rank": d.machine_rank, "main_process_port": port or d.main_process_port,
-        "mixed_precision": {"fp32": "no"}.get(t.precision, t.precision), "rdzv_backend": "static",
+        "mixed_precision": vocabulary.precision(t.precision).autocast, "rdzv_backend": "static",
         "same_network": True, "use_cpu": not cuda, "debug": False,
     }
     if d.num_machines > 1:

@@ -134,11 +134,7 @@ def from_dict(data: Any) -> Command:
 
 
 def parse(line: bytes | str) -> Command:
-    try:
-        data = json.loads(line)
-    except ValueError as e:
-        raise Invalid(f"not JSON ({e})") from None
-    return from_dict(data)
+    return from_dict(record.load_json(line))
 
 
 def send(run: str | os.PathLike[str], command: Command) -> str:

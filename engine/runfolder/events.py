@@ -227,11 +227,7 @@ def from_dict(data: Any) -> Event:
 
 
 def parse(line: bytes | str) -> Event:
-    try:
-        data = json.loads(line)
-    except ValueError as e:
-        raise Invalid(f"not JSON ({e})") from None
-    return from_dict(data)
+    return from_dict(record.load_json(line))
 
 
 # ---- writing ------------------------------------------------------------------------------------

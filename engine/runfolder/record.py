@@ -16,6 +16,7 @@ One codec for all of them, so that the writer and the reader check the same thin
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Mapping
@@ -125,6 +126,14 @@ def encode(obj: Any) -> dict[str, Any]:
         out[json_key] = list(value) if isinstance(value, tuple) else value
     out.update(getattr(obj, EXTRA, None) or {})
     return out
+
+
+def load_json(line: bytes | str) -> Any:
+    """One line of a run-folder file as JSON; Invalid (not a traceback) when it is not JSON."""
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise Invalid(f"not JSON ({e})") from None
 
 
 def decode(cls: type[T], data: Any, *, skip: tuple[str, ...] = ()) -> T:

@@ -32,12 +32,6 @@ from engine.run.watchdogs import fault_budget, oom_alert
 from engine.runfolder import events as ev
 
 MARGIN = 0.9  # use at most 90% of the memory: the estimator's 10% for the allocator's fragmentation
-ESTIMATE_PRECISION = {"fp32": "fp32", "bf16": "mixed-bf16", "fp16": "mixed-fp16",  # accelerate autocasts
-                      "bf16-pure": "bf16-pure"}  # no autocast: bf16 parameters
-ESTIMATE_OPTIMIZER = {"adamw": "adamw", "adamw8bit": "adamw-8bit", "paged_adamw8bit": "paged-adamw-8bit",
-                      "sgd": "sgd"}
-
-
 class FakeAllocator:
     """A technique whose training loss runs out of memory above a token budget (LLMW_FAULT=oom_over:N)."""
 
@@ -174,22 +168,15 @@ def optimizer_state_bytes(trainer: Any) -> int:
 def estimate_for(trainer: Any, micro_batch: int, available: int | None, suggestions: bool = False) -> Any:
     """The estimator's Estimate for this run at `micro_batch`, or None when it cannot model the setup:
     the estimate only advises (whether to probe, the numbers of a no-fit report), so it never fails a run."""
-    from engine.estimate.memory import EstimateRequest, estimate
+    from engine.estimate.memory import estimate
+    from engine.estimate.request import request_from_spec
 
-    spec, t, m, o = trainer.spec, trainer.spec.train, trainer.spec.model, trainer.spec.options
-    scratch = spec.technique == "scratch"
+    spec = trainer.spec
     config = getattr(trainer.prep.model, "config", None)
-    try:
-        req = EstimateRequest(
-            model=None if scratch else m.path or None, arch=m.arch if scratch else None,
-            size=m.size if scratch else None, layers=(m.layers or None) if scratch else None,
-            width=(m.width or None) if scratch else None, heads=(m.heads or None) if scratch else None,
-            vocab_size=getattr(config, "vocab_size", None) if scratch else None, technique=spec.technique,
-            teacher=o.get("teacher") or None, lora_rank=int(o.get("lora_rank", 16)),
-            num_virtual_tokens=int(o.get("num_virtual_tokens", 8)), precision=ESTIMATE_PRECISION[t.precision],
-            optimizer=ESTIMATE_OPTIMIZER[t.optimizer], batch_size=micro_batch, seq_len=t.seq_len,
-            grad_accum=max(1, trainer.batch_size * trainer.grad_accum // micro_batch),
-            grad_checkpointing=t.gradient_checkpointing, gpus=1)
+    try:  # this device's share: one process, the micro-batch probed, the effective batch kept
+        built = {"vocab_size": config.vocab_size} if spec.technique == "scratch" and config is not None else {}
+        req = request_from_spec(spec, batch_size=micro_batch, gpus=1, strategy="ddp",
+                                grad_accum=max(1, trainer.batch_size * trainer.grad_accum // micro_batch), **built)
         gpus = [(0, "this device", available if available is not None else 2**62)]
         return estimate(req, gpus=gpus, with_suggestions=suggestions)
     except Exception:  # noqa: BLE001 - see the docstring: no estimate is an answer, not a failure

@@ -21,9 +21,24 @@ def test_every_precision_maps_to_accelerate_as_before_and_pure_bf16_to_no_autoca
     assert autocast == {"fp32": "no", "bf16": "bf16", "fp16": "fp16", "bf16-pure": "no"}
     pure = vocabulary.precision("bf16-pure")
     assert pure.trains and not pure.mixed and (pure.weights, pure.compute) == ("bf16", "bf16")
-    assert set(batch_finder.ESTIMATE_PRECISION) == set(vocabulary.names(vocabulary.PRECISIONS, trained=True))
     s = spec.from_dict({"train": {"precision": "bf16-pure"}, "distributed": {"num_processes": 2, "strategy": "fsdp"}})
     assert accelerate_config(s, cuda=True)["mixed_precision"] == "no"
+
+
+@pytest.mark.parametrize("precision", vocabulary.names(vocabulary.PRECISIONS, trained=True))
+@pytest.mark.parametrize("optimizer", vocabulary.names(vocabulary.OPTIMIZERS, trained=True))
+def test_the_batch_finder_estimates_every_trained_setting_in_the_spec_vocabulary(precision: str, optimizer: str) -> None:
+    from engine.estimate.memory import estimate
+    from engine.estimate.request import request_from_spec
+
+    s = spec.from_dict({"model": {"arch": "llama", "size": "10M"},
+                        "train": {"precision": precision, "optimizer": optimizer, "batch_size": 8, "grad_accum": 2}})
+    trainer = SimpleNamespace(spec=s, batch_size=8, grad_accum=2, prep=SimpleNamespace(model=None))
+    got = batch_finder.estimate_for(trainer, 4, 2**40)
+    assert got is not None, f"the batch finder cannot estimate {precision} / {optimizer}"
+    want = estimate(request_from_spec(s, batch_size=4, grad_accum=4, gpus=1), gpus=[(0, "this device", 2**40)],
+                    with_suggestions=False)
+    assert got.peak_bytes == want.peak_bytes
 
 
 def test_the_spec_takes_bf16_pure_but_not_under_deepspeed() -> None:

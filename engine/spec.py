@@ -87,20 +87,28 @@ class TokenizerSpec:
 
 @dataclass
 class DataSpec:
-    path: str = _f("", f"a text file or a folder of them; {STDLIB!r} = Python's standard library source; "
-                       "a JSONL/CSV/Parquet file, a Slack export folder, or a Hub dataset id (format = hub)")
-    text_column: str = _f("text", "column holding the text (JSONL/CSV/Parquet/Hub; empty = guess)")
+    path: str = _f("", f"a text file or folder; {STDLIB!r} = Python's standard library source; a JSONL/JSON/CSV/"
+                       "Parquet/Arrow file, a dataset folder, a Slack export, or a Hub dataset id (format = hub)")
+    format: str = _f("auto", "the examples' layout: auto (detected), " + ", ".join(DATA_FORMATS[1:]),
+                     choices=DATA_FORMATS)
+    template: str = _f("auto", "chat template: auto (the model's own), plain, chatml, llama-3, gemma, alpaca, vicuna, "
+                               "zephyr, mistral, or your own text with {prompt} and {response}")
+    train_on: str = _f("assistant", "which tokens carry the loss: assistant (every reply), last_assistant, or all",
+                       choices=vocabulary.TRAIN_ON)
+    packing: bool = _f(True, "pack several whole examples into each sequence (each still sees only itself)")
+    on_bad_row: str = _f("error", "a bad row stops the run with its file:line (error), or is counted and left out "
+                                  "(skip)", choices=vocabulary.ON_BAD_ROW)
     val_fraction: float = _f(0.05, "share of the token blocks held out for validation", low=">= 0")
-    format: str = _f("auto", "auto (from the path), " + ", ".join(DATA_FORMATS[1:]), choices=DATA_FORMATS)
-    prompt_column: str = _f("", "column with the prompt; with response_column, rows become template text")
-    response_column: str = _f("", "column with the response (trained on; the prompt can be masked)")
+    text_column: str = _f("", "column holding plain text (empty = text, content, body, message or document)")
+    messages_column: str = _f("", "column holding a conversation (empty = messages or conversations)")
+    prompt_column: str = _f("", "column with the prompt (with response_column: one exchange a row)")
+    response_column: str = _f("", "column with the response (trained on)")
+    system_column: str = _f("", "column with a system prompt for prompt/response rows")
     label_column: str = _f("", "column with a class label: rows become 'text : ... Label : <label>'")
-    template: str = _f(DEFAULT_TEMPLATE, "how a prompt and its response are joined: {prompt} then {response}")
-    mask_prompt: bool = _f(True, "no loss on the prompt (or the text before a label); train on the answer only")
     slack_user: str = _f("", "Slack export: the user (id, name or display name) whose replies are learned")
     context: int = _f(4, "Slack export: preceding messages kept as the prompt of each reply", low=">= 0")
-    split: str = _f("train", "Hub dataset: the split to train on")
-    subset: str = _f("", "Hub dataset: the configuration (subset) name, if it has several")
+    split: str = _f("train", "dataset folder or Hub dataset: the split to train on")
+    subset: str = _f("", "dataset folder or Hub dataset: the configuration (subset) name, if it has several")
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -119,8 +127,12 @@ class DataSpec:
                        "set prompt_column and response_column together")
         if self.label_column and self.prompt_column:
             raise _bad("data", "label_column", "use either a label column or prompt/response columns, not both")
-        if self.template.count("{response}") != 1 or self.template.count("{prompt}") > 1 \
-                or self.template.find("{prompt}") > self.template.find("{response}"):
+        if "{response}" not in self.template and self.template not in vocabulary.CHAT_TEMPLATES:
+            raise _bad("data", "template", f"unknown template {self.template!r}: choose "
+                       f"{', '.join(vocabulary.CHAT_TEMPLATES)}, or write one with {{prompt}} and {{response}}")
+        if "{response}" in self.template and (self.template.count("{response}") != 1
+                                               or self.template.count("{prompt}") > 1
+                                               or self.template.find("{prompt}") > self.template.find("{response}")):
             raise _bad("data", "template", "needs {response} once, after at most one {prompt}: "
                        f"e.g. {DEFAULT_TEMPLATE!r}")
 
@@ -283,6 +295,12 @@ SECTIONS: dict[str, type] = {
 
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
+    if section == "data":  # the former settings, read as today's
+        if values.get("format") in vocabulary.FORMER_DATA_FORMATS:
+            values["format"] = vocabulary.FORMER_DATA_FORMATS[values["format"]]
+        if "mask_prompt" in values:
+            if values.pop("mask_prompt") is False:
+                values["train_on"] = "all"
     _check_keys(f"{section}.", values, names, vocabulary.FOREIGN_NAMES)
     types = {f.name: f.type for f in fields(cls)}
     if section == "train" and isinstance(values.get("find_batch"), bool):

@@ -83,7 +83,13 @@ SCHEDULES = ("cosine", "linear", "constant")
 TOKENIZERS = ("bpe", "byte", "char")
 FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/run/batch_finder.py)
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
-DATA_FORMATS = ("auto", "text", "jsonl", "csv", "parquet", "hub", "slack")
+# data.format: the layout of the examples (engine/data/formats.py); the container comes from the path.
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text", "chosen", "slack", "hub")
+FORMER_DATA_FORMATS = {"jsonl": "auto", "csv": "auto", "parquet": "auto"}  # containers, found from the path now
+# data.template: the model's own, or a named layout (engine/data/chat_templates.py writes each).
+CHAT_TEMPLATES = ("auto", "plain", "chatml", "llama-3", "gemma", "alpaca", "vicuna", "zephyr", "mistral")
+TRAIN_ON = ("assistant", "last_assistant", "all")  # data.train_on: which tokens of a conversation carry the loss
+ON_BAD_ROW = ("error", "skip")
 
 # Names people bring from HF TrainingArguments and other tools, for the spec's "did you mean" hint.
 FOREIGN_NAMES = {"learning_rate": "lr", "scheduler": "schedule", "lr_scheduler_type": "schedule",

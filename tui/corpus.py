@@ -53,14 +53,14 @@ def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None)
     exact without a tokenizer (UTF-8 bytes plus an end-of-text per document); a model's tokenizer
     counts through engine.estimate.data_size (exact up to a few hundred MB, sampled beyond)."""
     if c.technique == "scratch" and c.tokenizer == "byte":
-        from engine.data.sources import examples_with_bytes, source_bytes
+        from engine.data.sources import iter_items, source_bytes
 
         source = make_source(c.dataset, c.text_column or None)
         total, tokens = source_bytes(source), 0
-        for i, (example, done) in enumerate(examples_with_bytes(source)):
-            tokens += len(example.text.encode("utf-8")) + int(example.ends)
+        for i, item in enumerate(iter_items(source)):
+            tokens += len(item.value.text.encode("utf-8")) + int(item.value.ends)
             if progress and i % 256 == 0:
-                progress(done, total)
+                progress(item.done, total)
         return tokens, "exact: byte tokenizer"
     from engine.estimate.data_size import count_tokens as datacheck_count, load_tokenizer
 

@@ -1,45 +1,41 @@
-"""Examples packed into the token blocks the trainer eats, with a loss mask for prompts.
+"""Examples packed into the token blocks the trainer eats, each example whole and attending only to itself.
 
-`example_blocks(source, tokenizer, seq_len, ...)` tokenizes every example once (prompt and completion
-apart, as the book's listing 5.3 does, then an eos after each document) into a cached token file in
-engine/data/token_cache.py's format, plus a uint8 `.mask` file beside it: 1 where the token is a trained
-target, 0 on prompt tokens. A plain text source goes through token_cache.build_token_file unchanged.
+Plain text (continued pretraining) is a stream cut into blocks (engine/data/token_cache.py TokenBlocks),
+documents back to back with an eos between them, as in the scratch technique. Examples with a loss
+mask (conversations, instruction pairs, the label layout) are packed by `pack_layout`:
+- whole examples only: a block holds consecutive examples that fit in seq_len + 1 tokens, the rest is
+  padding (no loss); an example longer than a block is truncated to it when its first trained token
+  is inside, else dropped (its reply would train without its prompt); both are counted;
+- position ids restart at 0 for every example, so transformers' packed-sequence attention (built from
+  the position ids when no attention mask is given: sdpa, eager and flash attention) keeps examples
+  from attending to each other; `data.packing = false` gives every example a block of its own.
+PackedBlocks' batches are (B, 3, T+1): ids, loss mask, position ids. `lm_loss(model, batch)` takes
+(B, T+1) ids, (B, 2, T+1) ids + mask, or the packed (B, 3, T+1).
 
-Blocks: without masking, a `TokenBlocks` (batches of shape (B, T+1)). With masking, `MaskedBlocks`,
-whose batches are (B, 2, T+1): row 0 the ids, row 1 the mask. `lm_loss(model, batch)` takes either.
-Examples are packed back to back (no padding), so a block may hold the end of one and the start of
-the next, as in the scratch technique.
-
-    # in a technique's setup(ctx): any data source, prompts masked as the spec says
-    data, fingerprint = source_blocks(ctx, tokenizer)
-    return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint, ...)
-    # in its loss(prep, batch)
-    return lm_loss(prep.model, batch)
+    # in a technique's setup(ctx)
+    prepared = source_blocks(ctx, tokenizer, model)    # the template applied, new tokens' rows added
+    return Prepared(model=model, tokenizer=tokenizer, data=prepared.blocks,
+                    data_fingerprint=prepared.fingerprint, ...)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine import paths
-from engine.data.corpus import PreparationStopped, corpus_fingerprint
-from engine.data.sources import DataSource, examples_with_bytes, source_bytes
+from engine.data.example_file import START, TRAINED, ExampleFile
+from engine.data.token_cache import TokenBlocks
 from engine.errors import UserError
-from engine.data.temps import remove_stale_temps
-from engine.data.token_cache import TokenBlocks, TokenFile, _encoder, build_token_file, load_token_file, \
-    tokenizer_fingerprint
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from engine.data.prepare import Prepared
     from engine.spec import RunSpec
 
 
@@ -53,57 +49,172 @@ class DataContext(Protocol):
     def should_stop(self) -> bool: ...
 
 
-FORMAT_VERSION = 1
-BATCH_EXAMPLES = 1024  # examples tokenized together (one Rust call over all cores)
+@dataclass(frozen=True)
+class Layout:
+    """Blocks as contiguous token ranges of the example file: block i is tokens[start[i]:start[i] + length[i]]."""
+    start: np.ndarray
+    length: np.ndarray
+    tokens: int  # tokens in blocks (after truncation)
+    trained: int  # trained targets in blocks
+    examples: int  # examples kept (whole or truncated)
+    truncated: int
+    dropped: int
 
 
-def mask_path(token_file: TokenFile) -> Path:
-    return token_file.path.with_suffix(".mask")
+def pack_layout(example_file: ExampleFile, seq_len: int, packing: bool = True) -> Layout:
+    """Greedy, in file order: consecutive whole examples per block; see the module docstring."""
+    import numpy as np
+
+    cap = seq_len + 1
+    index = example_file.index()
+    starts: list[int] = []
+    lengths: list[int] = []
+    tokens = trained = kept = truncated = dropped = 0
+    extra_trained = 0
+    open_start, open_len = -1, 0
+    truncated_rows: list[int] = []
+    for k, (start, length, first, n_trained) in enumerate(index.tolist()):
+        if first < 0 or (length > cap and first >= cap):  # nothing to learn, or the reply lies past the block
+            dropped += 1
+            if open_len:
+                starts.append(open_start), lengths.append(open_len)
+                open_len = 0
+            continue
+        kept += 1
+        if length > cap:
+            truncated += 1
+            truncated_rows.append(k)
+            if open_len:
+                starts.append(open_start), lengths.append(open_len)
+                open_len = 0
+            starts.append(start), lengths.append(cap)
+            tokens += cap
+            continue
+        tokens += length
+        trained += n_trained
+        if packing and open_len and open_len + length <= cap:
+            open_len += length
+            continue
+        if open_len:
+            starts.append(open_start), lengths.append(open_len)
+        open_start, open_len = start, length
+    if open_len:
+        starts.append(open_start), lengths.append(open_len)
+    if truncated_rows:  # trained targets left inside the block of each truncated example
+        mask = np.memmap(example_file.mask_path, dtype=np.uint8, mode="r")
+        for k in truncated_rows:
+            start = int(index[k, 0])
+            extra_trained += int(np.count_nonzero(mask[start:start + cap] & TRAINED))
+    return Layout(np.asarray(starts, np.int64), np.asarray(lengths, np.int64), tokens, trained + extra_trained,
+                  kept, truncated, dropped)
 
 
-class MaskedBlocks(TokenBlocks):
-    """TokenBlocks whose batches also carry the loss mask: (B, 2, T+1), ids then mask."""
+class PackedBlocks(TokenBlocks):
+    """Blocks of whole examples over an example file; batches (B, 3, T+1): ids, loss mask, position ids.
 
-    def __init__(self, token_file: TokenFile, seq_len: int, val_fraction: float = 0.05, seed: int = 0) -> None:
+    The data position is TokenBlocks' (epoch, position) over the training blocks; validation is the last
+    `val_fraction` of the blocks (at least one).
+    """
+
+    def __init__(self, example_file: ExampleFile, seq_len: int, val_fraction: float = 0.05, seed: int = 0,
+                 packing: bool = True, pad_id: int = 0) -> None:
         import numpy as np
 
-        super().__init__(token_file, seq_len, val_fraction, seed)
-        path = mask_path(token_file)
-        if not path.is_file() or path.stat().st_size != token_file.n_tokens:
-            raise UserError(f"loss mask {path} is missing or incomplete; delete {token_file.path} to rebuild")
-        self._mask = np.memmap(path, dtype=np.uint8, mode="r", shape=(token_file.n_tokens,))
-        trained = int(np.count_nonzero(self._mask[1:self.train_tokens]))
-        if trained == 0:  # RELIABILITY.md D7: a zero loss (or NaN) would follow
-            raise UserError("every training token is masked (prompts only, no responses): nothing to learn; "
-                            "check the response/label column or set data.mask_prompt = false", field="data.mask_prompt")
-        if self.val_tokens and not np.count_nonzero(self._mask[self.train_tokens + 1:]):
-            raise UserError(f"the validation split (the last {self.val_tokens} tokens) holds prompts only, so its "
-                            "loss would be empty; change data.val_fraction", field="data.val_fraction")
-        self.trained_tokens = trained
+        if seq_len < 1:
+            raise UserError(f"seq_len must be at least 1, got {seq_len}", field="seq_len")
+        if not 0.0 <= val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}", field="val_fraction")
+        token_file = example_file.token_file
+        layout = pack_layout(example_file, seq_len, packing)
+        n_blocks = len(layout.start)
+        if layout.trained == 0:  # RELIABILITY.md D7: a zero loss (or NaN) would follow
+            raise UserError(f"no example has a trained token within train.seq_len = {seq_len} ({layout.dropped} "
+                            "dropped: their replies lie past the block, or nothing is trained); raise train.seq_len "
+                            "or check data.train_on", field="data.train_on")
+        n_val = max(1, math.ceil(n_blocks * val_fraction)) if val_fraction > 0 else 0
+        if n_blocks - n_val < 1:
+            raise UserError(f"the data makes {n_blocks} block(s) of {seq_len + 1} tokens: too few for a training and "
+                            "a validation block; add examples, lower train.seq_len or set data.val_fraction = 0",
+                            field="data.val_fraction")
+        self.token_file = token_file
+        self.example_file = example_file
+        self.layout = layout
+        self.seq_len = seq_len
+        self.seed = seed
+        self.pad_id = pad_id
+        self.n_tokens = layout.tokens
+        self.n_train_blocks = n_blocks - n_val
+        self.n_val_blocks = n_val
+        self.train_tokens = int(layout.length[:self.n_train_blocks].sum())
+        self.val_tokens = layout.tokens - self.train_tokens
+        self.trained_tokens = layout.trained
+        self._tokens = np.memmap(token_file.path, dtype=token_file.dtype, mode="r", shape=(token_file.n_tokens,))
+        self._mask = np.memmap(example_file.mask_path, dtype=np.uint8, mode="r", shape=(token_file.n_tokens,))
+        self._offsets = np.arange(seq_len + 1)
+        self._perms: dict[int, np.ndarray] = {}
 
-    def _rows(self, starts: np.ndarray, torch: Any) -> torch.Tensor:
+    def _block_rows(self, blocks: np.ndarray, torch: Any) -> torch.Tensor:
         import numpy as np
 
-        index = starts[:, None] + self._offsets
-        both = np.stack([self._tokens[index].astype(np.int64), self._mask[index].astype(np.int64)], axis=1)
+        start, length = self.layout.start[blocks], self.layout.length[blocks]
+        valid = self._offsets[None, :] < length[:, None]
+        index = np.where(valid, start[:, None] + self._offsets[None, :], 0)
+        ids = np.where(valid, self._tokens[index], self.pad_id).astype(np.int64)
+        bits = np.where(valid, self._mask[index], 0)
+        begins = np.where(bits & START, self._offsets[None, :], 0)
+        begins[:, 0] = 0
+        positions = self._offsets[None, :] - np.maximum.accumulate(begins, axis=1)  # padding counts on
+        both = np.stack([ids, (bits & TRAINED).astype(np.int64), positions.astype(np.int64)], axis=1)
         return torch.from_numpy(both)
 
+    def train_batch(self, epoch: int, position: int, batch_size: int) -> torch.Tensor:
+        import numpy as np
+        import torch
+
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
+        samples = epoch * self.n_train_blocks + position + np.arange(batch_size)
+        epochs, rows = np.divmod(samples, self.n_train_blocks)
+        blocks = np.empty(batch_size, dtype=np.int64)
+        for e in range(int(epochs[0]), int(epochs[-1]) + 1):
+            here = epochs == e
+            blocks[here] = self.permutation(e)[rows[here]]
+        return self._block_rows(blocks, torch)
+
+    def val_batches(self, batch_size: int) -> Any:
+        import numpy as np
+        import torch
+
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
+        for first in range(0, self.n_val_blocks, batch_size):
+            count = min(batch_size, self.n_val_blocks - first)
+            yield self._block_rows(self.n_train_blocks + first + np.arange(count), torch)
+
     def describe(self) -> dict[str, int]:
-        return {**super().describe(), "trained_tokens": self.trained_tokens}
+        return {**super().describe(), "trained_tokens": self.trained_tokens, "examples": self.layout.examples,
+                "truncated": self.layout.truncated, "dropped": self.layout.dropped}
+
+
+def split_batch(batch: Any) -> tuple[Any, Any, Any]:
+    """(ids, loss mask or None, position ids of the inputs or None) of any batch layout."""
+    if batch.dim() == 2:
+        return batch, None, None
+    return batch[:, 0], batch[:, 1], (batch[:, 2, :-1] if batch.size(1) > 2 else None)
 
 
 def lm_loss(model: Any, batch: Any) -> Any:
-    """Next-token cross-entropy on (B, T+1) ids, or on (B, 2, T+1) ids + mask counting masked targets out.
+    """Next-token cross-entropy on (B, T+1) ids, (B, 2, T+1) ids + mask, or (B, 3, T+1) ids + mask + positions.
 
     The mean is over trained targets; a micro-batch that holds none gives 0 with a gradient (not NaN).
     """
     import torch.nn.functional as F
 
-    if batch.dim() == 2:
-        ids, mask = batch, None
+    ids, mask, positions = split_batch(batch)
+    if positions is not None:  # no KV cache: transformers builds the packed mask only without one
+        logits = model(input_ids=ids[:, :-1], position_ids=positions, use_cache=False).logits
     else:
-        ids, mask = batch[:, 0], batch[:, 1]
-    logits = model(input_ids=ids[:, :-1]).logits
+        logits = model(input_ids=ids[:, :-1]).logits
     targets = ids[:, 1:]
     if mask is not None:
         targets = targets.masked_fill(mask[:, 1:] == 0, -100)
@@ -112,30 +223,15 @@ def lm_loss(model: Any, batch: Any) -> Any:
     return loss_sum / (targets != -100).sum().clamp(min=1)
 
 
-def example_blocks(
-    source: DataSource,
-    tokenizer: Any,
-    seq_len: int,
-    *,
-    val_fraction: float = 0.05,
-    seed: int = 0,
-    cache_dir: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[TokenBlocks, str]:
-    """(blocks, data fingerprint) for any source: MaskedBlocks when the source masks prompts."""
-    if source.kind == "text":
-        token_file = build_token_file(source.files(), tokenizer, cache_dir=cache_dir, progress=progress,
-                                      should_stop=should_stop)
-        return TokenBlocks(token_file, seq_len, val_fraction, seed), token_file.fingerprint
-    token_file = build_example_file(source, tokenizer, cache_dir=cache_dir, progress=progress,
-                                    should_stop=should_stop)
-    cls = MaskedBlocks if source.masks else TokenBlocks
-    return cls(token_file, seq_len, val_fraction, seed), token_file.fingerprint
+def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packing: bool = True) -> Prepared:
+    """The run's data as blocks, for a technique's setup(): its template applied to `tokenizer` (new special
+    tokens get embedding rows in `model`), progress and the stop request honoured. `packing=False`: one
+    example a block whatever data.packing says (a technique whose model cannot take position ids)."""
+    from dataclasses import replace
 
+    from engine.data.prepare import prepare
+    from engine.data.sources import DataSource
 
-def source_blocks(ctx: DataContext, tokenizer: Any) -> tuple[TokenBlocks, str]:
-    """example_blocks for a technique's setup(): the run's data spec, progress and stop request."""
     spec = ctx.spec
     last = [0.0]
 
@@ -144,108 +240,63 @@ def source_blocks(ctx: DataContext, tokenizer: Any) -> tuple[TokenBlocks, str]:
             last[0] = time.monotonic()
             ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
 
-    return example_blocks(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len,
-                          val_fraction=spec.data.val_fraction, seed=spec.seed, progress=progress,
-                          should_stop=ctx.should_stop)
+    source = DataSource.from_spec(spec.data)
+    if not packing:
+        source = replace(source, packing=False)
+    fallback = source.packing and model is not None and source.kind != "text" and source.masks \
+        and not packing_isolates(model)
+    if fallback:
+        source = replace(source, packing=False)
+    prepared = prepare(source, tokenizer, spec.train.seq_len,
+                       val_fraction=spec.data.val_fraction, seed=spec.seed, progress=progress,
+                       should_stop=ctx.should_stop)
+    if prepared.added_tokens and model is not None:
+        resize_embeddings(model, tokenizer)
+    if fallback:
+        note = (f"{type(model).__name__} does not keep packed examples apart by their position ids: one example "
+                "a sequence instead (padding; data.packing = false)")
+        ctx.progress(note)
+        prepared = replace(prepared, report=replace(prepared.report, warnings=(*prepared.report.warnings, note)))
+    return prepared
 
 
-def source_fingerprint(source: DataSource, should_stop: Callable[[], bool] | None = None) -> str:
-    """A hash of the settings and the content read (files by content; a Hub dataset by its fingerprint)."""
-    settings = json.dumps(asdict(source) | {"path": "", "kind": source.kind}, sort_keys=True)
-    if source.kind == "hub":
-        from engine.data.sources import _hub_dataset
+def packing_isolates(model: Any) -> bool:
+    """Whether this model keeps two examples packed in one row apart when given restarting position ids:
+    one forward of two 4-token sequences packed, against the second alone (eval mode, no gradient)."""
+    import torch
 
-        content = f"hub:{source.path}:{_hub_dataset(source)._fingerprint}"
-    else:
-        content = corpus_fingerprint(source.files(), should_stop)
-    return hashlib.sha256(f"{settings}|{content}".encode()).hexdigest()
-
-
-def build_example_file(
-    source: DataSource,
-    tokenizer: Any,
-    *,
-    cache_dir: Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> TokenFile:
-    """Tokenize the examples once into cache_dir/<hash>.bin (+ .mask), or reuse them if there."""
-    import numpy as np
-
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise UserError("the tokenizer has no eos token to separate examples; set tokenizer.eos_token", field="tokenizer")
-    data_fp = source_fingerprint(source, should_stop)
-    tok_fp = tokenizer_fingerprint(tokenizer)
-    key = hashlib.sha256(f"examples v{FORMAT_VERSION}|{data_fp}|{tok_fp}".encode()).hexdigest()[:32]
-    folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "tokens"
-    final = folder / f"{key}.bin"
-    if final.with_suffix(".json").exists():
-        try:
-            token_file = load_token_file(final)
-            if mask_path(token_file).stat().st_size == token_file.n_tokens:
-                return token_file
-        except (UserError, OSError):
-            pass  # incomplete or damaged: build it again below
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)
-    dtype = np.uint16 if len(tokenizer) <= 1 << 16 else np.uint32
-    encode = _encoder(tokenizer)
-    total = source_bytes(source)
-    tmp = folder / f".tmp-{key}-{os.getpid()}.bin"
-    tmp_mask = tmp.with_suffix(".mask")
-    started = time.monotonic()
-    n_tokens = n_trained = n_examples = 0
+    training = model.training
+    device = model.get_input_embeddings().weight.device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.arange(8, device=device)[None] % vocab
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]], device=device)
     try:
-        with tmp.open("wb") as ids_out, tmp_mask.open("wb") as mask_out:
-            def flush(batch: list[Any]) -> None:
-                nonlocal n_tokens, n_trained
-                if not batch:
-                    return
-                texts = [t for ex in batch for t in (ex.prompt, ex.completion)]
-                encoded = encode(texts)
-                parts, masks = [], []
-                for k, ex in enumerate(batch):
-                    prompt_ids, completion_ids = encoded[2 * k], encoded[2 * k + 1]
-                    tail = [eos] if ex.ends else []
-                    parts += [prompt_ids, completion_ids, np.asarray(tail, dtype=np.int64)]
-                    masks += [np.zeros(len(prompt_ids), np.uint8), np.ones(len(completion_ids) + len(tail), np.uint8)]
-                ids = np.concatenate(parts).astype(dtype)
-                mask = np.concatenate(masks)
-                ids.tofile(ids_out)
-                mask.tofile(mask_out)
-                n_tokens += len(ids)
-                n_trained += int(mask.sum())
-
-            batch: list[Any] = []
-            done = 0
-            for example, done in examples_with_bytes(source):
-                batch.append(example)
-                n_examples += 1
-                if len(batch) >= BATCH_EXAMPLES:
-                    flush(batch)
-                    batch = []
-                    if progress is not None:
-                        progress(min(done, total), total)
-                    if should_stop is not None and should_stop():
-                        raise PreparationStopped(f"stopped after {n_examples} examples")
-            flush(batch)
-            for handle in (ids_out, mask_out):
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp_mask, final.with_suffix(".mask"))
-        os.replace(tmp, final)
+        model.eval()
+        with torch.no_grad():
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, 4:].float()
+            other = ids.clone()
+            other[0, :4] = (other[0, :4] + 1) % vocab
+            changed = model(input_ids=other, position_ids=positions, use_cache=False).logits[0, 4:].float()
+    except (TypeError, ValueError, RuntimeError):  # a model that takes no position ids
+        return False
     finally:
-        tmp.unlink(missing_ok=True)
-        tmp_mask.unlink(missing_ok=True)
-    meta = {"format": FORMAT_VERSION, "n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "fingerprint": key,
-            "source_fingerprint": data_fp, "tokenizer_fingerprint": tok_fp, "eos_token_id": eos,
-            "vocab_size": len(tokenizer), "n_examples": n_examples, "trained_tokens": n_trained,
-            "source": source.path, "kind": source.kind, "bytes": total,
-            "seconds": round(time.monotonic() - started, 3)}
-    sidecar_tmp = folder / f".tmp-{key}-{os.getpid()}.json"
-    sidecar_tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    os.replace(sidecar_tmp, final.with_suffix(".json"))  # the sidecar last: it marks the files complete
-    if progress is not None:
-        progress(total, total)
-    return TokenFile(final, n_tokens, meta["dtype"], key)
+        model.train(training)
+    return bool(torch.allclose(packed, changed, atol=1e-4, rtol=1e-3))
+
+
+def resize_embeddings(model: Any, tokenizer: Any) -> None:
+    """Rows for tokens a chat template added, started at the mean of the others (transformers' mean resizing)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+
+
+def example_blocks(source: Any, tokenizer: Any, seq_len: int, *, val_fraction: float = 0.05, seed: int = 0,
+                   cache_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> tuple[TokenBlocks, str]:
+    """(blocks, data fingerprint) for any source (prepare() without the report)."""
+    from engine.data.prepare import prepare
+
+    prepared = prepare(source, tokenizer, seq_len, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir,
+                       progress=progress, should_stop=should_stop)
+    return prepared.blocks, prepared.fingerprint

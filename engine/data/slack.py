@@ -5,7 +5,8 @@ users.json (and channels.json) and one folder per channel holding a JSON file pe
 (`general/2024-01-31.json`, a list of messages with `user`, `text`, `ts` and, in threads, `thread_ts`).
 For every message of the chosen user, the up to `context` messages before it in the same conversation
 (the thread for a thread reply, else the channel, within CONTEXT_GAP_SECONDS) become the prompt, one
-`name: text` line each, and the message is the response. Joins, leaves, bots and empty messages are skipped.
+`name: text` line each, and the message is the response. Joins, leaves, bots, empty messages and the lines Slack writes for a person ("<@U1> uploaded a file",
+"has joined the channel") are skipped.
 Day files are read one at a time (memory bounded by the largest day and the open threads' context).
 """
 
@@ -26,6 +27,9 @@ from engine.errors import UserError
 CONTEXT_GAP_SECONDS = 6 * 3600  # a message older than this before a reply belongs to another conversation
 KEPT_SUBTYPES = frozenset({None, "thread_broadcast", "me_message", "file_share"})
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
+# Lines Slack writes on a person's behalf (older exports keep them as plain messages): not their words.
+_SYSTEM_LINE = re.compile(r"^\s*<@[A-Z0-9]+(?:\|[^>]*)?>\s+(?:has joined|has left|joined|left|uploaded a file|"
+                          r"shared a file|commented on|set the channel|renamed the channel|pinned|archived)\b")
 _LINK = re.compile(r"<(?:#[A-Z0-9]+\|)?([^<>|]+)(?:\|([^<>]*))?>")
 
 
@@ -96,7 +100,7 @@ def _messages(path: Path) -> list[tuple[float, dict[str, Any], int]]:
             raise UserError(f"{path}: message {i} is not an object", field="dataset")
         if m.get("subtype") not in KEPT_SUBTYPES or m.get("bot_id") or not isinstance(m.get("user"), str):
             continue
-        if not isinstance(m.get("text"), str) or not m["text"].strip():
+        if not isinstance(m.get("text"), str) or not m["text"].strip() or _SYSTEM_LINE.match(m["text"]):
             continue
         try:
             ts = float(m["ts"])

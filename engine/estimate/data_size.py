@@ -84,50 +84,94 @@ def source_for(dataset: str, text_column: str | None = None) -> Any:
 
 
 def iter_documents(source: Any) -> Iterator[tuple[str, int]]:
-    """(text, source bytes read so far) for every example of a source."""
-    from engine.data.sources import examples_with_bytes
+    """(text, source bytes read so far) for every item of a source (a conversation's messages joined)."""
+    from engine.data.formats import Document
+    from engine.data.sources import iter_items
 
-    for example, done in examples_with_bytes(source):
-        yield example.text, done
+    for item in iter_items(source):
+        value = item.value
+        text = value.text if isinstance(value, Document) else "\n".join(m["content"] for m in value.messages)
+        yield text, item.done
 
 
 # --- tokenizers --------------------------------------------------------------------------------------
 
 
 def load_tokenizer(model: str | None) -> Any | None:
-    """The model's fast tokenizer (tokenizers.Tokenizer) from its folder or the Hub cache, or None."""
+    """The model's fast tokenizer (transformers, with its chat template) from its folder or the Hub cache,
+    or None when it has none this machine can read."""
     if not model:
         return None
     folder = Path(os.path.expanduser(model))
     if folder.is_dir():
-        found: str | None = str(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
+        if not (folder / "tokenizer.json").is_file():
+            return None
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(model, "tokenizer.json")
-        found = hit if isinstance(hit, str) else None
-    if found is None:
-        return None
-    from tokenizers import Tokenizer
+        if not isinstance(try_to_load_from_cache(model, "tokenizer.json"), str):
+            return None
+    from transformers import AutoTokenizer
 
-    try:
-        return Tokenizer.from_file(found)
-    except Exception:  # a tokenizer.json this tokenizers version cannot read: fall back to the ratio
+    try:  # the model's own code is never run here: a tokenizer that needs it counts by the ratio
+        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else model, local_files_only=True,
+                                             trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - a tokenizer this version cannot read: fall back to the ratio
         return None
 
 
 def _encode_len(tokenizer: Any, texts: list[str]) -> int:
-    return sum(len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False))
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+    return sum(len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False))
+
+
+def _count_text(source: Any, tokenizer: Any, progress: Progress | None) -> int:
+    """Tokens of a text source as the trainer's token file holds them: each piece's ids, an eos per document."""
+    from engine.data.sources import iter_items, source_bytes
+    from engine.data.token_cache import _encoder
+
+    encode = _encoder(tokenizer)
+    total = source_bytes(source)
+    tokens, batch = 0, []
+    for item in iter_items(source):
+        batch.append(item.value.text)
+        tokens += int(item.value.ends)
+        if len(batch) >= 256:
+            tokens += sum(len(ids) for ids in encode(batch))
+            batch = []
+            if progress is not None:
+                progress(min(item.done, total), total)
+    tokens += sum(len(ids) for ids in encode(batch)) if batch else 0
+    if progress is not None:
+        progress(total, total)
+    return tokens
+
+
+def report(source: Any, tokenizer: Any, seq_len: int, *, val_fraction: float = 0.05, show: int = 0,
+           progress: Progress | None = None) -> Any:
+    """engine.data.prepare's DataReport for a source: the examples through the chat template, as trained
+    (the token cache it builds is the one the run then opens)."""
+    from engine.data.prepare import prepare, with_shown
+
+    prepared = prepare(source, tokenizer, seq_len, val_fraction=val_fraction, progress=progress)
+    return with_shown(prepared, tokenizer, show) if show else prepared.report
 
 
 def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str | None = None,
                  progress: Progress | None = None, exact_limit: int = EXACT_LIMIT_BYTES,
-                 bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN) -> TokenCount:
-    """Tokens in a dataset: exact up to `exact_limit` bytes, sampled and extrapolated beyond."""
-    from engine.data.sources import count_tokens as exact_count, source_bytes
+                 bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN, source: Any = None,
+                 seq_len: int = 2048, val_fraction: float = 0.05) -> TokenCount:
+    """Tokens in a dataset: exact up to `exact_limit` bytes, sampled and extrapolated beyond. `source`
+    (engine.data.sources.DataSource) carries a spec's data settings; examples (not plain text) are counted
+    as trained: through the chat template, packed at `seq_len`."""
+    from engine.data.sources import source_bytes
 
-    source = source_for(dataset, text_column)
+    source = source if source is not None else source_for(dataset, text_column)
     total = source_bytes(source)
+    if tokenizer is not None and source.kind != "text" and total <= exact_limit:
+        r = report(source, tokenizer, seq_len, val_fraction=val_fraction, progress=progress)
+        return TokenCount(r.tokens, True, 0, f"exact: {r.examples} {r.format} examples through the "
+                          f"{r.template or 'plain'} template, {r.trained_tokens} trained tokens", 0, r.examples)
     if tokenizer is not None and total > exact_limit:
         return _sampled(source, tokenizer, total, progress)
     n_bytes = docs = 0
@@ -143,8 +187,7 @@ def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str
         return TokenCount(int(round(n_bytes / bytes_per_token)), False, 0,
                           f"no tokenizer: {n_bytes} bytes / {bytes_per_token:g} bytes a token (estimate)",
                           n_bytes, docs)
-    # engine.data.sources counts what the trainer sees: every example's ids and an end-of-text per document
-    tokens = exact_count(source, tokenizer, progress)
+    tokens = _count_text(source, tokenizer, progress)  # what the trainer sees: ids and an eos per document
     return TokenCount(tokens, True, 0, "exact: every example through the model's tokenizer", n_bytes, docs)
 
 
@@ -251,9 +294,10 @@ def _human(n: float) -> str:
 
 def check_data(dataset: str, *, technique: str, params: int, model: str | None, tokens_per_step: int,
                text_column: str | None = None, max_steps: int | None = None,
-               progress: Progress | None = None, exact_limit: int = EXACT_LIMIT_BYTES) -> DataCheck:
+               progress: Progress | None = None, exact_limit: int = EXACT_LIMIT_BYTES, source: Any = None,
+               seq_len: int = 2048, val_fraction: float = 0.05) -> DataCheck:
     """Count the dataset's tokens (with the model's tokenizer when there is one) and apply the rule."""
     tokenizer = load_tokenizer(model)
     count = count_tokens(dataset, tokenizer=tokenizer, text_column=text_column, progress=progress,
-                         exact_limit=exact_limit)
+                         exact_limit=exact_limit, source=source, seq_len=seq_len, val_fraction=val_fraction)
     return data_rule(technique, params, count, tokens_per_step=tokens_per_step, max_steps=max_steps)

@@ -105,12 +105,16 @@ def setup(ctx: SetupContext) -> Prepared:
     if limit and spec.train.seq_len > limit:
         raise UserError(f"train.seq_len {spec.train.seq_len} exceeds the student's {limit} positions",
                         field="train.seq_len")
-    data, fingerprint = source_blocks(ctx, tokenizer)
+    data = source_blocks(ctx, tokenizer, student)
+    if data.added_tokens:  # the teacher has no rows for them: its logits would not line up with the student's
+        raise UserError(f"data.template {spec.data.template!r} adds tokens the teacher does not know "
+                        f"({', '.join(data.added_tokens)}); use the models' own template (data.template = \"auto\")",
+                        field="data.template")
     student.config.use_cache = False
     student.train()
     if spec.train.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return Prepared(model=student, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint,
+    return Prepared(model=student, tokenizer=tokenizer, data=data.blocks, data_fingerprint=data.fingerprint,
                     param_groups=decay_groups(student, spec.train.weight_decay),
                     extra={"teacher": teacher, "alpha": float(opts["alpha"]), "T": float(opts["temperature"]),
                            "sums": None})
@@ -179,13 +183,16 @@ def _causal_terms(prep: Prepared, batch: Any) -> tuple[Any, Any]:
     import torch
     import torch.nn.functional as F
 
-    ids, mask = (batch, None) if batch.dim() == 2 else (batch[:, 0], batch[:, 1])
+    from engine.data.pack import split_batch
+
+    ids, mask, positions = split_batch(batch)
     inputs, targets = ids[:, :-1], ids[:, 1:]
+    where = {"position_ids": positions} if positions is not None else {}  # packed examples kept apart
     keep = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask[:, 1:] != 0
     teacher, T = prep.extra["teacher"], prep.extra["T"]
-    student_logits = prep.model(input_ids=inputs).logits.float()
+    student_logits = prep.model(input_ids=inputs, **where).logits.float()
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=inputs, use_cache=False).logits.float()
+        teacher_logits = teacher(input_ids=inputs, use_cache=False, **where).logits.float()
     n = keep.sum().clamp(min=1)
     vocab = student_logits.size(-1)
     ce = F.cross_entropy(student_logits.reshape(-1, vocab), targets.masked_fill(~keep, -100).reshape(-1),

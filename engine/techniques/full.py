@@ -42,18 +42,18 @@ def setup(ctx: SetupContext) -> Prepared:
     preflight(spec)
     ctx.progress(f"loading {spec.model.path}")
     model, tokenizer = lora.load_base(spec)  # fp32, remote code off, seq_len and tokenizer checked
-    data, fingerprint = source_blocks(ctx, tokenizer)  # any data source; prompts masked as data says
+    data = source_blocks(ctx, tokenizer, model)  # any data source, through its chat template; replies trained
     if spec.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()  # from_pretrained returns eval mode: the model's own dropout applies while training
-    return Prepared(model=model, tokenizer=tokenizer, data=data,
-                    param_groups=decay_groups(model, spec.train.weight_decay), data_fingerprint=fingerprint)
+    return Prepared(model=model, tokenizer=tokenizer, data=data.blocks,
+                    param_groups=decay_groups(model, spec.train.weight_decay), data_fingerprint=data.fingerprint)
 
 
 def loss(prep: Prepared, batch: Any) -> Any:
     from engine.data.pack import lm_loss
 
-    return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
+    return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 3, T+1) ids + loss mask + position ids
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> None:

@@ -97,8 +97,9 @@ def target_modules(model: Any, requested: list[str] | str) -> list[str] | str:
     return have
 
 
-def wrap(base: Any, spec: Any, technique: str = "lora") -> Any:
-    """The peft model: `base` frozen, LoRA matrices on the target modules (seeded: the same seed, the same A)."""
+def wrap(base: Any, spec: Any, technique: str = "lora", new_tokens: list[int] | None = None) -> Any:
+    """The peft model: `base` frozen, LoRA matrices on the target modules (seeded: the same seed, the same A).
+    `new_tokens`: ids a chat template added; their embedding (and output) rows are trained too."""
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -106,9 +107,21 @@ def wrap(base: Any, spec: Any, technique: str = "lora") -> Any:
     targets = target_modules(base, o["lora_targets"])
     config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=o["lora_rank"], lora_alpha=o["lora_alpha"],
                         lora_dropout=o["lora_dropout"], target_modules=targets,
-                        fan_in_fan_out=base.config.model_type == "gpt2")  # GPT-2's Conv1D stores W transposed
+                        fan_in_fan_out=base.config.model_type == "gpt2",  # GPT-2's Conv1D stores W transposed
+                        trainable_token_indices=token_rows(base, new_tokens) if new_tokens else None)
     torch.manual_seed(spec.seed)
     return get_peft_model(base, config)
+
+
+def token_rows(base: Any, ids: list[int]) -> dict[str, list[int]]:
+    """peft's trainable_token_indices for `ids`: the input embedding's rows, and the output layer's when it
+    is not tied to it (a new end-of-turn token must be predicted, not only read)."""
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in base.named_modules()}
+    inputs, outputs = base.get_input_embeddings(), base.get_output_embeddings()
+    rows = {names[id(inputs)]: list(ids)}
+    if outputs is not None and outputs.weight is not inputs.weight:
+        rows[names[id(outputs)]] = list(ids)
+    return rows
 
 
 def load_base(spec: Any, *, dtype: Any = None, **kwargs: Any) -> tuple[Any, Any]:
@@ -170,14 +183,14 @@ def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *
     from engine.data.pack import source_blocks
 
     spec = ctx.spec
-    data, fingerprint = source_blocks(ctx, tokenizer)  # any data source; prompts masked as data says
+    data = source_blocks(ctx, tokenizer, base)  # any data source, through its chat template; replies trained
     if spec.train.gradient_checkpointing and not checkpointing_done:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = wrap(base, spec, technique)
+    model = wrap(base, spec, technique, new_tokens=[tokenizer.convert_tokens_to_ids(t) for t in data.added_tokens])
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     wd = spec.train.weight_decay
-    return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint,
+    return Prepared(model=model, tokenizer=tokenizer, data=data.blocks, data_fingerprint=data.fingerprint,
                     param_groups=[{"params": trainable, "weight_decay": wd}],
                     extra={"base_path": spec.model.path, "merge": options(spec, technique)["merge"],
                            "merge_dtype": base_dtype(spec)})
@@ -186,7 +199,7 @@ def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *
 def loss(prep: Prepared, batch: Any) -> Any:
     from engine.data.pack import lm_loss
 
-    return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
+    return lm_loss(prep.model, batch)  # (B, T+1) ids, or (B, 3, T+1) ids + loss mask + position ids
 
 
 def save(prep: Prepared, folder: Path, *, final: bool = False) -> dict[str, Any] | None:

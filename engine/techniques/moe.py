@@ -69,11 +69,11 @@ def setup(ctx: SetupContext) -> Prepared:
         coef = getattr(config, "router_aux_loss_coef", 0.01)
     model.config.output_router_logits = True
     model.config.use_cache = False
-    data, fingerprint = source_blocks(ctx, tokenizer)
+    data = source_blocks(ctx, tokenizer, model, packing=not seq2seq)  # seq2seq halves take no position ids
     if spec.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint,
+    return Prepared(model=model, tokenizer=tokenizer, data=data.blocks, data_fingerprint=data.fingerprint,
                     param_groups=decay_groups(model, spec.train.weight_decay),
                     extra={"seq2seq": seq2seq, "coef": float(coef), "z_coef": float(getattr(config, "router_z_loss_coef", 0.0)),
                            "experts": n_experts, "top_k": top_k, "sums": None, "counts": None})
@@ -83,7 +83,9 @@ def loss(prep: Prepared, batch: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
-    ids, mask = (batch, None) if batch.dim() == 2 else (batch[:, 0], batch[:, 1])
+    from engine.data.pack import split_batch
+
+    ids, mask, positions = split_batch(batch)
     x = prep.extra
     if x["seq2seq"]:
         half = ids.size(1) // 2
@@ -94,7 +96,8 @@ def loss(prep: Prepared, batch: Any) -> Any:
         extra = x["coef"] * aux + x["z_coef"] * (out.encoder_z_loss + out.decoder_z_loss)
     else:
         labels = ids[:, 1:] if mask is None else ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-        out = prep.model(input_ids=ids[:, :-1], output_router_logits=True)
+        out = prep.model(input_ids=ids[:, :-1], output_router_logits=True,
+                         **({"position_ids": positions} if positions is not None else {}))
         aux, router = out.aux_loss, out.router_logits
         extra = x["coef"] * aux
     logits = out.logits.float()

@@ -63,11 +63,14 @@ def setup(ctx: SetupContext) -> Prepared:
     if limit and spec.train.seq_len + opts["num_virtual_tokens"] > limit:
         raise UserError(f"train.seq_len {spec.train.seq_len} + {opts['num_virtual_tokens']} virtual tokens exceed the "
                         f"model's {limit} positions; lower seq_len", field="train.seq_len")
-    data, fingerprint = source_blocks(ctx, tokenizer)  # (B, T+1) ids, or (B, 2, T+1) ids + loss mask
+    # One example a block: peft puts the virtual tokens before each row and takes no position ids, so
+    # packed examples would see each other. New template tokens: their rows (the base is frozen) stay
+    # at the mean the resize gives them.
+    data = source_blocks(ctx, tokenizer, base, packing=False)
     torch.manual_seed(spec.seed)
     model = build(spec, base, tokenizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    return Prepared(model=model, tokenizer=tokenizer, data=data, data_fingerprint=fingerprint,
+    return Prepared(model=model, tokenizer=tokenizer, data=data.blocks, data_fingerprint=data.fingerprint,
                     param_groups=[{"params": trainable, "weight_decay": 0.0}],
                     extra={"virtual_tokens": opts["num_virtual_tokens"]})
 
@@ -76,7 +79,9 @@ def loss(prep: Prepared, batch: Any) -> Any:
     """Next-token cross-entropy after the virtual tokens, on the trained targets only (data_pack.lm_loss's rule)."""
     import torch.nn.functional as F
 
-    ids, mask = (batch, None) if batch.dim() == 2 else (batch[:, 0], batch[:, 1])
+    from engine.data.pack import split_batch
+
+    ids, mask, _ = split_batch(batch)  # one example a row: no position ids needed
     logits = prep.model(input_ids=ids[:, :-1], use_cache=False).logits[:, prep.extra["virtual_tokens"]:]  # after
     # the virtual tokens peft prepends; no KV cache while training
     targets = ids[:, 1:] if mask is None else ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)

@@ -1,0 +1,161 @@
+"""One data path from file to trained tokens, for `train`, `estimate`, `llm-wizard data` and the wizard.
+
+`prepare(source, tokenizer, seq_len)` applies the chat template to the tokenizer (a named one adds its
+special tokens), renders and tokenizes every example once into the token cache
+(engine/data/example_file.py, or engine/data/token_cache.py for plain text files), packs the blocks
+(engine/data/pack.py) and returns them with a `DataReport`: the same numbers wherever they are asked for,
+because they come from the same cached files and the same packing.
+
+    prepared = prepare(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len)
+    prepared.report.to_json()   # {"format", "examples", "tokens", "trained_tokens", "truncated", "dropped", ...}
+    shown = show_examples(prepared, tokenizer, 3)   # the first examples exactly as trained
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.data import chat_templates
+from engine.data.sources import DataSource
+from engine.data.token_cache import TokenBlocks
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One example exactly as trained: ids, their text pieces, the loss mask, which ids are special."""
+    ids: list[int]
+    text: str
+    mask: list[int]
+    pieces: list[str]
+    special: list[bool]
+
+
+@dataclass(frozen=True)
+class DataReport:
+    format: str  # the layout: messages, sharegpt, alpaca, prompt_response, chosen, label, text, slack
+    source: str  # what was read ("jsonl hub_folder", "text files", ...)
+    template: str  # the chat template used: model, a named one, plain, custom; "" for plain text
+    train_on: str
+    examples: int  # examples trained (whole or truncated); documents for plain text
+    tokens: int  # tokens in the blocks the trainer sees
+    trained_tokens: int  # of those, the targets that carry the loss
+    truncated: int  # examples cut to the block (their prompt and first reply kept)
+    dropped: int  # examples left out (the reply past the block, or nothing to train)
+    skipped_rows: int  # bad rows left out under data.on_bad_row = "skip"
+    blocks: int
+    seq_len: int
+    added_tokens: tuple[str, ...] = ()  # special tokens the template added to the tokenizer
+    warnings: tuple[str, ...] = ()
+    shown: tuple[Shown, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["shown"] = [{"ids": s.ids, "text": s.text, "mask": s.mask} for s in self.shown]
+        out["added_tokens"] = list(self.added_tokens)
+        out["warnings"] = list(self.warnings)
+        return out
+
+
+@dataclass(frozen=True)
+class Prepared:
+    blocks: TokenBlocks
+    fingerprint: str
+    report: DataReport
+    added_tokens: tuple[str, ...] = ()
+
+
+def apply_template(source: DataSource, tokenizer: Any) -> tuple[chat_templates.ChatTemplate | None, list[str]]:
+    """The chat template the source is rendered with, set on the tokenizer; the special tokens it added."""
+    if source.kind == "text" or not source.is_chat:
+        return None, []
+    template = chat_templates.resolve(source.template, tokenizer)
+    return template, chat_templates.apply(template, tokenizer)
+
+
+def prepare(source: DataSource, tokenizer: Any, seq_len: int, *, val_fraction: float = 0.05, seed: int = 0,
+            cache_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+            should_stop: Callable[[], bool] | None = None) -> Prepared:
+    """Blocks and report for any source (see the module docstring)."""
+    from engine.data.example_file import build_example_file
+    from engine.data.pack import PackedBlocks
+    from engine.data.render import Renderer
+    from engine.data.token_cache import build_token_file
+    from engine.errors import UserError
+
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no eos token to end examples; set tokenizer.eos_token", field="tokenizer")
+    if source.kind == "text":
+        token_file = build_token_file(source.files(), tokenizer, cache_dir=cache_dir, progress=progress,
+                                      should_stop=should_stop)
+        blocks = TokenBlocks(token_file, seq_len, val_fraction, seed)
+        report = DataReport("text", "text files", "", "all", 0, token_file.n_tokens, token_file.n_tokens - 1, 0, 0,
+                            0, blocks.n_train_blocks + blocks.n_val_blocks, seq_len)
+        return Prepared(blocks, token_file.fingerprint, report)
+    template, added = apply_template(source, tokenizer)
+    warnings = []
+    if template is not None and template.name == "plain" and source.template in ("auto", ""):
+        warnings.append("the tokenizer has no chat template: examples are trained in the plain '### Prompt:' "
+                        "layout; for a chat model choose one (data.template = chatml, llama-3, ...)")
+    renderer = Renderer(tokenizer, template or chat_templates.resolve("plain", tokenizer),
+                        source.train_on if source.is_chat else "assistant")
+    example_file = build_example_file(source, renderer, cache_dir=cache_dir, progress=progress,
+                                      should_stop=should_stop)
+    layout = source.layout()
+    if layout.format == "text":  # documents from a table's text column: a stream, as plain text files
+        blocks: TokenBlocks = TokenBlocks(example_file.token_file, seq_len, val_fraction, seed)
+        n = example_file.token_file.n_tokens
+        numbers = (example_file.n_examples, n, n - 1, 0, 0, blocks.n_train_blocks + blocks.n_val_blocks)
+    else:
+        blocks = PackedBlocks(example_file, seq_len, val_fraction, seed, packing=source.packing,
+                              pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                              else tokenizer.eos_token_id)
+        lay = blocks.layout
+        numbers = (lay.examples, lay.tokens, lay.trained, lay.truncated, lay.dropped, len(lay.start))
+        if lay.truncated or lay.dropped:
+            warnings.append(f"{lay.truncated} examples truncated and {lay.dropped} dropped at train.seq_len = "
+                            f"{seq_len}; raise it to keep them whole")
+    if example_file.skipped:
+        warnings.append(f"{example_file.skipped} bad rows skipped, e.g. {example_file.skipped_first[0]}")
+    report = DataReport(layout.format, source.describe(), template.name if template else "",
+                        source.train_on if source.is_chat else "assistant", *numbers[:5],
+                        example_file.skipped, numbers[5], seq_len, tuple(added), tuple(warnings))
+    return Prepared(blocks, example_file.token_file.fingerprint, report, tuple(added))
+
+
+def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:
+    """The first `n` examples as the trainer sees them (the first block's tokens for plain text)."""
+    import numpy as np
+
+    from engine.data.pack import PackedBlocks
+
+    blocks = prepared.blocks
+    special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    shown: list[Shown] = []
+    if isinstance(blocks, PackedBlocks):
+        index = blocks.example_file.index()
+        for start, length, _, _ in index[:n].tolist():
+            length = min(length, blocks.seq_len + 1)
+            ids = np.asarray(blocks._tokens[start:start + length], dtype=np.int64).tolist()
+            mask = (np.asarray(blocks._mask[start:start + length]) & 1).astype(int).tolist()
+            shown.append(_shown(ids, mask, tokenizer, special_ids))
+    else:
+        for k in range(min(n, blocks.n_train_blocks)):
+            row = blocks._tokens[k * blocks.seq_len:(k + 1) * blocks.seq_len + 1]
+            ids = np.asarray(row, dtype=np.int64).tolist()
+            shown.append(_shown(ids, [0] + [1] * (len(ids) - 1), tokenizer, special_ids))
+    return shown
+
+
+def _shown(ids: list[int], mask: list[int], tokenizer: Any, special_ids: set[int]) -> Shown:
+    pieces = [tokenizer.decode([i]) for i in ids]
+    return Shown(ids, tokenizer.decode(ids), mask, pieces, [i in special_ids for i in ids])
+
+
+def with_shown(prepared: Prepared, tokenizer: Any, n: int) -> DataReport:
+    """The report with the first `n` examples as trained."""
+    from dataclasses import replace
+
+    return replace(prepared.report, shown=tuple(show_examples(prepared, tokenizer, n)))

@@ -1,0 +1,122 @@
+"""The layouts people bring, detected from the rows and read as conversations (engine/data/formats.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.data.formats import BadRow, Conversation, Document, detect, read_row
+from engine.data.sources import DataSource, iter_items
+from engine.errors import UserError
+from chat_helpers import CONVERSATIONS, sharegpt, write_jsonl
+
+
+def layout_of(rows: list[dict], **settings: str):  # noqa: ANN201
+    return detect(rows, DataSource("x", **settings), "f.jsonl:1")
+
+
+def roles(conv: Conversation) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in conv.messages]
+
+
+def test_each_layout_is_detected_and_named() -> None:
+    assert layout_of([{"messages": CONVERSATIONS[0]}]).format == "messages"
+    assert layout_of([sharegpt(CONVERSATIONS[0])]).format == "sharegpt"
+    assert layout_of([{"instruction": "i", "input": "", "output": "o"}]).format == "alpaca"
+    for prompt, response in (("prompt", "completion"), ("question", "answer"), ("query", "response")):
+        found = layout_of([{prompt: "p", response: "r", "id": 3}])
+        assert found.format == "prompt_response" and found.columns == {"prompt": prompt, "response": response}
+    assert layout_of([{"text": "a document"}]).format == "text"
+    assert layout_of([{"q": "p", "a": "r"}], prompt_column="q", response_column="a").columns == \
+        {"prompt": "q", "response": "a"}
+    # the layout named in the spec wins over detection
+    assert layout_of([{"instruction": "i", "output": "o", "text": "t"}], format="text").format == "text"
+    with pytest.raises(UserError, match=r"no column holds text or a conversation.*columns: id, score"):
+        layout_of([{"id": 1, "score": 2}])
+
+
+def test_preference_rows_are_named_not_trained_unless_asked() -> None:
+    rows = [{"prompt": "p", "chosen": "good", "rejected": "bad"}]
+    with pytest.raises(UserError, match=r"preference data \(chosen and rejected.*data.format = \"chosen\"") as info:
+        layout_of(rows)
+    assert info.value.field == "data.format"
+    layout = layout_of(rows, format="chosen")
+    assert roles(read_row(layout, rows[0])) == [("user", "p"), ("assistant", "good")]
+    conv_rows = [{"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                  "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "no"}]}]
+    assert roles(read_row(layout_of(conv_rows, format="chosen"), conv_rows[0])) == [("user", "q"), ("assistant", "a")]
+
+
+def test_alpaca_keeps_input_history_and_system() -> None:
+    row = {"instruction": "Summarise.", "input": "A long text.", "output": "Short.", "system": "Be brief.",
+           "history": [["Hi", "Hello."]]}
+    conv = read_row(layout_of([row]), row)
+    assert roles(conv) == [("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello."),
+                           ("user", "Summarise.\n\nA long text."), ("assistant", "Short.")]
+    assert conv.trained == (False, False, True, False, True)
+    bare = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+    assert roles(read_row(layout_of([bare]), bare)) == [("user", "Name a colour."), ("assistant", "Blue.")]
+
+
+def test_sharegpt_roles_as_llama_factory_maps_them() -> None:
+    row = {"conversations": [{"from": "human", "value": "weather?"},
+                             {"from": "function_call", "value": '{"name": "weather"}'},
+                             {"from": "observation", "value": "sunny"}, {"from": "gpt", "value": "It is sunny."}],
+           "system": "You are a bot.", "tools": '[{"name": "weather", "description": "look it up"}]'}
+    conv = read_row(layout_of([row]), row)
+    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant", "tool", "assistant"]
+    assert conv.trained == (False, False, True, False, True)
+    assert conv.tools == ({"name": "weather", "description": "look it up"},)
+
+
+def test_openai_weight_zero_and_content_parts() -> None:
+    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "a"},
+                                                                                            {"type": "text", "text": "b"}]},
+                        {"role": "assistant", "content": "draft", "weight": 0}, {"role": "user", "content": "again"},
+                        {"role": "assistant", "content": "final", "weight": 1}]}
+    conv = read_row(layout_of([row]), row)
+    assert roles(conv)[1] == ("user", "ab") and conv.trained == (False, False, False, False, True)
+    assert all("weight" not in m for m in conv.messages)
+
+
+@pytest.mark.parametrize("messages, why", [
+    ([{"role": "user", "content": "q"}, {"role": "wizard", "content": "a"}], r"unknown role 'wizard'"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}], r"message 2 is an empty assistant"),
+    ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}],
+     r"ends on a user turn"),
+    ([{"role": "user", "content": "q"}], r"no assistant turn"),
+    ([{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}], r"content must be text, got a number 5"),
+])
+def test_bad_conversations_say_what_is_wrong(messages: list[dict], why: str) -> None:
+    layout = layout_of([{"messages": [{"role": "user", "content": "x"}]}])
+    with pytest.raises(BadRow, match=why):
+        read_row(layout, {"messages": messages})
+
+
+def test_bad_rows_are_named_by_line_or_skipped(tmp_path: Path) -> None:
+    good = {"messages": CONVERSATIONS[1]}
+    rows = [good, {"messages": [{"role": "user", "content": "q"}]}, good,
+            {"instruction": "mixed in", "output": "x"}, good]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    with pytest.raises(UserError) as info:
+        list(iter_items(DataSource(str(path))))
+    message = str(info.value)
+    assert f"{path}:2: the conversation has no assistant turn" in message
+    assert f"{path}:4: field 'messages' must be a non-empty list of messages, got missing" in message
+    assert "do not all hold the same layout" in message and 'data.on_bad_row = "skip"' in message
+    from engine.data.sources import Skipped
+
+    skipped = Skipped()
+    items = list(iter_items(DataSource(str(path), on_bad_row="skip"), skipped))
+    assert len(items) == 3 and skipped.count == 2 and skipped.first[0].startswith(f"{path}:2: ")
+    assert all(isinstance(i.value, Conversation) for i in items) and items[1].where == f"{path}:3"
+
+
+def test_label_and_text_rows_are_documents(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "t.jsonl", [{"body": "late again", "label": "complaint"}, {"body": "", "label": 1}])
+    labelled = [i.value for i in iter_items(DataSource(str(path), text_column="body", label_column="label"))]
+    assert labelled[0] == Document("body : late again Label : complaint", "body : late again Label : ")
+    assert labelled[1].completion == "1"
+    texts = [i.value for i in iter_items(DataSource(str(path), text_column="body"))]
+    assert texts == [Document("late again", markup=True)]  # the empty text is skipped

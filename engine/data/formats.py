@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.data.rows import is_missing
 from engine.errors import UserError
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ _ABSENT: Any = _Absent()
 
 def describe(value: Any) -> str:
     """How a bad field reads in a message: missing, null, or its type and a short excerpt."""
-    if value is _ABSENT:
+    if value is _ABSENT or is_missing(value):
         return "missing"
     if value is None:
         return "null"

@@ -14,7 +14,7 @@ from engine.data.rows import Row, arrow_rows
 from engine.errors import UserError
 
 
-def name(source: Any) -> str:
+def display_name(source: Any) -> str:
     return f"{source.path}{'/' + source.subset if source.subset else ''} [{source.split}]"
 
 
@@ -46,7 +46,7 @@ def load(source: Any) -> Any:
     try:
         ds = datasets.load_dataset(source.path, source.subset or None, split=source.split, cache_dir=cache)
     except ValueError as exc:  # an unknown split, or a subset that is not cached
-        raise UserError(f"Hub dataset {name(source)}: {exc}",
+        raise UserError(f"Hub dataset {display_name(source)}: {exc}",
                         field="data.subset" if "config" in str(exc) else "data.split") from None
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for "not in the cache"
         raise UserError(
@@ -78,4 +78,4 @@ def size(source: Any) -> int:
 
 def rows(source: Any) -> Iterator[Row]:
     """Every row of the cached split, all columns."""
-    yield from arrow_rows(load(source), name(source), lambda have, where: have, size(source))
+    yield from arrow_rows(load(source), display_name(source), lambda have, where: have, size(source))

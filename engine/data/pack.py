@@ -12,7 +12,7 @@ mask (conversations, instruction pairs, the label layout) are packed by `pack_la
 PackedBlocks' batches are (B, 3, T+1): ids, loss mask, position ids. `lm_loss(model, batch)` takes
 (B, T+1) ids, (B, 2, T+1) ids + mask, or the packed (B, 3, T+1).
 
-    # in a technique's setup(ctx)
+    # in a technique's setup(ctx) (engine/data/prepare.py)
     prepared = source_blocks(ctx, tokenizer, model)    # the template applied, new tokens' rows added
     return Prepared(model=model, tokenizer=tokenizer, data=prepared.blocks,
                     data_fingerprint=prepared.fingerprint, ...)
@@ -21,11 +21,8 @@ PackedBlocks' batches are (B, 3, T+1): ids, loss mask, position ids. `lm_loss(mo
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from engine.data.example_file import START, TRAINED, ExampleFile
 from engine.data.token_cache import TokenBlocks
@@ -35,18 +32,6 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from engine.data.prepare import Prepared
-    from engine.spec import RunSpec
-
-
-class DataContext(Protocol):
-    """What source_blocks needs from a technique's setup (engine.techniques.base.SetupContext is one): the
-    data lives below the techniques, so it names the shape, not the class."""
-    spec: RunSpec
-
-    def progress(self, message: str) -> None: ...
-
-    def should_stop(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -152,6 +137,7 @@ class PackedBlocks(TokenBlocks):
         self._mask = np.memmap(example_file.mask_path, dtype=np.uint8, mode="r", shape=(token_file.n_tokens,))
         self._offsets = np.arange(seq_len + 1)
         self._perms: dict[int, np.ndarray] = {}
+        self.report: Any = None
 
     def _block_rows(self, blocks: np.ndarray, torch: Any) -> torch.Tensor:
         import numpy as np
@@ -223,43 +209,6 @@ def lm_loss(model: Any, batch: Any) -> Any:
     return loss_sum / (targets != -100).sum().clamp(min=1)
 
 
-def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packing: bool = True) -> Prepared:
-    """The run's data as blocks, for a technique's setup(): its template applied to `tokenizer` (new special
-    tokens get embedding rows in `model`), progress and the stop request honoured. `packing=False`: one
-    example a block whatever data.packing says (a technique whose model cannot take position ids)."""
-    from dataclasses import replace
-
-    from engine.data.prepare import prepare
-    from engine.data.sources import DataSource
-
-    spec = ctx.spec
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        if time.monotonic() - last[0] > 1.0:
-            last[0] = time.monotonic()
-            ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
-
-    source = DataSource.from_spec(spec.data)
-    if not packing:
-        source = replace(source, packing=False)
-    fallback = source.packing and model is not None and source.kind != "text" and source.masks \
-        and not packing_isolates(model)
-    if fallback:
-        source = replace(source, packing=False)
-    prepared = prepare(source, tokenizer, spec.train.seq_len,
-                       val_fraction=spec.data.val_fraction, seed=spec.seed, progress=progress,
-                       should_stop=ctx.should_stop)
-    if prepared.added_tokens and model is not None:
-        resize_embeddings(model, tokenizer)
-    if fallback:
-        note = (f"{type(model).__name__} does not keep packed examples apart by their position ids: one example "
-                "a sequence instead (padding; data.packing = false)")
-        ctx.progress(note)
-        prepared = replace(prepared, report=replace(prepared.report, warnings=(*prepared.report.warnings, note)))
-    return prepared
-
-
 def packing_isolates(model: Any) -> bool:
     """Whether this model keeps two examples packed in one row apart when given restarting position ids:
     one forward of two 4-token sequences packed, against the second alone (eval mode, no gradient)."""
@@ -289,14 +238,3 @@ def resize_embeddings(model: Any, tokenizer: Any) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-
-
-def example_blocks(source: Any, tokenizer: Any, seq_len: int, *, val_fraction: float = 0.05, seed: int = 0,
-                   cache_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> tuple[TokenBlocks, str]:
-    """(blocks, data fingerprint) for any source (prepare() without the report)."""
-    from engine.data.prepare import prepare
-
-    prepared = prepare(source, tokenizer, seq_len, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir,
-                       progress=progress, should_stop=should_stop)
-    return prepared.blocks, prepared.fingerprint

@@ -13,14 +13,18 @@ because they come from the same cached files and the same packing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.data import chat_templates
 from engine.data.sources import DataSource
 from engine.data.token_cache import TokenBlocks
+
+if TYPE_CHECKING:
+    from engine.spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,10 @@ class DataReport:
     added_tokens: tuple[str, ...] = ()  # special tokens the template added to the tokenizer
     warnings: tuple[str, ...] = ()
     shown: tuple[Shown, ...] = field(default=())
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers without the examples (for the run's events)."""
+        return {k: v for k, v in self.to_json().items() if k != "shown"}
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -93,6 +101,7 @@ def prepare(source: DataSource, tokenizer: Any, seq_len: int, *, val_fraction: f
         blocks = TokenBlocks(token_file, seq_len, val_fraction, seed)
         report = DataReport("text", "text files", "", "all", 0, token_file.n_tokens, token_file.n_tokens - 1, 0, 0,
                             0, blocks.n_train_blocks + blocks.n_val_blocks, seq_len)
+        blocks.report = report
         return Prepared(blocks, token_file.fingerprint, report)
     template, added = apply_template(source, tokenizer)
     warnings = []
@@ -122,7 +131,63 @@ def prepare(source: DataSource, tokenizer: Any, seq_len: int, *, val_fraction: f
     report = DataReport(layout.format, source.describe(), template.name if template else "",
                         source.train_on if source.is_chat else "assistant", *numbers[:5],
                         example_file.skipped, numbers[5], seq_len, tuple(added), tuple(warnings))
+    blocks.report = report
     return Prepared(blocks, example_file.token_file.fingerprint, report, tuple(added))
+
+
+class DataContext(Protocol):
+    """What source_blocks needs from a technique's setup (engine.techniques.base.SetupContext is one): the
+    data lives below the techniques, so it names the shape, not the class."""
+    spec: RunSpec
+
+    def progress(self, message: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packing: bool = True) -> Prepared:
+    """The run's data as blocks, for a technique's setup(): its template applied to `tokenizer` (new special
+    tokens get embedding rows in `model`), progress and the stop request honoured. `packing=False`: one
+    example a block whatever data.packing says (a technique whose model cannot take position ids)."""
+    from dataclasses import replace
+
+    from engine.data.pack import packing_isolates, resize_embeddings
+
+    spec = ctx.spec
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if time.monotonic() - last[0] > 1.0:
+            last[0] = time.monotonic()
+            ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
+
+    source = DataSource.from_spec(spec.data)
+    if not packing:
+        source = replace(source, packing=False)
+    fallback = source.packing and model is not None and source.kind != "text" and source.masks \
+        and not packing_isolates(model)
+    if fallback:
+        source = replace(source, packing=False)
+    prepared = prepare(source, tokenizer, spec.train.seq_len,
+                       val_fraction=spec.data.val_fraction, seed=spec.seed, progress=progress,
+                       should_stop=ctx.should_stop)
+    if prepared.added_tokens and model is not None:
+        resize_embeddings(model, tokenizer)
+    if fallback:
+        note = (f"{type(model).__name__} does not keep packed examples apart by their position ids: one example "
+                "a sequence instead (padding; data.packing = false)")
+        ctx.progress(note)
+        prepared = replace(prepared, report=replace(prepared.report, warnings=(*prepared.report.warnings, note)))
+    return prepared
+
+
+def example_blocks(source: Any, tokenizer: Any, seq_len: int, *, val_fraction: float = 0.05, seed: int = 0,
+                   cache_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> tuple[TokenBlocks, str]:
+    """(blocks, data fingerprint) for any source (prepare() without the report)."""
+    prepared = prepare(source, tokenizer, seq_len, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir,
+                       progress=progress, should_stop=should_stop)
+    return prepared.blocks, prepared.fingerprint
 
 
 def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:

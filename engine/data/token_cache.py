@@ -286,6 +286,7 @@ class TokenBlocks:
         self._tokens = np.memmap(token_file.path, dtype=token_file.dtype, mode="r", shape=(n,))
         self._offsets = np.arange(need)
         self._perms: dict[int, np.ndarray] = {}
+        self.report: Any = None  # engine.data.prepare.DataReport, when the blocks came through prepare()
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order of training blocks in `epoch`: a function of (seed, epoch) only."""

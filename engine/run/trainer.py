@@ -176,7 +176,8 @@ class Trainer(CheckpointSteps):
         self.events.emit(ev.State(state="starting", step=0, message="model ready", params=total,
                          trainable_params=trainable, total_steps=self.total_steps,
                          train_blocks=n_train, val_blocks=self.prep.data.n_val_blocks,
-                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum))
+                         tokens_per_step=t.seq_len * self.batch_size * self.grad_accum,
+                         data=_data_summary(self.prep.data)))
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
 
@@ -410,3 +411,9 @@ class Trainer(CheckpointSteps):
             else:
                 ack = controls.handle(self, cmd)
             self.events.emit(ev.ControlAck(id=cmd.get("id"), cmd=cmd.get("cmd"), step=self.step, **ack))
+
+
+def _data_summary(data: Any) -> dict[str, Any] | None:
+    """The data report's numbers, for the "model ready" event (None for data that did not come through it)."""
+    report = getattr(data, "report", None)
+    return report.summary() if report is not None and hasattr(report, "summary") else None

@@ -121,6 +121,7 @@ class State(Event):
     train_blocks: int | None = None
     val_blocks: int | None = None
     tokens_per_step: int | None = None
+    data: dict[str, Any] | None = None  # the data as trained: format, template, examples, tokens, trained_tokens...
     # several processes
     world_size: int | None = None
     strategy: str | None = None

@@ -63,7 +63,7 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
             whole = sharded.consolidate_offline(target.path, base, Path(tmp) / "model")
             model = AutoModelForCausalLM.from_pretrained(whole)
         return model.eval(), AutoTokenizer.from_pretrained(base), target.name
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))  # the vocabulary as trained
     load_model(model, str(target.path / "model.safetensors"), strict=True)
     return model.eval(), AutoTokenizer.from_pretrained(base), target.name
 
@@ -81,16 +81,45 @@ def _refuse_model_code(run: Path, folder: Path) -> None:
                         "files, load the folder with transformers and trust_remote_code=True yourself", field="run")
 
 
+def trained_on_chat(run: Path) -> bool:
+    """Whether the run trained conversations through a chat template (its "model ready" event says)."""
+    from engine.runfolder import events as ev
+
+    for event in ev.read(run):
+        if isinstance(event, ev.State) and event.data is not None:
+            return bool(event.data.get("template"))
+    return False
+
+
+def prompt_ids(tokenizer: Any, prompt: str, chat: bool) -> Any:
+    """The prompt's ids: as the user's turn of a conversation, the reply to come (chat), else as plain text."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return tokenizer(rendered, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """eos, and the end-of-turn tokens of the chat layouts the tokenizer holds (a reply ends there)."""
+    from engine.data.chat_templates import END_OF_TURN
+
+    vocab = tokenizer.get_vocab()
+    return [tokenizer.eos_token_id, *sorted({vocab[t] for t in END_OF_TURN.values() if t in vocab}
+                                            - {tokenizer.eos_token_id})]
+
+
 def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_new_tokens: int = 100,
-             temperature: float = 0.8, top_k: int = 50, seed: int = 0) -> tuple[str, str]:
-    """(the continuation of `prompt`, its source)."""
+             temperature: float = 0.8, top_k: int = 50, seed: int = 0, chat: bool | None = None) -> tuple[str, str]:
+    """(the continuation of `prompt`, or the reply to it for a run trained on conversations, and its source).
+    `chat`: None = as the run trained, False = the prompt as plain text."""
     import torch
 
     if max_new_tokens < 1:
         raise UserError("max_new_tokens must be at least 1", field="max_new_tokens")
     model, tokenizer, source = load_for_inference(run, checkpoint_ref)
     torch.manual_seed(seed)
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = prompt_ids(tokenizer, prompt, trained_on_chat(run) if chat is None else chat)
     if ids.shape[1] == 0:
         ids = torch.tensor([[tokenizer.eos_token_id]])
     limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", 1024)
@@ -98,6 +127,7 @@ def generate(run: Path, prompt: str, *, checkpoint_ref: str | None = None, max_n
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=min(max_new_tokens, limit - 1),
                              do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-                             top_k=top_k if temperature > 0 else None, pad_token_id=tokenizer.eos_token_id)
+                             top_k=top_k if temperature > 0 else None, pad_token_id=tokenizer.eos_token_id,
+                             eos_token_id=stop_ids(tokenizer))
     new = out[0] if model.config.is_encoder_decoder else out[0, ids.shape[1]:]  # a decoder's output is all new
     return tokenizer.decode(new, skip_special_tokens=True), source

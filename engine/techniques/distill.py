@@ -79,7 +79,7 @@ def preflight(spec: Any) -> None:
 def setup(ctx: SetupContext) -> Prepared:
     import torch
 
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
 
     spec = ctx.spec
     opts = options(spec)

@@ -36,7 +36,7 @@ def preflight(spec: Any) -> None:
 
 
 def setup(ctx: SetupContext) -> Prepared:
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
 
     spec = ctx.spec
     preflight(spec)

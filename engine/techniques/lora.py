@@ -180,7 +180,7 @@ def setup(ctx: SetupContext) -> Prepared:
 def finish_setup(ctx: SetupContext, base: Any, tokenizer: Any, technique: str, *,
                  checkpointing_done: bool = False) -> Prepared:
     """The shared second half of LoRA's and QLoRA's setup: data, the adapter, optimizer groups."""
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
 
     spec = ctx.spec
     data = source_blocks(ctx, tokenizer, base)  # any data source, through its chat template; replies trained
@@ -246,6 +246,13 @@ def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:
 
     spec = spec_mod.load(Path(run) / runfolder.SPEC)
     base, tokenizer = load_base(spec)
+    if (Path(run) / "model" / "tokenizer_config.json").is_file():  # as trained: its chat template, added tokens
+        from transformers import AutoTokenizer
+
+        from engine.data.pack import resize_embeddings
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(run) / "model")
+        resize_embeddings(base, tokenizer)
     return attach(base, folder), tokenizer
 
 
@@ -262,7 +269,10 @@ def write_merged(base_path: str, adapter: Path, target: Path, tokenizer: Any, dt
     weights: a plain model. (Merging into a 4-bit base would round the sum to NF4; QLoRA merges here too.)"""
     from transformers import AutoModelForCausalLM
 
+    from engine.data.pack import resize_embeddings
+
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
+    resize_embeddings(base, tokenizer)  # rows for the tokens a chat template added (their trained values follow)
     merged = attach(base, adapter).merge_and_unload()
     merged.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)

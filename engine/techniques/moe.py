@@ -45,7 +45,7 @@ def experts_of(config: Any) -> tuple[int, int]:
 
 
 def setup(ctx: SetupContext) -> Prepared:
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
 
     spec = ctx.spec
     opts = options(spec)

@@ -53,7 +53,7 @@ def build(spec: Any, base: Any, tokenizer: Any) -> Any:
 def setup(ctx: SetupContext) -> Prepared:
     import torch
 
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
 
     spec = ctx.spec
     opts = options(spec)

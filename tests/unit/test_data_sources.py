@@ -1,4 +1,4 @@
-"""Every data source as examples, previews and token counts; malformed input named by file and line
+"""Every data source as items, previews and token counts; malformed input named by file and line
 (RELIABILITY D1, D2, D3, D4, D5, D7, D8, D9, D11, M1, M2)."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from engine.data.corpus import read_text
-from engine.data.sources import DataSource, Example, count_tokens, iter_examples, preview, source_bytes
+from engine.data.formats import Conversation
+from engine.data.sources import DataSource, Example, iter_examples, preview, source_bytes
 from engine.errors import UserError
 from engine.spec import DataSpec
 from data_helpers import make_corpus
@@ -53,13 +54,25 @@ def nbytes(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
+def count_tokens(source: DataSource, tokenizer, seq_len: int = 64) -> int:  # noqa: ANN001
+    """Tokens the trainer sees, as `llm-wizard data` counts them."""
+    from engine.data.prepare import prepare
+
+    return prepare(source, tokenizer, seq_len, val_fraction=0.0).report.tokens
+
+
+def pair(conv: Conversation) -> tuple[str, str]:
+    """(user turn, reply) of a one-exchange conversation."""
+    return conv.messages[-2]["content"], conv.messages[-1]["content"]
+
+
 # --- sources -------------------------------------------------------------------------------------------
 
 
 def test_text_file_and_folder(tmp_path: Path, byte_tok) -> None:
     files = make_corpus(tmp_path / "corpus", n_files=3)
     folder = DataSource(str(tmp_path / "corpus"))
-    assert folder.kind == "text" and folder.mode == "text" and not folder.masks
+    assert folder.kind == "text" and folder.layout().format == "text" and not folder.masks
     examples = list(iter_examples(folder))
     assert "".join(e.text for e in examples) == "".join(read_text(f) for f in files)
     assert preview(folder, 2)[0]["text"] == read_text(files[0])
@@ -81,22 +94,21 @@ def test_long_text_file_is_cut_in_pieces_that_continue(tmp_path: Path, byte_tok)
 def test_structured_text_prompt_response_and_label(tmp_path: Path, kind: str, byte_tok) -> None:
     path = write_rows(tmp_path / f"rows.{kind}", ROWS, kind)
     plain = DataSource(str(path), text_column="body")
-    assert plain.kind == kind
+    assert plain.kind == "table" and plain.layout().format == "text"
     assert [e.text for e in iter_examples(plain)] == [r["body"] for r in ROWS]
-    assert count_tokens(plain, byte_tok) == sum(nbytes(r["body"]) + 1 for r in ROWS)
+    assert count_tokens(plain, byte_tok, 8) == sum(nbytes(r["body"]) + 1 for r in ROWS)
 
     chat = DataSource(str(path), prompt_column="q", response_column="a")
     first = next(iter_examples(chat))
-    assert first.prompt == "### Prompt:\nquestion 0?\n### Response:\n" and first.completion == "answer 0."
-    assert first.text == first.prompt + first.completion and chat.masks
-    assert preview(chat, 1) == [{"prompt": first.prompt, "response": "answer 0."}]
-    assert count_tokens(chat, byte_tok) == sum(nbytes(e.text) + 1 for e in iter_examples(chat))
+    assert pair(first) == ("question 0?", "answer 0.") and chat.masks and chat.is_chat
+    assert preview(chat, 1) == [{"prompt": "question 0?", "response": "answer 0."}]
+    # the byte tokenizer has no chat template: the plain layout, the reply and its eos trained
+    plain_layout = "### Prompt:\nquestion 0?\n### Response:\nanswer 0.\n"
+    assert count_tokens(chat, byte_tok) == sum(len(plain_layout) + 1 for _ in ROWS)
 
     own = DataSource(str(path), prompt_column="q", response_column="a", template="Q: {prompt} A: {response}</s>",
-                     mask_prompt=False)
-    ex = next(iter_examples(own))
-    assert ex.text == "Q: question 0? A: answer 0.</s>" and ex.prompt == "" and not own.masks
-    assert preview(own, 1) == [{"prompt": "", "response": ex.text}]
+                     train_on="all")
+    assert pair(next(iter_examples(own))) == ("question 0?", "answer 0.") and own.masks
 
     labelled = DataSource(str(path), text_column="body", label_column="label")
     ex = list(iter_examples(labelled))[1]
@@ -106,11 +118,11 @@ def test_structured_text_prompt_response_and_label(tmp_path: Path, kind: str, by
 
 def test_from_spec_and_guessed_column(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "r.jsonl", [{"id": 1, "content": "hello"}], "jsonl")
-    spec = DataSpec(path=str(path), text_column="", format="jsonl")
+    spec = DataSpec(path=str(path), text_column="")
     source = DataSource.from_spec(spec)
-    assert source.path == str(path) and source.format == "jsonl" and source.template == spec.template
+    assert source.path == str(path) and source.format == "auto" and source.template == spec.template == "auto"
     assert [e.text for e in iter_examples(source)] == ["hello"]
-    with pytest.raises(UserError, match=r"which column holds the text\? .*columns: id"):
+    with pytest.raises(UserError, match=r"no column holds text or a conversation.*columns: id"):
         list(iter_examples(DataSource(str(write_rows(tmp_path / "n.csv", [{"id": 1}], "csv")), text_column="")))
 
 
@@ -127,18 +139,22 @@ def test_folder_of_jsonl_files(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     write_rows(tmp_path / "d" / "b.jsonl", [{"text": "second"}], "jsonl")
     write_rows(tmp_path / "d" / "a.jsonl", [{"text": "first"}], "jsonl")
-    for source in (DataSource(str(tmp_path / "d"), format="jsonl"), DataSource(str(tmp_path / "d"))):
-        assert source.kind == "jsonl" and [e.text for e in iter_examples(source)] == ["first", "second"]
-    (tmp_path / "d" / "notes.txt").write_text("a text file makes it a text folder\n")
-    assert DataSource(str(tmp_path / "d")).kind == "text"
+    for source in (DataSource(str(tmp_path / "d"), format="text"), DataSource(str(tmp_path / "d"))):
+        if source.format == "text":  # named as text, the files are read as text, JSON and all
+            assert source.kind == "text" and '{"text": "first"}' in next(iter_examples(source)).text
+            continue
+        assert source.kind == "table" and [e.text for e in iter_examples(source)] == ["first", "second"]
+    (tmp_path / "d" / "notes.txt").write_text("a text file among the tables\n")
+    with pytest.raises(UserError, match=r"several kinds \(jsonl: 2 files .*text: 1 file \(notes.txt\)\)"):
+        DataSource(str(tmp_path / "d")).kind  # noqa: B018
 
 
 def test_too_small_for_a_validation_split(tmp_path: Path, byte_tok) -> None:  # D8
-    from engine.data.pack import example_blocks
+    from engine.data.prepare import example_blocks
 
-    path = write_rows(tmp_path / "chat.jsonl", ROWS[:2], "jsonl")
+    path = write_rows(tmp_path / "chat.jsonl", ROWS[:1], "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a")
-    with pytest.raises(UserError, match=r"need at least 2 x \(seq_len\+1\)"):
+    with pytest.raises(UserError, match=r"too few for a training and a validation block.*data.val_fraction = 0"):
         example_blocks(source, byte_tok, 64, val_fraction=0.05, cache_dir=tmp_path / "c")
     blocks, _ = example_blocks(source, byte_tok, 64, val_fraction=0.0, cache_dir=tmp_path / "c")
     assert blocks.n_val_blocks == 0 and blocks.n_train_blocks == 1
@@ -175,9 +191,10 @@ def test_hub_dataset_from_the_cache_only(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", was_offline)
     source = DataSource.from_spec(DataSpec(path="tester/tiny", format="hub", prompt_column="q", response_column="a"))
     examples = list(iter_examples(source))
-    assert len(examples) == len(ROWS) and examples[2].completion == "answer 2."
-    assert preview(source, 1)[0]["prompt"].endswith("question 0?\n### Response:\n")
-    assert count_tokens(source, byte_tok) == sum(nbytes(e.text) + 1 for e in examples)
+    assert len(examples) == len(ROWS) and pair(examples[2]) == ("question 2?", "answer 2.")
+    assert preview(source, 1)[0] == {"prompt": "question 0?", "response": "answer 0."}
+    assert count_tokens(source, byte_tok) == sum(len(f"### Prompt:\n{r['q']}\n### Response:\n{r['a']}\n") + 1
+                                                 for r in ROWS)
     with pytest.raises(UserError, match="Unknown split"):
         list(iter_examples(DataSource("tester/tiny", format="hub", split="validation")))
     with pytest.raises(UserError, match=r"'tester/absent' is not in the local cache.*load_dataset\('tester/absent'\)"):
@@ -255,9 +272,9 @@ def test_slack_export_persona(tmp_path: Path, byte_tok) -> None:
 
     root = make_slack_export(tmp_path / "export")
     source = DataSource.from_spec(DataSpec(path=str(root), slack_user="annie", context=3))
-    assert source.kind == "slack" and source.masks
+    assert source.kind == "slack" and source.masks and source.is_chat
     examples = list(iter_examples(source))
-    pairs = [(e.prompt.split("### Prompt:\n")[1].split("\n### Response:\n")[0], e.completion) for e in examples]
+    pairs = [pair(e) for e in examples]
     assert pairs == [
         ("Bob Ray: morning all", "hi @Bob Ray, see the doc & more"),  # the join and markup cleaned
         # a thread reply: the thread's parent and replies only, not the channel
@@ -266,12 +283,13 @@ def test_slack_export_persona(tmp_path: Path, byte_tok) -> None:
         ("", "tagged"),  # so is a thread's: a late reply starts afresh
         ("cat: lunch?", "sure"),  # the other channel starts its own context
     ]
-    assert count_tokens(source, byte_tok) == sum(nbytes(e.text) + 1 for e in examples)
+    assert count_tokens(source, byte_tok, 256) == sum(
+        len(f"### Prompt:\n{p}\n### Response:\n{r}\n".encode()) + 1 for p, r in pairs)
     assert [(u.id, u.messages) for u in slack_users(root)] == [("U1", 5), ("U2", 2), ("U3", 2)]
     for chosen in ("U1", "Ann Lee", "@ann"):  # id, real name, handle
-        assert [e.completion for e in iter_examples(DataSource(str(root), slack_user=chosen))][0].startswith("hi ")
+        assert pair(next(iter_examples(DataSource(str(root), slack_user=chosen))))[1].startswith("hi ")
     one = DataSource(str(root), slack_user="ann", context=1)
-    assert "cat: release today?" not in next(e for e in iter_examples(one) if e.completion == "I will tag it").prompt
+    assert "cat: release today?" not in next(pair(e)[0] for e in iter_examples(one) if pair(e)[1] == "I will tag it")
 
 
 def test_slack_user_must_be_chosen_and_exist(tmp_path: Path) -> None:
@@ -298,14 +316,14 @@ def test_jsonl_with_a_broken_line(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"broken.jsonl:1: expected a JSON object per line, got an array"):
         list(iter_examples(DataSource(str(path))))
     path.write_text('[{"text": "a"},\n {"text": "b"}]\n')
-    with pytest.raises(UserError, match=r"broken.jsonl:1:\d+: .*a JSON array is not JSONL"):
+    with pytest.raises(UserError, match=r"broken.jsonl:1:\d+: .*a JSON array is not JSON Lines: name the file .json"):
         list(iter_examples(DataSource(str(path))))
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
 def test_table_without_the_named_column_lists_its_columns(tmp_path: Path, kind: str) -> None:
     path = write_rows(tmp_path / f"t.{kind}", ROWS, kind)
-    with pytest.raises(UserError, match=rf"t.{kind}(:1)? has no column 'review'; it has q, a, label, body"):
+    with pytest.raises(UserError, match=rf"t.{kind}(:\d| row 1)? has no column 'review'; it has q, a, label, body"):
         preview(DataSource(str(path), text_column="review"))
     with pytest.raises(UserError, match=r"has no column 'answer'"):
         preview(DataSource(str(path), prompt_column="q", response_column="answer"))
@@ -362,19 +380,18 @@ def test_missing_null_and_wrong_type_fields_list_the_first_lines(tmp_path: Path)
     with pytest.raises(UserError) as info:
         list(iter_examples(source))
     message = str(info.value)
-    assert "field 'a' must be text in every row" in message
-    assert f"{path}:2 (missing); {path}:3 (null); {path}:5 (a number 7); {path}:6 (an array [\"x\"]); {path}:7 (null)" \
-        in message
+    for line, what in ((2, "missing"), (3, "null"), (5, "a number 7"), (6, 'an array ["x"]'), (7, "null")):
+        assert f"{path}:{line}: field 'a' must be text, got {what}" in message
     assert f"{path}:8" not in message  # the first five only
     labels = tmp_path / "labels.jsonl"
     labels.write_text('{"text": "t", "label": 1}\n{"text": "u", "label": true}\n{"text": "v", "label": {"k": 1}}\n')
-    with pytest.raises(UserError, match=r"field 'label' must be text or a number in every row: .*labels.jsonl:3 \(an object"):
+    with pytest.raises(UserError, match=r"labels.jsonl:2: field 'label' must be text or a number, got a boolean"):
         list(iter_examples(DataSource(str(labels), label_column="label")))
-    first_two = itertools.islice(iter_examples(DataSource(str(labels), label_column="label")), 2)
-    assert [e.completion for e in first_two] == ["1", "True"]  # numbers and booleans are labels too
+    first = next(iter_examples(DataSource(str(labels), label_column="label")))
+    assert first.completion == "1"  # numbers are labels too
     short = tmp_path / "short.csv"
     short.write_text("q,a\nx,y\nonly\n")
-    with pytest.raises(UserError, match=r"field 'a' must be text in every row: .*short.csv:3 \(missing\)"):
+    with pytest.raises(UserError, match=r"short.csv:3: field 'a' must be text, got missing"):
         list(iter_examples(DataSource(str(short), prompt_column="q", response_column="a")))
 
 
@@ -382,7 +399,7 @@ def test_empty_texts_are_skipped_but_not_all_of_them(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "e.jsonl", [{"text": ""}, {"text": "kept"}], "jsonl")
     assert [e.text for e in iter_examples(DataSource(str(path)))] == ["kept"]
     write_rows(path, [{"text": ""}, {"text": ""}], "jsonl")
-    with pytest.raises(UserError, match="every row's text is empty"):
+    with pytest.raises(UserError, match="no usable rows"):
         preview(DataSource(str(path)))
 
 
@@ -391,11 +408,24 @@ def test_spec_validates_the_new_data_fields(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="data.response_column: set prompt_column and response_column together"):
         DataSpec(path=str(tmp_path), prompt_column="q")
     with pytest.raises(UserError, match="data.template: needs {response} once"):
-        DataSpec(path=str(tmp_path), template="{prompt} only")
+        DataSpec(path=str(tmp_path), template="{response} {prompt}")
+    with pytest.raises(UserError, match="data.template: unknown template 'chatgpt'"):
+        DataSpec(path=str(tmp_path), template="chatgpt")
     with pytest.raises(UserError, match="data.format: unknown value 'xml'"):
         DataSpec(path=str(tmp_path), format="xml")
     with pytest.raises(UserError, match="data.label_column: use either"):
         DataSpec(path=str(tmp_path), prompt_column="q", response_column="a", label_column="l")
+    with pytest.raises(UserError, match="data.train_on: unknown value 'user'"):
+        DataSpec(path=str(tmp_path), train_on="user")
+
+
+def test_former_data_settings_read_as_todays(tmp_path: Path) -> None:
+    from engine.spec import from_dict
+
+    make_corpus(tmp_path, n_files=1)
+    spec = from_dict({"data": {"path": str(tmp_path), "format": "jsonl", "mask_prompt": False}})
+    assert spec.data.format == "auto" and spec.data.train_on == "all"
+    assert from_dict({"data": {"path": str(tmp_path), "mask_prompt": True}}).data.train_on == "assistant"
 
 
 def test_large_jsonl_streams_in_bounded_memory(tmp_path: Path) -> None:  # D9
@@ -418,70 +448,68 @@ def test_masked_blocks_mask_prompts_and_the_loss_ignores_them(tmp_path: Path, by
     import torch
     import torch.nn.functional as F
 
-    from engine.data.pack import MaskedBlocks, example_blocks, lm_loss
+    from engine.data.pack import PackedBlocks, lm_loss
+    from engine.data.prepare import example_blocks
 
     path = write_rows(tmp_path / "chat.jsonl", ROWS * 4, "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a")
-    blocks, fingerprint = example_blocks(source, byte_tok, 16, val_fraction=0.1, cache_dir=tmp_path / "c")
-    assert isinstance(blocks, MaskedBlocks)
-    examples = list(iter_examples(source))
-    assert blocks.n_tokens == sum(nbytes(e.text) + 1 for e in examples)
-    assert blocks.trained_tokens < blocks.train_tokens
-    ids = torch.from_numpy(blocks._tokens[:].astype("int64"))
-    mask = torch.from_numpy(blocks._mask[:].astype("int64"))
-    first = examples[0]
-    n_prompt, n_all = nbytes(first.prompt), nbytes(first.text) + 1
-    assert bytes(ids[:n_all - 1].tolist()).decode() == first.text
-    assert mask[:n_prompt].sum() == 0 and bool(mask[n_prompt:n_all].all())  # the answer and its eos are trained
+    blocks, fingerprint = example_blocks(source, byte_tok, 48, val_fraction=0.1, cache_dir=tmp_path / "c")
+    assert isinstance(blocks, PackedBlocks)
+    texts = [f"### Prompt:\n{r['q']}\n### Response:\n{r['a']}\n" for r in ROWS * 4]
+    assert blocks.n_tokens == sum(nbytes(t) + 1 for t in texts)  # the plain layout, its eos
+    assert 0 < blocks.trained_tokens < blocks.n_tokens
+    ids, mask = blocks._tokens[:].tolist(), (blocks._mask[:] & 1).tolist()
+    n_all, n_prompt = nbytes(texts[0]) + 1, nbytes(texts[0].split("answer")[0])  # the eos before the last \n
+    reply_end = texts[0].index("answer 0.") + len("answer 0.")
+    assert ids[:n_all] == [*texts[0][:reply_end].encode(), byte_tok.eos_token_id, *b"\n"]
+    assert sum(mask[:n_prompt]) == 0 and all(mask[n_prompt:n_prompt + len("answer 0.")])  # the reply is trained
     batch = blocks.train_batch(0, 0, 4)
-    assert batch.shape == (4, 2, 17)
+    assert batch.shape == (4, 3, 49)
 
     vocab = len(byte_tok)
     torch.manual_seed(0)
     table = torch.randn(vocab, vocab)
-    model = lambda input_ids: SimpleNamespace(logits=table[input_ids])  # noqa: E731 - a bigram "model"
+    model = lambda input_ids, **_: SimpleNamespace(logits=table[input_ids])  # noqa: E731 - a bigram "model"
     loss = lm_loss(model, batch)
     logits, targets, keep = table[batch[:, 0, :-1]], batch[:, 0, 1:], batch[:, 1, 1:] == 1
     expected = F.cross_entropy(logits[keep], targets[keep])
     assert torch.allclose(loss, expected)
     assert torch.allclose(lm_loss(model, batch[:, 0]), F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1)))
 
-    again, fingerprint2 = example_blocks(source, byte_tok, 16, val_fraction=0.1, cache_dir=tmp_path / "c")
+    again, fingerprint2 = example_blocks(source, byte_tok, 48, val_fraction=0.1, cache_dir=tmp_path / "c")
     assert fingerprint2 == fingerprint and again.token_file.path == blocks.token_file.path
     changed = DataSource(str(path), prompt_column="q", response_column="a", template="{prompt}|{response}")
-    assert example_blocks(changed, byte_tok, 16, cache_dir=tmp_path / "c")[1] != fingerprint
+    assert example_blocks(changed, byte_tok, 48, cache_dir=tmp_path / "c")[1] != fingerprint
 
 
 def test_unmasked_and_text_sources_give_plain_blocks(tmp_path: Path, byte_tok) -> None:
-    from engine.data.pack import MaskedBlocks, example_blocks
+    from engine.data.pack import PackedBlocks
+    from engine.data.prepare import example_blocks
 
     make_corpus(tmp_path / "corpus", n_files=2)
     blocks, _ = example_blocks(DataSource(str(tmp_path / "corpus")), byte_tok, 16, cache_dir=tmp_path / "c")
-    assert not isinstance(blocks, MaskedBlocks) and blocks.train_batch(0, 0, 2).shape == (2, 17)
+    assert not isinstance(blocks, PackedBlocks) and blocks.train_batch(0, 0, 2).shape == (2, 17)
     path = write_rows(tmp_path / "chat.jsonl", ROWS * 4, "jsonl")
-    source = DataSource(str(path), prompt_column="q", response_column="a", mask_prompt=False)
-    blocks, _ = example_blocks(source, byte_tok, 16, cache_dir=tmp_path / "c")
-    assert not isinstance(blocks, MaskedBlocks) and blocks.train_batch(0, 0, 2).shape == (2, 17)
+    source = DataSource(str(path), prompt_column="q", response_column="a", train_on="all")
+    blocks, _ = example_blocks(source, byte_tok, 48, cache_dir=tmp_path / "c")
+    batch = blocks.train_batch(0, 0, 2)
+    assert isinstance(blocks, PackedBlocks) and batch.shape == (2, 3, 49)
+    starts = batch[:, 2] == 0
+    assert bool((batch[:, 1][~starts & (batch[:, 0] != byte_tok.eos_token_id)] == 1).all())  # all of it trained
 
 
-def test_everything_masked_is_refused(tmp_path: Path, byte_tok, monkeypatch: pytest.MonkeyPatch) -> None:  # D7
-    from engine.data import pack as data_pack
+def test_everything_masked_is_refused(tmp_path: Path, byte_tok) -> None:  # D7
+    from engine.data import prepare as data_prepare
 
     path = write_rows(tmp_path / "chat.jsonl", [{"q": "question " * 20, "a": "y"}] * 30, "jsonl")
     source = DataSource(str(path), prompt_column="q", response_column="a", template="{prompt}{response}")
-    original = data_pack.examples_with_bytes
-
-    def prompts_only(src: DataSource):  # noqa: ANN202 - answers tokenized to nothing
-        for ex, done in original(src):
-            yield Example(ex.prompt, ex.prompt, ends=False), done
-
-    monkeypatch.setattr(data_pack, "examples_with_bytes", prompts_only)
-    with pytest.raises(UserError, match="every training token is masked"):
-        data_pack.example_blocks(source, byte_tok, 16, cache_dir=tmp_path / "c")
+    with pytest.raises(UserError, match=r"no example has a trained token within train.seq_len = 16 \(30 dropped"):
+        data_prepare.example_blocks(source, byte_tok, 16, cache_dir=tmp_path / "c")
 
 
 def test_source_blocks_from_a_run_spec(tmp_path: Path, byte_tok) -> None:
-    from engine.data.pack import MaskedBlocks, source_blocks
+    from engine.data.pack import PackedBlocks
+    from engine.data.prepare import source_blocks
     from engine.spec import from_dict
     from engine.techniques.base import SetupContext
 
@@ -493,11 +521,12 @@ def test_source_blocks_from_a_run_spec(tmp_path: Path, byte_tok) -> None:
     spec = from_dict({"technique": "lora", "data": {"path": "export", "slack_user": "ann", "val_fraction": 0.1},
                       "train": {"seq_len": 32}}, base_dir=tmp_path)
     messages: list[str] = []
-    blocks, fingerprint = source_blocks(SetupContext(spec=spec, run=tmp_path, progress=messages.append), byte_tok)
-    assert isinstance(blocks, MaskedBlocks) and len(fingerprint) == 32
+    prepared = source_blocks(SetupContext(spec=spec, run=tmp_path, progress=messages.append), byte_tok)
+    blocks, fingerprint = prepared.blocks, prepared.fingerprint
+    assert isinstance(blocks, PackedBlocks) and len(fingerprint) == 32
     assert blocks.n_val_blocks >= 1 and 0 < blocks.trained_tokens < blocks.train_tokens
-    assert blocks.train_batch(0, 0, 2).shape == (2, 2, 33)
-    tokens, mask = blocks._tokens[:].tolist(), blocks._mask[:].tolist()
+    assert blocks.train_batch(0, 0, 2).shape == (2, 3, 33)
+    tokens, mask = blocks._tokens[:].tolist(), (blocks._mask[:] & 1).tolist()
     trained = bytes(t for t, m in zip(tokens, mask) if m and t < 256).decode()  # 256 is eos
-    replies = [e.completion for e in iter_examples(DataSource.from_spec(spec.data))]
+    replies = [pair(e)[1] for e in iter_examples(DataSource.from_spec(spec.data))]
     assert trained == "".join(replies) and "pong 39" in trained  # only replies (and their eos) carry loss

@@ -210,11 +210,13 @@ def save(prep: Prepared, folder: Path, *, final: bool = False) -> dict[str, Any]
 
     model = unwrap(prep.model)
     if not final:
-        state = get_peft_model_state_dict(model)
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS))
+        # The trained rows of tokens a chat template added are in the adapter (trainable_tokens_delta): the
+        # resized embedding itself is the base's, not saved. A tied head shares the delta: copies, not views.
+        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        save_file({k: v.detach().clone().contiguous().cpu() for k, v in state.items()}, str(folder / ADAPTER_WEIGHTS))
         model.peft_config["default"].save_pretrained(str(folder))
         return None
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
     prep.tokenizer.save_pretrained(folder)
     if prep.extra.get("merge"):
         write_merged(prep.extra["base_path"], folder, folder / MERGED, prep.tokenizer, prep.extra["merge_dtype"])
@@ -227,7 +229,7 @@ def load(prep: Prepared, folder: Path) -> None:
     from safetensors.torch import load_file
 
     model = unwrap(prep.model)
-    saved, own = load_file(str(folder / ADAPTER_WEIGHTS)), get_peft_model_state_dict(model)
+    saved, own = load_file(str(folder / ADAPTER_WEIGHTS)), get_peft_model_state_dict(model, save_embedding_layers=False)
     want = {k: tuple(v.shape) for k, v in own.items()}
     got = {k: tuple(v.shape) for k, v in saved.items()}
     if want != got:

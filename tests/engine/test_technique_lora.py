@@ -235,7 +235,7 @@ def test_lora_learns_responses_from_jsonl_with_the_prompt_masked(base, tmp_path:
     import json
     import random
 
-    from engine.data.pack import MaskedBlocks
+    from engine.data.pack import PackedBlocks
     from run_helpers import WORDS
 
     corpus, model_dir = base
@@ -251,7 +251,7 @@ def test_lora_learns_responses_from_jsonl_with_the_prompt_masked(base, tmp_path:
     run = job.create(s, tmp_path / "runs")
     trainer = Trainer(run, s)
     assert trainer.run_job() == 0
-    assert isinstance(trainer.prep.data, MaskedBlocks)  # batches carry the loss mask; prompts are not trained on
+    assert isinstance(trainer.prep.data, PackedBlocks)  # batches carry the loss mask; prompts are not trained on
     losses = list(losses_by_step(events(run)).values())
     assert _mean(losses[-5:]) < _mean(losses[:5]) - 0.5, losses
 

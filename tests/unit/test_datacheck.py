@@ -30,9 +30,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("model")
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(_lines(500), trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]"],
+    tok.train_from_iterator(_lines(500), trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "</s>"],
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(folder / "tokenizer.json"))
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>").save_pretrained(folder)
     (folder / "config.json").write_text(json.dumps(dict(
         model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
         num_attention_heads=4)))
@@ -90,7 +92,7 @@ def _write_formats(tmp: Path, lines: list[str]) -> dict[str, tuple[Path, str | N
 def test_exact_counts_in_every_format(tmp_path: Path, model_dir: Path) -> None:
     lines = _lines(300, seed=1)
     tok = load_tokenizer(str(model_dir))
-    per_line = sum(len(tok.encode(t, add_special_tokens=False).ids) for t in lines)
+    per_line = sum(len(tok.encode(t, add_special_tokens=False)) for t in lines)
     seen = []
     for kind, (path, column) in _write_formats(tmp_path, lines).items():
         progress: list[tuple[int, int]] = []
@@ -100,6 +102,7 @@ def test_exact_counts_in_every_format(tmp_path: Path, model_dir: Path) -> None:
         seen.append(c.tokens)
         # rows are tokenized one by one; text files in newline-ended pieces, which adds the newlines
         assert c.tokens == pytest.approx(per_line, rel=0.15), kind
+        assert progress and progress[-1][0] == progress[-1][1], kind
     # jsonl, csv and parquet hold the same rows: their ids and an end-of-text token after each
     assert seen[2] == seen[3] == seen[4] == per_line + len(lines)
 
@@ -153,7 +156,7 @@ def test_bad_text_is_named(tmp_path: Path, content: bytes, column: str | None, n
 def test_structured_data_needs_its_text_column(tmp_path: Path) -> None:
     rows = tmp_path / "r.jsonl"
     rows.write_text(json.dumps({"id": 1, "review": "hello"}) + "\n")
-    with pytest.raises(UserError, match="which column holds the text"):
+    with pytest.raises(UserError, match="no column holds text or a conversation; set data.text_column"):
         count_tokens(str(rows))
     with pytest.raises(UserError, match="missing"):
         count_tokens(str(rows), text_column="missing")

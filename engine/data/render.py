@@ -62,6 +62,10 @@ def _backend(tokenizer: Any, special_text: bool) -> Any:
     return rust
 
 
+FRAME_CHECKS = 16  # conversations checked both ways before the one-render way is trusted for a source
+_PROBE_USER, _PROBE_REPLY = "Pq7 probe question", "Rz9 probe answer"
+
+
 class Renderer:
     """Conversations and documents to Encoded, in batches (one Rust call per batch, all cores)."""
 
@@ -74,6 +78,15 @@ class Renderer:
         # What templates read besides the messages (bos_token, eos_token, ...), as apply_chat_template passes.
         self._context = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
         self.eos = tokenizer.eos_token_id
+        self._compiled: Any = None  # a template without markers, rendered directly (transformers' wrapper is slow)
+        if not template.has_markers:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            self._compiled = _compile_jinja_template(template.source)
+        # The reply's frame learned from a probe conversation (header before, end-of-turn after), so a reply is
+        # found in one render instead of two prefix renders a turn; checked against them on the first few.
+        self._frame = self._probe_frame() if not template.has_markers else None
+        self._checks_left = FRAME_CHECKS
 
     # -- rendering -----------------------------------------------------------------------------------
 
@@ -91,16 +104,64 @@ class Renderer:
             raise RenderError(f"the chat template cannot render this conversation: {exc}") from None
         return texts[0], list(spans[0]) if spans else []
 
+    def _text(self, messages: Sequence[dict[str, Any]], tools: Any = None, generation_prompt: bool = False) -> str:
+        """The rendered text alone: directly through the compiled template where it is safe."""
+        if self._compiled is None or tools or any(len(m) != 2 for m in messages):
+            return self.render(messages, tools, generation_prompt)[0]
+        try:
+            return self._compiled.render(messages=list(messages), tools=None, documents=None,
+                                         add_generation_prompt=generation_prompt, **self._context)
+        except Exception as exc:  # noqa: BLE001 - jinja raises TemplateError, templates raise their own
+            raise RenderError(f"the chat template cannot render this conversation: {exc}") from None
+
+    def _probe_frame(self) -> tuple[str, str] | None:
+        """(the text before a reply, the text after it) as the template writes them, or None if it cannot tell."""
+        user = [{"role": "user", "content": _PROBE_USER}]
+        try:
+            asked, head = self._text(user), self._text(user, generation_prompt=True)
+            whole = self._text([*user, {"role": "assistant", "content": _PROBE_REPLY}])
+        except RenderError:
+            return None
+        if not (head.startswith(asked) and whole.startswith(head + _PROBE_REPLY)) or len(head) == len(asked):
+            return None
+        return head[len(asked):], whole[len(head) + len(_PROBE_REPLY):]
+
+    def _framed_spans(self, conv: Conversation, text: str, assistant: list[int]
+                      ) -> list[tuple[int, tuple[int, int]]] | None:
+        """The replies found by their frame in one render, or None where one is not found as framed."""
+        assert self._frame is not None
+        header, footer = self._frame
+        turns, cursor = [], 0
+        for k in assistant:
+            framed = header + conv.messages[k]["content"] + footer
+            at = text.find(framed, cursor)
+            if at < 0:
+                return None
+            start, cursor = at + len(header), at + len(framed)
+            turns.append((k, (start, cursor)))
+        return turns
+
     def spans(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
         """The full text and the character spans that carry the loss."""
-        text, marked = self.render(conv.messages, conv.tools)
+        if self.template.has_markers:
+            text, marked = self.render(conv.messages, conv.tools)
+        else:
+            text, marked = self._text(conv.messages, conv.tools), []
         if self.train_on == "all":
             return text, [(0, len(text))]
         assistant = [k for k, m in enumerate(conv.messages) if m["role"] == "assistant"]
         if self.template.has_markers and len(marked) == len(assistant):
             turns = list(zip(assistant, marked))
         else:
-            turns = self._turn_spans(conv, text, assistant)
+            framed = self._framed_spans(conv, text, assistant) if self._frame is not None else None
+            if framed is None or self._checks_left > 0:
+                turns = self._turn_spans(conv, text, assistant)
+                if framed is not None:
+                    self._checks_left -= 1
+                    if framed != turns:  # the template frames replies in more than one way: prefixes always
+                        self._frame = None
+            else:
+                turns = framed
         trained = [(k, span) for k, span in turns if conv.trained[k]]
         if self.train_on == "last_assistant":
             trained = trained[-1:]
@@ -110,8 +171,8 @@ class Renderer:
         turns: list[tuple[int, tuple[int, int]]] = []
         cursor = 0
         for k in assistant:
-            head, _ = self.render(conv.messages[:k], conv.tools, generation_prompt=True) if k else ("", [])
-            upto = text if k + 1 == len(conv.messages) else self.render(conv.messages[:k + 1], conv.tools)[0]
+            head = self._text(conv.messages[:k], conv.tools, generation_prompt=True) if k else ""
+            upto = text if k + 1 == len(conv.messages) else self._text(conv.messages[:k + 1], conv.tools)
             if text.startswith(upto) and upto.startswith(head) and len(head) >= cursor:
                 start, end = len(head), len(upto)
             else:  # the template renders this turn differently in a prefix: find the reply itself

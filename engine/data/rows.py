@@ -85,17 +85,17 @@ def jsonl_rows(path: Path, resolve: Resolve) -> Iterator[Row]:
         raise UserError(f"{path} has no rows (only blank lines)", field="dataset")
 
 
-def csv_rows(path: Path, resolve: Resolve) -> Iterator[Row]:
+def csv_rows(path: Path, resolve: Resolve, delimiter: str = ",") -> Iterator[Row]:
     """A header line, then one record a row (quoted fields may span lines; the first line is named)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KB stops long documents
     done = [0]
 
     def lines() -> Iterator[str]:
-        for _, line, consumed in iter_lines(path, "CSV"):
+        for _, line, consumed in iter_lines(path, "CSV" if delimiter == "," else "TSV"):
             done[0] = consumed
             yield line + "\n"
 
-    reader = csv.reader(lines())
+    reader = csv.reader(lines(), delimiter=delimiter)
     try:
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
@@ -112,7 +112,8 @@ def csv_rows(path: Path, resolve: Resolve) -> Iterator[Row]:
                 yield Row(values, f"{path}:{start}", done[0])
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise UserError(f"{path}:{reader.line_num}: not valid CSV ({exc})", field="dataset") from None
+        what = "CSV" if delimiter == "," else "TSV"
+        raise UserError(f"{path}:{reader.line_num}: not valid {what} ({exc})", field="dataset") from None
     if not count:
         raise UserError(f"{path} has a header but no rows", field="dataset")
 

@@ -429,16 +429,17 @@ def test_former_data_settings_read_as_todays(tmp_path: Path) -> None:
 
 
 def test_large_jsonl_streams_in_bounded_memory(tmp_path: Path) -> None:  # D9
-    path = tmp_path / "big.jsonl"
     row = json.dumps({"text": "x" * 200}) + "\n"
-    with path.open("w") as handle:
-        for _ in range(25_000):  # 5 MB
-            handle.write(row)
-    tracemalloc.start()
-    n = sum(1 for _ in iter_examples(DataSource(str(path))))
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    assert n == 25_000 and peak < 1_000_000, peak  # a few rows at a time, not the 5 MB file
+    peaks = []
+    for n in (10_000, 40_000):  # 2 MB and 8 MB
+        path = tmp_path / f"big{n}.jsonl"
+        path.write_text(row * n)
+        tracemalloc.start()
+        assert sum(1 for _ in iter_examples(DataSource(str(path)))) == n
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # a few rows and a read buffer at a time: four times the file, not more memory
+    assert peaks[1] < peaks[0] * 1.25 + 200_000 and peaks[1] < 6_000_000, peaks
 
 
 # --- packed blocks with a loss mask --------------------------------------------------------------------------

@@ -237,7 +237,7 @@ USERS = [
 
 
 def make_slack_export(root: Path) -> Path:
-    """Two channels over three days, three users, a thread, a join message, a bot and markup."""
+    """Two channels over three days, three users, a thread, a join message, an upload line, a bot and markup."""
     def day(channel: str, date: str, messages: list[dict]) -> None:
         (root / channel).mkdir(parents=True, exist_ok=True)
         (root / channel / f"{date}.json").write_text(json.dumps(messages, indent=1))
@@ -250,6 +250,9 @@ def make_slack_export(root: Path) -> Path:
         {"type": "message", "subtype": "channel_join", "user": "U2", "text": "<@U2> has joined", "ts": f"{t}.000100"},
         {"type": "message", "user": "U2", "text": "morning all", "ts": f"{t + 10}.000100"},
         {"type": "message", "user": "U1", "text": "hi <@U2>, see <https://x.org|the doc> &amp; more", "ts": f"{t + 20}.0001"},
+        # what Slack writes for a person is not their words
+        {"type": "message", "subtype": "file_share", "user": "U1", "text": "<@U1> uploaded a file: <https://x.org/a.png|a.png>",
+         "ts": f"{t + 25}.000100"},
         {"type": "message", "user": "U3", "text": "release today?", "ts": f"{t + 30}.000100", "thread_ts": f"{t + 30}.000100"},
         {"type": "message", "user": "U2", "text": "yes at noon", "ts": f"{t + 40}.000100", "thread_ts": f"{t + 30}.000100"},
         {"type": "message", "user": "U1", "text": "I will tag it", "ts": f"{t + 50}.000100", "thread_ts": f"{t + 30}.000100"},

@@ -120,3 +120,46 @@ def test_label_and_text_rows_are_documents(tmp_path: Path) -> None:
     assert labelled[1].completion == "1"
     texts = [i.value for i in iter_items(DataSource(str(path), text_column="body"))]
     assert texts == [Document("late again", markup=True)]  # the empty text is skipped
+
+
+# --- every layout in every container it fits, through the same path ----------------------------------------
+
+NESTED = [{"messages": c} for c in CONVERSATIONS]  # lists of messages: JSON, Parquet, Arrow only
+FLAT = {"alpaca": [{"instruction": "Name a prime number.", "input": "", "output": "Seven is prime."},
+                   {"instruction": "Translate.", "input": "bonjour", "output": "It means hello."}],
+        "prompt_response": [{"prompt": "What colour is the sky?", "completion": "Blue."},
+                            {"prompt": "And at night?", "completion": "Black."}]}
+
+
+def _container_cases() -> list[tuple[str, str]]:
+    nested = [("messages", c) for c in ("rows.jsonl", "rows.json", "rows.parquet", "rows.arrow", "rows.jsonl.zst")]
+    nested += [("sharegpt", c) for c in ("rows.jsonl.gz", "rows.parquet", "hub")]
+    flat = [(fmt, c) for fmt in FLAT for c in ("rows.jsonl", "rows.json", "rows.csv", "rows.tsv", "rows.parquet",
+                                              "save_to_disk")]
+    return nested + flat
+
+
+@pytest.mark.parametrize("layout, container", _container_cases())
+def test_each_layout_in_each_container_reads_the_same_conversations(tmp_path: Path, layout: str,
+                                                                    container: str) -> None:
+    from test_data_containers import write
+
+    rows = {"messages": NESTED, "sharegpt": [sharegpt(c) for c in CONVERSATIONS]}.get(layout) or FLAT[layout]
+    expected = [i.value for i in iter_items(DataSource(str(write_jsonl(tmp_path / "ref.jsonl", rows))))]
+    if container == "hub":  # a cloned Hub dataset: README.md is documentation, data/ holds the splits
+        write(tmp_path / "clone" / "data" / "train.jsonl.gz", rows)
+        write(tmp_path / "clone" / "data" / "test.jsonl.gz", rows[:1])
+        (tmp_path / "clone" / "README.md").write_text("---\nlicense: mit\n---\n# Card\nNot data.\n")
+        path = tmp_path / "clone"
+    elif container == "save_to_disk":
+        import datasets
+
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "saved"))
+        path = tmp_path / "saved"
+    else:
+        path = write(tmp_path / container, rows)
+    source = DataSource(str(path))
+    assert source.layout().format == layout
+    got = [i.value for i in iter_items(source)]
+    assert got == expected and len(got) == len(rows)
+    assert all(isinstance(v, Conversation) for v in got)

@@ -26,7 +26,7 @@ def rows(spec: Any) -> list[tuple[str, str]]:
     from engine.data.sources import DataSource, iter_examples
 
     source = DataSource.from_spec(spec.data)
-    if source.mode != "label":
+    if source.layout().format != "label":
         raise UserError("distilling a classifier needs labelled rows: set data.label_column (and data.text_column)",
                         field="data.label_column")
     out = []

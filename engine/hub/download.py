@@ -46,12 +46,20 @@ class Progress:
     eta_s: float | None  # None: no rate yet
     finished: bool = False
 
-    def line(self) -> str:
-        """`org/name  45%  12.3 MB of 27.0 MB  5.1 MB/s  ETA 3s` (what the CLI and the status message show)."""
-        share = self.done_bytes / self.total_bytes if self.total_bytes else 1.0
-        eta = "" if self.finished or self.eta_s is None else f"  ETA {seconds(self.eta_s)}"
-        return (f"{self.repo_id}  {share:.0%}  {human(self.done_bytes)} of {human(self.total_bytes)}"
-                f"  {human(self.rate)}/s{eta}")
+    def line(self, bar: int = 0) -> str:
+        return progress_line(self.repo_id, self.done_bytes, self.total_bytes, self.rate, self.eta_s, self.finished,
+                             bar)
+
+
+def progress_line(repo: str, done: int, total: int, rate: float, eta_s: float | None, finished: bool,
+                  bar: int = 0) -> str:
+    """`org/name ████░░░░ 45%  12.3 MB of 27.0 MB  5.1 MB/s  ETA 3s` (`bar` cells wide; 0: no bar): what the
+    status message, `attach` and `train --foreground` show."""
+    share = min(1.0, done / total) if total else 1.0
+    cells = round(bar * share)
+    drawn = f" {'█' * cells}{'░' * (bar - cells)}" if bar else ""
+    eta = "" if finished or eta_s is None else f"  ETA {seconds(eta_s)}"
+    return f"{repo}{drawn} {share:.0%}  {human(done)} of {human(total)}  {human(rate)}/s{eta}"
 
 
 def human(n: float) -> str:

@@ -232,3 +232,27 @@ class HubServer:
 def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], bytes]:
     body = json.dumps({"error": message}).encode()
     return status, {"X-Error-Code": code, "X-Error-Message": message, "Content-Type": "application/json"}, body
+
+
+def go_online(monkeypatch: Any, hub: HubServer, token: str | None = None) -> None:
+    """This process (and the jobs it starts) talks to `hub`: HF_ENDPOINT, offline switched off (also in
+    huggingface_hub's constant, read once at its import), and HF_TOKEN when given."""
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    if token is None:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("HF_TOKEN", token)
+
+
+def tiny_model(folder: Path) -> Path:
+    """A GPT-2 of about 110 KB of safetensors with a BPE tokenizer and its training corpus (corpus.txt)."""
+    from finetune_helpers import base_model, corpus_and_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _, tokenizer = corpus_and_tokenizer(folder, 400)
+    return base_model("gpt2", tokenizer, folder / "model", width=32, layers=1)

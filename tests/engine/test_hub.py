@@ -1,0 +1,207 @@
+"""The Hub client (engine/hub/) against a Hub-compatible server on 127.0.0.1 (tests/support/hub_server.py),
+through huggingface_hub's own client code: repo facts, a resumable download with progress, gated and
+unknown repos, too little disk, offline said only when offline, estimate and doctor from a Hub id, datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from engine.errors import UserError
+from engine.hub import connection as conn
+from engine.hub import datasets as hubdata
+from engine.hub import download as hubdl
+from engine.hub import repo as hubrepo
+from hub_server import HubServer, go_online, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("hubmodel"))
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, model_folder: Path):
+    with HubServer() as server:
+        server.add_folder("org/tiny", model_folder, parameters=4321)
+        go_online(monkeypatch, server)
+        yield server
+
+
+def test_repo_facts_then_a_download_with_progress_fills_the_cache(hub: HubServer, model_folder: Path) -> None:
+    weights = (model_folder / "model.safetensors").read_bytes()
+    files = {p.name: p.read_bytes() for p in model_folder.iterdir()} | {"pytorch_model.bin": b"x" * 5000}
+    sha = hub.add_files("org/both", files, parameters=4321)  # safetensors and .bin: only safetensors come
+    info = hubrepo.repo_info("org/both")
+    names = hubrepo.model_files(info)
+    assert info.commit == sha and info.parameters == 4321 and not info.gated
+    assert "model.safetensors" in names and "pytorch_model.bin" not in names and "tokenizer.json" in names
+    facts = hubrepo.describe(info, names)
+    assert facts["bytes"] == sum(len(files[n]) for n in names) and facts["cached"] is False
+    seen: list[hubdl.Progress] = []
+    hub.rate = 400_000  # a few tenths of a second: several looks at the progress
+    snap = hubdl.fetch_model("org/both", progress=seen.append, interval=0.05)
+    assert snap.commit == sha and (snap.folder / "model.safetensors").read_bytes() == weights
+    assert not (snap.folder / "pytorch_model.bin").exists()
+    assert seen[-1].finished and seen[-1].done_bytes == seen[-1].total_bytes == facts["bytes"]
+    assert [p.done_bytes for p in seen] == sorted(p.done_bytes for p in seen) and len(seen) >= 3
+    assert any(p.rate > 0 for p in seen) and "ETA" in next(p.line() for p in seen if p.eta_s is not None)
+    assert hubrepo.describe(hubrepo.repo_info("org/both"), names)["cached"] is True
+    assert (conn.cache_dir() / "models--org--both" / "refs" / "main").read_text() == sha
+    assert not any("/pytorch_model.bin" in r.path for r in hub.requests if r.method == "GET")
+
+
+def test_a_partial_file_left_by_a_kill_is_resumed_with_a_range_request(hub: HubServer, model_folder: Path) -> None:
+    weights = (model_folder / "model.safetensors").read_bytes()
+    blobs = conn.cache_dir() / "models--org--tiny" / "blobs"
+    blobs.mkdir(parents=True)
+    half = len(weights) // 2
+    (blobs / f"{hashlib.sha256(weights).hexdigest()}.incomplete").write_bytes(weights[:half])
+    first: list[hubdl.Progress] = []
+    snap = hubdl.fetch_model("org/tiny", progress=first.append, interval=0.05)
+    assert (snap.folder / "model.safetensors").read_bytes() == weights
+    assert hub.ranges("/model.safetensors") == [f"bytes={half}-"]  # only the rest was asked for
+    assert first[0].done_bytes >= half  # progress starts at the bytes already there
+
+
+def test_gated_repo_says_where_to_accept_the_licence_and_how_to_log_in(hub: HubServer, model_folder: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add_folder("org/gated", model_folder, gated="manual", allowed_tokens=("hf_granted",))
+    info = hubrepo.repo_info("org/gated")  # the facts are public, the files are not
+    assert info.gated and hubrepo.describe(info, hubrepo.model_files(info))["gated"] is True
+    for token, code, who in ((None, "401", "no token is set"), ("hf_other", "403", "no access")):
+        go_online(monkeypatch, hub, token)
+        with pytest.raises(UserError) as e:
+            hubdl.fetch_model("org/gated")
+        message = str(e.value)
+        assert f"{hub.endpoint}/org/gated" in message and "hf auth login" in message and "HF_TOKEN" in message
+        assert code in message and who in message and "offline" not in message
+        if token:
+            assert token not in message
+    go_online(monkeypatch, hub, "hf_granted")
+    assert (hubdl.fetch_model("org/gated").folder / "config.json").is_file()
+    assert {r.authorization for r in hub.requests if "/org/gated/resolve/" in r.path} >= {"Bearer hf_granted"}
+
+
+def test_unknown_repo_and_unknown_revision_are_named_without_saying_offline(hub: HubServer) -> None:
+    with pytest.raises(UserError, match=r"no model 'org/nope' on the Hub .*check the id") as e:
+        hubrepo.repo_info("org/nope")
+    assert "offline" not in str(e.value)
+    with pytest.raises(UserError, match="has no revision 'v9'"):
+        hubrepo.repo_info("org/tiny", revision="v9")
+
+
+def test_too_little_disk_names_both_numbers_before_any_byte_arrives(hub: HubServer,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hubdl, "free_bytes", lambda folder: 50_000)
+    info = hubrepo.repo_info("org/tiny")
+    need = hubdl.human(info.size(hubrepo.model_files(info)))
+    with pytest.raises(UserError, match=rf"needs {need} more .* only 50.0 KB is free"):
+        hubdl.fetch_model("org/tiny")
+    assert not [r for r in hub.requests if "/resolve/" in r.path]
+
+
+def test_offline_is_said_only_when_offline_and_with_the_reason(hub: HubServer,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.models.shape import read_config
+
+    assert conn.reach().online
+    cfg, where = read_config("org/tiny")  # online: config.json through huggingface_hub
+    assert cfg["model_type"] == "gpt2" and "Hub" in where
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert conn.reach().reason.startswith("HF_HUB_OFFLINE is set")
+    assert read_config("org/tiny")[0] == cfg  # cached now: offline reads the cache
+    with pytest.raises(UserError, match=r"offline \(HF_HUB_OFFLINE is set\)"):
+        read_config("org/other")
+    with socket.socket() as s:  # a port nothing listens on: the Hub cannot be reached
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed}")
+    assert not conn.reach(1.0).online and "cannot be reached" in conn.reach(1.0).reason
+    with pytest.raises(UserError, match="offline .*cannot be reached") as e:
+        hubrepo.repo_info("org/other", timeout=2)
+    assert e.value.reason == "unreachable"
+
+
+def test_estimate_reads_a_hub_models_config_through_the_hub(hub: HubServer, model_folder: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from engine.models.shape import load_dims
+    from tui.cli import main
+
+    assert main(["estimate", "--model", "org/tiny", "--technique", "lora", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["params"] == load_dims(str(model_folder)).params
+    assert any(r.path.endswith("/config.json") for r in hub.requests if r.method == "GET")
+
+
+def test_doctor_says_reachable_token_set_never_the_token_and_the_cache(hub: HubServer,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from tui.cli import main
+
+    hubdl.fetch_model("org/tiny")
+    go_online(monkeypatch, hub, "hf_canary_doctor_7d1")
+    assert main(["doctor", "--json"]) == 0
+    text = capsys.readouterr().out
+    h = json.loads(text)["hub"]
+    assert h["online"] and h["token_set"] and h["token_from"] == "HF_TOKEN" and h["cache_bytes"] > 100_000
+    assert h["hf_xet"] and "hf_canary_doctor_7d1" not in text
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "reachable" in text and "set (HF_TOKEN)" in text and "hf_canary_doctor_7d1" not in text
+
+
+def test_the_model_steps_hub_facts(hub: HubServer) -> None:
+    from tui.screens.model import hub_facts, hub_line
+
+    facts, note = hub_facts("org/tiny")
+    assert note is None and facts is not None and facts["parameters"] == 4321 and not facts["cached"]
+    line = hub_line(facts)
+    assert "KB on disk" in line and "4.32K parameters" in line and "not gated" in line and "not cached" in line
+    assert hub_facts("org/nope")[1] and "no model" in hub_facts("org/nope")[1]
+    assert hub_facts(".") == (None, None)  # a local folder asks nothing
+
+
+CARD = """---
+configs:
+- config_name: en
+  default: true
+  data_files:
+  - split: train
+    path: en/train-*.jsonl
+  - split: test
+    path: en/test-*.jsonl
+- config_name: fr
+  data_files:
+  - split: train
+    path: fr/train-*.jsonl
+---
+# rows
+"""
+
+
+def test_a_dataset_by_id_downloads_the_files_its_subset_and_split_need(hub: HubServer) -> None:
+    rows = b'{"text": "the cat sat"}\n' * 50
+    sha = hub.add_files("org/rows", {"README.md": CARD.encode(), "en/train-0.jsonl": rows, "en/test-0.jsonl": rows,
+                                     "fr/train-0.jsonl": rows}, kind="dataset")
+    seen: list[hubdl.Progress] = []
+    folder = hubdata.fetch_dataset("org/rows", subset="fr", split="train", progress=seen.append)
+    assert folder == conn.cache_dir() / "datasets--org--rows" / "snapshots" / sha
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == \
+        ["README.md", "fr/train-0.jsonl"]
+    assert seen[-1].finished and seen[-1].kind == "dataset"
+    assert hubdata.fetch_dataset("org/rows", split="test") == folder  # the default subset's test split
+    assert (folder / "en" / "test-0.jsonl").is_file() and not (folder / "en" / "train-0.jsonl").exists()
+    with pytest.raises(UserError, match="no subset 'de'; its subsets: en, fr"):
+        hubdata.fetch_dataset("org/rows", subset="de")
+    hub.add_files("org/plain", {"data/train.parquet": b"P" * 100, "data/validation.parquet": b"V" * 100},
+                  kind="dataset")
+    plain = hubdata.fetch_dataset("org/plain", split="validation")
+    assert [p.name for p in (plain / "data").iterdir()] == ["validation.parquet"]
+    with pytest.raises(UserError, match="no dataset 'org/none'"):
+        hubdata.fetch_dataset("org/none")

@@ -29,6 +29,8 @@ from engine.hub.repo import HubFile, RepoInfo
 
 MARGIN = 1.05  # room for the files plus a little: a disk filled to the last byte fails everything else
 WORKERS = 4
+# huggingface_hub reads 10 MiB before each write: a kill loses up to that, and progress moves in 10 MiB steps
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -178,10 +180,11 @@ def _fetch(info: RepoInfo, f: HubFile, token: str | None) -> None:
 
 
 def _fetch_locked(info: RepoInfo, f: HubFile, token: str | None, blob: Path, partial: Path) -> None:
-    from huggingface_hub import hf_hub_url
+    from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
 
+    constants.DOWNLOAD_CHUNK_SIZE = min(constants.DOWNLOAD_CHUNK_SIZE, CHUNK)
     url = hf_hub_url(info.repo_id, f.path, repo_type=info.kind, revision=info.commit, endpoint=conn.endpoint())
     headers = build_hf_headers(token=token or False)
     headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, not of a compressed stream

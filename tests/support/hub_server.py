@@ -249,10 +249,11 @@ def go_online(monkeypatch: Any, hub: HubServer, token: str | None = None) -> Non
         monkeypatch.setenv("HF_TOKEN", token)
 
 
-def tiny_model(folder: Path) -> Path:
-    """A GPT-2 of about 110 KB of safetensors with a BPE tokenizer and its training corpus (corpus.txt)."""
+def tiny_model(folder: Path, *, width: int = 32, layers: int = 1) -> Path:
+    """folder/model: a GPT-2 (about 110 KB of safetensors at the defaults) with a BPE tokenizer; the corpus it
+    was trained on is folder/corpus.txt."""
     from finetune_helpers import base_model, corpus_and_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     _, tokenizer = corpus_and_tokenizer(folder, 400)
-    return base_model("gpt2", tokenizer, folder / "model", width=32, layers=1)
+    return base_model("gpt2", tokenizer, folder / "model", width=width, layers=layers)

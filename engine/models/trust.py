@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.hub.connection import cache_dir
 from engine.hub.pins import pinned
 
 MIN_TORCH = (2, 10)  # the version RELIABILITY.md S3 names as the one with the fixes
@@ -85,7 +84,7 @@ def resolve(path: str, revision: str = "") -> ModelSource | None:
 
     revision = revision or pinned(path)  # a run loads the commit it resolved at launch (engine/hub/pins.py)
 
-    found = try_to_load_from_cache(path, "config.json", cache_dir=str(cache_dir()), revision=revision or None)
+    found = try_to_load_from_cache(path, "config.json", revision=revision or None)
     if not isinstance(found, str):
         return None
     snapshot = Path(found).parent  # <cache>/models--org--name/snapshots/<commit>/config.json

@@ -95,17 +95,21 @@ def iter_documents(source: Any) -> Iterator[tuple[str, int]]:
 
 
 def load_tokenizer(model: str | None) -> Any | None:
-    """The model's fast tokenizer (tokenizers.Tokenizer) from its folder or the Hub cache, or None."""
+    """The model's fast tokenizer (tokenizers.Tokenizer) from its folder, the Hub cache or the Hub, or None
+    (the count falls back to bytes per token)."""
     if not model:
         return None
     folder = Path(os.path.expanduser(model))
     if folder.is_dir():
         found: str | None = str(folder / "tokenizer.json") if (folder / "tokenizer.json").is_file() else None
     else:
-        from huggingface_hub import try_to_load_from_cache
+        from engine.errors import UserError
+        from engine.hub.repo import fetch_file, is_hub_id
 
-        hit = try_to_load_from_cache(model, "tokenizer.json")
-        found = hit if isinstance(hit, str) else None
+        try:
+            found = str(fetch_file(model, "tokenizer.json", field="model", timeout=5.0)) if is_hub_id(model) else None
+        except UserError:  # offline, gated, or a repo with no tokenizer.json
+            found = None
     if found is None:
         return None
     from tokenizers import Tokenizer

@@ -205,3 +205,65 @@ def test_a_dataset_by_id_downloads_the_files_its_subset_and_split_need(hub: HubS
     assert [p.name for p in (plain / "data").iterdir()] == ["validation.parquet"]
     with pytest.raises(UserError, match="no dataset 'org/none'"):
         hubdata.fetch_dataset("org/none")
+
+
+def test_the_data_check_counts_with_a_hub_models_tokenizer(hub: HubServer, model_folder: Path) -> None:
+    from engine.estimate.data_size import load_tokenizer
+
+    tokenizer = load_tokenizer("org/tiny")
+    assert tokenizer is not None and tokenizer.get_vocab_size() == 320
+    assert load_tokenizer("org/nope") is None  # the count falls back to bytes per token
+
+
+def test_the_settings_a_run_downloads_and_how_progress_reads(tmp_path: Path) -> None:
+    from engine.run import hub_fetch
+    from engine.runfolder import events as ev
+    from finetune_helpers import finetune_spec
+    from tui.commands.attach import describe
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat\n" * 50)
+    spec = finetune_spec("distill", "org/student", corpus, options={"teacher": "org/teacher"})
+    assert hub_fetch.hub_settings(spec) == [("model.path", "org/student"), ("options.teacher", "org/teacher")]
+    local = finetune_spec("full", tmp_path, corpus)
+    assert hub_fetch.hub_settings(local) == []
+    event = ev.Download(repo="org/tiny", field="model.path", commit="a" * 40, done_bytes=450_000,
+                        total_bytes=1_000_000, files_done=3, files_total=5, rate=150_000.0, eta_s=3.7)
+    assert "org/tiny" in describe(event) and "45%" in describe(event) and "ETA 4s" in describe(event)
+    assert "█" * 9 in describe(event) and "450.0 KB of 1.0 MB" in describe(event)
+
+
+def test_foreground_draws_a_download_bar(capsys: pytest.CaptureFixture) -> None:
+    from engine.run.process import echo
+    from engine.runfolder import events as ev
+
+    echo(ev.Download(repo="org/tiny", field="model.path", commit="a" * 40, done_bytes=500, total_bytes=1000,
+                     files_done=1, files_total=2, rate=100.0, eta_s=5.0).to_dict())
+    line = capsys.readouterr().out
+    assert line.startswith("[download] org/tiny ") and "█" * 15 + "░" * 15 in line and "50%" in line
+
+
+def test_runs_and_the_dashboard_show_a_download_in_progress(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import os
+
+    from engine.processes import pid_start_time
+    from engine.runfolder import folder as runfolder
+    from engine.runfolder.status import Status
+    from tui.cli import main
+    from tui.screens.run_history import RunHistory
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / runfolder.SPEC).write_text('technique = "full"\n')
+    download = {"repo": "org/tiny", "done_bytes": 450, "total_bytes": 1000, "finished": False}
+    runfolder.write_status(run, {"state": "starting", "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()),
+                                 "step": 0, "message": "downloading org/tiny 45%", "download": download})
+    assert main(["--runs-dir", str(tmp_path / "runs"), "runs"]) == 0
+    assert "↓45%" in capsys.readouterr().out
+    assert main(["--runs-dir", str(tmp_path / "runs"), "runs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["download"]["done_bytes"] == 450
+    history = RunHistory()
+    history.apply_status(Status(state="starting", step=0, message="downloading", download=download))
+    assert history.download == download
+    history.apply_status(Status(state="running", step=1, message="training"))
+    assert history.download is None

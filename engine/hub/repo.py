@@ -176,10 +176,10 @@ def fetch_file(repo_id: str, filename: str, *, kind: str = "model", revision: st
     there is one (no network), else downloaded with the user's token; a HubError says why not."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, filename, cache_dir=str(conn.cache_dir()), revision=revision,
-                                   repo_type=kind)
-    if isinstance(found, str):
-        return Path(found)
+    for cache in (None, str(conn.cache_dir())):  # huggingface_hub's own location, then the environment's now
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache, revision=revision, repo_type=kind)
+        if isinstance(found, str):
+            return Path(found)
     setting = conn.offline_setting()
     if setting:
         raise HubError(f"{field}: {repo_id} is not in the local Hub cache and this machine is offline ({setting} "

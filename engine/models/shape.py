@@ -242,7 +242,7 @@ def read_config(model: str) -> tuple[dict[str, Any], str]:
             raise UserError(f"model folder {model} does not exist", field="model")
         from engine.hub.repo import fetch_file
 
-        cfg_path, where = fetch_file(model, "config.json", field="model"), f"{model} (Hub)"
+        cfg_path, where = fetch_file(model, "config.json", field="model"), f"{model} (Hub cache)"
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

@@ -235,10 +235,14 @@ def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], b
 
 
 def go_online(monkeypatch: Any, hub: HubServer, token: str | None = None) -> None:
-    """This process (and the jobs it starts) talks to `hub`: HF_ENDPOINT, offline switched off (also in
-    huggingface_hub's constant, read once at its import), and HF_TOKEN when given."""
+    """This process (and the jobs it starts) talks to `hub`: HF_ENDPOINT, offline switched off and the cache
+    of this test's HF_HOME (also in huggingface_hub's constants, read once at its import), and HF_TOKEN when
+    given."""
     import huggingface_hub.constants as constants
 
+    from engine.hub.connection import cache_dir
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir()))
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")

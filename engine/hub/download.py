@@ -156,18 +156,29 @@ class _Meter:
             self._thread.join()
 
 
-def _quiet_tqdm() -> type:
+class DownloadStopped(Exception):
+    """The download was asked to stop (a run's stop or SIGTERM); what arrived stays in the cache to resume."""
+
+
+def _quiet_tqdm(should_stop: Callable[[], bool] | None = None) -> type:
+    """A silent progress bar (huggingface_hub's bars would fill job.log and a TUI's terminal) whose update,
+    called for every piece that arrives, is also where a stop request interrupts a transfer."""
     from tqdm.auto import tqdm
 
-    class Quiet(tqdm):  # huggingface_hub's bars would fill job.log and a TUI's terminal
+    class Quiet(tqdm):
         def __init__(self, *args: object, **kwargs: object) -> None:
             kwargs["disable"] = True
             super().__init__(*args, **kwargs)
 
+        def update(self, n: float | None = 1) -> bool | None:
+            if should_stop is not None and should_stop():
+                raise DownloadStopped("stopped during the download")
+            return super().update(n)
+
     return Quiet
 
 
-def _fetch(info: RepoInfo, f: HubFile, token: str | None) -> None:
+def _fetch(info: RepoInfo, f: HubFile, token: str | None, should_stop: Callable[[], bool] | None = None) -> None:
     """One file into blobs/<etag>, resuming blobs/<etag>.incomplete when a previous try left one."""
     blobs = hubrepo.storage(info.repo_id, info.kind) / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
@@ -176,10 +187,11 @@ def _fetch(info: RepoInfo, f: HubFile, token: str | None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not hubrepo.missing(info, (f.path,)):
             return
-        _fetch_locked(info, f, token, blob, partial)
+        _fetch_locked(info, f, token, blob, partial, should_stop)
 
 
-def _fetch_locked(info: RepoInfo, f: HubFile, token: str | None, blob: Path, partial: Path) -> None:
+def _fetch_locked(info: RepoInfo, f: HubFile, token: str | None, blob: Path, partial: Path,
+                  should_stop: Callable[[], bool] | None) -> None:
     from huggingface_hub import constants, hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -194,7 +206,7 @@ def _fetch_locked(info: RepoInfo, f: HubFile, token: str | None, blob: Path, par
             out.truncate(0)
             resume = 0
         http_get(url, out, resume_size=resume, headers=headers, expected_size=f.size, displayed_filename=f.path,
-                 tqdm_class=_quiet_tqdm())
+                 tqdm_class=_quiet_tqdm(should_stop))
     if partial.stat().st_size != f.size:
         raise HubError(f"{info.repo_id}/{f.path}: the download ended at {partial.stat().st_size} of {f.size} bytes; "
                        "run again to resume it", field="hub")
@@ -203,9 +215,10 @@ def _fetch_locked(info: RepoInfo, f: HubFile, token: str | None, blob: Path, par
 
 def download(info: RepoInfo, names: tuple[str, ...], *, field: str = "model.path",
              progress: Callable[[Progress], None] | None = None, interval: float = 1.0,
-             ref: str | None = None) -> Path:
+             ref: str | None = None, should_stop: Callable[[], bool] | None = None) -> Path:
     """Fetch `names` of `info` (its commit) into the Hub cache; returns the snapshot folder. `ref`: the
-    branch the commit was resolved from, recorded in the cache as huggingface_hub does (refs/<ref>)."""
+    branch the commit was resolved from, recorded in the cache as huggingface_hub does (refs/<ref>).
+    `should_stop` is asked for every piece that arrives: true raises DownloadStopped."""
     from huggingface_hub import snapshot_download
 
     token = conn.token()
@@ -215,12 +228,12 @@ def download(info: RepoInfo, names: tuple[str, ...], *, field: str = "model.path
     with _Meter(info, planned, progress, interval) as meter:
         try:
             with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-                for future in [pool.submit(_fetch, info, f, token) for f in todo]:
+                for future in [pool.submit(_fetch, info, f, token, should_stop) for f in todo]:
                     future.result()
             folder = snapshot_download(info.repo_id, repo_type=info.kind, revision=info.commit,
                                        allow_patterns=list(names), cache_dir=str(conn.cache_dir()),
                                        endpoint=conn.endpoint(), token=token or False, tqdm_class=_quiet_tqdm())
-        except HubError:
+        except (HubError, DownloadStopped):
             raise
         except Exception as e:  # noqa: BLE001 - a Hub failure is said in one line; a partial file stays to resume
             if isinstance(e, OSError) and getattr(e, "errno", None) == 28:

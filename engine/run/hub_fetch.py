@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +60,10 @@ def _write_pins(run: Path, recorded: dict[str, dict[str, str]]) -> None:
     os.replace(tmp, Path(run) / HUB_FILE)
 
 
-def fetch(run: Path, spec: Any, emit: Callable[[ev.Event], Any], status: Callable[..., None]) -> None:
-    """Download every Hub id of `spec` (pinned), reporting through `emit` (events) and `status(message, download)`."""
+def fetch(run: Path, spec: Any, emit: Callable[[ev.Event], Any], status: Callable[..., None],
+          should_stop: Callable[[], bool] | None = None) -> None:
+    """Download every Hub id of `spec` (pinned), reporting through `emit` (events) and `status(message, download)`;
+    `should_stop` true interrupts it (hubdl.DownloadStopped; the bytes so far stay for the next start)."""
     settings = hub_settings(spec)
     recorded = read_pins(run)
     for field, repo_id in settings:
@@ -86,7 +89,8 @@ def fetch(run: Path, spec: Any, emit: Callable[[ev.Event], Any], status: Callabl
         names = hubrepo.model_files(info) if field != "tokenizer.path" else \
             tuple(n for n in hubrepo.model_files(info) if not n.endswith((".safetensors", ".bin", ".pt", ".pth")))
         report = _reporter(field, emit, status)
-        hubdl.download(info, names, field=field, progress=report, ref=None if pinned else (revision or "main"))
+        hubdl.download(info, names, field=field, progress=report, ref=None if pinned else (revision or "main"),
+                       should_stop=should_stop)
 
 
 def _use_cache(repo_id: str, commit: str, field: str, error: HubError, emit: Callable[[ev.Event], Any]) -> bool:
@@ -103,9 +107,15 @@ def _use_cache(repo_id: str, commit: str, field: str, error: HubError, emit: Cal
 
 
 def _reporter(field: str, emit: Callable[[ev.Event], Any], status: Callable[..., None]) -> Callable[[Any], None]:
-    last = [0.0]
+    """Progress as events and status, at most about once a second; called from the download's meter thread
+    and, for the last look, from the job's own (the lock keeps their writes apart)."""
+    last, lock = [0.0], threading.Lock()
 
     def report(p: hubdl.Progress) -> None:
+        with lock:
+            _report(p)
+
+    def _report(p: hubdl.Progress) -> None:
         now = time.monotonic()
         if not p.finished and now - last[0] < 0.9 and p.done_bytes:
             return

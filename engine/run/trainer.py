@@ -102,6 +102,7 @@ class Trainer(CheckpointSteps):
 
     def run_job(self) -> int:
         from engine.data.token_cache import PreparationStopped
+        from engine.hub.download import DownloadStopped
 
         try:
             self.write_status()
@@ -113,7 +114,7 @@ class Trainer(CheckpointSteps):
             return self._loop()
         except UserError as e:
             return self._fail(str(e), "user", e.exit_code)
-        except PreparationStopped:
+        except (PreparationStopped, DownloadStopped):
             self.set_state("stopped", f"stopped during preparation ({self.stop_reason})")
             self.events.emit(ev.Done(state="stopped", step=self.step))
             return EXIT_SIGNAL
@@ -150,7 +151,8 @@ class Trainer(CheckpointSteps):
                             field="train.precision")
         # Hub ids arrive before anything loads, pinned to the commit resolved at launch (engine/run/hub_fetch.py)
         hub_fetch.fetch(self.run, self.spec, self.events.emit if self.writes_files else lambda e: None,
-                        lambda message, download: self._progress(message, download=download))
+                        lambda message, download: self._progress(message, download=download),
+                        should_stop=lambda: bool(self.stop_reason))
         self.technique = batch_finder.with_fault_allocator(get(self.spec.technique), t.seq_len)  # LLMW_FAULT=oom_over
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)

@@ -267,3 +267,12 @@ def test_runs_and_the_dashboard_show_a_download_in_progress(tmp_path: Path, caps
     assert history.download == download
     history.apply_status(Status(state="running", step=1, message="training"))
     assert history.download is None
+
+
+def test_a_stop_request_interrupts_the_download_and_the_next_one_completes_it(hub: HubServer) -> None:
+    info = hubrepo.repo_info("org/tiny")
+    names = hubrepo.model_files(info)
+    with pytest.raises(hubdl.DownloadStopped):
+        hubdl.download(info, names, should_stop=lambda: True)
+    assert hubrepo.missing(info, names)
+    assert (hubdl.download(info, names) / "model.safetensors").is_file() and not hubrepo.missing(info, names)

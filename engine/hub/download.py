@@ -243,7 +243,7 @@ def download(info: RepoInfo, names: tuple[str, ...], *, field: str = "model.path
             raise hubrepo.friendly(e, info.repo_id, info.kind, field, info.commit) from None
         if progress:
             progress(meter.look(finished=True))
-    if ref and not hubrepo.COMMIT.fullmatch(ref):
+    if ref and "/" not in ref and not hubrepo.COMMIT.fullmatch(ref):
         refs = hubrepo.storage(info.repo_id, info.kind) / "refs"
         refs.mkdir(parents=True, exist_ok=True)
         tmp = refs / f".{ref}.{os.getpid()}.tmp"

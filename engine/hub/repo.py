@@ -57,18 +57,16 @@ class RepoInfo:
     def size(self, names: tuple[str, ...] | None = None) -> int:
         return sum(f.size for f in self.files if names is None or f.path in names)
 
-    def has_safetensors(self) -> bool:
-        return any(f.path.endswith(".safetensors") for f in self.files)
-
 
 def model_files(info: RepoInfo) -> tuple[str, ...]:
-    """The files a run downloads: safetensors only when the repo has them (never the .bin beside them)."""
-    weights = ("*.safetensors", "*.safetensors.index.json") if info.has_safetensors() else PICKLE_WEIGHTS + (
-        "*.bin.index.json",)
+    """The files a run downloads: those of the repo's top folder that transformers reads (subfolders hold
+    other formats: onnx/, original/ consolidated weights, ...), safetensors only when the repo has them
+    (never the .bin beside them)."""
+    top = [f for f in info.files if "/" not in f.path]
+    weights = ("*.safetensors",) if any(f.path.endswith(".safetensors") for f in top) else PICKLE_WEIGHTS
     patterns = weights + SIDE_FILES
-    return tuple(f.path for f in info.files
-                 if any(fnmatch.fnmatch(f.path.rsplit("/", 1)[-1], p) for p in patterns)
-                 and not f.path.startswith(("onnx/", "openvino/", "coreml/", "tf_", "flax_")))
+    return tuple(f.path for f in top if any(fnmatch.fnmatch(f.path, p) for p in patterns)
+                 and not f.path.startswith(("tf_", "flax_")))
 
 
 def repo_info(repo_id: str, *, kind: str = "model", revision: str | None = None, field: str = "model.path",

@@ -34,12 +34,14 @@ def hub(monkeypatch: pytest.MonkeyPatch, model_folder: Path):
 
 def test_repo_facts_then_a_download_with_progress_fills_the_cache(hub: HubServer, model_folder: Path) -> None:
     weights = (model_folder / "model.safetensors").read_bytes()
-    files = {p.name: p.read_bytes() for p in model_folder.iterdir()} | {"pytorch_model.bin": b"x" * 5000}
+    files = {p.name: p.read_bytes() for p in model_folder.iterdir()} | {"pytorch_model.bin": b"x" * 5000,
+                                                                         "onnx/model.safetensors": b"o" * 4000}
     sha = hub.add_files("org/both", files, parameters=4321)  # safetensors and .bin: only safetensors come
     info = hubrepo.repo_info("org/both")
     names = hubrepo.model_files(info)
     assert info.commit == sha and info.parameters == 4321 and not info.gated
     assert "model.safetensors" in names and "pytorch_model.bin" not in names and "tokenizer.json" in names
+    assert "onnx/model.safetensors" not in names  # other formats in subfolders stay on the Hub
     facts = hubrepo.describe(info, names)
     assert facts["bytes"] == sum(len(files[n]) for n in names) and facts["cached"] is False
     seen: list[hubdl.Progress] = []

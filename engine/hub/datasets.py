@@ -25,14 +25,16 @@ SPLIT_WORDS = {"train": ("train",), "validation": ("validation", "valid", "val",
 
 def fetch_dataset(repo_id: str, *, subset: str | None = None, split: str | None = None,
                   revision: str | None = None, progress: Callable[[Progress], None] | None = None,
-                  interval: float = 1.0, field: str = "data.path") -> Path:
+                  interval: float = 1.0, field: str = "data.path",
+                  should_stop: Callable[[], bool] | None = None) -> Path:
     """Download what `subset` / `split` of the Hub dataset `repo_id` need (all data files when neither
     narrows them); returns the local snapshot folder (`<HF cache>/datasets--org--name/snapshots/<commit>`)."""
     info = hubrepo.repo_info(repo_id, kind="dataset", revision=revision, field=field)
     card = _card(info, field)
     names = data_files(info, card, subset, split, field)
     keep = tuple(n for n in (f.path for f in info.files) if n in names or n == "README.md")
-    return download(info, keep, field=field, progress=progress, interval=interval, ref=revision or "main")
+    return download(info, keep, field=field, progress=progress, interval=interval, ref=revision or "main",
+                    should_stop=should_stop)
 
 
 def _card(info: hubrepo.RepoInfo, field: str) -> dict[str, Any]:

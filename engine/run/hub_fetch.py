@@ -93,6 +93,32 @@ def fetch(run: Path, spec: Any, emit: Callable[[ev.Event], Any], status: Callabl
                        should_stop=should_stop)
 
 
+def fetch_data(run: Path, repo_id: str, subset: str | None, split: str | None, emit: Callable[[ev.Event], Any],
+               status: Callable[..., None], should_stop: Callable[[], bool] | None = None) -> Path:
+    """A Hub dataset for this run (data.path = "org/name"): its files for `subset` / `split` in the Hub cache,
+    pinned like the models (hub.json's "data.path"); returns the local snapshot folder. Offline, the cached
+    snapshot of the recorded commit (or of main) when there is one."""
+    from engine.hub import datasets as hubdata
+
+    recorded = read_pins(run)
+    known = recorded.get("data.path")
+    pinned = known["commit"] if known and known.get("repo") == repo_id else ""
+    setting = conn.offline_setting()
+    if setting:
+        commit = pinned or hubrepo.cached_commit(repo_id, "dataset") or ""
+        folder = hubrepo.storage(repo_id, "dataset") / "snapshots" / commit
+        if commit and folder.is_dir():
+            return folder
+        raise HubError(f"data.path: the dataset {repo_id} is not in the Hub cache and this machine is offline "
+                       f"({setting} is set): unset it to download", field="data.path", reason="offline")
+    if not pinned:
+        pinned = hubrepo.repo_info(repo_id, kind="dataset", field="data.path").commit
+        recorded["data.path"] = {"repo": repo_id, "commit": pinned}
+        _write_pins(run, recorded)
+    return hubdata.fetch_dataset(repo_id, subset=subset or None, split=split or None, revision=pinned,
+                                 progress=_reporter("data.path", emit, status), should_stop=should_stop)
+
+
 def _use_cache(repo_id: str, commit: str, field: str, error: HubError, emit: Callable[[ev.Event], Any]) -> bool:
     """The Hub cannot be reached, but the snapshot this run needs is cached: go on with it, and say so."""
     if error.reason != "unreachable":

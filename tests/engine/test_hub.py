@@ -278,3 +278,26 @@ def test_a_stop_request_interrupts_the_download_and_the_next_one_completes_it(hu
         hubdl.download(info, names, should_stop=lambda: True)
     assert hubrepo.missing(info, names)
     assert (hubdl.download(info, names) / "model.safetensors").is_file() and not hubrepo.missing(info, names)
+
+
+def test_a_runs_dataset_by_id_is_pinned_reported_and_read_from_the_cache_offline(
+        hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.run import hub_fetch
+    from engine.runfolder import events as ev
+
+    rows = b'{"text": "the cat sat"}\n' * 50
+    first = hub.add_files("org/rows", {"train.jsonl": rows, "test.jsonl": rows}, kind="dataset")
+    emitted: list[ev.Event] = []
+    statuses: list[str] = []
+    folder = hub_fetch.fetch_data(tmp_path, "org/rows", None, "train", emitted.append,
+                                  lambda message, download: statuses.append(message))
+    assert [p.name for p in folder.iterdir()] == ["train.jsonl"] and folder.name == first
+    assert hub_fetch.read_pins(tmp_path)["data.path"] == {"repo": "org/rows", "commit": first}
+    assert isinstance(emitted[-1], ev.Download) and emitted[-1].finished and emitted[-1].field == "data.path"
+    assert statuses[-1].startswith("downloaded org/rows")
+    hub.add_files("org/rows", {"train.jsonl": rows * 2}, kind="dataset")  # main moves on: the run keeps its commit
+    assert hub_fetch.fetch_data(tmp_path, "org/rows", None, "train", emitted.append, lambda m, d: None) == folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_fetch.fetch_data(tmp_path, "org/rows", None, "train", emitted.append, lambda m, d: None) == folder
+    with pytest.raises(UserError, match=r"not in the Hub cache and this machine is offline \(HF_HUB_OFFLINE"):
+        hub_fetch.fetch_data(tmp_path / "other", "org/elsewhere", None, None, emitted.append, lambda m, d: None)

@@ -3,8 +3,9 @@
 Each missing file is fetched by huggingface_hub's own `http_get` into `blobs/<etag>.incomplete` and renamed
 to its blob when whole; a killed download leaves that file behind and the next try asks for the rest only
 (an HTTP Range request). huggingface_hub 2.x itself drops a partial file, so the resumable step is ours
-(Xet-stored files come through the same resolve URL, which the Hub redirects to its CDN). Then `snapshot_download` at the same commit links the snapshot folder and records the
-file listing, exactly as a plain `snapshot_download` would have left the cache.
+(Xet-stored files come through the same resolve URL, which the Hub redirects to its CDN). Then
+`snapshot_download` at the same commit links the snapshot folder and records the file listing, exactly as
+a plain `snapshot_download` would have left the cache.
 
 Progress is measured from the cache folder (the bytes of every blob and partial blob of the planned files),
 so it counts whatever the transfer path, and a resumed download starts at the bytes already there.
@@ -55,8 +56,8 @@ class Progress:
 
 def progress_line(repo: str, done: int, total: int, rate: float, eta_s: float | None, finished: bool,
                   bar: int = 0) -> str:
-    """`org/name ████░░░░ 45%  12.3 MB of 27.0 MB  5.1 MB/s  ETA 3s` (`bar` cells wide; 0: no bar): what the
-    status message, `attach` and `train --foreground` show."""
+    """`org/name ████░░░░ 45%  12.3 MB of 27.0 MB  5.1 MB/s  ETA 3s` (`bar` cells wide; 0: no bar): what
+    the status message, `attach` and `train --foreground` show."""
     share = min(1.0, done / total) if total else 1.0
     cells = round(bar * share)
     drawn = f" {'█' * cells}{'░' * (bar - cells)}" if bar else ""

@@ -104,7 +104,8 @@ def friendly(e: BaseException, repo_id: str, kind: str, field: str, revision: st
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(e, HubError):
         return e
-    if isinstance(e, errors.GatedRepoError) or status in (401, 403) and not isinstance(e, errors.RepositoryNotFoundError):
+    refused = status in (401, 403) and not isinstance(e, errors.RepositoryNotFoundError)
+    if isinstance(e, errors.GatedRepoError) or refused:
         who = ("no token is set" if not conn.token() else
                "the token set here has no access to it yet" if status == 403 else "the token set here was refused")
         return HubError(f"{field}: {repo_id!r} is a gated or private {what} ({status or 'refused'}: {who}); accept "

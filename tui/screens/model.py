@@ -1,9 +1,10 @@
 """Step 3: which model. A Hub id or a local folder for fine-tuning, an architecture and a size for
-scratch. Only config.json is read (from the Hub cache, else the Hub); for a Hub id the Hub's API adds the size
-on disk, gated or not and cached or not, asked in the worker thread with a short timeout. Parameters are counted by the estimator's config arithmetic
-(engine.models.shape), never by loading weights. A model that needs its own Python code, or has only
-pickle weights, shows what would run and asks for consent (a checkbox) before Next applies: the consent
-is written into the spec as the engine's opt-ins (engine/models/trust.py, RELIABILITY M3 and S2)."""
+scratch. Only config.json is read (from the Hub cache, else the Hub); for a Hub id the Hub's API adds the
+size on disk, gated or not and cached or not, asked in the worker thread with a short timeout. Parameters
+are counted by the estimator's config arithmetic (engine.models.shape), never by loading weights. A model
+that needs its own Python code, or has only pickle weights, shows what would run and asks for consent (a
+checkbox) before Next applies: the consent is written into the spec as the engine's opt-ins
+(engine/models/trust.py, RELIABILITY M3 and S2)."""
 
 from __future__ import annotations
 

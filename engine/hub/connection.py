@@ -9,8 +9,6 @@ every huggingface_hub call explicitly. "Offline" is said only when it is true, w
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +70,9 @@ class Reach:
 def reach(timeout: float = 3.0) -> Reach:
     """Online unless HF_HUB_OFFLINE is set or the endpoint does not answer within `timeout` seconds
     (any HTTP answer, even an error status, means it is reachable)."""
+    import urllib.error
+    import urllib.request
+
     setting = offline_setting()
     if setting:
         return Reach(False, f"{setting} is set (unset it to download)")

@@ -27,13 +27,9 @@ CANARY = "hf_CANARYtoken0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("hubrun"))
-
-
-@pytest.fixture(scope="module")
-def larger_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """About 6.6 MB of weights: several of the 1 MiB pieces a download writes, so a kill lands mid-file."""
-    return tiny_model(tmp_path_factory.mktemp("hubrun-larger"), width=256, layers=2)
+    """About 6.6 MB of weights: several of the 1 MiB pieces a download writes, so progress moves within the
+    file and a kill lands mid-file."""
+    return tiny_model(tmp_path_factory.mktemp("hubrun"), width=256, layers=2)
 
 
 def _spec(model_folder: Path, **train: int):
@@ -43,7 +39,7 @@ def _spec(model_folder: Path, **train: int):
 
 def test_a_run_from_a_hub_id_downloads_with_progress_then_trains_and_never_writes_the_token(
         tmp_path: Path, model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with HubServer(rate=60_000) as hub:  # about two seconds of download: several progress events
+    with HubServer(rate=2_000_000) as hub:  # about three seconds of download: several progress events
         sha = hub.add_folder("org/tiny", model_folder, gated="auto", allowed_tokens=(CANARY,))
         go_online(monkeypatch, hub, CANARY)
         run, pid = launch(_spec(model_folder), tmp_path / "runs")
@@ -56,7 +52,7 @@ def test_a_run_from_a_hub_id_downloads_with_progress_then_trains_and_never_write
                 os.kill(pid, signal.SIGKILL)
     downloads = events(run, "download")
     assert len(downloads) >= 3 and downloads[-1]["finished"] and all(e["commit"] == sha for e in downloads)
-    assert downloads[-1]["done_bytes"] == downloads[-1]["total_bytes"] > 100_000
+    assert downloads[-1]["done_bytes"] == downloads[-1]["total_bytes"] > 6_000_000
     assert [e["done_bytes"] for e in downloads] == sorted(e["done_bytes"] for e in downloads)
     assert any(e.get("eta_s") for e in downloads) and any(e["rate"] > 0 for e in downloads)
     kinds = [e["type"] for e in events(run)]
@@ -68,10 +64,9 @@ def test_a_run_from_a_hub_id_downloads_with_progress_then_trains_and_never_write
 
 
 def test_sigkill_mid_download_then_train_resume_fetches_the_rest_of_the_same_commit_and_trains(
-        tmp_path: Path, larger_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, model_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from tui.cli import main
 
-    model_folder = larger_model
     with HubServer(rate=1_200_000) as hub:  # about 5 s for the weights
         first = hub.add_folder("org/tiny", model_folder)
         go_online(monkeypatch, hub)

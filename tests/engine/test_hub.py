@@ -32,7 +32,12 @@ def hub(monkeypatch: pytest.MonkeyPatch, model_folder: Path):
         yield server
 
 
-def test_repo_facts_then_a_download_with_progress_fills_the_cache(hub: HubServer, model_folder: Path) -> None:
+def test_repo_facts_then_a_download_with_progress_fills_the_cache(hub: HubServer, model_folder: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(hubdl, "CHUNK", 8192)  # pieces small enough for a 110 KB file to arrive in steps
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", constants.DOWNLOAD_CHUNK_SIZE)  # restored afterwards
     weights = (model_folder / "model.safetensors").read_bytes()
     files = {p.name: p.read_bytes() for p in model_folder.iterdir()} | {"pytorch_model.bin": b"x" * 5000,
                                                                          "onnx/model.safetensors": b"o" * 4000}
@@ -45,7 +50,7 @@ def test_repo_facts_then_a_download_with_progress_fills_the_cache(hub: HubServer
     facts = hubrepo.describe(info, names)
     assert facts["bytes"] == sum(len(files[n]) for n in names) and facts["cached"] is False
     seen: list[hubdl.Progress] = []
-    hub.rate = 400_000  # a few tenths of a second: several looks at the progress
+    hub.rate = 200_000  # about half a second: several looks at the progress
     snap = hubdl.fetch_model("org/both", progress=seen.append, interval=0.05)
     assert snap.commit == sha and (snap.folder / "model.safetensors").read_bytes() == weights
     assert not (snap.folder / "pytorch_model.bin").exists()

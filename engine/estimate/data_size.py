@@ -98,8 +98,8 @@ def iter_documents(source: Any) -> Iterator[tuple[str, int]]:
 
 
 def load_tokenizer(model: str | None) -> Any | None:
-    """The model's fast tokenizer (transformers, with its chat template) from its folder or the Hub cache,
-    or None when it has none this machine can read."""
+    """The model's fast tokenizer (transformers, with its chat template) from its folder, the Hub cache or the
+    Hub, or None when it has none this machine can read (the count falls back to bytes per token)."""
     if not model:
         return None
     folder = Path(os.path.expanduser(model))
@@ -107,10 +107,20 @@ def load_tokenizer(model: str | None) -> Any | None:
         if not (folder / "tokenizer.json").is_file():
             return None
     else:
-        from huggingface_hub import try_to_load_from_cache
+        from engine.errors import UserError
+        from engine.hub.repo import fetch_file, is_hub_id
 
-        if not isinstance(try_to_load_from_cache(model, "tokenizer.json"), str):
+        if not is_hub_id(model):
             return None
+        try:
+            fetch_file(model, "tokenizer.json", field="model", timeout=5.0)
+        except UserError:  # offline, gated, or a repo with no tokenizer.json
+            return None
+        for extra in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+            try:  # the chat template and special tokens live beside it, where the repo has them
+                fetch_file(model, extra, field="model", timeout=5.0)
+            except UserError:
+                pass
     from transformers import AutoTokenizer
 
     try:  # the model's own code is never run here: a tokenizer that needs it counts by the ratio

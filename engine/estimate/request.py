@@ -26,7 +26,7 @@ ATTENTIONS = ("sdpa", "eager")
 class EstimateRequest:
     """What `llm-wizard estimate` takes: the same fields as the run spec's model and train sections."""
 
-    model: str | None = None  # a folder with config.json or a Hub id (config read from the Hub cache)
+    model: str | None = None  # a folder with config.json or a Hub id (config from the Hub cache, else the Hub)
     arch: str | None = None  # scratch: gpt2 | llama
     size: str | None = None  # scratch: tiny | 10M | 125M | 350M | 1B | 7B
     layers: int | None = None

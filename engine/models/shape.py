@@ -228,7 +228,8 @@ def meta_dims(cfg: dict[str, Any], source: str) -> ModelDims:
 
 
 def read_config(model: str) -> tuple[dict[str, Any], str]:
-    """config.json of a local folder, or of a Hub id from the local Hub cache (never the network)."""
+    """config.json of a local folder, or of a Hub id: from the Hub cache when there, else from the Hub with
+    the user's token (engine/hub/repo.py says gated, unknown or offline, and why)."""
     path = Path(os.path.expanduser(model))
     if path.exists():
         cfg_path = path / "config.json" if path.is_dir() else path
@@ -239,14 +240,9 @@ def read_config(model: str) -> tuple[dict[str, Any], str]:
     else:
         if model.startswith((".", "/", "~")) or model.count("/") > 1:
             raise UserError(f"model folder {model} does not exist", field="model")
-        from huggingface_hub import try_to_load_from_cache
+        from engine.hub.repo import fetch_file
 
-        found = try_to_load_from_cache(model, "config.json")
-        if not isinstance(found, str):
-            raise UserError(f"{model} is not in the local Hub cache and this machine is offline: run "
-                            f"`huggingface-cli download {model} config.json` where there is a network, "
-                            "or pass a local folder", field="model")
-        cfg_path, where = Path(found), f"{model} (Hub cache)"
+        cfg_path, where = fetch_file(model, "config.json", field="model"), f"{model} (Hub cache)"
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
+from engine.hub.pins import pinned
 
 MIN_TORCH = (2, 10)  # the version RELIABILITY.md S3 names as the one with the fixes
 
@@ -80,6 +81,8 @@ def resolve(path: str, revision: str = "") -> ModelSource | None:
     if not path or path.startswith((".", "/", "~")) or path.count("/") > 1:
         return None
     from huggingface_hub import try_to_load_from_cache
+
+    revision = revision or pinned(path)  # a run loads the commit it resolved at launch (engine/hub/pins.py)
 
     found = try_to_load_from_cache(path, "config.json", revision=revision or None)
     if not isinstance(found, str):
@@ -152,8 +155,8 @@ def check_remote_code(path: str, field: str, model: Any = None) -> tuple[str, bo
                             "(offline: only cached snapshots can load)", field="model.revision")
         return path, False
     code = remote_code(source)
-    if code is None:
-        return path, False
+    if code is None:  # a pinned Hub id loads from its snapshot folder: no look-up of where main is now
+        return (str(source.folder) if source.commit and pinned(path) else path), False
     files = ", ".join(code.files) or "(none found: auto_map names modules that are not there)"
     where = f"{path!r}" + (f" (Hub cache snapshot {source.commit})" if source.commit else "")
     foreign = [f for f in code.files if "--" in f]

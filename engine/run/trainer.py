@@ -26,7 +26,7 @@ from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
 from engine.machine import flops
 from engine.processes import pid_start_time
-from engine.run import batch_finder, controls, step_guard
+from engine.run import batch_finder, controls, hub_fetch, step_guard
 from engine.run import escalation as numerics
 from engine.run.checkpointing import CheckpointSteps
 from engine.run.meter import Interval, Meter, memory_metrics, val_loss
@@ -102,6 +102,7 @@ class Trainer(CheckpointSteps):
 
     def run_job(self) -> int:
         from engine.data.token_cache import PreparationStopped
+        from engine.hub.download import DownloadStopped
 
         try:
             self.write_status()
@@ -113,7 +114,7 @@ class Trainer(CheckpointSteps):
             return self._loop()
         except UserError as e:
             return self._fail(str(e), "user", e.exit_code)
-        except PreparationStopped:
+        except (PreparationStopped, DownloadStopped):
             self.set_state("stopped", f"stopped during preparation ({self.stop_reason})")
             self.events.emit(ev.Done(state="stopped", step=self.step))
             return EXIT_SIGNAL
@@ -148,6 +149,10 @@ class Trainer(CheckpointSteps):
         if t.precision == "fp16" and not torch.cuda.is_available():
             raise UserError("train.precision: fp16 needs a GPU; use bf16, bf16-pure or fp32 on the CPU",
                             field="train.precision")
+        # Hub ids arrive before anything loads, pinned to the commit resolved at launch (engine/run/hub_fetch.py)
+        hub_fetch.fetch(self.run, self.spec, self.events.emit if self.writes_files else lambda e: None,
+                        lambda message, download: self._progress(message, download=download),
+                        should_stop=lambda: bool(self.stop_reason))
         self.technique = batch_finder.with_fault_allocator(get(self.spec.technique), t.seq_len)  # LLMW_FAULT=oom_over
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)
@@ -181,9 +186,9 @@ class Trainer(CheckpointSteps):
         # RELIABILITY O1: the largest micro-batch that fits, same effective batch (a no-op unless wanted)
         self.batch_choice = batch_finder.preflight(self) or self.batch_choice
 
-    def _progress(self, message: str) -> None:
+    def _progress(self, message: str, **extra: Any) -> None:
         self.message = message
-        self.write_status()
+        self.write_status(**extra)
 
     def _loop(self) -> int:
         import torch

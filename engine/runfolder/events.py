@@ -196,6 +196,22 @@ class Error(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Download(Event):
+    """A Hub repo arriving in the Hub cache before the first step (about once a second, then `finished`)."""
+    TYPE: ClassVar[str] = "download"
+    repo: str  # the Hub id
+    field: str  # the setting that names it: model.path | options.teacher | tokenizer.path | data.path
+    commit: str  # the commit it resolved to (kept for a resume)
+    done_bytes: int  # in the cache, of the planned files (a resumed download starts above 0)
+    total_bytes: int
+    files_done: int
+    files_total: int
+    rate: float  # bytes per second, smoothed
+    eta_s: float | None = None  # null: no rate yet
+    finished: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
 class Done(Event):
     """The last event of a job process."""
     TYPE: ClassVar[str] = "done"
@@ -209,7 +225,8 @@ class Done(Event):
     summary: str | None = None
 
 
-KINDS: dict[str, type[Event]] = {c.TYPE: c for c in (Metrics, Eval, Checkpoint, State, Alert, ControlAck, Error, Done)}
+KINDS: dict[str, type[Event]] = {c.TYPE: c for c in (Metrics, Eval, Checkpoint, State, Alert, ControlAck, Error,
+                                                     Download, Done)}
 TYPES = tuple(KINDS)
 
 

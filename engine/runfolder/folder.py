@@ -136,6 +136,7 @@ class RunInfo:
     loss: float | None
     pid: int | None
     started: float | None
+    download: dict[str, Any] | None = None  # a Hub download before the first step: status.json's `download`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,7 +153,8 @@ def run_info(run: Path) -> RunInfo:
         except (OSError, ValueError):
             technique = "?"
     return RunInfo(id=run.name, path=str(run), state=status.state, technique=technique, step=status.step or 0,
-                   loss=status.loss, pid=status.pid, started=status.started)
+                   loss=status.loss, pid=status.pid, started=status.started,
+                   download=status.download if status.live else None)
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:

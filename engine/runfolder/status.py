@@ -48,6 +48,8 @@ class Status:
     world_size: int | None = None
     commands_read_ms: float | None = None
     commands_sync_ms: float | None = None
+    # a Hub download before the first step: the last `download` event's keys (engine/runfolder/events.py)
+    download: dict[str, str | float | bool | None] | None = None
     extra: dict[str, Any] = record.extra_field()
 
     def __post_init__(self) -> None:

@@ -45,6 +45,12 @@ def describe(event: Event) -> str:
         return f"[{'green' if event.ok else 'red'}]{event.cmd}: {escape(event.message)}[/]"
     if isinstance(event, ev.Error):
         return f"[bold red]error: {escape(event.message)}[/]"
+    if isinstance(event, ev.Download):
+        from engine.hub.download import progress_line
+
+        line = progress_line(event.repo, event.done_bytes, event.total_bytes, event.rate, event.eta_s,
+                             event.finished, bar=20)
+        return f"[cyan]{'downloaded' if event.finished else 'downloading'} {escape(line)}[/]"
     if isinstance(event, ev.Done):
         return f"[bold]done ({event.state}) at step {event.step}[/]"
     if isinstance(event, ev.State):

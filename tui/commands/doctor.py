@@ -9,7 +9,7 @@ from rich.text import Text
 
 from tui.output import human_bytes, out, print_json
 
-HELP = "hardware and environment report (GPUs, PyTorch build, libraries, disk)"
+HELP = "hardware and environment report (GPUs, PyTorch build, libraries, disk, the Hub)"
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -23,12 +23,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.machine.probe import probe
 
+    from dataclasses import asdict
+
+    from engine.hub.connection import status
+
     report = probe(import_torch=True if args.import_torch else None, runs=getattr(args, "runs_dir", None))
+    hub = status()  # here, not in probe(): the wizard's first screen never waits on the network
     if args.json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "hub": asdict(hub)})
         return 0
     render(report)
+    render_hub(hub)
     return 0
+
+
+def render_hub(hub) -> None:  # noqa: ANN001 (engine.hub.connection.HubStatus)
+    """The Hub: reachable or why not, a token set or not (never shown), the cache, fast transfer."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("hub", Text(f"{hub.endpoint}: reachable", style="green") if hub.online else
+                 Text(f"offline: {hub.offline_reason}", style="yellow"))
+    grid.add_row("token", f"set ({'HF_TOKEN' if hub.token_from == 'HF_TOKEN' else 'hf auth login'})" if hub.token_set
+                 else Text("not set: gated and private models need one (hf auth login, or HF_TOKEN)", style="yellow"))
+    grid.add_row("hub cache", f"{hub.cache_dir} ({human_bytes(hub.cache_bytes)})")
+    fast = ", ".join(f"{name} {v}" for name, v in (("hf_xet", hub.hf_xet), ("hf_transfer", hub.hf_transfer)) if v)
+    grid.add_row("fast transfer", fast or Text("neither hf_xet nor hf_transfer installed (pip install hf_xet)",
+                                              style="yellow"))
+    out().print()
+    out().print(grid)
 
 
 def gpu_table(report) -> Table:  # noqa: ANN001 (HardwareReport; engine types stay out of the signature import)

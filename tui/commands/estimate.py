@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         return " | ".join(v.name + ("" if v.trains else " (estimate only)") for v in values)
 
     m = parser.add_argument_group("model")
-    m.add_argument("--model", metavar="ID_OR_PATH", help="a folder with config.json, or a Hub id (config from the Hub cache)")
+    m.add_argument("--model", metavar="ID_OR_PATH", help="a folder with config.json, or a Hub id (config.json from the Hub cache, else the Hub)")
     m.add_argument("--arch", choices=vocabulary.names(vocabulary.ARCHS), help="scratch: the architecture")
     m.add_argument("--size", help=f"scratch: {' | '.join(vocabulary.SIZES)}")
     m.add_argument("--layers", type=int, help="scratch: override the size's layer count")

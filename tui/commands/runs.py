@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     for r in runs:
         c = colours.get(r.state, "white")
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started)) if r.started else ""
-        table.add_row(r.id, r.technique, f"[{c}]{r.state}[/]", str(r.step),
+        state = f"[{c}]{r.state}[/]"
+        if r.download and r.download.get("total_bytes"):  # a Hub model arriving before the first step
+            state += f" [cyan]↓{(r.download.get('done_bytes') or 0) / r.download['total_bytes']:.0%}[/]"
+        table.add_row(r.id, r.technique, state, str(r.step),
                       f"{r.loss:.4f}" if r.loss is not None else "", started)
     out().print(table)
     return 0

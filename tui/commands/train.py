@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.checkpoints import store as checkpoint
-    from engine.run import job
+    from engine.run import hub_fetch, job
     from engine.run.distributed import launch as launch_config
     from engine.processes import pid_alive
     from engine.runfolder import events as ev
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.paths import runs_dir
     from tui.output import err, error, out, print_json
 
+    restart = False  # --resume of a run with no checkpoint yet that may start again (below)
     if args.resume:
         if args.spec or args.overrides or args.merge:
             raise UserError("--resume takes the run's own spec.toml; leave out SPEC, --set and --merge", field="resume")
@@ -46,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
         if status.get("state") in runfolder.LIVE_STATES:
             raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
         spec = spec_mod.load(run_path / runfolder.SPEC)
-        if checkpoint.find_resume(run_path) is None:
+        if checkpoint.find_resume(run_path) is None and hub_fetch.read_pins(run_path):
+            # stopped before its first checkpoint (a kill mid-download): the same folder starts again from
+            # step 0, with the Hub commits it recorded and the bytes already in the cache
+            restart = True
+            err().print(f"[dim]run {run_path.name} has no checkpoint yet: starting it again from step 0 with the "
+                        "Hub commits it recorded[/]")
+        elif checkpoint.find_resume(run_path) is None:
             raise UserError(f"run {run_path.name} has no complete checkpoint to resume from; start it again with "
                             f"`llm-wizard train {run_path / runfolder.SPEC}`", field="resume")
     else:
@@ -68,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
         if launch_config.is_multi(spec):
             from engine.run.distributed.supervisor import supervise
 
-            return supervise(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
-        return job.run_job(run_path, resume=bool(args.resume), foreground=True, step_sleep=args.step_sleep)
+            return supervise(run_path, resume=bool(args.resume) and not restart, foreground=True,
+                             step_sleep=args.step_sleep)
+        return job.run_job(run_path, resume=bool(args.resume) and not restart, foreground=True,
+                           step_sleep=args.step_sleep)
 
     if spec.distributed.num_machines > 1:  # the other machines join the rendezvous that this one hosts
         launch_config.write_config(run_path, spec)
@@ -79,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     if (risk := logout_risk()) is not None:  # RELIABILITY P9: said before the run starts; it still starts
         err().print(f"warning: {risk.message}\n  fix: {risk.fix}", style="yellow", markup=False)
-    pid = job.launch(run_path, resume=bool(args.resume), step_sleep=args.step_sleep)
+    pid = job.launch(run_path, resume=bool(args.resume) and not restart, step_sleep=args.step_sleep)
     if not args.no_wait:
-        show = None if args.json else (lambda m: err().print(f"[dim]{m}[/]"))
+        show = None if args.json else _show_message
         status = job.wait_started(run_path, pid, on_message=show)
         still_preparing = status.get("state") == "starting" and pid_alive(pid)
         if status.get("state") not in ("running", "paused", "done") and not still_preparing:
@@ -96,6 +105,23 @@ def run(args: argparse.Namespace) -> int:
                     f"  follow: llm-wizard attach {run_path.name} --follow\n"
                     f"  steer:  llm-wizard control {run_path.name} pause|resume|save|stop|lr F|rollback STEP|rescue")
     return 0
+
+
+def _show_message(message: str) -> None:
+    """What the starting job says; a Hub download's progress is redrawn in place on a terminal."""
+    from tui.output import err
+
+    console = err()
+    in_place = message.startswith("downloading ") and console.is_terminal
+    if in_place or _IN_PLACE:
+        console.file.write(f"\r{message}\x1b[K" if in_place else "\n")
+        console.file.flush()
+    _IN_PLACE[:] = [True] if in_place else []
+    if not in_place:
+        console.print(message, style="dim", markup=False, highlight=False)
+
+
+_IN_PLACE: list[bool] = []  # the last message was redrawn in place: the next one starts a new line
 
 
 def _preflight_data(spec: object) -> None:

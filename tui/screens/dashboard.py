@@ -212,6 +212,10 @@ class DashboardScreen(Screen):
         if h.error:
             title.append(f"  error: {h.error}", style="red")
         elif h.state in ("starting", "stopping") and h.message:
+            if h.download:  # a Hub model arriving: a bar beside the bytes, rate and ETA
+                done, total = h.download.get("done_bytes") or 0, h.download.get("total_bytes") or 0
+                filled = round(20 * min(1.0, done / total)) if total else 20
+                title.append("  " + "█" * filled, style="cyan").append("░" * (20 - filled), style="#585858")
             title.append(f"  {h.message}", style="italic")
         self.query_one("#run-title", Static).update(title)
         self.query_one(CommandBlock).display = self.join is not None and not self.joined and h.state in LIVE

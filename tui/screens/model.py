@@ -1,8 +1,10 @@
 """Step 3: which model. A Hub id or a local folder for fine-tuning, an architecture and a size for
-scratch. Only config.json is read; parameters are counted by the estimator's config arithmetic
-(engine.models.shape), never by loading weights. A model that needs its own Python code, or has only
-pickle weights, shows what would run and asks for consent (a checkbox) before Next applies: the consent
-is written into the spec as the engine's opt-ins (engine/models/trust.py, RELIABILITY M3 and S2)."""
+scratch. Only config.json is read (from the Hub cache, else the Hub); for a Hub id the Hub's API adds the
+size on disk, gated or not and cached or not, asked in the worker thread with a short timeout. Parameters
+are counted by the estimator's config arithmetic (engine.models.shape), never by loading weights. A model
+that needs its own Python code, or has only pickle weights, shows what would run and asks for consent (a
+checkbox) before Next applies: the consent is written into the spec as the engine's opt-ins
+(engine/models/trust.py, RELIABILITY M3 and S2)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,30 @@ def model_risks(source: str) -> tuple[Any, list[str]]:
     return remote_code(where), pickle_only(where.folder)
 
 
+def hub_facts(source: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(what the Hub says of a Hub id: size on disk, parameters, gated, cached; or None, and a note why not).
+    Local folders ask nothing; a short timeout keeps a slow network from holding the step."""
+    from engine.errors import UserError
+    from engine.hub import repo as hubrepo
+
+    if not hubrepo.is_hub_id(source):
+        return None, None
+    try:
+        info = hubrepo.repo_info(source, timeout=5.0)
+    except UserError as err:
+        return None, str(err)
+    return hubrepo.describe(info, hubrepo.model_files(info)), None
+
+
+def hub_line(facts: dict[str, Any]) -> str:
+    from engine.hub.download import human
+
+    params = f", {human_count(facts['parameters'])} parameters (Hub)" if facts.get("parameters") else ""
+    cached = "cached" if facts["cached"] else "not cached: the run downloads it before its first step"
+    gated = "gated (needs an accepted licence and a token)" if facts["gated"] else "not gated"
+    return f"{human(facts['bytes'])} on disk{params}; {gated}; {cached}"
+
+
 def model_parameters(source: str) -> tuple[int, str]:
     """(parameters, architecture) of a folder or cached Hub id: only config.json is read."""
     from engine.models.shape import load_dims
@@ -58,10 +84,12 @@ def model_parameters(source: str) -> tuple[int, str]:
 
 class ModelCounted(Message):
     def __init__(self, key: str, params: int | None, kind: str, error: str | None = None, code: Any = None,
-                 pickled: list[str] | None = None) -> None:
+                 pickled: list[str] | None = None, hub: dict[str, Any] | None = None,
+                 hub_note: str | None = None) -> None:
         super().__init__()
         self.key, self.params, self.kind, self.error = key, params, kind, error
         self.code, self.pickled = code, pickled or []
+        self.hub, self.hub_note = hub, hub_note
 
 
 class ModelScreen(WizardStep):
@@ -78,7 +106,7 @@ class ModelScreen(WizardStep):
                     yield OptionList(*(Option(ARCH_TITLES[a], id=a) for a in ARCHS), id="arch")
                     yield OptionList(*(Option(self._size_label(s), id=s) for s in SIZES), id="size")
             else:
-                yield Label("A Hub id (cached) or a local folder with config.json:")
+                yield Label("A Hub id or a local folder with config.json:")
                 yield Input(self.wizard.choices.model, placeholder="e.g. ./my-model or Qwen/Qwen2.5-0.5B",
                             suggester=PathSuggester(), id="model-path")
                 if self.wizard.choices.technique == "distill":
@@ -165,20 +193,29 @@ class ModelScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="count")
     def count(self, key: str) -> None:
-        from engine.errors import UserError
+        import time
 
+        from engine.errors import UserError
+        from engine.hub.repo import is_hub_id
+
+        if is_hub_id(key):  # typing an id: ask the Hub once the typing pauses, not for every prefix
+            time.sleep(0.4)
+            if self.wizard.choices.model != key:
+                return
+        hub, hub_note = hub_facts(key)
         try:
             code, pickled = model_risks(key)  # shown even when the count fails (a model type only its code knows)
         except OSError:
             code, pickled = None, []
+        facts = {"code": code, "pickled": pickled, "hub": hub, "hub_note": hub_note}
         try:
             n, kind = model_parameters(key)
         except UserError as err:
-            self.post_message(ModelCounted(key, None, "", str(err), code, pickled))
+            self.post_message(ModelCounted(key, None, "", str(err), **facts))
         except Exception as err:  # a config transformers cannot build: say so, keep the wizard alive
-            self.post_message(ModelCounted(key, None, "", f"cannot read this model's config: {err}", code, pickled))
+            self.post_message(ModelCounted(key, None, "", f"cannot read this model's config: {err}", **facts))
         else:
-            self.post_message(ModelCounted(key, n, kind, code=code, pickled=pickled))
+            self.post_message(ModelCounted(key, n, kind, **facts))
 
     def on_model_counted(self, message: ModelCounted) -> None:
         c = self.wizard.choices
@@ -195,8 +232,10 @@ class ModelScreen(WizardStep):
         else:
             c.extra["model_params"] = message.params
             note = f" (vocabulary of {c.scratch_vocab()}: {c.tokenizer})" if c.technique == "scratch" else ""
+            hub = (f"\n{hub_line(message.hub)}" if message.hub else
+                   f"\n{message.hub_note}" if message.hub_note else "")
             info.update(Text.assemble((f"{human_count(message.params or 0)} parameters", "bold green"),
-                                      f"  {message.kind}{note}"))
+                                      f"  {message.kind}{note}", (hub[:300], "dim" if message.hub else "yellow")))
         if c.technique != "scratch":
             self._show_risks(message.code, message.pickled)
         self.changed()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.runfolder import events as ev
 from engine.runfolder.status import Status
@@ -63,6 +64,7 @@ class RunHistory:
     done: bool = False
     state_t: float = 0.0  # time of the newest state event
     message: str = ""  # what the job last said it is doing ("tokenizing", "model ready", ...)
+    download: dict[str, Any] | None = None  # status.json's `download` while a Hub model arrives
 
     def apply(self, e: ev.Event) -> None:
         if isinstance(e, ev.Metrics):
@@ -147,6 +149,7 @@ class RunHistory:
         if status is None:
             return
         self.total_steps = status.total_steps or self.total_steps
+        self.download = status.download if status.state == "starting" else None  # a Hub download's progress
         if status.message:
             self.message = status.message
         if self.done:

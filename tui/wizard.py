@@ -210,11 +210,16 @@ def settle(c: Choices) -> str | None:
 
 
 def preflight(spec: Any) -> None:
-    """The technique's checks before launch, as `llm-wizard train` makes them (UserError with the
-    message to show): its `preflight` (options, the model found, QLoRA's 4-bit support, distillation's
-    tokenizers), else its option validation (prompt-tuning, moe), then what several processes cannot do."""
+    """The checks before launch, as `llm-wizard train` makes them (UserError with the message to show): the
+    data (engine.data.prepare.check: files, layout, the first rows), the technique's `preflight` (options, the
+    model found, QLoRA's 4-bit support, distillation's tokenizers), else its option validation (prompt-tuning,
+    moe), then what several processes cannot do."""
+    from engine.data.prepare import check
+    from engine.data.sources import DataSource
     from engine.run.distributed import launch as launch_config
     from engine.techniques.base import get
+
+    check(DataSource.from_spec(spec.data))
 
     technique = get(spec.technique)
     check = getattr(technique, "preflight", None) or getattr(technique, "options", None)

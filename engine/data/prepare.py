@@ -9,6 +9,7 @@ because they come from the same cached files and the same packing.
     prepared = prepare(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len)
     prepared.report.to_json()   # {"format", "examples", "tokens", "trained_tokens", "truncated", "dropped", ...}
     shown = show_examples(prepared, tokenizer, 3)   # the first examples exactly as trained
+    check(source)                # before a run folder exists: files found, layout detected, first rows valid
 """
 
 from __future__ import annotations
@@ -65,6 +66,35 @@ class Prepared:
     fingerprint: str
     report: DataReport
     added_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `check` found: the layout, the rows it read and those it skipped (data.on_bad_row = "skip")."""
+    format: str
+    source: str
+    rows: int
+    skipped: int
+
+
+def check(source: DataSource, sample_rows: int = 1000) -> Checked:
+    """The data checks that need no tokenizer, for `train` and the wizard before a run folder exists: the files
+    located, the layout detected, and the first `sample_rows` rows read and validated (a bad row raises
+    UserError naming its file:line, unless data.on_bad_row = "skip"); text files are read whole through the
+    corpus checks (empty, binary, not UTF-8). The job reads every row again."""
+    import itertools
+
+    from engine.data.corpus import check_text_files
+    from engine.data.sources import Skipped, iter_items
+    from engine.spec import STDLIB
+
+    if source.kind == "text":
+        if source.path != STDLIB:  # Python's own source: always there, and 13 MB to read for nothing
+            check_text_files(source.files())
+        return Checked("text", source.describe(), 0, 0)
+    skipped = Skipped()
+    rows = sum(1 for _ in itertools.islice(iter_items(source, skipped), sample_rows))
+    return Checked(source.layout().format, source.describe(), rows, skipped.count)
 
 
 def apply_template(source: DataSource, tokenizer: Any) -> tuple[chat_templates.ChatTemplate | None, list[str]]:

@@ -179,6 +179,27 @@ def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:
     return shown
 
 
+def first_shown(source: DataSource, tokenizer: Any, n: int) -> list[Shown]:
+    """The first `n` examples rendered as the run will render them (the template applied to `tokenizer`), without
+    reading the rest of the data: a quick preview (not cut to a block; plain text: each document whole)."""
+    import itertools
+
+    from engine.data.render import Renderer, RenderError
+    from engine.data.sources import iter_items
+    from engine.errors import UserError
+
+    template, _ = apply_template(source, tokenizer)
+    renderer = Renderer(tokenizer, template or chat_templates.resolve("plain", tokenizer),
+                        source.train_on if source.is_chat else "assistant")
+    items = list(itertools.islice(iter_items(source), n))
+    try:
+        encoded = renderer.encode([item.value for item in items])
+    except RenderError as exc:
+        raise UserError(f"{items[exc.index].where}: {exc}", field="data.template") from None
+    special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    return [_shown(e.ids.tolist(), e.mask.astype(int).tolist(), tokenizer, special_ids) for e in encoded]
+
+
 def _shown(ids: list[int], mask: list[int], tokenizer: Any, special_ids: set[int]) -> Shown:
     pieces = [tokenizer.decode([i]) for i in ids]
     return Shown(ids, tokenizer.decode(ids), mask, pieces, [i in special_ids for i in ids])

@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(report: Any, origin: str, tokenizer: Any) -> None:
-    from rich.table import Table
     from rich.text import Text
 
     from tui.data_view import describe_examples, legend, report_rows
@@ -91,12 +90,8 @@ def render(report: Any, origin: str, tokenizer: Any) -> None:
 
     c = out()
     plain = not c.is_terminal
-    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(style="bold")
-    table.add_column()
     for name, value in [*report_rows(report), ("tokenizer", origin)]:
-        table.add_row(name, Text(value))
-    c.print(table)
+        c.print(Text.assemble((f"{name:<16}", "bold"), value), soft_wrap=True)
     for warning in report.warnings:
         c.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     if report.shown:

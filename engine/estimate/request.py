@@ -56,6 +56,8 @@ class EstimateRequest:
     tokenizer: str | None = None  # the tokenizer folder when it is not the model's (the spec's tokenizer.path)
 
     def __post_init__(self) -> None:
+        # pairs, also when read back from JSON (lists): equal requests compare equal
+        object.__setattr__(self, "data_options", tuple((str(k), v) for k, v in self.data_options))
         for name in ("precision", "optimizer"):  # the estimator's older names, read as the spec's
             object.__setattr__(self, name, vocabulary.FORMER_NAMES.get(getattr(self, name), getattr(self, name)))
         for name, allowed in (("technique", TECHNIQUES), ("precision", PRECISIONS),

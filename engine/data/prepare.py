@@ -162,7 +162,7 @@ def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:
     from engine.data.pack import PackedBlocks
 
     blocks = prepared.blocks
-    special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    special_ids = _special_ids(tokenizer)
     shown: list[Shown] = []
     if isinstance(blocks, PackedBlocks):
         index = blocks.example_file.index()
@@ -196,8 +196,15 @@ def first_shown(source: DataSource, tokenizer: Any, n: int) -> list[Shown]:
         encoded = renderer.encode([item.value for item in items])
     except RenderError as exc:
         raise UserError(f"{items[exc.index].where}: {exc}", field="data.template") from None
-    special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    special_ids = _special_ids(tokenizer)
     return [_shown(e.ids.tolist(), e.mask.astype(int).tolist(), tokenizer, special_ids) for e in encoded]
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    """The ids shown as special: the named special tokens and every added token marked special (chat markers
+    such as <|im_start|> are often only the latter)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(getattr(tokenizer, "all_special_ids", [])) | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
 def _shown(ids: list[int], mask: list[int], tokenizer: Any, special_ids: set[int]) -> Shown:

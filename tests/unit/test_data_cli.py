@@ -60,6 +60,15 @@ def test_data_json_shows_examples_exactly_as_trained(tmp_path: Path, chat: Simpl
     assert "The sky is blue on a clear day.<|im_end|>" in trained and "At night it looks black" in trained
     assert "colour" not in trained and "short sentence" not in trained and "And at night" not in trained
 
+    # the chat markers are shown as special tokens (added tokens marked special, not only the named ones)
+    from engine.data.prepare import first_shown
+    from engine.data.sources import DataSource
+
+    (preview,) = first_shown(DataSource(str(chat.data)), tokenizer, 1)
+    assert preview.ids == first["ids"] and preview.mask == first["mask"]
+    marked = {p for p, special in zip(preview.pieces, preview.special) if special}
+    assert marked == {"<|im_start|>", "<|im_end|>"}
+
     capsys.readouterr()
     assert main(["data", str(spec_file(tmp_path, chat)), "--show", "1"]) == 0
     text = capsys.readouterr().out  # not a terminal: plain text, the trained parts marked

@@ -56,10 +56,57 @@ def _check_data(value: str) -> bool | str:
     from tui.corpus import make_source
 
     try:
-        make_source(value.strip(), None)
+        make_source(Choices(), value.strip())
     except UserError as err:
         return str(err)
     return True
+
+
+def ask_data(ask: Prompts, c: Choices) -> None:
+    """The Data step's questions: the format found shown; for a table the column mapping kept or edited, for a
+    Slack export whose replies are learned (a numbered list with message counts); for chat data the template
+    and which turns are trained. Settings that the data refuses are asked again, with the reason."""
+    import questionary
+
+    from engine import vocabulary
+    from engine.errors import UserError
+    from tui.corpus import (apply_mapping, chosen_mapping, describe, load_tokenizer, make_source, mapping_text,
+                            parse_mapping, scratch_refusal, template_note)
+
+    console = out()
+    corpus = describe(make_source(c))
+    if corpus.kind == "slack":
+        users = [questionary.Choice(f"{k}. {name} ({n:,} messages)", value=uid)
+                 for k, (uid, name, n) in enumerate(corpus.slack_users, 1)]
+        c.slack_user = ask.select("Whose replies are learned (Slack user)", users, default=users[0].value)
+    console.print(f"  format: {corpus.format}, {corpus.source}", markup=False, highlight=False)
+    if (refusal := scratch_refusal(c, corpus)) is not None:
+        raise UserError(refusal, field="data.path")
+    if corpus.kind in ("table", "hub") and corpus.columns:
+        if not ask.confirm(f"Columns: {mapping_text(corpus.columns)}. Keep them?", default=True):
+            def valid(text: str) -> bool | str:
+                try:
+                    mapping = parse_mapping(text)
+                    before = chosen_mapping(c)
+                    apply_mapping(c, mapping)
+                    try:
+                        describe(make_source(c))
+                    finally:
+                        apply_mapping(c, before)
+                except (ValueError, UserError) as err:
+                    return str(err)
+                return True
+
+            apply_mapping(c, parse_mapping(ask.text("Columns as role=column (roles: text, messages, prompt, "
+                                                    "response, system, label)", default=mapping_text(corpus.columns),
+                                                    validate=valid)))
+            corpus = describe(make_source(c))
+            console.print(f"  format: {corpus.format}, {corpus.source}", markup=False, highlight=False)
+    if corpus.is_chat:
+        note = template_note(load_tokenizer(c))
+        templates = [questionary.Choice(note if t == "auto" else t, value=t) for t in vocabulary.CHAT_TEMPLATES]
+        c.template = ask.select("Chat template", templates, default="auto")
+        c.train_on = ask.select("Which tokens carry the loss", list(vocabulary.TRAIN_ON), default="assistant")
 
 
 def ask_layout(ask: Prompts, c: Choices, gpus: list[tuple[int, str, int]], cuda: bool) -> None:
@@ -157,8 +204,9 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
         c.model = ask.text("Model (a local folder with config.json, or a cached Hub id)", validate=_check_model).strip()
         if c.technique == "distill":
             c.teacher = ask.text("Teacher model (same tokenizer)", validate=_check_model).strip()
-    c.dataset = ask.text("Data (a text file or folder, .jsonl/.csv/.parquet, or stdlib)", default="stdlib",
-                         validate=_check_data).strip()
+    c.dataset = ask.text("Data (a text file or folder, .jsonl/.json/.csv/.parquet, a dataset folder, a Slack export, "
+                         "or stdlib)", default="stdlib", validate=_check_data).strip()
+    ask_data(ask, c)
     console.print("counting tokens…")
     from tui.corpus import count_tokens
 

@@ -36,6 +36,16 @@ class Choices:
     teacher: str = ""  # distill
     dataset: str = "stdlib"
     text_column: str = ""
+    # The Data step's settings, the run spec's data section (engine.spec.DataSpec); empty or "auto": detected.
+    data_format: str = "auto"
+    messages_column: str = ""
+    prompt_column: str = ""
+    response_column: str = ""
+    system_column: str = ""
+    label_column: str = ""
+    template: str = "auto"
+    train_on: str = "assistant"
+    slack_user: str = ""
     seq_len: int = 128
     batch_size: int = 8
     grad_accum: int = 1
@@ -60,6 +70,16 @@ class Choices:
     layout_chosen: bool = False  # the user set num_processes/strategy: the checks step proposes no other
     find_batch: str = "auto"  # train.find_batch: auto | on | off (engine/run/batch_finder.py)
     extra: dict[str, Any] = field(default_factory=dict)  # what the screens learned (params, tokens)
+
+    def data_settings(self) -> dict[str, Any]:
+        """The data settings chosen (not left at their default), under the spec's data section names."""
+        chosen = {"format": self.data_format, "text_column": self.text_column,
+                  "messages_column": self.messages_column, "prompt_column": self.prompt_column,
+                  "response_column": self.response_column, "system_column": self.system_column,
+                  "label_column": self.label_column, "template": self.template, "train_on": self.train_on,
+                  "slack_user": self.slack_user}
+        defaults = {"format": "auto", "template": "auto", "train_on": "assistant"}
+        return {k: v for k, v in chosen.items() if v and v != defaults.get(k)}
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.technique]
@@ -87,8 +107,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     if not scratch:  # the model step's consents: running the model's pinned code, pickle weights
         model.update(c.extra.get("model_consent", {}))
     data: dict[str, Any] = {"path": _absolute(c.dataset) if c.dataset and c.dataset != "stdlib" else "stdlib"}
-    if c.text_column:
-        data["text_column"] = c.text_column
+    if c.dataset != "stdlib":
+        data.update(c.data_settings())
     if c.dataset and c.dataset != "stdlib" and not Path(c.dataset).expanduser().exists() and c.dataset.count("/") == 1:
         data["format"] = "hub"  # owner/name that is no local path: a dataset from the Hub cache
     options: dict[str, Any] = {}
@@ -150,6 +170,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
         dataset=(c.dataset if dataset and c.dataset != "stdlib" else None),
         text_column=c.text_column or None, max_steps=c.max_steps,
+        data_options=tuple((k, v) for k, v in c.data_settings().items() if k != "text_column"),
         gpus=c.world(), strategy=c.strategy if c.world() > 1 else "ddp",  # per-GPU numbers, sharded over all
     )
 
@@ -210,11 +231,16 @@ def settle(c: Choices) -> str | None:
 
 
 def preflight(spec: Any) -> None:
-    """The technique's checks before launch, as `llm-wizard train` makes them (UserError with the
-    message to show): its `preflight` (options, the model found, QLoRA's 4-bit support, distillation's
-    tokenizers), else its option validation (prompt-tuning, moe), then what several processes cannot do."""
+    """The checks before launch, as `llm-wizard train` makes them (UserError with the message to show): the
+    data (engine.data.prepare.check: files, layout, the first rows), the technique's `preflight` (options, the
+    model found, QLoRA's 4-bit support, distillation's tokenizers), else its option validation (prompt-tuning,
+    moe), then what several processes cannot do."""
+    from engine.data.prepare import check
+    from engine.data.sources import DataSource
     from engine.run.distributed import launch as launch_config
     from engine.techniques.base import get
+
+    check(DataSource.from_spec(spec.data))
 
     technique = get(spec.technique)
     check = getattr(technique, "preflight", None) or getattr(technique, "options", None)

@@ -9,6 +9,7 @@ because they come from the same cached files and the same packing.
     prepared = prepare(DataSource.from_spec(spec.data), tokenizer, spec.train.seq_len)
     prepared.report.to_json()   # {"format", "examples", "tokens", "trained_tokens", "truncated", "dropped", ...}
     shown = show_examples(prepared, tokenizer, 3)   # the first examples exactly as trained
+    check(source)                # before a run folder exists: files found, layout detected, first rows valid
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ class Prepared:
     fingerprint: str
     report: DataReport
     added_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What `check` found: the layout, the rows it read and those it skipped (data.on_bad_row = "skip")."""
+    format: str
+    source: str
+    rows: int
+    skipped: int
+
+
+def check(source: DataSource, sample_rows: int = 1000) -> Checked:
+    """The data checks that need no tokenizer, for `train` and the wizard before a run folder exists: the files
+    located, the layout detected, and the first `sample_rows` rows read and validated (a bad row raises
+    UserError naming its file:line, unless data.on_bad_row = "skip"); text files are read whole through the
+    corpus checks (empty, binary, not UTF-8). The job reads every row again."""
+    import itertools
+
+    from engine.data.corpus import check_text_files
+    from engine.data.sources import Skipped, iter_items
+    from engine.spec import STDLIB
+
+    if source.kind == "text":
+        if source.path != STDLIB:  # Python's own source: always there, and 13 MB to read for nothing
+            check_text_files(source.files())
+        return Checked("text", source.describe(), 0, 0)
+    skipped = Skipped()
+    rows = sum(1 for _ in itertools.islice(iter_items(source, skipped), sample_rows))
+    return Checked(source.layout().format, source.describe(), rows, skipped.count)
 
 
 def apply_template(source: DataSource, tokenizer: Any) -> tuple[chat_templates.ChatTemplate | None, list[str]]:
@@ -197,7 +227,7 @@ def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:
     from engine.data.pack import PackedBlocks
 
     blocks = prepared.blocks
-    special_ids = set(getattr(tokenizer, "all_special_ids", []))
+    special_ids = _special_ids(tokenizer)
     shown: list[Shown] = []
     if isinstance(blocks, PackedBlocks):
         index = blocks.example_file.index()
@@ -212,6 +242,34 @@ def show_examples(prepared: Prepared, tokenizer: Any, n: int) -> list[Shown]:
             ids = np.asarray(row, dtype=np.int64).tolist()
             shown.append(_shown(ids, [0] + [1] * (len(ids) - 1), tokenizer, special_ids))
     return shown
+
+
+def first_shown(source: DataSource, tokenizer: Any, n: int) -> list[Shown]:
+    """The first `n` examples rendered as the run will render them (the template applied to `tokenizer`), without
+    reading the rest of the data: a quick preview (not cut to a block; plain text: each document whole)."""
+    import itertools
+
+    from engine.data.render import Renderer, RenderError
+    from engine.data.sources import iter_items
+    from engine.errors import UserError
+
+    template, _ = apply_template(source, tokenizer)
+    renderer = Renderer(tokenizer, template or chat_templates.resolve("plain", tokenizer),
+                        source.train_on if source.is_chat else "assistant")
+    items = list(itertools.islice(iter_items(source), n))
+    try:
+        encoded = renderer.encode([item.value for item in items])
+    except RenderError as exc:
+        raise UserError(f"{items[exc.index].where}: {exc}", field="data.template") from None
+    special_ids = _special_ids(tokenizer)
+    return [_shown(e.ids.tolist(), e.mask.astype(int).tolist(), tokenizer, special_ids) for e in encoded]
+
+
+def _special_ids(tokenizer: Any) -> set[int]:
+    """The ids shown as special: the named special tokens and every added token marked special (chat markers
+    such as <|im_start|> are often only the latter)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(getattr(tokenizer, "all_special_ids", [])) | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
 def _shown(ids: list[int], mask: list[int], tokenizer: Any, special_ids: set[int]) -> Shown:

@@ -41,6 +41,7 @@ class TokenCount:
     method: str  # how the count was made, in words
     bytes: int  # text bytes counted
     documents: int
+    trained_tokens: int | None = None  # examples counted as trained: the tokens that carry the loss
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DataCheck:
     tokens_per_step: int
     steps_per_epoch: int
     projected_epochs: float | None  # at the chosen options: passes over the data for the planned budget
+    trained_tokens: int | None = None  # of `tokens`, those that carry the loss (examples counted as trained)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,8 +69,9 @@ class DataCheck:
 # --- reading: engine.data.sources's sources, so the check counts what the trainer will read -------------
 
 
-def source_for(dataset: str, text_column: str | None = None) -> Any:
-    """engine.data.sources.DataSource for a path (or, when no such path exists, a cached Hub dataset id)."""
+def source_for(dataset: str, text_column: str | None = None, **options: Any) -> Any:
+    """engine.data.sources.DataSource for a path (or, when no such path exists, a cached Hub dataset id);
+    `options` are its other fields (format, template, train_on, prompt_column...), as a spec's data section."""
     from engine.data.sources import DataSource
 
     path = Path(os.path.expanduser(dataset))
@@ -78,7 +81,9 @@ def source_for(dataset: str, text_column: str | None = None) -> Any:
                         "a Hub dataset id in the local cache", field="dataset")
     if path.exists() and not os.access(path, os.R_OK):
         raise UserError(f"cannot read dataset {path}: permission denied", field="dataset")
-    source = DataSource(dataset, format="hub" if hub else "auto", text_column=text_column or "")
+    if hub:
+        options["format"] = "hub"
+    source = DataSource(dataset, text_column=text_column or "", **options)
     source.kind  # noqa: B018 (resolves the format now: a bad source fails before counting)
     return source
 
@@ -181,7 +186,8 @@ def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str
     if tokenizer is not None and source.kind != "text" and total <= exact_limit:
         r = report(source, tokenizer, seq_len, val_fraction=val_fraction, progress=progress)
         return TokenCount(r.tokens, True, 0, f"exact: {r.examples} {r.format} examples through the "
-                          f"{r.template or 'plain'} template, {r.trained_tokens} trained tokens", 0, r.examples)
+                          f"{r.template or 'plain'} template, {r.trained_tokens} trained tokens", 0, r.examples,
+                          r.trained_tokens)
     if tokenizer is not None and total > exact_limit:
         return _sampled(source, tokenizer, total, progress)
     n_bytes = docs = 0
@@ -291,7 +297,7 @@ def data_rule(technique: str, params: int, count: TokenCount, *, tokens_per_step
         tokens=tokens, tokens_error=count.error, exact=count.exact, method=count.method, params=params,
         tokens_per_param=tokens / params if params else 0.0, required_tokens=int(required), verdict=verdict,
         rule=rule, advice=advice, supported_params=supported, tokens_per_step=tokens_per_step,
-        steps_per_epoch=steps_per_epoch, projected_epochs=epochs,
+        steps_per_epoch=steps_per_epoch, projected_epochs=epochs, trained_tokens=count.trained_tokens,
     )
 
 

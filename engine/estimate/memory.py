@@ -40,11 +40,13 @@ def estimate(req: EstimateRequest, *, gpus: list[tuple[int, str, int]] | None = 
     if with_suggestions and est.gpus and any(v.verdict != "fits" for v in est.gpus):
         est.suggestions = suggestions(req, d, est, gpus)
     if req.dataset:
-        from engine.estimate.data_size import check_data
+        from engine.estimate.data_size import check_data, source_for
 
-        est.data = check_data(req.dataset, technique=req.technique, params=d.params, model=req.model,
+        source = source_for(req.dataset, req.text_column, **dict(req.data_options))
+        est.data = check_data(req.dataset, technique=req.technique, params=d.params,
+                              model=req.tokenizer or req.model,
                               tokens_per_step=req.tokens_per_step(est.gpu_count), text_column=req.text_column,
-                              max_steps=req.max_steps, progress=progress)
+                              max_steps=req.max_steps, progress=progress, source=source, seq_len=req.seq_len)
         if est.data.method.startswith("no tokenizer"):
             est.notes.append("tokens estimated from bytes: no tokenizer for this model "
                              "(scratch trains one on the data)")

@@ -8,7 +8,7 @@ the estimator can count and the run engine does not train (`adafactor`). The est
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from engine import vocabulary
@@ -50,8 +50,14 @@ class EstimateRequest:
     dataset: str | None = None  # the data check: a .txt/.jsonl/.csv/.parquet file or a folder
     text_column: str | None = None
     max_steps: int | None = None  # for the projected epochs; None: scratch plans 20 tokens a parameter
+    # The data check's other settings (engine.data.sources.DataSource's fields: format, template, train_on,
+    # prompt_column...), as (name, value) pairs, so the count is the run's for the same data settings.
+    data_options: tuple[tuple[str, Any], ...] = ()
+    tokenizer: str | None = None  # the tokenizer folder when it is not the model's (the spec's tokenizer.path)
 
     def __post_init__(self) -> None:
+        # pairs, also when read back from JSON (lists): equal requests compare equal
+        object.__setattr__(self, "data_options", tuple((str(k), v) for k, v in self.data_options))
         for name in ("precision", "optimizer"):  # the estimator's older names, read as the spec's
             object.__setattr__(self, name, vocabulary.FORMER_NAMES.get(getattr(self, name), getattr(self, name)))
         for name, allowed in (("technique", TECHNIQUES), ("precision", PRECISIONS),
@@ -188,6 +194,14 @@ class Estimate:
 # The technique options a run defaults to when its spec leaves them out (engine/techniques/lora.py and
 # prompt_tuning.py DEFAULTS; a test keeps them equal).
 RUN_LORA_RANK, RUN_VIRTUAL_TOKENS = 16, 8
+
+
+def data_options(data: Any) -> tuple[tuple[str, Any], ...]:
+    """A spec's data settings (engine.spec.DataSpec) as EstimateRequest.data_options: those DataSource reads."""
+    from engine.data.sources import DataSource
+
+    names = {f.name for f in fields(DataSource)} - {"path", "text_column"}
+    return tuple((k, v) for k, v in vars(data).items() if k in names)
 
 
 def request_from_spec(spec: Any, **extra: Any) -> EstimateRequest:

@@ -97,3 +97,27 @@ def many(n: int) -> list[list[dict[str, str]]]:
         out.append(conv)
         k += 3
     return out
+
+
+SLACK_USERS = [
+    {"id": "U1", "name": "ann", "real_name": "Ann Lee", "profile": {"display_name": "annie", "real_name": "Ann Lee"}},
+    {"id": "U2", "name": "bob", "profile": {"display_name": "", "real_name": "Bob Ray"}},
+]
+
+
+def slack_export(root: Path, days: int = 3) -> Path:
+    """A Slack export: users.json and one channel of day files where ann answers bob, a join line among them."""
+    channel = root / "general"
+    channel.mkdir(parents=True)
+    (root / "users.json").write_text(json.dumps(SLACK_USERS))
+    t = 1_700_000_000
+    texts = words(4 * days, seed=2)
+    for d in range(days):
+        day = [{"type": "message", "subtype": "channel_join", "user": "U2", "text": "<@U2> has joined",
+                "ts": f"{t + d * 86400}.000100"}] if d == 0 else []
+        for k in range(2):
+            at = t + d * 86400 + 10 * (k + 1)
+            day += [{"type": "message", "user": "U2", "text": texts[4 * d + 2 * k], "ts": f"{at}.000100"},
+                    {"type": "message", "user": "U1", "text": texts[4 * d + 2 * k + 1], "ts": f"{at + 5}.000100"}]
+        (channel / f"2023-11-{14 + d:02d}.json").write_text(json.dumps(day))
+    return root

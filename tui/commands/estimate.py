@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 from rich.table import Table
 from rich.text import Text
@@ -65,13 +67,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset", metavar="PATH_OR_ID", help=".txt, folder of text files, .jsonl, .csv, .parquet, a Slack "
                    "export, or a Hub dataset id in the local cache")
     d.add_argument("--text-column", help="the column with the text (.jsonl/.csv/.parquet)")
+    d.add_argument("--format", choices=vocabulary.DATA_FORMATS, help="the examples' layout (default auto: detected)")
+    d.add_argument("--template", help=f"chat template: {' | '.join(vocabulary.CHAT_TEMPLATES)}, or text with "
+                   "{prompt} and {response} (default auto: the model's own)")
+    d.add_argument("--train-on", choices=vocabulary.TRAIN_ON, help="which tokens carry the loss (default assistant)")
+    d.add_argument("--messages-column", help="the column holding a conversation")
+    d.add_argument("--prompt-column", help="the prompt column (with --response-column)")
+    d.add_argument("--response-column", help="the response column (with --prompt-column)")
+    d.add_argument("--system-column", help="a system prompt column for prompt/response rows")
+    d.add_argument("--slack-user", help="Slack export: whose replies are learned")
     d.add_argument("--max-steps", type=int, help="planned optimizer steps, for the projected epochs")
+    parser.add_argument("--spec", metavar="SPEC", help="take the model, technique, options, seq_len and data from "
+                        "a run spec (TOML); --dataset and the data options above override its data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --spec: override a spec setting (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+# The data options above: their names in the run spec's data section (engine.data.sources.DataSource).
+DATA_OPTIONS = ("format", "template", "train_on", "messages_column", "prompt_column", "response_column",
+                "system_column", "slack_user")
+
+
+def _data_options(args: argparse.Namespace) -> dict[str, str]:
+    return {k: getattr(args, k) for k in DATA_OPTIONS if getattr(args, k, None)}
+
+
 def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, imported lazily)
+    from engine.errors import UserError
     from engine.estimate.memory import EstimateRequest
 
+    if getattr(args, "spec", None):
+        return _request_from_spec(args)
+    if getattr(args, "overrides", None):
+        raise UserError("--set changes a spec's settings: give the spec with --spec", field="set")
+    if bool(args.prompt_column) != bool(args.response_column):
+        raise UserError("give --prompt-column and --response-column together", field="prompt_column")
     targets = tuple(x.strip() for x in (args.lora_targets or "").split(",") if x.strip())
     return EstimateRequest(
         model=args.model, arch=args.arch, size=args.size, layers=args.layers, width=args.width, heads=args.heads,
@@ -80,7 +111,27 @@ def request_from_args(args: argparse.Namespace):  # noqa: ANN201 (engine type, i
         optimizer=args.optimizer, batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
         grad_checkpointing=args.grad_checkpointing, attention=args.attention, gpus=args.gpus, strategy=args.strategy,
         dataset=args.dataset, text_column=args.text_column, max_steps=args.max_steps,
+        data_options=tuple(_data_options(args).items()),
     )
+
+
+def _request_from_spec(args: argparse.Namespace):  # noqa: ANN202 (engine type, imported lazily)
+    """The run's own request (engine.estimate.request.request_from_spec) with its data settings; a --dataset or
+    data option given here is applied to the spec's data section first, so the spec's checks see it."""
+    from engine.estimate.request import data_options, request_from_spec
+    from engine.spec import load
+
+    given = _data_options(args) | ({"text_column": args.text_column} if args.text_column else {})
+    if args.dataset:  # a path given here is the shell's, not relative to the spec's folder
+        local = Path(args.dataset).expanduser()
+        given["path"] = str(local.resolve()) if local.exists() else args.dataset
+    # JSON strings are TOML strings: a value is taken as written, never parsed as a number or a table
+    overrides = [*args.overrides, *(f"data.{k}={json.dumps(v)}" for k, v in given.items())]
+    spec = load(args.spec, overrides)
+    return request_from_spec(spec, dataset=spec.data.path, text_column=spec.data.text_column or None,
+                             data_options=data_options(spec.data), tokenizer=spec.tokenizer.path or None,
+                             max_steps=args.max_steps or spec.train.max_steps or None,
+                             **({"gpus": args.gpus} if args.gpus else {}))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -125,13 +125,12 @@ _IN_PLACE: list[bool] = []  # the last message was redrawn in place: the next on
 
 
 def _preflight_data(spec: object) -> None:
-    """Empty, binary and non-UTF-8 files fail here, before any run folder exists (RELIABILITY D1-D3)."""
-    from engine.data.corpus import check_text_files, text_files
-    from engine.spec import STDLIB
+    """The data checked before any run folder exists: files found, layout detected, the first rows valid
+    (file:line named), text files empty, binary or not UTF-8 (RELIABILITY D1-D3). The job reads the rest."""
+    from engine.data.prepare import check
+    from engine.data.sources import DataSource
 
-    path = spec.data.path  # type: ignore[attr-defined]
-    if path != STDLIB:
-        check_text_files(text_files(path))
+    check(DataSource.from_spec(spec.data))  # type: ignore[attr-defined]
 
 
 def _preflight_technique(spec: object) -> None:

@@ -1,5 +1,5 @@
 """Step 7: the run spec that will run (TOML), the equivalent `llm-wizard train` command, save, and
-launch. Launching first makes the technique's own checks (tui.wizard.preflight, as `llm-wizard train`:
+launch. Launching first makes the data's and the technique's checks (tui.wizard.preflight, as `llm-wizard train`:
 a bad option, a missing model, QLoRA without 4-bit support, a teacher whose tokenizer differs), so a
 bad choice is refused here with its message and no run folder; then the run engine's own API
 (engine.run.job.create + launch: a detached process in its own session) and the dashboard on the new run.
@@ -157,17 +157,14 @@ class ReviewScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="launch")
     def launch(self) -> None:
-        from engine.run import job
-        from engine.data.corpus import check_text_files, text_files
         from engine.errors import UserError
         from engine.paths import runs_dir
-        from engine.spec import STDLIB, from_dict
+        from engine.run import job
+        from engine.spec import from_dict
 
         try:
             spec = from_dict(spec_dict(self.wizard.choices))
-            if spec.data.path != STDLIB and Path(spec.data.path).suffix not in (".jsonl", ".csv", ".parquet"):
-                check_text_files(text_files(spec.data.path))
-            preflight(spec)
+            preflight(spec)  # the data's and the technique's checks, before a run folder exists
             if self.planned is not None:  # several machines: the folder whose commands are shown
                 run = job.create(spec, self.planned.parent, run_id=self.planned.name)
             else:

@@ -118,19 +118,18 @@ def load_tokenizer(model: str | None) -> Any | None:
         if not is_hub_id(model):
             return None
         try:
-            fetch_file(model, "tokenizer.json", field="model", timeout=5.0)
+            folder = Path(fetch_file(model, "tokenizer.json", field="model", timeout=5.0)).parent
         except UserError:  # offline, gated, or a repo with no tokenizer.json
             return None
         for extra in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-            try:  # the chat template and special tokens live beside it, where the repo has them
+            try:  # the chat template and special tokens live beside it (the same snapshot), where the repo has them
                 fetch_file(model, extra, field="model", timeout=5.0)
             except UserError:
                 pass
     from transformers import AutoTokenizer
 
     try:  # the model's own code is never run here: a tokenizer that needs it counts by the ratio
-        return AutoTokenizer.from_pretrained(str(folder) if folder.is_dir() else model, local_files_only=True,
-                                             trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception:  # noqa: BLE001 - a tokenizer this version cannot read: fall back to the ratio
         return None
 

@@ -78,7 +78,7 @@ def test_data_json_shows_examples_exactly_as_trained(tmp_path: Path, chat: Simpl
 
 def test_estimate_data_and_the_trainer_count_the_same(tmp_path: Path, chat: SimpleNamespace,
                                                       capsys: pytest.CaptureFixture) -> None:
-    from engine.data.pack import source_blocks
+    from engine.data.prepare import source_blocks
     from engine.models.pretrained import load_pretrained
 
     spec_path = spec_file(tmp_path, chat, train_on="last_assistant")

@@ -5,7 +5,10 @@ Sources (`DataSource.kind`, from the path):
 - table: JSONL (also gzip/zstd), JSON, CSV/TSV, Parquet, Arrow files, a folder of them, a datasets
   save_to_disk folder or a Hub-style dataset folder (engine/data/containers.py finds and reads them);
   each row read in the layout engine/data/formats.py detects (messages, sharegpt, alpaca, ...);
-- hub: a Hugging Face dataset id read from the local datasets cache (engine/data/hub_datasets.py);
+- hub: a Hugging Face dataset id (data.format = "hub", data.subset, data.split): the files the subset and split
+  need, downloaded into the Hub cache (engine/hub/datasets.py; inside a run, pinned and with progress by
+  engine/run/hub_fetch.py, which hands the folder over through `use_snapshot`) and read as a table; offline
+  and not in the Hub cache, the datasets library's own cache (engine/data/hub_datasets.py);
 - slack: a Slack export folder; one user's messages are the replies, the messages before each in its
   conversation the user turn (engine/data/slack.py).
 
@@ -43,6 +46,15 @@ PIECE_BYTES = 1 << 16  # text files are handed out in pieces of about this size 
 BAD_ROWS_SHOWN = 5  # a bad row is reported with this many others like it
 BAD_ROWS_LOOKAHEAD = 10_000  # rows read past the first bad one to find more (bounded time)
 DETECT_ROWS = 20  # the layout is decided on this many first rows
+
+
+# (repo id, subset, split) -> the Hub snapshot folder a run downloaded it into (pinned to the run's commit).
+_snapshots: dict[tuple[str, str, str], Path] = {}
+
+
+def use_snapshot(repo_id: str, subset: str, split: str, folder: Path) -> None:
+    """Read the Hub dataset `repo_id` from `folder` in this process (a run's pinned download)."""
+    _snapshots[(repo_id, subset, split)] = Path(folder)
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,14 @@ class DataSource:
 
     @functools.cached_property
     def files_found(self) -> DataFiles | None:
-        """The located files (None for the standard library and a Hub dataset id)."""
-        if self.path == STDLIB or self.format == "hub":
+        """The located files (None for the standard library, and for a Hub dataset read from the datasets cache)."""
+        if self.path == STDLIB:
             return None
         from engine.data.containers import locate
+
+        if self.format == "hub":
+            folder = self._hub_snapshot()
+            return locate(folder, self.split, self.subset) if folder is not None else None
 
         if self.format == "text":
             p = Path(self.path).expanduser()
@@ -107,12 +123,34 @@ class DataSource:
                             field="data.path")
         return found
 
+    def _hub_snapshot(self) -> Path | None:
+        """The Hub snapshot folder of a dataset id: a run's pinned download, else fetched now (cached after the
+        first time); None when it cannot be fetched but the datasets library's cache holds it."""
+        key = (self.path, self.subset, self.split)
+        if key in _snapshots:
+            return _snapshots[key]
+        from engine.hub.datasets import fetch_dataset
+
+        try:
+            folder = fetch_dataset(self.path, subset=self.subset or None, split=self.split or None)
+        except UserError as missing:
+            from engine.data import hub_datasets
+
+            try:
+                hub_datasets.load(self)
+            except UserError as cached:  # offline: what the datasets cache says; online: what the Hub said
+                offline = getattr(missing, "reason", "") in ("offline", "unreachable")
+                raise (cached if offline else missing) from None
+            return None
+        _snapshots[key] = folder
+        return folder
+
     @property
     def kind(self) -> str:
-        """text, table, hub or slack."""
+        """text, table, hub (the datasets cache) or slack."""
         if self.path == STDLIB or self.format == "text":
             return "text"
-        if self.format == "hub":
+        if self.format == "hub" and self.files_found is None:
             return "hub"
         found = self.files_found
         assert found is not None

@@ -119,6 +119,17 @@ def fetch_data(run: Path, repo_id: str, subset: str | None, split: str | None, e
                                  progress=_reporter("data.path", emit, status), should_stop=should_stop)
 
 
+def fetch_run_data(run: Path, spec: Any, emit: Callable[[ev.Event], Any], status: Callable[..., None],
+                   should_stop: Callable[[], bool] | None = None) -> None:
+    """A Hub dataset of the spec (data.format = "hub"), downloaded and pinned like the model, and handed to the
+    data layer so the technique reads that snapshot."""
+    from engine.data.sources import use_snapshot
+
+    d = spec.data
+    if d.format == "hub":
+        use_snapshot(d.path, d.subset, d.split, fetch_data(run, d.path, d.subset, d.split, emit, status, should_stop))
+
+
 def _use_cache(repo_id: str, commit: str, field: str, error: HubError, emit: Callable[[ev.Event], Any]) -> bool:
     """The Hub cannot be reached, but the snapshot this run needs is cached: go on with it, and say so."""
     if error.reason != "unreachable":

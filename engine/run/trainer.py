@@ -153,6 +153,9 @@ class Trainer(CheckpointSteps):
         hub_fetch.fetch(self.run, self.spec, self.events.emit if self.writes_files else lambda e: None,
                         lambda message, download: self._progress(message, download=download),
                         should_stop=lambda: bool(self.stop_reason))
+        hub_fetch.fetch_run_data(self.run, self.spec, self.events.emit if self.writes_files else lambda e: None,
+                                 lambda message, download: self._progress(message, download=download),
+                                 should_stop=lambda: bool(self.stop_reason))
         self.technique = batch_finder.with_fault_allocator(get(self.spec.technique), t.seq_len)  # LLMW_FAULT=oom_over
         ctx = SetupContext(self.spec, self.run, progress=self._progress, should_stop=lambda: bool(self.stop_reason))
         self.prep: Prepared = self.technique.setup(ctx)

@@ -306,3 +306,36 @@ def test_a_runs_dataset_by_id_is_pinned_reported_and_read_from_the_cache_offline
     assert hub_fetch.fetch_data(tmp_path, "org/rows", None, "train", emitted.append, lambda m, d: None) == folder
     with pytest.raises(UserError, match=r"not in the Hub cache and this machine is offline \(HF_HUB_OFFLINE"):
         hub_fetch.fetch_data(tmp_path / "other", "org/elsewhere", None, None, emitted.append, lambda m, d: None)
+
+
+def test_a_chat_dataset_by_id_is_read_counted_and_trained_from_its_pinned_snapshot(
+        hub: HubServer, tmp_path: Path) -> None:
+    from engine import spec as spec_mod
+    from engine.data import sources
+    from engine.data.prepare import prepare
+    from engine.run import hub_fetch, job
+    from engine.run.trainer import Trainer
+    from chat_helpers import many, qwen2_model, train_bpe
+    from run_helpers import events
+
+    lines = "".join(json.dumps({"messages": c}) + "\n" for c in many(60)).encode()
+    sha = hub.add_files("org/chats", {"README.md": b"# Chats\nNot rows.\n", "data/train.jsonl": lines,
+                                      "data/test.jsonl": lines[:2000]}, kind="dataset")
+    tok = train_bpe(tmp_path / "tok")
+    model = qwen2_model(tmp_path / "model", tok)
+    source = sources.DataSource("org/chats", format="hub")
+    assert source.kind == "table" and source.layout().format == "messages"  # README.md is not data
+    assert source.files_found.files[0].name == "train.jsonl" and sha in str(source.files_found.root)
+    expected = prepare(source, tok, 160, val_fraction=0.1, cache_dir=tmp_path / "c").report
+    assert expected.examples == 60
+    sources._snapshots.clear()  # the run fetches (and pins) it itself
+    s = spec_mod.from_dict({"technique": "full", "model": {"path": str(model)},
+                            "data": {"path": "org/chats", "format": "hub", "val_fraction": 0.1},
+                            "train": {"seq_len": 160, "batch_size": 4, "max_steps": 2, "threads": 1},
+                            "eval": {"every": 0}, "checkpoint": {"every": 0}})
+    run = job.create(s, tmp_path / "runs")
+    assert Trainer(run, s).run_job() == 0
+    assert hub_fetch.read_pins(run)["data.path"] == {"repo": "org/chats", "commit": sha}
+    assert any(e["field"] == "data.path" and e.get("finished") for e in events(run, "download"))
+    ready = next(e for e in events(run, "state") if e.get("message") == "model ready")
+    assert (ready["data"]["tokens"], ready["data"]["examples"]) == (expected.tokens, 60)

@@ -29,6 +29,7 @@ TRIES = 3
 BACKOFF_S = 1.0  # then 2 s, 4 s...
 TIMEOUT_S = 10.0
 LEVELS = {"info": 0, "warning": 1, "error": 2, "none": 99}
+WEB_SCHEMES = ("http", "https", "json", "jsons", "form", "forms", "xml", "xmls")  # where the host is just a host
 QUIET_KINDS = ("tracker", "notify")  # about the messengers themselves: never sent through them
 
 
@@ -55,10 +56,13 @@ def resolve(url: str) -> str:
 
 
 def shown(url: str) -> str:
-    """A URL as it may be written down: scheme and host only (paths and user parts often are tokens)."""
+    """A URL as it may be written down: a web address's scheme and host; of any other, its scheme only (an Apprise
+    URL's host and path are often its tokens: slack://TokenA/TokenB/TokenC)."""
     if url.startswith("$"):
         return url
     parts = urlsplit(url)
+    if parts.scheme not in WEB_SCHEMES:
+        return f"{parts.scheme}://…"
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
@@ -89,8 +93,10 @@ def send_one(url: str, message: Message) -> None:
     (post_json if urlsplit(url).scheme in ("http", "https") else send_apprise)(url, message)
 
 
-def send(urls: list[str], message: Message, *, tries: int = TRIES, backoff_s: float = BACKOFF_S) -> dict[str, str | None]:
-    """Each URL tried `tries` times; {shown URL: None when sent, else the last error}."""
+def send(urls: list[str], message: Message, *, tries: int | None = None,
+         backoff_s: float | None = None) -> dict[str, str | None]:
+    """Each URL tried `tries` times (TRIES); {shown URL: None when sent, else the last error}."""
+    tries, backoff_s = tries or TRIES, BACKOFF_S if backoff_s is None else backoff_s
     results: dict[str, str | None] = {}
     for url in urls:
         error: str | None = None
@@ -116,7 +122,7 @@ class Notifier:
     name = "notifications"
 
     def __init__(self, events: Any, run_id: str, urls: list[str], severity: str = "error", *,
-                 tries: int = TRIES, backoff_s: float = BACKOFF_S) -> None:
+                 tries: int | None = None, backoff_s: float | None = None) -> None:
         self.events, self.run_id, self.urls, self.level = events, run_id, list(urls), LEVELS[severity]
         self.tries, self.backoff_s = tries, backoff_s
         self.state, self.step, self.loss = "starting", None, None
@@ -172,7 +178,7 @@ class Notifier:
             if error is not None:
                 self.events.emit(ev.Alert(step=self.step, kind="notify", severity="warning", suggest=None,
                                           message=f"the {message.event} notification to {where} was not sent "
-                                                  f"after {self.tries} tries: {error[:200]}"))
+                                                  f"after {self.tries or TRIES} tries: {error[:200]}"))
 
     def close(self) -> None:
         if self.pending is not None:

@@ -131,3 +131,27 @@ def test_eval_prompts_give_greedy_samples_in_the_eval_events(tmp_path: Path) -> 
     model, tokenizer, _ = load_for_inference(run)
     again = samples(model, tokenizer, ["the cat", "a dog"], chat=False, max_new_tokens=6, device="cpu")
     assert again == evals[-1]["samples"]
+
+
+def test_chat_runs_sample_the_reply_through_the_chat_template(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from chat_helpers import qwen2_model, train_bpe
+    from engine.run.evaluation import chat_run, prompt_ids, samples
+
+    tokenizer = train_bpe(tmp_path / "tok")
+    model = AutoModelForCausalLM.from_pretrained(qwen2_model(tmp_path / "m", tokenizer))
+    ids = prompt_ids(tokenizer, "What colour is the sky?", chat=True)
+    rendered = tokenizer.decode(ids)
+    assert rendered.startswith("<|im_start|>system") and rendered.endswith("<|im_start|>assistant\n")
+    assert prompt_ids(tokenizer, "What colour is the sky?", chat=False) == tokenizer(
+        "What colour is the sky?", add_special_tokens=False)["input_ids"]
+    (got,) = samples(model, tokenizer, ["What colour is the sky?"], chat=True, max_new_tokens=5, device="cpu")
+    x = torch.tensor([ids])
+    want = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=5,
+                          pad_token_id=tokenizer.pad_token_id)[0, len(ids):]
+    stop = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
+    cut = next((i for i, t in enumerate(want.tolist()) if t in stop), len(want))
+    assert got["text"] == tokenizer.decode(want[:cut], skip_special_tokens=True)
+    assert chat_run({"template": "chatml"}) and not chat_run({"template": None}) and not chat_run(None)

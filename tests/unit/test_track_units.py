@@ -127,6 +127,26 @@ def test_the_hub_never_blocks_and_switches_a_failing_sink_off_with_one_alert(mon
     assert broken not in hub.sinks and slow.seen
 
 
+def test_a_slow_sink_never_holds_back_another() -> None:
+    class Fast(_Slow):
+        name = "fast"
+
+        def on_event(self, event: ev.Event) -> None:
+            self.seen.append(event)
+
+    slow, fast = _Slow(), Fast()
+    hub = Hub(Log(), [slow, fast], close_s=5)
+    for i in range(20):
+        hub.on_event(_metrics(i + 1, 1.0))
+    deadline = time.monotonic() + 5
+    while len(fast.seen) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fast.seen) == 20 and slow.seen == []  # the slow one (a webhook timing out) still waits
+    slow.release.set()
+    hub.close()
+    assert len(slow.seen) == 20
+
+
 def test_tracker_sink_maps_events_to_scalars_and_text_and_follows_branches() -> None:
     calls: list[tuple] = []
 

@@ -137,7 +137,7 @@ def test_snapshot_compare_view(snap_compare, tmp_path: Path) -> None:
     async def opened(pilot) -> None:
         await pilot.pause()
         app.push_screen(CompareScreen([a, b]))
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.summaries)
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(100, 36), run_before=opened)
@@ -153,6 +153,7 @@ async def test_runs_screen_compares_marked_runs(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, RunsScreen))
         await pilot.press("c")
-        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen))
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.summaries)
+        await pilot.pause()
         assert len(app.screen.runs) == 2
         assert "rolled-back branches" in screen_text(app)

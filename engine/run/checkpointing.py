@@ -151,6 +151,7 @@ class CheckpointSteps:
         self.schedule.load_state_dict(st["schedule"])
         self.watchdogs.state = st["watchdogs"]
         self.best_eval = type(self.best_eval).from_state(st.get("best_eval"))
+        self.eval_step = None  # an evaluation of the branch left behind says nothing about these weights
         self.arm_skip()  # the threshold the checkpoint's detector knew
         set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
         self.parent = info.name

@@ -79,7 +79,7 @@ def samples(model: Any, tokenizer: Any, prompts: list[str], *, chat: bool, max_n
                 y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
                                    max_new_tokens=max(1, min(max_new_tokens, limit - len(ids))),
                                    pad_token_id=pad, eos_token_id=stops or None)
-            new = y[0, x.shape[1]:].tolist()
+            new = (y[0] if getattr(config, "is_encoder_decoder", False) else y[0, x.shape[1]:]).tolist()
             out.append({"prompt": prompt, "text": tokenizer.decode(new, skip_special_tokens=True)})
     finally:
         model.train(was_training)

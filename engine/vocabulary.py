@@ -124,3 +124,8 @@ def precision(name: str) -> Precision:
 
 def help_of(values: tuple[Name, ...], name: str) -> str:
     return find(values, name).help
+
+# what final/ holds (checkpoint.final), the optional trackers (log.trackers), the alert levels notify.severity takes
+FINAL_CHOICES = ("last", "best")
+TRACKERS = ("wandb", "mlflow", "trackio")
+NOTIFY_SEVERITIES = ("error", "warning", "info", "none")

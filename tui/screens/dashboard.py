@@ -76,10 +76,12 @@ class DashboardScreen(Screen):
         with Horizontal(id="run-main"):
             with Vertical(id="run-left"):
                 yield LossChart(id="chart")
+                yield Static("", id="run-tb")
                 yield GpuPanel(id="run-gpus")
             with Vertical(id="run-side"):
                 yield Static("", id="run-stats")
                 yield Static("", id="run-checkpoints")
+                yield Static("", id="run-samples")
         yield Static("", id="run-alert")
         yield Static("", id="run-message")
         yield Footer()
@@ -88,6 +90,10 @@ class DashboardScreen(Screen):
         from tui.machines import join_plan
 
         self.query_one("#run-alert", Static).display = False
+        self.query_one("#run-samples", Static).display = False
+        tb = self.query_one("#run-tb", Static)
+        tb.display = (self.run / "tb").is_dir()  # written by the job's TensorBoard tracker (log.tensorboard)
+        tb.update(Text.assemble(("TensorBoard: ", "#9e9e9e"), f"tensorboard --logdir {self.run / 'tb'}"))
         self.join = join_plan(self.run)  # several machines: the commands the others run, until they join
         if self.join is not None:
             self.query_one(CommandBlock).show(Text.assemble(
@@ -226,9 +232,14 @@ class DashboardScreen(Screen):
             loss = self.loss_at(step)
             cps.append(f"\n◆ {step:>6}", style="blue")
             cps.append(f"  {loss:.3f}" if loss is not None else "")
+            if name == h.best:
+                cps.append("  ★ best", style="bold yellow")
+        if h.best and h.best not in [name for name, _ in self.checkpoints()[:4]]:
+            cps.append(f"\n★ best {h.best}", style="bold yellow")
         if not self.checkpoints():
             cps.append("\n  none yet", style="#9e9e9e")
         self.query_one("#run-checkpoints", Static).update(cps)
+        self.show_samples()
         count = 5 if self.app.size.height >= 30 else 3
         alerts = (len(h.alerts), count, h.state in LIVE)
         if alerts != self._alerts_for:  # re-laid out only when an alert came or what applies changed
@@ -243,6 +254,17 @@ class DashboardScreen(Screen):
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
             self._keys_for = keys
             self.refresh_bindings()
+
+    def show_samples(self) -> None:
+        """eval.prompts' generations at the newest evaluation, beside the loss (from the eval event)."""
+        h, box = self.history, self.query_one("#run-samples", Static)
+        box.display = bool(h.samples)
+        if h.samples:
+            text = Text(f"samples at step {h.samples_step:,}", style="#9e9e9e")
+            for sample in h.samples[:3]:
+                text.append(f"\n{sample.get('prompt', '')}", style="bold")
+                text.append(" → " + " ".join(sample.get("text", "").split())[:120])
+            box.update(text)
 
     # --- keys ----------------------------------------------------------------------------------
 

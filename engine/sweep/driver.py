@@ -47,6 +47,8 @@ class Active:
     offset: int = 0
     points: list[tuple[int, float]] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
+    guard_alert: str | None = None  # the last error alert (a run's guard pauses after one)
+    diverged: str | None = None  # paused by its guard (non-finite or spiking loss): why
 
 
 class Driver:
@@ -133,7 +135,7 @@ class Driver:
                         message=f"interrupted with no checkpoint to resume from ({run.name})")
             return
         self.say(f"trial {rec.number}: resuming its run {run.name} from its last checkpoint")
-        job.launch(run, resume=True, env=self.env(slot))
+        job.launch(run, resume=True, env=self.env(slot), step_sleep=self.st.step_sleep)
         self.adopt(rec, run, slot)
 
     def adopt(self, rec: TrialRecord, run: Path, slot: int) -> None:
@@ -159,12 +161,13 @@ class Driver:
         run_id = f"{runfolder.new_run_id(trial_spec.name)}"
         self.save(replace(rec, run=run_id))
         run = job.create(trial_spec, self.folder, run_id=run_id)
-        job.launch(run, env=self.env(slot))
+        job.launch(run, env=self.env(slot), step_sleep=self.st.step_sleep)
         self.say(f"trial {trial.number}: started {run_id} with {_params_text(values)}")
         self.active[trial.number] = Active(trial.number, run, trial, slot, launched=time.time())
         self.save(replace(self.st.record(trial.number), state="running", gpu=self.slots[slot]))
 
-    def read_events(self, a: Active) -> None:
+    def read_events(self, a: Active) -> bool:
+        """Read the run's new events; report new metric points to the study. True if there were any."""
         kind, key = METRIC_KEYS[self.st.metric]
         evs, a.offset = runfolder.read_events(a.run, a.offset)
         for e in evs:
@@ -172,21 +175,34 @@ class Driver:
                 a.points.append((int(e["step"]), float(e[key])))
             if e["type"] == "metrics" and isinstance(e.get("train/step_ms"), (int, float)):
                 a.step_ms.append(float(e["train/step_ms"]))
-        if studies.report(a.trial, a.points):
-            rec = self.st.record(a.number)
-            finite = [v for _, v in a.points if math.isfinite(v)]
-            self.save(replace(rec, best=min(finite) if finite else None))
+            if e["type"] == "alert" and e.get("severity") == "error":
+                a.guard_alert = e.get("message") or e.get("kind")
+            if e["type"] == "state":  # paused right after an error alert: the guard's pause, not a person's
+                a.diverged = a.guard_alert if e.get("state") == "paused" else None
+                a.guard_alert = a.guard_alert if e.get("state") == "paused" else None
+        if not studies.report(a.trial, a.points):
+            return False
+        rec = self.st.record(a.number)
+        finite = [v for _, v in a.points if math.isfinite(v)]
+        self.save(replace(rec, best=min(finite) if finite else None))
+        return True
 
     def follow(self, a: Active) -> None:
         """New metric points reported; prune if the pruner says so; tell the study when the run has ended."""
-        self.read_events(a)
+        new = self.read_events(a)
         rec = self.st.record(a.number)
-        if self.st.pruner != "none" and not rec.prune_pending and a.points and a.trial.should_prune():
+        if new and self.st.pruner != "none" and not rec.prune_pending and a.trial.should_prune():
             step = a.points[-1][0]
             self.save(replace(rec, prune_pending=True, pruned_at=step))  # before the stop: a resume tells it
             runfolder.send_command(a.run, "stop")
             self.say(f"trial {a.number}: pruned at step {step} ({self.st.metric} {a.points[-1][1]:.4f})")
         status = runfolder.read_status(a.run)
+        if a.diverged and not self.st.record(a.number).prune_pending and status.get("state") == "paused":
+            # unattended, a paused trial would hold its slot for ever: it diverged, so it is pruned
+            self.save(replace(self.st.record(a.number), prune_pending=True, pruned_at=status.get("step"),
+                              message=f"diverged: {a.diverged}"))
+            runfolder.send_command(a.run, "stop")
+            self.say(f"trial {a.number}: pruned at step {status.get('step')}: its guard paused it ({a.diverged})")
         if status.get("state") not in runfolder.LIVE_STATES:
             self.read_events(a)
             self.finish_run(a, status.get("state"))
@@ -215,7 +231,8 @@ class Driver:
                message: str = "") -> None:
         studies.tell(self.study, number, state, value)
         rec = self.st.record(number) or TrialRecord(number=number)
-        self.save(replace(rec, state=state, value=value, counted=counted, prune_pending=False, message=message))
+        self.save(replace(rec, state=state, value=value, counted=counted, prune_pending=False,
+                          message=message or rec.message))
         if state != "pruned":
             end = f"{self.st.metric} {value:.4f}" if value is not None else message
             self.say(f"trial {number}: {state}{'' if counted else ' (not counted)'}: {end}")

@@ -54,7 +54,8 @@ def gpu_slots(spec: spec_mod.RunSpec) -> tuple[str, ...]:
 
 
 def create(spec: spec_mod.RunSpec, space_texts: list[str], *, runs_dir: Path, trials: int, metric: str = "eval/loss",
-           steps: int | None = None, pruner: str = "median", parallel: int | None = None) -> Path:
+           steps: int | None = None, pruner: str = "median", parallel: int | None = None,
+           step_sleep: float = 0.0) -> Path:
     """A new sweep folder, ready for its driver."""
     if trials < 1:
         raise UserError(f"--trials: must be at least 1, got {trials}", field="trials")
@@ -69,7 +70,7 @@ def create(spec: spec_mod.RunSpec, space_texts: list[str], *, runs_dir: Path, tr
         gpus = gpus[:parallel] if len(gpus) >= parallel else ()
     st = SweepState(name=base.name, trials=trials, space=tuple(p.text() for p in params), metric=metric,
                     steps=base.train.max_steps or None, pruner=pruner, parallel=len(gpus) or parallel or 1,
-                    gpus=gpus, seed=base.seed)
+                    gpus=gpus, seed=base.seed, step_sleep=step_sleep)
     folder = runfolder.create_run(Path(runs_dir), f"{base.name}-sweep", spec_mod.to_toml(base))
     (folder / runfolder.SPEC).rename(folder / BASE_SPEC)  # not a run: `runs` and attach must not take it for one
     sweep_state.write(folder, st)

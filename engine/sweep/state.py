@@ -59,6 +59,7 @@ class SweepState:
     parallel: int = 1
     gpus: tuple[str, ...] = ()  # one slot per entry: its CUDA_VISIBLE_DEVICES; empty = one slot without
     seed: int = 0
+    step_sleep: float = 0.0  # seconds each trial sleeps after a step (tests: a trial long enough to interrupt)
     state: str = "running"
     pid: int | None = None
     pid_start: str | None = None
@@ -109,7 +110,7 @@ def read(folder: Path) -> SweepState | None:
         state = from_dict(json.loads((Path(folder) / SWEEP_FILE).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None
-    if state.state == "running" and not pid_alive(state.pid, state.pid_start):
+    if state.state == "running" and state.pid is not None and not pid_alive(state.pid, state.pid_start):
         state = replace(state, state="crashed", message="the sweep's driver is gone: resume it with "
                         f"`llm-wizard sweep --resume {Path(folder).name}`")
     return state

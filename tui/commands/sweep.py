@@ -33,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", metavar="SWEEP", help="stop a running sweep (its running trials save first)")
     parser.add_argument("--text", action="store_true", help="with --show: print the table instead of the view")
     parser.add_argument("--json", action="store_true", help="print the sweep (sweep.json and the best trial)")
+    parser.add_argument("--step-sleep", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: fixed step time
 
 
 def resolve(ref: str, root: Path) -> Path:
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return dry_run(spec, args, root)
         folder = plan.create(spec, args.space, runs_dir=Path(spec.runs_dir or root), trials=args.trials,
-                             metric=args.metric, steps=args.steps, pruner=args.pruner, parallel=args.parallel)
+                             metric=args.metric, steps=args.steps, pruner=args.pruner, parallel=args.parallel,
+                             step_sleep=args.step_sleep)
         if not args.json:
             out().print(f"sweep [bold]{folder.name}[/]: {plan.cost(folder, root).describe()}", soft_wrap=True)
     if args.foreground:
@@ -164,3 +166,24 @@ def _fmt(v: object) -> str:
     if v is None:
         return ""
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def sweeps_table(root: Path) -> object | None:
+    """The sweeps in `root` as a Rich table for `llm-wizard runs` (None when there are none)."""
+    from rich.table import Table
+
+    from engine.sweep import state
+
+    found = state.list_sweeps(root)
+    if not found:
+        return None
+    colours = {"running": "green", "done": "blue", "failed": "red", "crashed": "red", "stopped": "yellow"}
+    table = Table(title=f"sweeps in {root}", title_justify="left")
+    for col in ("id", "state", "trials", "metric", "best"):
+        table.add_column(col, justify="right" if col in ("trials", "best") else "left", no_wrap=col == "id")
+    for folder, st in found:
+        best = st.best()
+        c = colours.get(st.state, "white")
+        table.add_row(folder.name, f"[{c}]{st.state}[/]", f"{len(st.counted())}/{st.trials}", st.metric,
+                      "" if best is None else f"{best.value:.4f}")
+    return table

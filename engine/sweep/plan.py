@@ -78,22 +78,29 @@ def create(spec: spec_mod.RunSpec, space_texts: list[str], *, runs_dir: Path, tr
     return folder
 
 
-def measured_step_seconds(spec: spec_mod.RunSpec, runs_dir: Path) -> tuple[float | None, str]:
-    """The median train/step_ms of the newest finished run with this spec's fingerprint (None if there is none)."""
+def measured_step_seconds(spec: spec_mod.RunSpec, runs_dir: Path) -> tuple[float | None, float, str]:
+    """(seconds a step, seconds of start-up, where from) of the newest finished run with this spec's fingerprint:
+    the median train/step_ms, and its first to last event less its steps (data and model preparation; the
+    interpreter's own start is before the first event and not in it). (None, 0, "") if there is none."""
     want = spec.fingerprint()
     if not Path(runs_dir).is_dir():
-        return None, ""
-    for run in sorted(Path(runs_dir).iterdir(), key=lambda p: p.name, reverse=True)[:200]:
+        return None, 0.0, ""
+    folders = [p for p in Path(runs_dir).iterdir() if p.is_dir()]
+    folders += [run for f in folders if sweep_state.is_sweep(f) for run in f.iterdir() if run.is_dir()]  # trials
+    for run in sorted(folders, key=lambda p: p.name, reverse=True)[:300]:
         try:
             other = spec_mod.from_dict(tomllib.loads((run / runfolder.SPEC).read_text(encoding="utf-8")))
         except (OSError, ValueError, UserError):
             continue
         if other.fingerprint() != want or runfolder.read_status(run).get("state") != "done":
             continue
-        ms = [e["train/step_ms"] for e in runfolder.read_events(run)[0] if e["type"] == "metrics"]
+        evs = runfolder.read_events(run)[0]
+        ms = [e["train/step_ms"] for e in evs if e["type"] == "metrics"]
         if ms:
-            return sorted(ms)[len(ms) // 2] / 1000, f"measured in run {run.name}"
-    return None, ""
+            step_s = sorted(ms)[len(ms) // 2] / 1000
+            start = max(0.0, evs[-1]["t"] - evs[0]["t"] - other.train.max_steps * step_s) if other.train.max_steps else 0.0
+            return step_s, start, f"measured in run {run.name}"
+    return None, 0.0, ""
 
 
 def cost(folder: Path, runs_dir: Path | None = None) -> SweepCost:
@@ -102,11 +109,11 @@ def cost(folder: Path, runs_dir: Path | None = None) -> SweepCost:
     if st is None:
         raise UserError(f"{folder} is not a sweep folder", field="sweep")
     base = spec_mod.load(Path(folder) / BASE_SPEC)
-    seconds, source = (st.step_ms / 1000, "measured in this sweep") if st.step_ms else \
+    seconds, start, source = (st.step_ms / 1000, st.start_s or 0.0, "measured in this sweep") if st.step_ms else \
         measured_step_seconds(base, runs_dir or Path(folder).parent)
     tokens = request_from_spec(base).tokens_per_step()
     return sweep_cost(st.trials, base.train.max_steps, tokens, parallel=len(st.gpus) or st.parallel,
-                      step_seconds=seconds, source=source, start_seconds=st.start_s or 0.0)
+                      step_seconds=seconds, source=source, start_seconds=start)
 
 
 def trial_curves(folder: Path, st: SweepState, key: str = "eval/loss") -> dict[int, list[tuple[int, float]]]:

@@ -124,15 +124,15 @@ def dry_run(spec: object, args: argparse.Namespace, root: Path) -> int:
 
     base = plan.base_spec(spec, args.steps, args.metric)  # type: ignore[arg-type]
     params = space.parse_space(args.space, base.to_dict())
-    seconds, source = plan.measured_step_seconds(base, root)
+    seconds, start, source = plan.measured_step_seconds(base, root)
     slots = len(plan.gpu_slots(base)) or 1
     cost = sweep_cost(args.trials, base.train.max_steps, request_from_spec(base).tokens_per_step(),
-                      parallel=args.parallel or slots, step_seconds=seconds, source=source)
+                      parallel=args.parallel or slots, step_seconds=seconds, source=source, start_seconds=start)
     if args.json:
         print_json({"space": [p.text() for p in params], "cost": cost.to_dict()})
         return 0
-    out().print("space: " + "; ".join(p.text() for p in params), markup=False)
-    out().print(f"cost: {cost.describe()}", markup=False)
+    out().print("space: " + "; ".join(p.text() for p in params), markup=False, soft_wrap=True)
+    out().print(f"cost: {cost.describe()}", markup=False, soft_wrap=True)
     return 0
 
 

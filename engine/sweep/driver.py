@@ -28,6 +28,7 @@ from engine import spec as spec_mod
 from engine.errors import UserError
 from engine.run import job
 from engine.runfolder import folder as runfolder
+from engine.runfolder import lock as locks
 from engine.sweep import space, study as studies
 from engine.sweep import state as sweep_state
 from engine.sweep.state import BASE_SPEC, LOG, SweepState, TrialRecord
@@ -57,8 +58,11 @@ class Driver:
         st = sweep_state.read(self.folder)
         if st is None:
             raise UserError(f"{self.folder} is not a sweep folder (no readable sweep.json)", field="sweep")
-        if st.live and st.pid != os.getpid():
-            raise UserError(f"sweep {self.folder.name} is already being driven by process {st.pid}", field="sweep")
+        try:
+            locks.acquire(self.folder)  # one driver a sweep: the kernel drops the flock however the driver dies
+        except UserError:
+            raise UserError(f"sweep {self.folder.name} is already being driven by process "
+                            f"{locks.holder(self.folder) or st.pid}", field="sweep") from None
         self.base = spec_mod.load(self.folder / BASE_SPEC)
         self.params = tuple(space.parse(t) for t in st.space)
         self.st = sweep_state.write(self.folder, sweep_state.owned_by_me(st, os.getpid()))
@@ -259,6 +263,26 @@ def launch(folder: Path) -> int:
     """Start the driver detached (its own session, output to sweep.log); returns its pid."""
     args = [sys.executable, "-m", "engine.sweep.driver", str(Path(folder).resolve())]
     return job.spawn_detached(args, log=Path(folder) / LOG, cwd=Path(folder)).pid
+
+
+def wait_started(folder: Path, pid: int, timeout: float = 60.0) -> str | None:
+    """None once the driver `pid` owns the sweep; else why it did not start (the end of sweep.log)."""
+    from engine.processes import pid_alive
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = sweep_state.read(folder)
+        if st is not None and st.pid == pid:
+            return None
+        if not pid_alive(pid):
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            tail = (Path(folder) / LOG).read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            return " ".join(tail) or "the sweep's driver exited at once"
+        time.sleep(0.1)
+    return None  # slow to start (a loaded machine): it may still come up
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         out().print(f"sweep folder: {folder}")
         return driver.drive(folder, echo=lambda line: out().print(line, markup=False, soft_wrap=True))
     pid = driver.launch(folder)
+    if (problem := driver.wait_started(folder, pid)) is not None:
+        raise UserError(f"the sweep did not start: {problem.removeprefix('error: ')}", field="sweep")
     if args.json:
         print_json({"id": folder.name, "path": str(folder), "pid": pid})
     else:

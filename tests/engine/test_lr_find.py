@@ -66,3 +66,23 @@ def test_tiny_preset_suggestion_trains_and_ten_times_it_does_not(tmp_path: Path)
     print(f"lr {found.suggestion:.3g}: {good:.3f} ({good_how}); 10x: {bad:.3f} ({bad_how})")
     assert good < 3.0  # from about 5.4 at initialisation (byte-level, 257 symbols)
     assert not math.isfinite(bad) or "paused" in bad_how or bad > good + 0.15  # diverged, paused, or stalled
+
+
+@pytest.mark.slow
+def test_cli_draws_the_curve_and_writes_the_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from run_helpers import make_corpus, tiny_spec
+    from tui.cli import main
+
+    spec_file = tmp_path / "spec.toml"
+    spec_file.write_text(spec_mod.to_toml(tiny_spec(make_corpus(tmp_path, lines=300))))
+    with in_process_trainer():
+        assert main(["lr-find", str(spec_file), "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found["lrs"]) == len(found["losses"]) == len(found["smoothed"]) and found["method"].startswith("min/10")
+    with in_process_trainer():
+        assert main(["lr-find", str(spec_file), "--steps", "30", "--min-lr", "1e-5", "--max-lr", "1", "--write"]) == 0
+    shown = capsys.readouterr().out
+    assert "suggested train.lr" in shown and "━ smoothed" in shown and "lr 1.0e-05" in shown
+    assert spec_mod.load(spec_file).train.lr == pytest.approx(found["suggestion"], rel=0.01)  # same seed, same curve

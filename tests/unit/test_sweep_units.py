@@ -105,3 +105,15 @@ def test_cost_is_trials_times_steps_times_step_time() -> None:
     assert "at most 7 min, 2 at a time" in c.describe()
     unknown = sweep_cost(8, 500, 2048)
     assert unknown.seconds() is None and "not measured yet" in unknown.describe()
+
+
+@pytest.mark.parametrize("name, kind", [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
+                                        ("none", "NopPruner")])
+def test_each_pruner_builds(name: str, kind: str) -> None:
+    pytest.importorskip("optuna")
+    from engine.sweep import study
+
+    built = study.pruner(SweepState(name="t", trials=8, space=(), pruner=name, steps=100), first_eval=10)
+    assert type(built).__name__ == kind
+    if name == "median":
+        assert built._n_startup_trials == 2  # a quarter of the sweep finishes before anything is pruned

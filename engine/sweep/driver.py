@@ -121,9 +121,9 @@ class Driver:
             status = runfolder.read_status(run)
             state = status.get("state")
             slot = self.free_slot()
-            if state in runfolder.LIVE_STATES and slot is not None:
+            if state in runfolder.LIVE_STATES:  # never a second process on it: followed, even past the slots
                 self.say(f"trial {number}: following its run again ({run.name}, {state})")
-                self.adopt(rec, run, slot)
+                self.adopt(rec, run, len(self.slots) + number if slot is None else slot)
             elif rec.prune_pending or state in ("done", "failed"):
                 a = Active(number, run, studies.trial_handle(self.study, number), slot or 0)
                 self.read_events(a)
@@ -144,7 +144,7 @@ class Driver:
 
     def adopt(self, rec: TrialRecord, run: Path, slot: int) -> None:
         self.active[rec.number] = Active(rec.number, run, studies.trial_handle(self.study, rec.number), slot)
-        self.save(replace(rec, state="running", gpu=self.slots[slot]))
+        self.save(replace(rec, state="running", gpu=self.slots[slot] if slot < len(self.slots) else rec.gpu))
 
     def env(self, slot: int) -> dict[str, str] | None:
         gpu = self.slots[slot]

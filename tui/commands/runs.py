@@ -31,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([r.to_dict() for r in runs])
         return 0
-    if not runs:
+    from tui.commands.sweep import sweeps_table
+
+    if (sweeps := sweeps_table(where)) is not None:
+        out().print(sweeps)
+    if not runs and sweeps is None:
         out().print(f"no runs in {where} (start one with `llm-wizard train presets/tiny.toml`)")
         return 0
     colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red"}

@@ -85,12 +85,21 @@ class RunsScreen(Screen):
             loss: Any = "-" if r.loss is None else f"{r.loss:.4f}"
             table.add_row(r.id, Text(r.state, style=STATE_STYLE.get(r.state, "")), r.technique, f"{r.step:,}", loss,
                           sparkline(recent_losses(Path(r.path), n=14)), key=r.path)
+        from tui.screens.sweep import sweep_rows
+
+        for row, key in sweep_rows(root):  # sweeps: a row each, Enter opens the sweep's view
+            table.add_row(*row, key=key)
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)
         if table.row_count == 0:
             return
         path = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        from tui.screens.sweep import SWEEP_KEY, SweepScreen
+
+        if str(path).startswith(SWEEP_KEY):
+            self.app.push_screen(SweepScreen(str(path)[len(SWEEP_KEY):]))
+            return
         from tui.screens.dashboard import DashboardScreen
 
         self.app.push_screen(DashboardScreen(str(path)))

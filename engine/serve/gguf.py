@@ -97,7 +97,7 @@ def pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
         raise UserError("the gguf package's writer handles byte-level BPE tokenizers only; this one needs llama.cpp's "
                         f"converter: {llama_cpp.FETCH_HINT}", field="format")
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space"):
-        return "gpt2"
+        return "gpt-2"
     steps = pre.get("pretokenizers") or []
     if pre.get("type") == "Sequence" and len(steps) == 2 and steps[0].get("type") == "Split":
         regex = (steps[0].get("pattern") or {}).get("Regex")

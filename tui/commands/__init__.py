@@ -4,4 +4,4 @@ Modules are imported to build `--help`, so they import nothing heavy at module l
 transformers and friends are imported inside run().
 """
 
-COMMANDS = ("demo", "doctor", "estimate", "train", "runs", "attach", "control", "generate")
+COMMANDS = ("demo", "doctor", "estimate", "train", "runs", "attach", "control", "generate", "chat", "export")

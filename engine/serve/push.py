@@ -32,7 +32,7 @@ def push(folder: Path, repo_id: str, *, private: bool = False, message: str | No
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise UserError("--push: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and try again",
                         field="push")
-    api = HfApi()
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)  # read now: the constant is fixed at import
     try:
         progress(f"creating {repo_id} on {api.endpoint} (if missing)")
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)

@@ -27,19 +27,23 @@ def llama_model(folder: Path, tokenizer: Any, *, width: int = 64, layers: int = 
     return folder
 
 
-def trained_run(root: Path, arch: str, technique: str, *, steps: int = 4, template: str = "auto") -> Path:
-    """A finished run of `technique` on a tiny `arch` ("llama" or "qwen2") model over chat data."""
+def trained_run(root: Path, arch: str, technique: str, *, steps: int = 4, template: str = "auto",
+                lr: float = 3e-3) -> Path:
+    """A finished run of `technique` on a tiny `arch` ("llama" or "qwen2") model over chat data. `template`
+    "auto": the model's own ChatML template (Qwen's); a named one: a base tokenizer without one is given it
+    (its special tokens added and trained)."""
     from engine.run import job
     from engine.run.trainer import Trainer
 
     folder = root / f"{arch}-{technique}"
-    tok = train_bpe(folder / "tok")
+    tok = train_bpe(folder / "tok") if template == "auto" else \
+        train_bpe(folder / "tok", special=("<|endoftext|>",), template=None)
     model = (llama_model if arch == "llama" else qwen2_model)(folder / "model", tok)
     data = write_jsonl(folder / "chat.jsonl", [{"messages": c} for c in many(48)])
     s = spec.from_dict({
         "technique": technique, "name": f"{arch}-{technique}", "model": {"path": str(model)},
         "data": {"path": str(data), "val_fraction": 0.1, "template": template},
-        "train": {"seq_len": 128, "batch_size": 4, "max_steps": steps, "lr": 3e-3, "threads": 1,
+        "train": {"seq_len": 128, "batch_size": 4, "max_steps": steps, "lr": lr, "threads": 1,
                   "schedule": "constant"},
         "eval": {"every": steps}, "checkpoint": {"every": steps, "keep": 2}, "log": {"every": 1},
         **({"options": {"lora_rank": 4, "lora_targets": "all-linear"}} if technique == "lora" else {})})

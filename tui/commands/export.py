@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
             from engine.serve.push import push
 
+            message = f"llm-wizard export of {run_path.name} ({result.format}" + (f" {result.quant})" if result.quant else ")")
             result = dataclasses.replace(result, pushed=push(Path(result.path), args.push, private=args.private,
-                                                             progress=progress))
+                                                             message=message, progress=progress))
     if args.json:
         print_json(result.to_dict())
         return 0

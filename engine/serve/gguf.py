@@ -9,6 +9,7 @@ written directly; q4_k_m is a 16-bit GGUF quantized by llama.cpp's quantizer, of
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -47,7 +48,7 @@ def available() -> dict[str, str | None]:
 def export_gguf(model: Any, tokenizer: Any, folder: Path, quant: str, name: str, progress: Any) -> dict[str, Any]:
     """model-<quant>.gguf and a Modelfile in `folder`; returns the Exported fields it fills."""
     from engine.serve import modelfile
-    from engine.serve.export import save_merged
+    from engine.serve.merge import save_merged
 
     work = folder / ".work"
     merged = work / "merged"
@@ -82,6 +83,9 @@ def convert(merged: Path, out: Path, outtype: str, name: str, progress: Any) -> 
             notes.append(f"llama.cpp's converter failed ({e}); written by the gguf package's writer instead")
     elif arch not in WRITER_ARCHS:
         raise UserError(f"GGUF for {arch} needs llama.cpp's converter, which this machine lacks: "
+                        f"{llama_cpp.FETCH_HINT}", field="format")
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError("GGUF export needs the gguf package (pip install gguf), or llama.cpp's converter: "
                         f"{llama_cpp.FETCH_HINT}", field="format")
     progress(f"writing {out.name} with the gguf package")
     write(merged, out, outtype, name, progress)

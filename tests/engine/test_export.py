@@ -192,3 +192,28 @@ def test_llama_cpps_converter_is_tried_first_where_its_sources_are(exported, tmp
     # the converter knows tokenizers by a hash of their output: these freshly trained ones it refuses, and
     # the gguf package's writer takes over, saying so
     assert result.writer == "llama.cpp" or any("llama.cpp's converter failed" in n for n in result.notes), result
+
+
+def test_a_qlora_merge_is_the_dequantized_base_with_the_adapter(tmp_path: Path) -> None:
+    import torch
+
+    from engine.serve.generate import load_for_inference
+    from engine.techniques import qlora
+
+    problem = qlora.check_support()
+    if problem:
+        pytest.skip(problem)
+    run = trained_run(tmp_path, "qwen2", "qlora")
+    merged = ex.export(run, "merged")
+    assert merged.dtype == "bfloat16"  # the fp32 tiny base: its 4-bit weights dequantized to 16 bits
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged.path)
+    ids = torch.tensor([tok(tok.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True),
+                            add_special_tokens=False)["input_ids"]])
+    trained, _, _ = load_for_inference(run)  # the adapter on the 4-bit base, as training saw it
+    model = AutoModelForCausalLM.from_pretrained(merged.path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want, got = trained(ids).logits[0].float(), model(ids).logits[0]
+    assert (want.argmax(-1) == got.argmax(-1)).float().mean() > 0.9
+    assert torch.allclose(want.softmax(-1), got.softmax(-1), atol=0.05)

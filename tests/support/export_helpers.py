@@ -46,7 +46,7 @@ def trained_run(root: Path, arch: str, technique: str, *, steps: int = 4, templa
         "train": {"seq_len": 128, "batch_size": 4, "max_steps": steps, "lr": lr, "threads": 1,
                   "schedule": "constant"},
         "eval": {"every": steps}, "checkpoint": {"every": steps, "keep": 2}, "log": {"every": 1},
-        **({"options": {"lora_rank": 4, "lora_targets": "all-linear"}} if technique == "lora" else {})})
+        **({"options": {"lora_rank": 4, "lora_targets": "all-linear"}} if technique in ("lora", "qlora") else {})})
     run = job.create(s, folder / "runs")
     assert Trainer(run, s).run_job() == 0
     return run

@@ -14,7 +14,7 @@ import pytest
 
 from chat_helpers import CONVERSATIONS, QWEN_TEMPLATE, train_bpe
 from engine.errors import UserError
-from engine.serve import card, export, gguf, llama_cpp, modelfile
+from engine.serve import card, export, gguf, llama_cpp, merge, modelfile
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,9 @@ def test_llama_cpp_sources_are_found_where_the_variable_points(tmp_path: Path, m
 
 
 def test_prompt_tuning_has_nothing_to_merge(tmp_path: Path) -> None:
-    source = export.Source(tmp_path, "final", "prompt_tuning", adapter=True)
+    source = merge.Source(tmp_path, "final", "prompt_tuning", adapter=True)
     with pytest.raises(UserError, match="virtual tokens.*--format adapter"):
-        export.merged_model(tmp_path, source, None, lambda _: None)
+        merge.merged_model(tmp_path, source, None, lambda _: None)
 
 
 def test_push_checks_the_repo_name_and_refuses_offline(tmp_path: Path, monkeypatch) -> None:

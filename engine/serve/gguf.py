@@ -62,7 +62,12 @@ def export_gguf(model: Any, tokenizer: Any, folder: Path, quant: str, name: str,
         llama_cpp.quantize(llama_cpp.locate(), first, out, quant)
     shutil.rmtree(work)
     progress("writing the Ollama Modelfile")
-    (folder / modelfile.FILENAME).write_text(modelfile.modelfile(out.name, tokenizer), encoding="utf-8")
+    try:
+        text = modelfile.modelfile(out.name, tokenizer)
+    except UserError as e:  # the GGUF is good without it: Ollama then reads the template from its metadata
+        notes.append(f"Modelfile written without TEMPLATE: {e}")
+        text = modelfile.modelfile(out.name, tokenizer, template=False)
+    (folder / modelfile.FILENAME).write_text(text, encoding="utf-8")
     return {"gguf": str(out), "modelfile": str(folder / modelfile.FILENAME), "writer": writer, "notes": notes}
 
 

@@ -119,10 +119,11 @@ def _quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile(gguf_name: str, tokenizer: Any) -> str:
+def modelfile(gguf_name: str, tokenizer: Any, *, template: bool = True) -> str:
+    """The Modelfile text; `template=False` leaves TEMPLATE out (one that cannot be translated)."""
     lines = [f"# Ollama: ollama create NAME -f {FILENAME} (in this folder), then ollama run NAME",
              f"FROM ./{gguf_name}"]
-    if getattr(tokenizer, "chat_template", None):
+    if template and getattr(tokenizer, "chat_template", None):
         lay = layout(tokenizer)
         if lay.system is None:
             lines.append("# the chat template folds a system prompt into the first user turn; not carried here")

@@ -161,3 +161,12 @@ def test_generate_reads_its_prompt_from_an_argument_a_file_or_stdin(tmp_path: Pa
         read_prompt(args())
     with pytest.raises(UserError, match="--file .*missing"):
         read_prompt(args(file=str(tmp_path / "missing")))
+
+
+def test_a_template_that_cannot_be_translated_is_said_and_left_out(tokenizer) -> None:
+    tokenizer.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system') }}"
+                               "{% endif %}{{ m.content }}{% endfor %}")
+    with pytest.raises(UserError, match="cannot be translated for Ollama"):
+        modelfile.modelfile("model-f16.gguf", tokenizer)
+    text = modelfile.modelfile("model-f16.gguf", tokenizer, template=False)
+    assert "TEMPLATE" not in text and "FROM ./model-f16.gguf" in text and "PARAMETER stop" in text

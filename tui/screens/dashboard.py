@@ -9,6 +9,7 @@ run unasked.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -328,11 +329,15 @@ class DashboardScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="sample")
     def sample(self, prompt: str) -> None:
         """`llm-wizard generate` in its own process: the model never loads into the TUI."""
-        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt]
+        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt, "--json"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
             self.post_message(SampleText(str(err), False))
             return
-        out = (done.stdout if done.returncode == 0 else done.stderr).strip()
+        if done.returncode == 0:  # {"text", "source", "chat"}: a reply alone, a continuation after its prompt
+            got = json.loads(done.stdout)
+            out = f"from {got['source']}: " + (got["text"] if got["chat"] else prompt + got["text"])
+        else:
+            out = done.stderr.strip()
         self.post_message(SampleText(" ".join(out.split())[:400], done.returncode == 0))

@@ -63,7 +63,8 @@ class Chat:
                       max_new_tokens=self.options["max_new_tokens"], do_sample=temperature > 0,
                       temperature=temperature if temperature > 0 else None,
                       top_k=self.options["top_k"] if temperature > 0 else None,
-                      eos_token_id=self.stops, pad_token_id=self.tokenizer.pad_token_id or self.stops[0])
+                      eos_token_id=self.stops, pad_token_id=self.stops[0] if self.tokenizer.pad_token_id is None
+                      else self.tokenizer.pad_token_id)
         failed: list[BaseException] = []
 
         def work() -> None:

@@ -4,5 +4,5 @@ A command's module is its name with `-` as `_` (notify-test: notify_test.py). Mo
 transformers and friends are imported inside run().
 """
 
-COMMANDS = ("demo", "doctor", "estimate", "data", "train", "runs", "attach", "control", "generate", "notify-test",
-            "sweep", "lr-find")
+COMMANDS = ("demo", "doctor", "estimate", "data", "train", "runs", "attach", "control", "generate", "chat",
+            "export", "notify-test", "sweep", "lr-find")

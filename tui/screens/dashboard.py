@@ -9,6 +9,7 @@ run unasked.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from rich.text import Text
 from textual import work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -50,6 +51,8 @@ class DashboardScreen(Screen):
         Binding("x", "rescue", "Rescue", show=False,
                 tooltip="The book's local-minimum recipe: roll back, lower the LR for a while, restore it"),
         Binding("g", "generate", "Sample", show=False, tooltip="Generate text from the newest checkpoint"),
+        Binding("t", "chat", "Chat", show=False,
+                tooltip="Chat with the model (a paused run saves its current weights first)"),
         Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
         Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
         Binding("c", "copy_join", "Copy commands", tooltip="Copy the other machines' commands to the clipboard"),
@@ -60,6 +63,7 @@ class DashboardScreen(Screen):
         self.run = Path(run)
         self.history = RunHistory()
         self.pending: dict[str, str] = {}  # command id -> what was asked (until acknowledged)
+        self.chat_after: str | None = None  # the save whose checkpoint `chat` opens once acknowledged
         self.checkpoint_items: list[tuple[str, int]] = []
         self.gpus: list[Any] = []
         self.gpu_status: str | None = None  # None until the first NVML reading
@@ -171,6 +175,10 @@ class DashboardScreen(Screen):
                     Text(f"{asked}: {e.message or 'done'}", style="" if e.ok else "red"))
                 if not e.ok:
                     self.notify(e.message or asked, title=asked, severity="error")
+                if e.id == self.chat_after:
+                    self.chat_after = None
+                    if e.ok:
+                        self.open_chat(str(e.step))
         for problem in message.skipped:  # a damaged or foreign line: said once, never a traceback
             self.history.skip(problem)
             self.notify(problem.describe(), title="events.jsonl", severity="warning", markup=False)
@@ -281,11 +289,13 @@ class DashboardScreen(Screen):
             return True if live and self.checkpoints() else None
         if action == "copy_join":
             return self.join is not None and not self.joined and state in LIVE
+        if action == "chat":
+            return True if state == "paused" or (not live and (self.run / "final").is_dir()) else None
         if action == "generate":
             return True if self.checkpoints() or (self.run / "final").is_dir() else None
         return True
 
-    def send(self, cmd: str, label: str, **args: Any) -> None:
+    def send(self, cmd: str, label: str, **args: Any) -> str | None:
         from engine.errors import UserError
         from engine.runfolder.folder import send_command
 
@@ -293,10 +303,11 @@ class DashboardScreen(Screen):
             cid = send_command(self.run, cmd, **args)
         except (UserError, OSError) as err:
             self.notify(str(err), severity="error")
-            return
+            return None
         self.pending[cid] = label
         self.query_one("#run-message", Static).update(Text(f"{label}: sent, waiting for the next step…",
                                                            style="italic"))
+        return cid
 
     def action_pause(self) -> None:
         self.send("pause", "pause")
@@ -343,6 +354,22 @@ class DashboardScreen(Screen):
     def action_detach(self) -> None:
         self.app.detach(self.run)
 
+    def action_chat(self) -> None:
+        if self.history.state == "paused":  # the weights as they are now: saved, then chatted with
+            self.chat_after = self.send("save", "save for chat")
+        else:
+            self.open_chat(None)
+
+    def open_chat(self, checkpoint: str | None) -> None:
+        """`llm-wizard chat` in this terminal while the app steps aside; the model never loads into the TUI."""
+        cmd = [sys.executable, "-m", "tui.cli", "chat", str(self.run)]
+        cmd += ["--checkpoint", checkpoint] if checkpoint else []
+        try:
+            with self.app.suspend():
+                subprocess.run(cmd, check=False)
+        except SuspendNotSupported:
+            self.notify(f"chat needs a terminal: {' '.join(cmd[2:])}", title="chat")
+
     def action_generate(self) -> None:
         def chosen(prompt: str | None) -> None:
             if prompt is not None:
@@ -354,11 +381,15 @@ class DashboardScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="sample")
     def sample(self, prompt: str) -> None:
         """`llm-wizard generate` in its own process: the model never loads into the TUI."""
-        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt]
+        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt, "--json"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
             self.post_message(SampleText(str(err), False))
             return
-        out = (done.stdout if done.returncode == 0 else done.stderr).strip()
+        if done.returncode == 0:  # {"text", "source", "chat"}: a reply alone, a continuation after its prompt
+            got = json.loads(done.stdout)
+            out = f"from {got['source']}: " + (got["text"] if got["chat"] else prompt + got["text"])
+        else:
+            out = done.stderr.strip()
         self.post_message(SampleText(" ".join(out.split())[:400], done.returncode == 0))

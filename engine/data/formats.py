@@ -14,6 +14,11 @@ label layout). Layouts (`data.format`; "auto" picks one from the first rows' fie
 - prompt_response: one prompt and one response column, under their common names (PAIR_NAMES) or
   named by data.prompt_column / data.response_column (+ data.system_column);
 - chosen: preference rows trained as supervised data on their chosen answer (the user asks for it);
+- preference: pairs for the preference techniques (dpo, orpo pick it themselves): prompt + chosen +
+  rejected, each a string or a message list (TRL's layouts, also chosen/rejected as whole conversations
+  sharing the prompt), or LLaMA-Factory's conversations (ShareGPT or OpenAI style) + chosen + rejected
+  messages, or instruction (+ input) + chosen + rejected; read as a `Pair` of two conversations whose
+  trained turns are the answers only;
 - label: data.text_column + data.label_column, the book's "<column> : <text> Label : <label>" (5.3);
 - text: one text column (data.text_column, or the first of TEXT_COLUMNS): documents, trained whole.
 
@@ -21,7 +26,7 @@ Preference rows (prompt/chosen/rejected, or conversations + chosen + rejected) a
 data and refused for supervised training unless data.format = "chosen".
 
     layout = detect(first_rows, data)          # a Layout: format and the columns it reads
-    item = read_row(layout, row.values)        # Conversation | Document | None (empty, skipped); BadRow raised
+    item = read_row(layout, row.values)        # Conversation | Document | Pair | None (empty, skipped); BadRow raised
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ ROLES = ("system", "user", "assistant", "tool")
 ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
               "bot": "assistant", "model": "assistant", "tool": "tool", "function": "tool", "ipython": "tool",
               "observation": "tool", "function_call": "assistant", "developer": "system"}
-CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response", "chosen", "slack")
+CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response", "chosen", "preference", "slack")
+PROMPT_COLUMNS = ("prompt", "conversations", "messages", "instruction", "question")  # a pair's prompt, if any
 
 
 class BadRow(Exception):
@@ -74,6 +80,13 @@ class Document:
     @property
     def completion(self) -> str:
         return self.text[len(self.prompt):]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair: the same prompt answered two ways; only the answers' turns are trained."""
+    chosen: Conversation
+    rejected: Conversation
 
 
 @dataclass(frozen=True)
@@ -106,9 +119,22 @@ def detect(rows: Sequence[dict[str, Any]], data: DataSpec, where: str) -> Layout
         if data.system_column:
             cols["system"] = data.system_column
         return _checked(Layout("prompt_response", cols), have, where)
+    pairs = bool(getattr(data, "pairs", False))  # the dpo/orpo techniques read pairs (DataSource.pairs)
+    if wanted == "preference" and not pairs:
+        raise UserError(f"{where}: data.format = \"preference\" trains with technique dpo or orpo; for supervised "
+                        "training on the chosen answers set data.format = \"chosen\"", field="data.format")
+    if pairs:
+        if "chosen" not in first or "rejected" not in first:
+            raise UserError(f"{where}: preference tuning needs chosen and rejected answers (columns chosen, rejected "
+                            f"and a prompt); the row has {', '.join(have)}", field="data.format")
+        cols = {"chosen": "chosen", "rejected": "rejected"}
+        prompt = next((c for c in PROMPT_COLUMNS if c in first), None)
+        if prompt is not None:
+            cols["prompt"] = prompt
+        return Layout("preference", cols | _optional(first, "system", "input", "tools"))
     if "chosen" in first and "rejected" in first and wanted != "chosen":
         raise UserError(f"{where} holds preference data (chosen and rejected answers: {', '.join(have)}), not "
-                        "supervised examples; train it with a preference technique, or set data.format = \"chosen\" "
+                        "supervised examples; train it with a preference technique (dpo, orpo), or set data.format = \"chosen\" "
                         "to fine-tune on the chosen answers", field="data.format")
     if wanted == "chosen" or ("chosen" in first and "rejected" in first):
         cols = {"chosen": "chosen"}
@@ -216,7 +242,73 @@ def read_row(layout: Layout, values: dict[str, Any]) -> Conversation | Document 
             return _conversation(messages + _message_list(chosen, "chosen", "role", "content"))
         return _conversation([{"role": "user", "content": _text(values, "prompt")},
                               {"role": "assistant", "content": _text(values, "chosen")}])
+    if fmt == "preference":
+        return _pair(cols, values)
     raise ValueError(f"unknown layout {fmt!r}")
+
+
+def _answer(value: Any, name: str) -> list[dict[str, Any]]:
+    """A pair's answer: text, one message ({role, content} or {from, value}), or a list of messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise BadRow(f"field {name!r} is empty")
+        return [{"role": "assistant", "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = ("from", "value") if "from" in value[0] else ("role", "content")
+        return _message_list(value, name, *keys)
+    raise BadRow(f"field {name!r} must be text or a list of messages, got {describe(value)}")
+
+
+def _prompt(cols: dict[str, str], values: dict[str, Any]) -> list[dict[str, Any]]:
+    name = cols.get("prompt")
+    raw = values.get(name, _ABSENT) if name else None
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        extra = values.get("input") if name == "instruction" else None  # Alpaca's input joins the instruction
+        text = f"{raw}\n\n{extra}" if isinstance(extra, str) and extra.strip() else raw
+        messages = [{"role": "user", "content": text}]
+    elif isinstance(raw, list) and raw and isinstance(raw[0], dict):
+        messages = _message_list(raw, name, *(("from", "value") if "from" in raw[0] else ("role", "content")))
+    else:
+        raise BadRow(f"field {name!r} must be text or a list of messages, got {describe(raw)}")
+    system = values.get("system")
+    if isinstance(system, str) and system.strip() and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+def _pair(cols: dict[str, str], values: dict[str, Any]) -> Pair:
+    """Prompt + chosen and prompt + rejected; without a prompt column, chosen and rejected are whole
+    conversations and their common first messages are the prompt (TRL's implicit prompt)."""
+    prompt = _prompt(cols, values)
+    chosen, rejected = _answer(values.get("chosen", _ABSENT), "chosen"), _answer(values.get("rejected", _ABSENT), "rejected")
+    if not prompt:
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+            shared += 1
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+        if not prompt:
+            raise BadRow("no prompt: give a prompt column, or chosen and rejected conversations that begin alike")
+    if prompt[-1]["role"] == "assistant":
+        raise BadRow("the prompt ends on an assistant turn: the answers must follow a user turn")
+    tools = _tools(values.get("tools"))
+    return Pair(_answered(prompt, chosen, "chosen", tools), _answered(prompt, rejected, "rejected", tools))
+
+
+def _answered(prompt: list[dict[str, Any]], answer: list[dict[str, Any]], name: str,
+              tools: tuple[dict[str, Any], ...] | None) -> Conversation:
+    if not any(m["role"] == "assistant" for m in answer):
+        raise BadRow(f"the {name} answer has no assistant turn")
+    for m in answer:
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
+            raise BadRow(f"the {name} answer is empty")
+        m.pop("_weight", None)
+    messages = [{k: v for k, v in m.items() if k != "_weight"} for m in prompt] + answer
+    trained = tuple([False] * len(prompt) + [m["role"] == "assistant" for m in answer])
+    return Conversation(tuple(messages), trained, tools)
 
 
 class _Absent:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.data import formats
 from engine.data import slack as data_slack
-from engine.data.formats import BadRow, Conversation, Document, Layout
+from engine.data.formats import BadRow, Conversation, Document, Layout, Pair
 from engine.errors import UserError
 from engine.spec import STDLIB
 
@@ -47,7 +47,7 @@ DETECT_ROWS = 20  # the layout is decided on this many first rows
 
 @dataclass(frozen=True)
 class Item:
-    value: Conversation | Document
+    value: Conversation | Document | Pair
     where: str  # "file:line" (or "file row N"), for messages
     done: int  # source bytes read so far, for progress
 
@@ -84,6 +84,7 @@ class DataSource:
     context: int = 4
     split: str = "train"
     subset: str = ""
+    pairs: bool = False  # rows are preference pairs (the dpo and orpo techniques set it; formats.detect)
 
     @classmethod
     def from_spec(cls, data: DataSpec) -> DataSource:
@@ -221,7 +222,7 @@ def iter_items(source: DataSource, skipped: Skipped | None = None) -> Iterator[I
 def iter_examples(source: DataSource) -> Iterator[Document | Conversation]:
     """Every item's value (the former reader's name)."""
     for item in iter_items(source):
-        yield item.value
+        yield item.value  # type: ignore[misc]
 
 
 def preview(source: DataSource, n: int = 5) -> list[dict[str, str]]:
@@ -230,6 +231,12 @@ def preview(source: DataSource, n: int = 5) -> list[dict[str, str]]:
     shown: list[dict[str, str]] = []
     for item in itertools.islice(iter_items(source), n):
         value = item.value
+        if isinstance(value, Pair):  # a preference pair: its prompt, the chosen and the rejected answer
+            shared = value.chosen.trained.index(True)
+            shown.append({"prompt": "\n".join(m["content"] for m in value.chosen.messages[:shared]),
+                          "response": "\n".join(m["content"] for m in value.chosen.messages[shared:]),
+                          "rejected": "\n".join(m["content"] for m in value.rejected.messages[shared:])})
+            continue
         if isinstance(value, Document):
             shown.append({"prompt": value.prompt, "response": value.completion} if value.prompt else {"text": value.text})
             continue

@@ -130,15 +130,20 @@ def _copy_fits(spec: Any, copy_bytes: int) -> bool:
 def loss(prep: Prepared, batch: Any) -> Any:
     import torch.nn.functional as F
 
+    chosen, rejected = rewards(prep, batch)
+    pairs.record(prep, chosen, rejected)
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def rewards(prep: Prepared, batch: Any) -> tuple[Any, Any]:
+    """((B,), (B,)) the implicit rewards beta * (log pi - log ref) of the chosen and the rejected answers."""
     from engine.data.preference import split_pairs
 
     ids, answer, _, pair = split_pairs(batch)
     logps = pairs.answer_logps(prep.model, ids, answer)
     ref = reference_logps(prep, ids, answer, pair)
     n, beta = batch.size(0), prep.extra["beta"]
-    chosen, rejected = beta * (logps[:n] - ref[:n]), beta * (logps[n:] - ref[n:])
-    pairs.record(prep, chosen, rejected)
-    return -F.logsigmoid(chosen - rejected).mean()
+    return beta * (logps[:n] - ref[:n]), beta * (logps[n:] - ref[n:])
 
 
 def reference_logps(prep: Prepared, ids: Any, answer: Any, pair: Any) -> Any:

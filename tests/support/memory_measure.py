@@ -151,18 +151,19 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
 
     config = (dims or measurable_dims(req)).to_transformers_config()
     torch.manual_seed(0)
+    technique = req.finetuning if req.preference else req.technique  # dpo/orpo: what trains
     # A frozen base is loaded in 16 bits unless the run is fp32 (mixed precision trains fp32 adapters)
-    frozen_base = req.technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
-    dtype = torch.bfloat16 if req.precision == "bf16-pure" or frozen_base or req.technique == "qlora" else torch.float32
+    frozen_base = technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
+    dtype = torch.bfloat16 if req.precision == "bf16-pure" or frozen_base or technique == "qlora" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     extra: list[Any] = []
     if req.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if req.technique == "qlora":
+    if technique == "qlora":
         extra = _quantize_4bit(model)
-    if req.technique in ("lora", "qlora"):
+    if technique in ("lora", "qlora"):
         model = _apply_lora(model, req, fake)
-    elif req.technique == "prompt-tuning":
+    elif technique == "prompt-tuning":
         model = _apply_prompt_tuning(model, req)
     # pure bf16 as the run engine configures it: adapters and virtual tokens (fp32 from peft) in bf16 too
     to_weight_dtype(model, req.precision)
@@ -204,6 +205,55 @@ def _loss(model: Any, teacher: Any | None, ids: Any) -> Any:
     kl = F.kl_div(F.log_softmax(out.logits.float() / T, dim=-1), F.softmax(t_logits.float() / T, dim=-1),
                   reduction="batchmean") * T * T
     return DISTILL_ALPHA * out.loss + (1 - DISTILL_ALPHA) * kl
+
+
+def _reference_copy(req: EstimateRequest, model: Any) -> Any | None:
+    """DPO's reference module: the frozen copy as engine/techniques/dpo.py makes it (the compute dtype), or for
+    the adapter switched off, the same model over the same tensors; None when precomputed (or ORPO)."""
+    import copy
+
+    import torch
+
+    kind = req.reference_kind()
+    if kind == "adapter":  # the same weights (shared, not copied): MemTracker takes one forward a module a step
+        shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        return copy.deepcopy(model, memo=shared)
+    if kind != "copy":
+        return None
+    dtype = torch.float32 if req.precision == "fp32" else torch.bfloat16
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+
+
+def _preference_loss(req: EstimateRequest, model: Any, reference: Any | None, ids: Any) -> Any:
+    """One DPO or ORPO micro-batch as engine/techniques/dpo.py and orpo.py compute it: `ids` holds the B chosen
+    rows then the B rejected ones (seq_len + 1 tokens each), every target an answer token; DPO's reference runs
+    first, without gradients (the adapter switched off, or the frozen copy)."""
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from engine.techniques import orpo, pairs
+
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    n = ids.size(0) // 2
+    if req.technique == "orpo":
+        nll = pairs.token_terms(model, ids, keep)
+        mean = -nll.mean(-1)
+        log_odds = (mean[:n] - mean[n:]) - (orpo.log1mexp(mean[:n]) - orpo.log1mexp(mean[n:]))
+        return nll[:n].mean() - 0.1 * F.logsigmoid(log_odds).mean()
+    kind = req.reference_kind()
+    with torch.no_grad():
+        if kind == "copy":
+            ref = pairs.answer_logps(reference, ids, keep)
+        elif kind == "adapter":
+            with reference.disable_adapter() if hasattr(reference, "disable_adapter") else contextlib.nullcontext():
+                ref = pairs.answer_logps(reference, ids, keep)
+        else:  # precomputed: read from a table
+            ref = torch.zeros(ids.size(0))
+    logps = pairs.answer_logps(model, ids, keep)
+    delta = (logps[:n] - ref[:n]) - (logps[n:] - ref[n:])
+    return -F.logsigmoid(0.1 * delta).mean()
 
 
 def _skip_frozen_grad_hooks(tracker: Any) -> None:
@@ -249,15 +299,19 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         vocab = dims.vocab_size
 
         teacher = _teacher(req, fake) if req.technique == "distill" else None
+        reference = _reference_copy(req, model) if req.preference else None
 
         def step(tracker: Any | None) -> int:
             grads = 0
             for _ in range(req.grad_accum):
-                ids = torch.randint(0, vocab, (b, s))
+                ids = torch.randint(0, vocab, (2 * b, s + 1) if req.preference else (b, s))
                 if tracker is not None:
                     tracker.reset_mod_stats()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "bf16"):
-                    loss = _loss(model, teacher, ids) / req.grad_accum
+                    if req.preference:
+                        loss = _preference_loss(req, model, reference, ids) / req.grad_accum
+                    else:
+                        loss = _loss(model, teacher, ids) / req.grad_accum
                 loss.backward()
                 grads = _storage_bytes(p.grad for p in params)
             opt.step()
@@ -272,7 +326,8 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         opt.zero_grad(set_to_none=True)
         tracker = MemTracker()
         _skip_frozen_grad_hooks(tracker)
-        tracker.track_external(model, opt, *extra, *([teacher] if teacher is not None else []))
+        tracker.track_external(model, opt, *extra, *([teacher] if teacher is not None else []),
+                               *([reference] if reference is not None and req.reference_kind() == "copy" else []))
         with tracker:
             grad_bytes = step(tracker)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
@@ -342,6 +397,14 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 scratch bf16-pure adamw act": dict(arch="gpt2", technique="scratch", precision="bf16-pure", **_ACT),
     "gpt2 lora bf16-pure adamw opt": dict(arch="gpt2", technique="lora", precision="bf16-pure", **_OPT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
+    # preference tuning: a pair's chosen and rejected sequences in one forward; DPO's reference the adapter
+    # switched off (LoRA), a frozen copy, or precomputed (nothing during the step)
+    "llama dpo lora bf16-pure act": dict(arch="llama", technique="dpo", finetuning="lora", precision="bf16-pure", **_ACT),
+    "llama dpo full fp32 copy act": dict(arch="llama", technique="dpo", finetuning="full", reference="copy",
+                                         precision="fp32", **_ACT),
+    "llama dpo full bf16-pure precomputed opt": dict(arch="llama", technique="dpo", finetuning="full",
+                                                     precision="bf16-pure", **_OPT),
+    "gpt2 orpo lora fp32 act": dict(arch="gpt2", technique="orpo", finetuning="lora", precision="fp32", **_ACT),
 }
 
 
@@ -350,7 +413,7 @@ CASES: dict[str, dict[str, Any]] = {
 BENCH_ONLY = frozenset({
     "llama full bf16-pure adamw8bit act", "llama full bf16-pure adamw ckpt act", "gpt2 full bf16 adamw act",
     "llama lora bf16 adamw act", "llama distill fp32 adamw act", "llama qlora bf16-pure adamw opt ckpt",
-    "gpt2 full bf16-pure eager s512",
+    "gpt2 full bf16-pure eager s512", "llama dpo full bf16-pure precomputed opt", "gpt2 orpo lora fp32 act",
 })
 
 # A small Mixtral: 4 experts, 2 per token.

@@ -140,8 +140,10 @@ def rewards(prep: Prepared, batch: Any) -> tuple[Any, Any]:
     from engine.data.preference import split_pairs
 
     ids, answer, _, pair = split_pairs(batch)
-    logps = pairs.answer_logps(prep.model, ids, answer)
+    # The reference first: its pass without gradients then holds nothing beside the tuned model's saved
+    # activations (the estimator counts the step's peak so).
     ref = reference_logps(prep, ids, answer, pair)
+    logps = pairs.answer_logps(prep.model, ids, answer)
     n, beta = batch.size(0), prep.extra["beta"]
     return beta * (logps[:n] - ref[:n]), beta * (logps[n:] - ref[n:])
 

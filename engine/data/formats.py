@@ -292,6 +292,10 @@ def _pair(cols: dict[str, str], values: dict[str, Any]) -> Pair:
         prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
         if not prompt:
             raise BadRow("no prompt: give a prompt column, or chosen and rejected conversations that begin alike")
+    else:  # answers that repeat the prompt's turns (HuggingFaceH4/ultrafeedback_binarized): the rest is the answer
+        k = len(prompt)
+        if len(chosen) > k and len(rejected) > k and chosen[:k] == prompt and rejected[:k] == prompt:
+            chosen, rejected = chosen[k:], rejected[k:]
     if prompt[-1]["role"] == "assistant":
         raise BadRow("the prompt ends on an assistant turn: the answers must follow a user turn")
     tools = _tools(values.get("tools"))

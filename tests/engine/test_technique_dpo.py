@@ -104,3 +104,17 @@ def test_full_fine_tune_reference_is_precomputed_or_copied_as_is_cheaper(tiny, t
     assert table.shape == (64, 2) and bool(table.isfinite().all()) and bool((table < 0).all())
     margins = [e["pref/margin"] for e in events(run) if e["type"] == "metrics"]
     assert margins[0] == pytest.approx(0.0, abs=1e-6)  # step 1: the model is the one that computed the table
+
+
+def test_the_dpo_tiny_preset_trains_on_the_cpu(tiny, tmp_path: Path) -> None:
+    from engine import spec
+
+    preset = Path(__file__).parents[2] / "presets" / "dpo-tiny.toml"
+    s = spec.load(preset, [f"model.path={tiny.model}", "train.max_steps=30", "eval.every=0"])
+    assert s.technique == "dpo" and Path(s.data.path).is_file()  # its pairs ship beside it
+    run = job.create(s, tmp_path / "runs")
+    assert Trainer(run, s).run_job() == 0
+    metrics = [e for e in events(run) if e["type"] == "metrics"]
+    first, last = metrics[:3], metrics[-3:]
+    assert sum(e["pref/margin"] for e in last) > sum(e["pref/margin"] for e in first) + 0.3
+    assert min(e["pref/accuracy"] for e in last) >= 0.75

@@ -47,7 +47,7 @@ EXPECTED = formats.Pair(
 
 
 @pytest.mark.parametrize("layout", ["strings", "trl-conversational", "implicit-prompt", "llama-factory-sharegpt",
-                                    "llama-factory-openai", "alpaca"])
+                                    "llama-factory-openai", "alpaca", "answers-repeat-the-prompt"])
 def test_every_layout_reads_as_the_same_pair(tmp_path: Path, layout: str) -> None:
     conv = conversational([ROW])[0]
     rows = {
@@ -58,6 +58,9 @@ def test_every_layout_reads_as_the_same_pair(tmp_path: Path, layout: str) -> Non
         "llama-factory-openai": {"conversations": conv["prompt"], "chosen": conv["chosen"][0],
                                  "rejected": conv["rejected"][0]},
         "alpaca": {"instruction": "Say four.", "input": "", "chosen": "yes four", "rejected": "no two"},
+        # HuggingFaceH4/ultrafeedback_binarized: a prompt string, and answers that are whole conversations
+        "answers-repeat-the-prompt": {"prompt": "Say four.", "chosen": conv["prompt"] + conv["chosen"],
+                                      "rejected": conv["prompt"] + conv["rejected"]},
     }[layout]
     assert _read(tmp_path, [rows]) == EXPECTED
 

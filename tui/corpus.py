@@ -19,12 +19,27 @@ class Corpus:
     kind: str  # text, jsonl, csv, parquet, slack, hub (engine.data.sources's formats)
 
 
-def make_source(dataset: str, text_column: str | None) -> Any:
-    """engine.data.sources.DataSource for what was typed: stdlib, a path, or a cached Hub dataset id."""
+def make_source(dataset: str, text_column: str | None, pairs: bool | None = None) -> Any:
+    """engine.data.sources.DataSource for what was typed: stdlib, a path, or a cached Hub dataset id. `pairs`:
+    read preference pairs (dpo, orpo); None: when the rows are preference rows, so that they preview (the
+    token count, which knows the technique, refuses them for supervised training)."""
+    from dataclasses import replace
+
     from engine.data.sources import DataSource
+    from engine.errors import UserError
     from engine.estimate.data_size import source_for
 
-    return DataSource("stdlib") if dataset == "stdlib" else source_for(dataset, text_column)
+    if dataset == "stdlib":
+        return DataSource("stdlib")
+    source = source_for(dataset, text_column, bool(pairs))
+    if pairs is None and source.kind != "text":
+        try:
+            source.layout()
+        except UserError as e:
+            if "preference data" not in str(e):
+                raise
+            return replace(source, pairs=True)
+    return source
 
 
 def describe(source: Any) -> Corpus:
@@ -72,5 +87,8 @@ def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None)
     if dataset == "stdlib":  # not a path datacheck knows: count the bytes, the BPE gives fewer
         tokens, _ = count_tokens(Choices(technique="scratch", tokenizer="byte", dataset="stdlib"), progress)
         return tokens, "bytes: an upper bound until the BPE tokenizer is trained"
-    count = datacheck_count(dataset, tokenizer=tokenizer, text_column=c.text_column or None, progress=progress)
+    from engine.vocabulary import PREFERENCE_TECHNIQUES
+
+    count = datacheck_count(dataset, tokenizer=tokenizer, text_column=c.text_column or None, progress=progress,
+                            pairs=c.technique in PREFERENCE_TECHNIQUES)
     return count.tokens, count.method

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.data import formats
 from engine.data import slack as data_slack
+from engine.data.preference_rows import read_pair
 from engine.data.formats import BadRow, Conversation, Document, Layout, Pair
 from engine.errors import UserError
 from engine.spec import STDLIB
@@ -205,7 +206,7 @@ def iter_items(source: DataSource, skipped: Skipped | None = None) -> Iterator[I
     count = 0
     for row in rows:
         try:
-            value = formats.read_row(layout, row.values)
+            value = _read(layout, row.values)
         except BadRow as bad:
             if source.on_bad_row == "skip":
                 skipped.add(row.where, str(bad))
@@ -217,6 +218,10 @@ def iter_items(source: DataSource, skipped: Skipped | None = None) -> Iterator[I
     if not count:
         detail = f" ({skipped.count} bad rows skipped: {skipped.first[0]})" if skipped.count else ""
         raise UserError(f"{source.path}: no usable rows{detail}", field="data.path")
+
+
+def _read(layout: Layout, values: dict[str, Any]) -> Conversation | Document | Pair | None:
+    return read_pair(layout, values) if layout.format == "preference" else formats.read_row(layout, values)
 
 
 def iter_examples(source: DataSource) -> Iterator[Document | Conversation]:
@@ -275,7 +280,7 @@ def _raise_bad_rows(layout: Layout, first: Row, why: str, rows: Iterator[Row]) -
         if len(bad) >= BAD_ROWS_SHOWN:
             break
         try:
-            formats.read_row(layout, row.values)
+            _read(layout, row.values)
         except BadRow as more:
             bad.append(f"{row.where}: {more}")
     mixed = "; the rows do not all hold the same layout" if "missing" in why or "has no" in why else ""

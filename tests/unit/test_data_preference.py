@@ -14,6 +14,7 @@ from engine import spec
 from engine.data import formats
 from engine.data.chat_templates import resolve
 from engine.data.preference import ANSWER, PROMPT, pair_blocks, split_pairs
+from engine.data.preference_rows import read_pair
 from engine.data.sources import DataSource, iter_items
 from engine.errors import UserError
 from chat_helpers import train_bpe, write_jsonl
@@ -85,7 +86,7 @@ def test_bad_pairs_name_what_is_wrong(row: dict, words: str) -> None:
     layout = formats.Layout("preference", {"chosen": "chosen", "rejected": "rejected"}
                             | ({"prompt": "prompt"} if "prompt" in row else {}))
     with pytest.raises(formats.BadRow, match=words):
-        formats.read_row(layout, row)
+        read_pair(layout, row)
 
 
 def test_preference_rows_stay_refused_for_supervised_techniques(tmp_path: Path) -> None:

@@ -135,8 +135,8 @@ def detect(rows: Sequence[dict[str, Any]], data: DataSpec, where: str) -> Layout
         return Layout("preference", cols | _optional(first, "system", "input", "tools"))
     if "chosen" in first and "rejected" in first and wanted != "chosen":
         raise UserError(f"{where} holds preference data (chosen and rejected answers: {', '.join(have)}), not "
-                        "supervised examples; train it with a preference technique (dpo, orpo), or set data.format = \"chosen\" "
-                        "to fine-tune on the chosen answers", field="data.format")
+                        "supervised examples; train it with a preference technique (dpo, orpo), or set "
+                        "data.format = \"chosen\" to fine-tune on the chosen answers", field="data.format")
     if wanted == "chosen" or ("chosen" in first and "rejected" in first):
         cols = {"chosen": "chosen"}
         if "prompt" in first:

@@ -58,7 +58,8 @@ def _pair(cols: dict[str, str], values: dict[str, Any]) -> Pair:
     """Prompt + chosen and prompt + rejected; without a prompt column, chosen and rejected are whole
     conversations and their common first messages are the prompt (TRL's implicit prompt)."""
     prompt = _prompt(cols, values)
-    chosen, rejected = _answer(values.get("chosen", _ABSENT), "chosen"), _answer(values.get("rejected", _ABSENT), "rejected")
+    chosen = _answer(values.get("chosen", _ABSENT), "chosen")
+    rejected = _answer(values.get("rejected", _ABSENT), "rejected")
     if not prompt:
         shared = 0
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:

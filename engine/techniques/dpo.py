@@ -51,7 +51,8 @@ def options(spec: Any) -> tuple[dict[str, Any], Any]:
         raise UserError(f"options.reference: {ref!r} is not one of {', '.join(REFERENCES)}", field="options.reference")
     if ref == "adapter" and finetuning == "full":
         raise UserError("options.reference: \"adapter\" needs finetuning = \"lora\" or \"qlora\" (the base with the "
-                        "adapter disabled); a full fine-tune takes \"copy\" or \"precomputed\"", field="options.reference")
+                        "adapter disabled); a full fine-tune takes \"copy\" or \"precomputed\"",
+                        field="options.reference")
     if ref == "copy" and finetuning != "full":
         raise UserError("options.reference: under LoRA the reference is the base with the adapter disabled, no copy "
                         "needed; use \"adapter\" (or \"precomputed\")", field="options.reference")

@@ -84,7 +84,8 @@ def setup(ctx: SetupContext, technique: str, opts: dict[str, Any], view: Any) ->
     else:
         new = [tokenizer.convert_tokens_to_ids(t) for t in data.added_tokens]
         model = lora.wrap(base, view, technique, new_tokens=new)
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": spec.train.weight_decay}]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": trainable, "weight_decay": spec.train.weight_decay}]
         extra |= {"base_path": spec.model.path, "merge": lora.options(view, technique)["merge"],
                   "merge_dtype": lora.base_dtype(view)}
     model.train()

@@ -1,8 +1,8 @@
 """Preference tuning on two processes over gloo (`accelerate launch`): DPO under LoRA with DDP (the reference
-is the adapter switched off inside the wrapped model) and DPO as a full fine-tune sharded by DeepSpeed ZeRO-3 (FSDP needs CUDA), its
-reference log-probs precomputed by every rank and written once. Both ranks end on the same weights, the
-pair metrics are logged, the run finishes. About 1 minute (DDP) and 3 minutes (ZeRO-3, DeepSpeed's start) on
-the shared 2-core machine."""
+is the adapter switched off inside the wrapped model) and DPO as a full fine-tune sharded by DeepSpeed ZeRO-3
+(FSDP needs CUDA), its reference log-probs precomputed by every rank and written once. Both ranks end on the
+same weights, the pair metrics are logged, the run finishes. About 1 minute (DDP) and 3 minutes (ZeRO-3,
+DeepSpeed's start) on the shared 2-core machine."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     mp = pytest.MonkeyPatch()
     mp.setenv("LLM_WIZARD_CACHE", str(root / "cache"))
-    blocks = pair_blocks(DataSource(str(data), pairs=True), tokenizer, resolve("auto", tokenizer), 256, val_fraction=0.0)
+    blocks = pair_blocks(DataSource(str(data), pairs=True), tokenizer, resolve("auto", tokenizer), 256,
+                         val_fraction=0.0)
     mp.undo()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

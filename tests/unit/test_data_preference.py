@@ -106,7 +106,8 @@ def test_each_side_is_rendered_as_apply_chat_template_and_only_the_answer_trains
     assert pair.tolist() == list(range(6))
     for k, row in enumerate(rows):
         for side, name in ((k, "chosen"), (6 + k, "rejected")):
-            whole = list(tok.apply_chat_template(row["prompt"] + row[name], tokenize=True, return_dict=True)["input_ids"])
+            whole = list(tok.apply_chat_template(row["prompt"] + row[name], tokenize=True,
+                                                 return_dict=True)["input_ids"])
             prompt = list(tok.apply_chat_template(row["prompt"], tokenize=True, add_generation_prompt=True,
                                                   return_dict=True)["input_ids"])
             assert ids[side][real[side]].tolist() == whole

@@ -20,7 +20,9 @@ The reference (`options.reference`), never a second copy where it can be avoided
 - "auto" for a full fine-tune picks the cheaper: precomputed when the run scores at least as many pairs as
   the data holds (one pass over the data costs no more than a copy's pass on every batch) or when the copy
   does not fit beside the run in the GPU's free memory (engine/estimate), else the copy; the choice and
-  why are said in the run's "model ready" event and status.
+  why are said in the run's "model ready" event and status. A resume keeps the choice (the stored file, or
+  a copy of the pretrained weights when there is none); an explicit "precomputed" whose file is lost is
+  refused on resume rather than recomputed from trained weights.
 Options: beta (0.1), reference (auto), finetuning (lora | qlora | full) and LoRA's (pairs.py).
 """
 
@@ -67,13 +69,20 @@ def preflight(spec: Any) -> None:
 def setup(ctx: SetupContext) -> Prepared:
     opts, view = options(ctx.spec)
     prep = pairs.setup(ctx, "dpo", opts, view)
-    mode = opts["reference"]
-    if mode == "auto":
-        mode, why = ("adapter", "the base with the adapter disabled (no second copy)") \
-            if opts["finetuning"] != "full" else choose_reference(ctx.spec, prep)
-    else:
-        why = "as options.reference asks"
-    prep.extra |= {"beta": float(opts["beta"]), "reference": mode, "ref_model": None, "ref_table": None}
+    mode, why, table = opts["reference"], "as options.reference asks", None
+    if mode in ("auto", "precomputed"):
+        table = _read_table(ctx.run / REFERENCE_FILE, prep.data_fingerprint)
+    if mode == "auto" and opts["finetuning"] != "full":
+        mode, why = "adapter", "the base with the adapter disabled (no second copy)"
+    elif mode == "auto" and table is not None:  # a resumed run: its reference as it was computed
+        mode, why = "precomputed", f"read from {REFERENCE_FILE} in the run folder"
+    elif mode == "auto" and any((ctx.run / "checkpoints").glob("step-*")):
+        # A resumed run without the file: its reference was a copy (or the file is lost); the weights loaded
+        # now are the pretrained ones, so a copy of them is the reference either way (never the trained ones).
+        mode, why = "copy", f"a frozen copy of the pretrained weights (this resumed run has no {REFERENCE_FILE})"
+    elif mode == "auto":
+        mode, why = choose_reference(ctx.spec, prep)
+    prep.extra |= {"beta": float(opts["beta"]), "reference": mode, "ref_model": None, "ref_table": table}
     if mode == "copy":
         import torch
 
@@ -81,8 +90,6 @@ def setup(ctx: SetupContext) -> Prepared:
 
         dtype = base_dtype(ctx.spec) if ctx.spec.train.precision != "fp32" else torch.float32
         prep.extra["ref_model"] = copy.deepcopy(prep.model).to(dtype).eval().requires_grad_(False)
-    elif mode == "precomputed":
-        prep.extra["ref_table"] = _read_table(ctx.run / REFERENCE_FILE, prep.data_fingerprint)
     text = f"reference model: {mode}, {why}"
     ctx.progress(text)
     pairs.note(prep, text)

@@ -105,3 +105,21 @@ def test_R2_dpo_full_precomputed_stop_and_resume_is_bit_identical(tiny, tmp_path
 
 def test_R2_orpo_stop_and_resume_is_bit_identical(tiny, tmp_path: Path) -> None:
     _check_exact(tiny, "orpo", "adapter_model.safetensors", tmp_path, lora_rank=4)
+
+
+def test_R2_dpo_full_auto_resume_keeps_its_reference(tiny, tmp_path: Path) -> None:
+    # auto picks precomputed here (12 steps score 48 pairs, more than the 40 held): a resume reads the file
+    s = _spec(tiny, "dpo", finetuning="full")
+    run = _stopped(s, tmp_path / "runs")
+    spare = tmp_path / "spare" / run.name
+    shutil.copytree(run, spare)
+    code, _ = _resumed(run, s)
+    assert code == 0
+    notes = [e for e in runfolder.read_events(run)[0] if e.get("message") == "model ready"][-1]["data"]["warnings"]
+    assert any("precomputed, read from" in n for n in notes), notes
+    # without the file, auto falls back to a copy of the pretrained weights, never the checkpoint's
+    (spare / dpo.REFERENCE_FILE).unlink()
+    code, after = _resumed(spare, s)
+    assert code == 0 and sorted(after) == list(range(STOP_AT + 1, STEPS + 1))
+    notes = [e for e in runfolder.read_events(spare)[0] if e.get("message") == "model ready"][-1]["data"]["warnings"]
+    assert any("reference model: copy, a frozen copy of the pretrained weights" in n for n in notes), notes

@@ -33,7 +33,8 @@ STDLIB, DATA_FORMATS = vocabulary.STDLIB, vocabulary.DATA_FORMATS
 # train settings a technique starts from when the spec leaves them out (fine-tuning wants a smaller LR
 # than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
+    "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"},
+    "dpo": {"lr": 5e-6}, "orpo": {"lr": 5e-6}}  # LLaMA-Factory's DPO/ORPO examples; the policy must stay near its start
 CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_weights")  # ModelSpec opt-ins
 # train settings a resume may change (RunSpec.fingerprint and engine/checkpoints/fingerprint.parts leave them out): the
 # schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.

@@ -84,6 +84,14 @@ class Metrics(Event):
     moe_ce: float | None = key("moe/ce", default=None)
     moe_aux_loss: float | None = key("moe/aux_loss", default=None)
     moe_expert_share: list[float] | None = key("moe/expert_share", default=None)  # per expert, in order
+    # preference tuning (dpo, orpo): the implicit rewards of the chosen and rejected answers, their margin, the
+    # share of pairs ranked right; orpo also its NLL term and log odds ratio
+    pref_reward_chosen: float | None = key("pref/reward_chosen", default=None)
+    pref_reward_rejected: float | None = key("pref/reward_rejected", default=None)
+    pref_margin: float | None = key("pref/margin", default=None)
+    pref_accuracy: float | None = key("pref/accuracy", default=None)
+    pref_nll: float | None = key("pref/nll", default=None)
+    pref_log_odds: float | None = key("pref/log_odds", default=None)
     # the machine: peak GPU memory on a GPU, peak resident memory on the CPU (bytes)
     sys_gpu_mem: int | None = key("sys/gpu_mem", default=None)
     sys_rss: int | None = key("sys/rss", default=None)

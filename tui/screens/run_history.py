@@ -50,6 +50,7 @@ class RunHistory:
     rss: float | None = None  # the run's peak resident memory (sys/rss: a run on the CPU)
     on_cpu: bool | None = None  # None until a metrics event says where the run trains
     expert_share: list[float] | None = None  # an MoE run's share of routed tokens per expert
+    preference: tuple[float, float] | None = None  # dpo/orpo: (reward margin, share of pairs ranked right)
     metrics_seen: bool = False
     train: list[tuple[float, float]] = field(default_factory=list)
     val: list[tuple[float, float]] = field(default_factory=list)
@@ -127,6 +128,8 @@ class RunHistory:
             self.on_cpu = e.sys_gpu_mem is None
         if e.moe_expert_share:
             self.expert_share = [float(x) for x in e.moe_expert_share]
+        if e.pref_margin is not None and e.pref_accuracy is not None:
+            self.preference = (float(e.pref_margin), float(e.pref_accuracy))
         self.metrics_seen = True
         if self.state == "starting":
             self.state = "running"

@@ -5,14 +5,23 @@ Repos are folders of files held in memory, each a list of commits (`main` is the
   GET  /api/{models|datasets}/{id}/tree/{rev}[/{path}]  the file listing snapshot_download reads
   HEAD/GET /{id}/resolve/{rev}/{file}, /datasets/{id}/resolve/{rev}/{file}
        with ETag / X-Linked-Etag / X-Linked-Size / X-Repo-Commit / Content-Length, and Range (206)
+  POST /api/repos/create                                 {name, organization, type, visibility|private}: a
+       new repo whose first commit holds .gitattributes, as on the Hub; 409 when it exists (exist_ok passes)
+  POST /api/validate-yaml                                the README front matter parsed; 400 with errors if bad
+  POST /api/{models|datasets}/{id}/preupload/{rev}       every file "regular" (its bytes ride in the commit, so
+       no LFS or Xet storage is needed), with the oid of the file already there so unchanged files are skipped
+  POST /api/{models|datasets}/{id}/commit/{rev}          the NDJSON body (header, file with base64 content,
+       deletedFile, deletedFolder) as a new commit of the branch; lfsFile entries are refused (422)
 Gated repos answer file requests with 401 (no token) or 403 (a token without access) and X-Error-Code
-GatedRepo, as the Hub does; an unknown repo is 404 RepoNotFound. `rate` (bytes/s) throttles file bodies so a
-test can kill a download half-way. Every request is recorded (method, path, Range, Authorization) so a test
-can check that the token was sent and that a resumed download asked for the rest only.
+GatedRepo, as the Hub does; a private repo is 404 RepoNotFound to any token but its creator's, and so is an
+unknown repo; writes without a token are 401. `rate` (bytes/s) throttles file bodies so a test can kill a
+download half-way. Every request is recorded (method, path, Range, Authorization) so a test can check that
+the token was sent and that a resumed download asked for the rest only.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -22,8 +31,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".pt", ".pth", ".arrow")
+GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 
 
 def git_blob_id(data: bytes) -> str:
@@ -37,6 +48,9 @@ class Repo:
     gated: str | bool = False  # False, "auto" or "manual"
     allowed_tokens: tuple[str, ...] = ()  # tokens that were granted access to a gated repo
     parameters: int | None = None  # the API's safetensors.total
+    private: bool = False
+    owner_token: str | None = None  # the token that created it: the only one a private repo answers
+    messages: dict[str, str] = field(default_factory=dict)  # commit sha -> its summary
 
     def commit(self, rev: str) -> tuple[str, dict[str, bytes]] | None:
         if rev == "main" and self.commits:
@@ -96,6 +110,9 @@ class HubServer:
             def do_GET(self) -> None:
                 server._handle(self, body=True)
 
+            def do_POST(self) -> None:
+                server._handle(self, body=True)
+
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -112,10 +129,13 @@ class HubServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def _handle(self, h: BaseHTTPRequestHandler, body: bool) -> None:
-        path = h.path.split("?", 1)[0]
+        path, _, query = h.path.partition("?")
         self.requests.append(Request(h.command, path, h.headers.get("Range"), h.headers.get("Authorization")))
         try:
-            status, headers, data = self._route(path, h.headers)
+            if h.command == "POST":
+                status, headers, data = self._post(path, parse_qs(query), h.headers, _read_body(h))
+            else:
+                status, headers, data = self._route(path, h.headers)
         except Exception as e:  # noqa: BLE001 - a test server answers, it does not die
             status, headers, data = 500, {}, str(e).encode()
         h.send_response(status)
@@ -140,10 +160,10 @@ class HubServer:
     def _route(self, path: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
         m = re.fullmatch(r"/api/(models|datasets)/(.+?)/tree/([^/]+)(?:/(.*))?", path)
         if m:
-            return self._tree(m.group(1)[:-1], m.group(2), m.group(3), m.group(4) or "")
+            return self._tree(m.group(1)[:-1], m.group(2), m.group(3), m.group(4) or "", headers)
         m = re.fullmatch(r"/api/(models|datasets)/(.+?)(?:/revision/([^/]+))?", path)
         if m:
-            return self._info(m.group(1)[:-1], m.group(2), m.group(3) or "main")
+            return self._info(m.group(1)[:-1], m.group(2), m.group(3) or "main", headers)
         m = re.fullmatch(r"/(datasets/)?(.+?)/resolve/([^/]+)/(.+)", path)
         if m:
             return self._file("dataset" if m.group(1) else "model", m.group(2), m.group(3), m.group(4), headers)
@@ -151,17 +171,18 @@ class HubServer:
             return 200, {"Content-Type": "text/plain"}, b"ok"
         return 404, {}, b"not found"
 
-    def _repo(self, kind: str, repo_id: str, rev: str) -> tuple[Repo | None, Any, tuple[int, dict[str, str], bytes]]:
+    def _repo(self, kind: str, repo_id: str, rev: str,
+              headers: Any) -> tuple[Repo | None, Any, tuple[int, dict[str, str], bytes]]:
         repo = self.repos.get((kind, repo_id))
-        if repo is None:
+        if repo is None or (repo.private and _token(headers) != repo.owner_token):
             return None, None, _error(404, "RepoNotFound", "Repository not found")
         found = repo.commit(rev)
         if found is None:
             return None, None, _error(404, "RevisionNotFound", "Invalid rev id: " + rev)
         return repo, found, (200, {}, b"")
 
-    def _info(self, kind: str, repo_id: str, rev: str) -> tuple[int, dict[str, str], bytes]:
-        repo, found, failure = self._repo(kind, repo_id, rev)
+    def _info(self, kind: str, repo_id: str, rev: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
+        repo, found, failure = self._repo(kind, repo_id, rev, headers)
         if repo is None:
             return failure
         sha, files = found
@@ -171,14 +192,14 @@ class HubServer:
             if name.endswith(LFS_SUFFIXES):
                 item["lfs"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "pointerSize": 130}
             siblings.append(item)
-        info: dict[str, Any] = {"id": repo_id, "sha": sha, "private": False, "gated": repo.gated,
+        info: dict[str, Any] = {"id": repo_id, "sha": sha, "private": repo.private, "gated": repo.gated,
                                 "siblings": siblings, "usedStorage": sum(len(d) for d in files.values())}
         if repo.parameters is not None:
             info["safetensors"] = {"parameters": {"F32": repo.parameters}, "total": repo.parameters}
         return 200, {"Content-Type": "application/json"}, json.dumps(info).encode()
 
-    def _tree(self, kind: str, repo_id: str, rev: str, under: str) -> tuple[int, dict[str, str], bytes]:
-        repo, found, failure = self._repo(kind, repo_id, rev)
+    def _tree(self, kind: str, repo_id: str, rev: str, under: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
+        repo, found, failure = self._repo(kind, repo_id, rev, headers)
         if repo is None:
             return failure
         entries = []
@@ -192,12 +213,11 @@ class HubServer:
         return 200, {"Content-Type": "application/json"}, json.dumps(entries).encode()
 
     def _file(self, kind: str, repo_id: str, rev: str, name: str, headers: Any) -> tuple[int, dict[str, str], bytes]:
-        repo, found, failure = self._repo(kind, repo_id, rev)
+        repo, found, failure = self._repo(kind, repo_id, rev, headers)
         if repo is None:
             return failure
         if repo.gated:
-            auth = headers.get("Authorization") or ""
-            token = auth.removeprefix("Bearer ").strip()
+            token = _token(headers)
             if not token:
                 return _error(401, "GatedRepo", "Access to model is restricted. You must be authenticated.")
             if token not in repo.allowed_tokens:
@@ -222,11 +242,109 @@ class HubServer:
             return 206, out, data[start:end + 1]
         return 200, out, data
 
+    # ---- writes: what create_repo and upload_folder / create_commit send ----------------------------
+
+    def _post(self, path: str, query: dict[str, list[str]], headers: Any,
+              body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if path == "/api/validate-yaml":
+            return self._validate_yaml(json.loads(body))
+        if not _token(headers):
+            return _error(401, "Unauthorized", "Invalid credentials in Authorization header")
+        if path == "/api/repos/create":
+            return self._create(json.loads(body), _token(headers))
+        m = re.fullmatch(r"/api/(models|datasets)/(.+?)/(preupload|commit)/([^/]+)", path)
+        if m is None:
+            return 404, {}, b"not found"
+        if query.get("create_pr"):
+            return _error(400, "BadRequest", "pull requests are not served here")
+        kind, repo_id, rev = m.group(1)[:-1], m.group(2), unquote(m.group(4))
+        repo, found, failure = self._repo(kind, repo_id, rev, headers)
+        if repo is None:
+            return failure
+        if m.group(3) == "preupload":
+            return self._preupload(found[1], json.loads(body))
+        return self._commit(repo, repo_id, found[0], body)
+
+    def _create(self, payload: dict[str, Any], token: str) -> tuple[int, dict[str, str], bytes]:
+        kind = payload.get("type") or "model"
+        repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
+        url = f"{self.endpoint}/{'datasets/' if kind == 'dataset' else ''}{repo_id}"
+        if (kind, repo_id) in self.repos:
+            body = json.dumps({"error": f"You already created this {kind} repo", "url": url}).encode()
+            return 409, {"X-Error-Message": f"You already created this {kind} repo",
+                         "Content-Type": "application/json"}, body
+        private = payload.get("visibility") == "private" or payload.get("private") is True
+        sha = self.add_files(repo_id, {".gitattributes": GITATTRIBUTES}, kind=kind, private=private,
+                             owner_token=token)
+        self.repos[(kind, repo_id)].messages[sha] = "initial commit"
+        return 200, {"Content-Type": "application/json"}, json.dumps({"url": url, "name": repo_id}).encode()
+
+    def _validate_yaml(self, payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        import yaml
+
+        content = payload.get("content") or ""
+        m = re.match(r"---\r?\n(.*?)\r?\n---", content, re.S)
+        errors = []
+        try:
+            if m and not isinstance(yaml.safe_load(m.group(1)) or {}, dict):
+                errors.append({"message": "the metadata is not a mapping"})
+        except yaml.YAMLError as e:
+            errors.append({"message": f"invalid YAML: {e}"})
+        return (400 if errors else 200), {"Content-Type": "application/json"}, json.dumps(
+            {"errors": errors, "warnings": []}).encode()
+
+    def _preupload(self, files: dict[str, bytes], payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        answers = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                    "oid": git_blob_id(files[f["path"]]) if f["path"] in files else None} for f in payload["files"]]
+        return 200, {"Content-Type": "application/json"}, json.dumps({"files": answers, "commitOid": None}).encode()
+
+    def _commit(self, repo: Repo, repo_id: str, head: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+        if not lines or lines[0].get("key") != "header":
+            return _error(400, "BadRequest", "the first line must be the commit header")
+        header = lines[0]["value"]
+        if header.get("parentCommit") not in (None, head):
+            return _error(412, "PreconditionFailed", "parentCommit is not the head of the branch")
+        files = dict(repo.commit(head)[1])
+        for line in lines[1:]:
+            key, value = line["key"], line["value"]
+            if key == "file":
+                files[value["path"]] = base64.b64decode(value["content"]) if value.get("encoding") == "base64" \
+                    else value["content"].encode()
+            elif key == "deletedFile":
+                if value["path"] not in files:
+                    return _error(404, "EntryNotFound", "A file with this name doesn't exist: " + value["path"])
+                del files[value["path"]]
+            elif key == "deletedFolder":
+                files = {n: d for n, d in files.items() if not n.startswith(value["path"].rstrip("/") + "/")}
+            else:  # lfsFile (preupload never asks for it) or a copy
+                return _error(422, "Unprocessable", f"{key} entries are not served here")
+        sha = self.add_files(repo_id, files, kind=repo.kind)
+        repo.messages[sha] = header.get("summary", "")
+        url = f"{self.endpoint}/{'datasets/' if repo.kind == 'dataset' else ''}{repo_id}/commit/{sha}"
+        return 200, {"Content-Type": "application/json"}, json.dumps(
+            {"success": True, "commitOid": sha, "commitUrl": url, "pullRequestUrl": None}).encode()
+
     # ---- what the tests check -------------------------------------------------------------------
 
     def ranges(self, suffix: str) -> list[str | None]:
         """The Range headers of the file GETs whose path ends with `suffix`."""
         return [r.range for r in self.requests if r.method == "GET" and r.path.endswith(suffix)]
+
+
+def _token(headers: Any) -> str:
+    return (headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+
+
+def _read_body(h: BaseHTTPRequestHandler) -> bytes:
+    if h.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        out = b""
+        while (size := int(h.rfile.readline().split(b";")[0], 16)) > 0:
+            out += h.rfile.read(size)
+            h.rfile.readline()
+        h.rfile.readline()
+        return out
+    return h.rfile.read(int(h.headers.get("Content-Length") or 0))
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, dict[str, str], bytes]:

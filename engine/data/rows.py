@@ -1,16 +1,14 @@
-"""Rows of JSONL, CSV and Parquet files, read strictly and in bounded memory, each with its place.
+"""The row type and the strict line and CSV readers under engine/data/file_rows.py, in bounded memory.
 
-The row readers behind engine/data/sources.py. Every fault names the file and the line (and the column for
-JSON): a broken JSONL line is `file:line:col`, a CSV without the named column lists the columns it
-has, an empty Parquet file says so. Lines are decoded strictly as UTF-8 with the messages of
-engine/data/corpus.py (RELIABILITY.md D1-D4); a BOM is dropped and CRLF accepted (D11).
+Every fault names the file and the line: lines are decoded strictly as UTF-8 with the messages of
+engine/data/corpus.py (RELIABILITY.md D1-D4); a BOM is dropped and CRLF accepted (D11). A CSV without
+the named column lists the columns it has. Rows of a datasets.Dataset (the datasets library's cache) are
+read the same way by `arrow_rows`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -64,25 +62,6 @@ def iter_lines(path: Path, kind: str = "text") -> Iterator[tuple[int, str, int]]
             yield number, line.rstrip("\r\n"), offset
 
 
-def jsonl_rows(path: Path, resolve: Resolve) -> Iterator[Row]:
-    """One JSON object a line; blank lines are skipped. `resolve` sees the first object's keys."""
-    columns: list[str] | None = None
-    for number, line, done in iter_lines(path, "JSONL"):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            hint = "; a JSON array is not JSONL: convert it with jq -c '.[]'" if number == 1 and \
-                line.lstrip().startswith("[") else ""
-            raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg}){hint}", field="dataset") from None
-        if not isinstance(value, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object per line, got {_type(value)}", field="dataset")
-        if columns is None:
-            columns = resolve(list(value), f"{path}:{number}")
-        yield Row({c: value.get(c, _MISSING) for c in columns}, f"{path}:{number}", done)
-    if columns is None:
-        raise UserError(f"{path} has no rows (only blank lines)", field="dataset")
 
 
 def csv_rows(path: Path, resolve: Resolve, delimiter: str = ",") -> Iterator[Row]:
@@ -118,26 +97,6 @@ def csv_rows(path: Path, resolve: Resolve, delimiter: str = ",") -> Iterator[Row
         raise UserError(f"{path} has a header but no rows", field="dataset")
 
 
-def parquet_rows(path: Path, resolve: Resolve, batch_rows: int = 1024) -> Iterator[Row]:
-    """Rows of the named columns only, a batch at a time (a row group is never read whole)."""
-    size = _size(path)
-    if size == 0:
-        raise _empty(path)
-    try:
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-        raise UserError(f"cannot read {path} as Parquet: {exc}", field="dataset") from None
-    total = pf.metadata.num_rows
-    if total == 0:
-        raise UserError(f"{path}: the Parquet file has no rows", field="dataset")
-    columns = resolve(list(pf.schema_arrow.names), str(path))
-    number = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=batch_rows):
-        for values in batch.to_pylist():
-            number += 1
-            yield Row(values, f"{path} row {number}", size * number // total)
 
 
 def arrow_rows(table: Any, name: str, resolve: Resolve, total_bytes: int, batch_rows: int = 1024) -> Iterator[Row]:
@@ -175,28 +134,3 @@ def _type(value: Any) -> str:
         return "null"
     return {dict: "an object", list: "an array", bool: "a boolean", str: "a string",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-def describe_value(value: Any) -> str:
-    """How a bad field reads in a message: missing, null, or its type and a short excerpt."""
-    if is_missing(value):
-        return "missing"
-    if value is None:
-        return "null"
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return f"{_type(value)} {text[:30] + '...' if len(text) > 30 else text}"
-
-
-def source_files(path: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """The file itself, or a folder's files with one of `suffixes` (not hidden), in sorted order."""
-    if path.is_file():
-        return [path]
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
-    if not found:
-        raise UserError(f"no {'/'.join(suffixes)} files in {path}", field="dataset")
-    return found
-
-
-def total_bytes(files: list[Path]) -> int:
-    return sum(os.path.getsize(f) for f in files)

@@ -154,18 +154,9 @@ class PackedBlocks(TokenBlocks):
         return torch.from_numpy(both)
 
     def train_batch(self, epoch: int, position: int, batch_size: int) -> torch.Tensor:
-        import numpy as np
         import torch
 
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
-        samples = epoch * self.n_train_blocks + position + np.arange(batch_size)
-        epochs, rows = np.divmod(samples, self.n_train_blocks)
-        blocks = np.empty(batch_size, dtype=np.int64)
-        for e in range(int(epochs[0]), int(epochs[-1]) + 1):
-            here = epochs == e
-            blocks[here] = self.permutation(e)[rows[here]]
-        return self._block_rows(blocks, torch)
+        return self._block_rows(self.blocks_at(epoch, position, batch_size), torch)
 
     def val_batches(self, batch_size: int) -> Any:
         import numpy as np

@@ -139,19 +139,7 @@ class PairBlocks(PackedBlocks):
 
     def train_batch(self, epoch: int, position: int, batch_size: int) -> torch.Tensor:
         """(batch_size, 2, 3, L) of the pairs at (epoch, position) onwards (TokenBlocks' contract)."""
-        import numpy as np
-
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
-        if epoch < 0 or position < 0:
-            raise ValueError(f"data position must not be negative: epoch {epoch}, position {position}")
-        samples = epoch * self.n_train_blocks + position + np.arange(batch_size)
-        epochs, rows = np.divmod(samples, self.n_train_blocks)
-        picked = np.empty(batch_size, dtype=np.int64)
-        for e in range(int(epochs[0]), int(epochs[-1]) + 1):
-            here = epochs == e
-            picked[here] = self.permutation(e)[rows[here]]
-        return self.pairs_at(picked)
+        return self.pairs_at(self.blocks_at(epoch, position, batch_size))
 
     def val_batches(self, batch_size: int) -> Any:
         import numpy as np

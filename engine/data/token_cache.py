@@ -307,10 +307,10 @@ class TokenBlocks:
         """The share of the training data seen, in epochs (1.5 = one and a half passes)."""
         return epoch + position / self.n_train_blocks
 
-    def train_batch(self, epoch: int, position: int, batch_size: int) -> torch.Tensor:
-        """A LongTensor (batch_size, seq_len + 1) of the blocks at (epoch, position) onwards."""
+    def blocks_at(self, epoch: int, position: int, batch_size: int) -> np.ndarray:
+        """The indices of the training blocks at (epoch, position) onwards: the data-position contract that
+        every block server (plain, packed examples, preference pairs) shares."""
         import numpy as np
-        import torch
 
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}", field="batch_size")
@@ -322,7 +322,13 @@ class TokenBlocks:
         for e in range(int(epochs[0]), int(epochs[-1]) + 1):  # usually one epoch, two at a seam
             here = epochs == e
             blocks[here] = self.permutation(e)[rows[here]]
-        return self._rows(blocks * self.seq_len, torch)
+        return blocks
+
+    def train_batch(self, epoch: int, position: int, batch_size: int) -> torch.Tensor:
+        """A LongTensor (batch_size, seq_len + 1) of the blocks at (epoch, position) onwards."""
+        import torch
+
+        return self._rows(self.blocks_at(epoch, position, batch_size) * self.seq_len, torch)
 
     def val_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The validation blocks in order, `batch_size` at a time (the last batch may be smaller)."""

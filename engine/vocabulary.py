@@ -47,6 +47,7 @@ TECHNIQUES: tuple[Name, ...] = (
     Name("prompt-tuning", "only a few virtual token embeddings train"),
     Name("distill", "a student learns from a teacher's outputs"),
     Name("moe", "fine-tune a mixture-of-experts model"),
+    Name("openai", "hosted fine-tuning through the OpenAI API: the data leaves this machine; billed per token"),
 )
 PRECISIONS: tuple[Precision, ...] = (
     Precision("fp32", "32-bit weights and compute: the most memory, no surprises", compute="fp32"),

@@ -46,7 +46,8 @@ FILES = "openai"  # <run>/openai/: the files exactly as uploaded
 FINAL = "openai.json"  # final/openai.json: the ft: model and its job
 RUN_TAG = "llm_wizard_run"  # the job's metadata key holding the run id (to find a job whose creation answer was lost)
 REMOTE_ID = "remote_id"  # the key in an event's extra naming the remote event or checkpoint it came from
-STATES = {"validating_files": "starting", "queued": "starting", "running": "running", "paused": "paused",
+# Once the job exists the run follows it: "running" for us, while the message says what the service is doing.
+STATES = {"validating_files": "running", "queued": "running", "running": "running", "paused": "paused",
           "succeeded": "done", "failed": "failed", "cancelled": "stopped"}
 REFUSED = {
     "pause": "a hosted OpenAI job is not paused from here: it is billed by trained tokens, not by time; "
@@ -281,9 +282,8 @@ class OpenAIJob:
                                 "reason; see it on platform.openai.com", **common)
         if state == "stopped":
             return RemoteStatus("stopped", f"OpenAI job {job.id} was cancelled", **common)
-        words = {"starting": f"OpenAI job {job.id}: {job.status.replace('_', ' ')}"}
-        step = f"step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "")
-        return RemoteStatus(state, words.get(state, f"OpenAI job {job.id}: {job.status}, {step}"), **common)
+        step = f", step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "") if self.step else ""
+        return RemoteStatus(state, f"OpenAI job {job.id}: {job.status.replace('_', ' ')}{step}", **common)
 
     def _epoch(self) -> float | None:
         epochs = self.remembered.get("epochs")

@@ -181,7 +181,8 @@ class OpenAIServer:
         with self.lock:
             self.requests.append((method, url.path, auth))
             if auth != f"Bearer {self.key}":
-                return _send(h, 401, _error("Incorrect API key provided", "invalid_api_key"))
+                given = (auth or "").removeprefix("Bearer ")  # echoed, as a careless service might: a canary
+                return _send(h, 401, _error(f"Incorrect API key provided: {given}", "invalid_api_key"))
             try:
                 status, answer = self._route(method, url.path, query, body, h.headers.get("Content-Type", ""))
             except KeyError as e:

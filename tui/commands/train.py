@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import spec as spec_mod
     from engine.errors import UserError
     from engine.paths import runs_dir
+    from engine.techniques.base import get
     from tui.output import err, error, out, print_json
 
     restart = False  # --resume of a run with no checkpoint yet that may start again (below)
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if status.get("state") in runfolder.LIVE_STATES:
             raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
         spec = spec_mod.load(run_path / runfolder.SPEC)
-        if checkpoint.find_resume(run_path) is None and hub_fetch.read_pins(run_path):
+        if hasattr(get(spec.technique), "remote"):
+            pass  # a hosted job: the job process follows the remote job its run folder names (nothing to restore)
+        elif checkpoint.find_resume(run_path) is None and hub_fetch.read_pins(run_path):
             # stopped before its first checkpoint (a kill mid-download): the same folder starts again from
             # step 0, with the Hub commits it recorded and the bytes already in the cache
             restart = True

@@ -134,7 +134,6 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
             commands_from: int | None = None) -> int:
     from engine import spec as spec_mod
     from engine.run import remote
-    from engine.run.trainer import Trainer
     from engine.techniques.base import get
 
     run = Path(run).resolve()
@@ -153,10 +152,12 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         runfolder.EventLog(run).emit(ev.Error(message=str(e), kind="user"))
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
-    trainer: Trainer | remote.Follower
+    trainer: Any  # the Trainer, or the Follower of a hosted run
     if hosted:
         trainer = remote.Follower(run, spec, echo=echo if foreground else None, commands_from=commands_from)
     else:
+        from engine.run.trainer import Trainer
+
         trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=echo if foreground else None,
                           commands_from=commands_from)
 

@@ -155,9 +155,20 @@ class OpenAIJob:
         self.opts = options(ctx.spec)
         self.api = client()
         self.job_id: str | None = None
-        self.seen = {e.extra[REMOTE_ID] for e in ev.read(ctx.run) if REMOTE_ID in e.extra}
         self.remembered = ctx.recall()  # file_tokens and epochs, for the metrics' token and epoch counts
         self.step, self.total_steps, self.loss, self.eval_loss = 0, None, None, None
+        self.seen: set[str] = set()  # remote ids of the events and checkpoints already written
+        self.metric_steps: set[int] = set()
+        for e in ev.read(ctx.run):  # a restart goes on from what the run folder holds
+            if REMOTE_ID in e.extra:
+                self.seen.add(e.extra[REMOTE_ID])
+            if isinstance(e, ev.Metrics):
+                self.step, self.loss = max(self.step, e.step), e.train_loss
+                self.metric_steps.add(e.step)
+            elif isinstance(e, ev.Eval):
+                self.eval_loss = e.eval_loss
+            elif isinstance(e, ev.State) and e.total_steps:
+                self.total_steps = e.total_steps
         self.last_metric: tuple[int, int] | None = None  # (step, created_at) of the newest metrics event
         self.status = RemoteStatus("starting", "starting")
         self.unreachable = False
@@ -248,8 +259,11 @@ class OpenAIJob:
         try:
             with calling(f"reading OpenAI job {self.job_id}"):
                 job = self.api.fine_tuning.jobs.retrieve(self.job_id)
+                # checkpoints listed before the events: every metrics event of a listed checkpoint's step is
+                # then among the events read next, so a checkpoint's own metrics are used only when none came
+                checkpoints = self.api.fine_tuning.jobs.checkpoints.list(self.job_id, limit=100).data
                 self._events()
-                self._checkpoints()
+                self._checkpoints(checkpoints)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as e:
             if not self.unreachable:  # said once; the job goes on remotely meanwhile
                 self.ctx.emit(ev.Alert(step=self.step, kind="remote", message=f"{service()} is not answering "
@@ -321,6 +335,7 @@ class OpenAIJob:
             step_ms = (created - self.last_metric[1]) * 1000 / (step - self.last_metric[0])
         self.last_metric = (step, created)
         self.step = max(self.step, step)
+        self.metric_steps.add(step)
         loss = float(data.get("train_loss", math.nan))
         self.loss = loss if math.isfinite(loss) else self.loss
         epoch = self._epoch() or 0.0
@@ -338,16 +353,15 @@ class OpenAIJob:
             out.append(ev.Eval(step=step, eval_loss=float(valid), eval_ppl=math.exp(min(float(valid), 50.0))))
         return out
 
-    def _checkpoints(self) -> None:
-        page = self.api.fine_tuning.jobs.checkpoints.list(self.job_id, limit=100)
-        for cp in sorted(page.data, key=lambda c: c.step_number):
+    def _checkpoints(self, listed: list[Any]) -> None:
+        for cp in sorted(listed, key=lambda c: c.step_number):
             if cp.id in self.seen:
                 continue
             events: list[ev.Event] = [ev.Checkpoint(step=cp.step_number, name=cp.id, branch=0,
                                                     path=cp.fine_tuned_model_checkpoint, reason="remote", deleted=[],
                                                     extra={REMOTE_ID: cp.id})]
             m = cp.metrics
-            if m is not None and m.train_loss is not None and cp.step_number > self.step:  # no metrics event had it
+            if m is not None and m.train_loss is not None and cp.step_number not in self.metric_steps:
                 events += self._metrics({"step": cp.step_number, "train_loss": m.train_loss,
                                          "valid_loss": m.full_valid_loss or m.valid_loss}, cp.created_at, {})
             self.ctx.emit(*events)

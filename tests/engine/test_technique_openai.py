@@ -128,3 +128,19 @@ def test_stop_before_the_job_exists_creates_none(api: OpenAIServer, tmp_path: Pa
     assert api.created_jobs == 0 and api.uploads == 0
     status = runfolder.read_status(run)
     assert status["state"] == "stopped" and "nothing was billed" in status["message"]
+
+
+def test_a_job_whose_creation_answer_was_lost_is_found_not_created_again(api: OpenAIServer, tmp_path: Path) -> None:
+    """Killed between the service creating the job and the id reaching remote.json: the restart finds it by the
+    run id in its metadata."""
+    from engine.techniques.openai import client
+
+    run = job.create(openai_spec(chat_file(tmp_path)), tmp_path / "runs")
+    uploaded = client().files.create(file=chat_file(tmp_path, 12, "messages").open("rb"), purpose="fine-tune")
+    client().fine_tuning.jobs.create(model="gpt-4o-mini-2024-07-18", training_file=uploaded.id,
+                                     metadata={"llm_wizard_run": run.name})
+    (run / remote.REMOTE).write_text(json.dumps({"training_file": uploaded.id, "creating": True}))
+    assert follow(run) == 0
+    assert (api.created_jobs, api.uploads) == (1, 1)
+    assert json.loads((run / remote.REMOTE).read_text())["job_id"] == "ftjob-00000001"
+    assert any(isinstance(e, ev.State) and "found OpenAI job ftjob-00000001 again" in e.message for e in ev.read(run))

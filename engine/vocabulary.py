@@ -21,6 +21,7 @@ class Name:
     name: str
     help: str
     trains: bool = True  # False: the estimator knows it; the run engine does not train it
+    hosted: bool = False  # True: trained on a service's machines (nothing to estimate here)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ TECHNIQUES: tuple[Name, ...] = (
     Name("prompt-tuning", "only a few virtual token embeddings train"),
     Name("distill", "a student learns from a teacher's outputs"),
     Name("moe", "fine-tune a mixture-of-experts model"),
-    Name("openai", "hosted fine-tuning through the OpenAI API: the data leaves this machine; billed per token"),
+    Name("openai", "hosted fine-tuning through the OpenAI API: the data leaves this machine; billed per token",
+         hosted=True),
 )
 PRECISIONS: tuple[Precision, ...] = (
     Precision("fp32", "32-bit weights and compute: the most memory, no surprises", compute="fp32"),

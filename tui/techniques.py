@@ -54,6 +54,11 @@ TECHNIQUES: tuple[TechniqueInfo, ...] = (
                   "every expert is in memory although few run per token",
                   "as a full fine-tune; the router's load-balancing loss is logged",
                   "you start from a mixture-of-experts model (Switch, Mixtral, Qwen-MoE)"),
+    TechniqueInfo("openai", "Hosted: OpenAI", "5.2.2 (its last step)",
+                  "none here: the training runs on OpenAI's machines (or OPENAI_BASE_URL's service)",
+                  "at least 10 chat or instruction examples; billed per trained token (tokens x epochs)",
+                  "OpenAI fine-tuning: a fine-tuned GPT model without a GPU; caveat: your data leaves this "
+                  "machine, every trained token is billed, and it needs OPENAI_API_KEY"),
 )
 BY_KEY = {t.key: t for t in TECHNIQUES}
 

@@ -138,6 +138,14 @@ def count_tokens(row: dict[str, Any], encode: Any) -> int:
     return total
 
 
+def count_source(source: DataSource, model: str, train_on: str) -> tuple[int, str]:
+    """(tokens a pass over the whole data, how they were counted), as the service bills them (the wizard's
+    count; a run counts the training file alone)."""
+    check_layout(source, train_on)
+    encode, counted_by = _encoder(model)
+    return sum(count_tokens(to_row(item.value, train_on), encode) for item in iter_items(source)), counted_by
+
+
 def write_files(source: DataSource, folder: Path, *, model: str, train_on: str, val_fraction: float,
                 seed: int) -> Written:
     """train.jsonl (and validation.jsonl when val_fraction leaves at least one example out while the training

@@ -63,6 +63,16 @@ TECHNIQUES: tuple[TechniqueInfo, ...] = (
 BY_KEY = {t.key: t for t in TECHNIQUES}
 
 
+def hosted_key_note() -> tuple[bool, str]:
+    """(whether OPENAI_API_KEY is set, a line saying so and where the service is); never the key itself."""
+    import os
+
+    service = os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
+    if os.environ.get("OPENAI_API_KEY", "").strip():
+        return True, f"OPENAI_API_KEY is set (read at launch, never written); service: {service}"
+    return False, "OPENAI_API_KEY is not set: export it in the shell that launches the run"
+
+
 def recommend(report: HardwareReport | None, data_tokens: int | None = None) -> tuple[str, str]:
     """(technique, why) from the hardware and, when known, the data size."""
     if report is None:

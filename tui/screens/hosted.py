@@ -5,8 +5,6 @@ checks and the local training options do not apply, so the wizard goes from the 
 
 from __future__ import annotations
 
-import os
-
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -14,14 +12,12 @@ from textual.widgets import Input, Label, Static
 
 from engine.techniques.openai import DEFAULTS
 from tui.screens.base import WizardStep
+from tui.techniques import hosted_key_note
 
 
 def key_line() -> Text:
-    """Whether the key and a base URL are set, never the key."""
-    service = os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
-    if os.environ.get("OPENAI_API_KEY", "").strip():
-        return Text.assemble(("OPENAI_API_KEY is set", "green"), f" (read at launch, never written); service: {service}")
-    return Text.assemble(("OPENAI_API_KEY is not set", "bold red"), ": export it in the shell that launches the run")
+    is_set, line = hosted_key_note()
+    return Text(line, style="green" if is_set else "bold red")
 
 
 class HostedScreen(WizardStep):

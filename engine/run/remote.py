@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import traceback
 from dataclasses import replace
@@ -112,7 +113,7 @@ class Follower:
             return self._end(RemoteStatus("failed", str(e), step=self.status.step, error=str(e), error_kind="user"),
                              e.exit_code)
         except Exception as e:  # noqa: BLE001 - the job must always leave a final state behind
-            traceback.print_exc()
+            print(redact(traceback.format_exc()), file=sys.stderr, flush=True)  # job.log: a service may echo the key
             message = f"{type(e).__name__}: {e}"
             return self._end(RemoteStatus("failed", message, step=self.status.step, error=message), 1,
                              traceback=traceback.format_exc(limit=8)[-4000:])

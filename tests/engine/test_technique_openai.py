@@ -144,3 +144,15 @@ def test_a_job_whose_creation_answer_was_lost_is_found_not_created_again(api: Op
     assert (api.created_jobs, api.uploads) == (1, 1)
     assert json.loads((run / remote.REMOTE).read_text())["job_id"] == "ftjob-00000001"
     assert any(isinstance(e, ev.State) and "found OpenAI job ftjob-00000001 again" in e.message for e in ev.read(run))
+
+
+def test_an_unexpected_answer_quoting_the_key_fails_the_run_without_the_key(api: OpenAIServer, tmp_path: Path,
+                                                                           capfd: pytest.CaptureFixture) -> None:
+    api.refuse_create = 402  # not an answer the technique knows: an internal error, with its traceback
+    run = job.create(openai_spec(chat_file(tmp_path)), tmp_path / "runs")
+    assert follow(run) == 1
+    error = _events(run, ev.Error)[-1]
+    assert error.kind == "internal" and "quota exceeded for key ***" in error.message and error.traceback
+    assert api.created_jobs == 0 and "remote.json" in {p.name for p in run.iterdir()}
+    assert api.canary not in capfd.readouterr().err  # type: ignore[attr-defined]  # the traceback (job.log)
+    assert files_holding(run, api.canary) == []  # type: ignore[attr-defined]

@@ -13,7 +13,8 @@ Answered (under /v1, each request checked for `Authorization: Bearer <key>`, els
 
 A job moves on with time from its creation: validating_files (the training file is read: every line a
 {"messages": [...]} object, at least 10 of them, else it fails with OpenAI's kind of error; `reject` makes the
-next job fail validation with that message), queued, running (`steps` steps of `step_s` seconds, a metrics
+next job fail validation with that message; `refuse_create` answers every creation with that status, quoting
+the key), queued, running (`steps` steps of `step_s` seconds, a metrics
 event each, validation loss every other step when there is a validation file, a checkpoint every
 `checkpoint_every` steps), succeeded with an `ft:` model. `created_jobs` and `uploads` count what was billed.
 """
@@ -63,6 +64,7 @@ class OpenAIServer:
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, Job] = {}
         self.reject: str | None = None
+        self.refuse_create: int | None = None  # an HTTP status every job creation gets (with the key in its body)
         self.created_jobs = self.uploads = 0
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
         self.chats: list[dict[str, Any]] = []
@@ -194,6 +196,8 @@ class OpenAIServer:
         if (method, path) == ("POST", "/v1/files"):
             return self._upload(body, ctype)
         if (method, path) == ("POST", "/v1/fine_tuning/jobs"):
+            if self.refuse_create is not None:  # an unexpected answer, quoting what it was sent (a careless proxy)
+                return self.refuse_create, _error(f"quota exceeded for key {self.key}", "billing_hard_limit_reached")
             return self._create(json.loads(body))
         if (method, path) == ("GET", "/v1/fine_tuning/jobs"):
             wanted = {m.group(1): v for k, v in query.items() if (m := re.fullmatch(r"metadata\[(.+)\]", k))}

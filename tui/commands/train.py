@@ -106,8 +106,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         out().print(f"started run [bold]{run_path.name}[/] (pid {pid})\n  folder: {run_path}\n"
                     f"  follow: llm-wizard attach {run_path.name} --follow\n"
-                    f"  steer:  llm-wizard control {run_path.name} pause|resume|save|stop|lr F|rollback STEP|rescue")
+                    f"  steer:  llm-wizard control {run_path.name} {_controls(spec)}")
     return 0
+
+
+def _controls(spec: object) -> str:
+    """The controls a run takes: a hosted job's stop cancels it, and the rest it refuses."""
+    from engine.techniques.base import get
+
+    if hasattr(get(spec.technique), "remote"):  # type: ignore[attr-defined]
+        return "stop (cancels the hosted job; asks first)"
+    return "pause|resume|save|stop|lr F|rollback STEP|rescue"
 
 
 def _show_message(message: str) -> None:

@@ -33,7 +33,8 @@ STDLIB, DATA_FORMATS = vocabulary.STDLIB, vocabulary.DATA_FORMATS
 # train settings a technique starts from when the spec leaves them out (fine-tuning wants a smaller LR
 # than scratch's 3e-4: large steps wipe out what pretraining learned; QLoRA's paper uses paged 8-bit AdamW)
 TECHNIQUE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"}}
+    "full": {"lr": 2e-5}, "lora": {"lr": 2e-4}, "qlora": {"lr": 2e-4, "optimizer": "paged_adamw8bit"},
+    "dpo": {"lr": 5e-6}, "orpo": {"lr": 5e-6}}  # LLaMA-Factory's DPO/ORPO examples; the policy must stay near its start
 CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_weights")  # ModelSpec opt-ins
 # train settings a resume may change (RunSpec.fingerprint and engine/checkpoints/fingerprint.parts leave them out): the
 # schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.
@@ -190,15 +191,24 @@ class TrainSpec:
 class EvalSpec:
     every: int = _f(100, "optimizer steps between evaluations on the validation split (0 = never)", low=">= 0")
     batches: int = _f(8, "validation batches per evaluation (0 = the whole split)", low=">= 0")
+    patience: int = _f(0, "stop early after this many evaluations in a row without a lower eval loss (0 = never)",
+                       low=">= 0", quiet=True)
+    prompts: list[str] = _f([], "prompts sampled (greedy, through the chat template for chat data) at each "
+                                "evaluation; shown on the dashboard", quiet=True)
+    sample_tokens: int = _f(48, "tokens generated for each of eval.prompts", low="> 0", quiet=True)
 
     def __post_init__(self) -> None:
         _check("eval", self)
+        _strings("eval", "prompts", self.prompts)
 
 
 @dataclass
 class CheckpointSpec:
     every: int = _f(200, "optimizer steps between checkpoints (0 = only at the end and on request)", low=">= 0")
     keep: int = _f(3, "checkpoints kept on the active branch (the best is kept as well)", low="> 0")
+    final: str = _f("last", "what final/ holds: the last weights, or the best checkpoint by eval loss (best also "
+                            "saves a checkpoint at each evaluation that improves)", choices=vocabulary.FINAL_CHOICES,
+                    quiet=True)
 
     def __post_init__(self) -> None:
         _check("checkpoint", self)
@@ -209,9 +219,40 @@ class CheckpointSpec:
 @dataclass
 class LogSpec:
     every: int = _f(10, "optimizer steps between metrics events (each costs one device sync)", low="> 0")
+    tensorboard: bool = _f(True, "write TensorBoard event files to <run>/tb/ (`tensorboard --logdir <run>/tb`)",
+                           quiet=True)
+    trackers: list[str] = _f([], "other experiment trackers fed the same metrics: "
+                                 + ", ".join(vocabulary.TRACKERS) + " (each needs its package installed)", quiet=True)
 
     def __post_init__(self) -> None:
         _check("log", self)
+        _strings("log", "trackers", self.trackers)
+        for name in self.trackers:
+            if name not in vocabulary.TRACKERS:
+                raise _bad("log", "trackers", f"unknown tracker {name!r}: choose from {', '.join(vocabulary.TRACKERS)} "
+                           "(TensorBoard is log.tensorboard)")
+
+
+@dataclass
+class NotifySpec:
+    urls: list[str] = _f([], "where to tell a person: Apprise URLs (ntfy://, slack://, discord://, mailto://, json://"
+                             "...) or a plain http(s) webhook; `$NAME` reads a URL holding a secret from the "
+                             "environment", quiet=True)
+    severity: str = _f("error", "alerts from this severity up are sent too (besides done, failed, a guard's pause "
+                                "and an automatic rollback); none: no alerts", choices=vocabulary.NOTIFY_SEVERITIES,
+                       quiet=True)
+
+    def __post_init__(self) -> None:
+        _check("notify", self)
+        _strings("notify", "urls", self.urls)
+        for url in self.urls:
+            if not url.startswith("$") and "://" not in url:
+                raise _bad("notify", "urls", f"{url!r} is not a URL (scheme://...) or a $NAME of one")
+
+
+def _strings(section: str, name: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(section, name, f"must be a list of texts, got {value!r}")
 
 
 @dataclass
@@ -252,6 +293,7 @@ class RunSpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     log: LogSpec = field(default_factory=LogSpec)
+    notify: NotifySpec = field(default_factory=NotifySpec)
     distributed: DistributedSpec = field(default_factory=DistributedSpec)
     options: dict[str, Any] = _f({}, "technique-specific settings (validated by the technique)")
 
@@ -271,6 +313,11 @@ class RunSpec:
             # DeepSpeed, not told of bf16 (no autocast), would keep its own fp32 partitions: not pure, untested
             raise UserError("train.precision: bf16-pure trains in one process, or with ddp or fsdp; for "
                             "DeepSpeed (zero2, zero3) use bf16 (mixed precision)", field="train.precision")
+        for needs_eval in ("eval.patience", "eval.prompts", "checkpoint.final"):
+            section, name = needs_eval.split(".")
+            value = getattr(getattr(self, section), name)
+            if value and value != "last" and not self.eval.every:
+                raise UserError(f"{needs_eval}: needs evaluations; set eval.every above 0", field=needs_eval)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,7 +325,7 @@ class RunSpec:
     def fingerprint(self) -> str:
         """What must not change across a resume: everything that shapes the model and the data order."""
         d = self.to_dict()
-        for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "distributed"):  # DDP checkpoints fit any layout
+        for volatile in ("runs_dir", "name", "eval", "checkpoint", "log", "notify", "distributed"):  # DDP checkpoints fit any layout
             d.pop(volatile, None)
         for consent in CONSENT_FIELDS:  # permissions, not the model: the model's files are fingerprinted
             d["model"].pop(consent, None)
@@ -289,7 +336,8 @@ class RunSpec:
 
 SECTIONS: dict[str, type] = {
     "model": ModelSpec, "tokenizer": TokenizerSpec, "data": DataSpec, "train": TrainSpec,
-    "eval": EvalSpec, "checkpoint": CheckpointSpec, "log": LogSpec, "distributed": DistributedSpec,
+    "eval": EvalSpec, "checkpoint": CheckpointSpec, "log": LogSpec, "notify": NotifySpec,
+    "distributed": DistributedSpec,
 }
 
 
@@ -373,14 +421,15 @@ def to_toml(spec: RunSpec) -> str:
         for f in fields(obj):
             if dataclasses.is_dataclass(getattr(obj, f.name)) or f.name == "options":
                 continue
-            if f.metadata.get("quiet") and getattr(obj, f.name) == f.default:
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            if f.metadata.get("quiet") and getattr(obj, f.name) == default:
                 continue
             lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}  # {f.metadata.get('help', '')}")
 
     emit(spec)
     for name in SECTIONS:
-        if name == "distributed" and spec.distributed == DistributedSpec():
-            continue  # one process: single-process specs read as before
+        if (name, getattr(spec, name)) in (("distributed", DistributedSpec()), ("notify", NotifySpec())):
+            continue  # left at their defaults: specs read as before
         lines += ["", f"[{name}]"]
         emit(getattr(spec, name))
     if spec.options:

@@ -48,9 +48,12 @@ TECHNIQUES: tuple[Name, ...] = (
     Name("prompt-tuning", "only a few virtual token embeddings train"),
     Name("distill", "a student learns from a teacher's outputs"),
     Name("moe", "fine-tune a mixture-of-experts model"),
+    Name("dpo", "preference tuning: learn to prefer the chosen answer over the rejected one (DPO)"),
+    Name("orpo", "preference tuning without a reference model: SFT on the chosen answer + an odds-ratio term"),
     Name("openai", "hosted fine-tuning through the OpenAI API: the data leaves this machine; billed per token",
          hosted=True),
 )
+PREFERENCE_TECHNIQUES = ("dpo", "orpo")  # they read preference pairs (data.format auto -> preference)
 PRECISIONS: tuple[Precision, ...] = (
     Precision("fp32", "32-bit weights and compute: the most memory, no surprises", compute="fp32"),
     Precision("bf16", "mixed precision: bf16 compute under autocast over fp32 weights and optimizer states",
@@ -87,7 +90,8 @@ TOKENIZERS = ("bpe", "byte", "char")
 FIND_BATCH = ("auto", "on", "off")  # train.find_batch: the preflight batch finder (engine/run/batch_finder.py)
 STDLIB = "stdlib"  # data.path value: Python's own standard library source, present on every machine
 # data.format: the layout of the examples (engine/data/formats.py); the container comes from the path.
-DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text", "chosen", "slack", "hub")
+DATA_FORMATS = ("auto", "messages", "sharegpt", "alpaca", "prompt_response", "text", "chosen", "preference", "slack",
+                "hub")
 FORMER_DATA_FORMATS = {"jsonl": "auto", "csv": "auto", "parquet": "auto"}  # containers, found from the path now
 # data.template: the model's own, or a named layout (engine/data/chat_templates.py writes each).
 CHAT_TEMPLATES = ("auto", "plain", "chatml", "llama-3", "gemma", "alpaca", "vicuna", "zephyr", "mistral")
@@ -127,3 +131,8 @@ def precision(name: str) -> Precision:
 
 def help_of(values: tuple[Name, ...], name: str) -> str:
     return find(values, name).help
+
+# what final/ holds (checkpoint.final), the optional trackers (log.trackers), the alert levels notify.severity takes
+FINAL_CHOICES = ("last", "best")
+TRACKERS = ("wandb", "mlflow", "trackio")
+NOTIFY_SEVERITIES = ("error", "warning", "info", "none")

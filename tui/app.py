@@ -67,8 +67,9 @@ class WizardApp(App[int]):
     hardware: var[HardwareReport | None] = var(None, always_update=True)
 
     def __init__(self, *, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,
-                 attach: str | None = None, show_runs: bool = True) -> None:
+                 attach: str | None = None, show_runs: bool = True, sweep: str | None = None) -> None:
         super().__init__()
+        self.sweep_to = sweep
         self.runs_dir = runs_dir
         self.nvml = nvml
         self._given_hardware = hardware
@@ -78,7 +79,11 @@ class WizardApp(App[int]):
         self.crashed_run: Path | None = None  # the run followed when the UI crashed (RELIABILITY P11)
 
     def on_mount(self) -> None:
-        if self.attach_to:
+        if self.sweep_to:
+            from tui.screens.sweep import SweepScreen
+
+            self.push_screen(SweepScreen(self.sweep_to))
+        elif self.attach_to:
             from tui.screens.dashboard import DashboardScreen
 
             self.push_screen(DashboardScreen(self.attach_to))
@@ -114,7 +119,9 @@ class WizardApp(App[int]):
     def existing_runs(self) -> list[Any]:
         from engine.runfolder.folder import list_runs
 
-        return list_runs(self.runs_path())
+        from engine.sweep.state import list_sweeps
+
+        return [*list_runs(self.runs_path()), *list_sweeps(self.runs_path())]
 
     # --- leaving ---------------------------------------------------------------------------------
 
@@ -194,7 +201,9 @@ class WizardApp(App[int]):
 
 
 def make_app(*, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,
-             attach: str | None = None, show_runs: bool = True) -> WizardApp:
+             attach: str | None = None, show_runs: bool = True, sweep: str | None = None) -> WizardApp:
     """The app as `llm-wizard` runs it. `nvml` replaces pynvml (tests pass engine.machine.fake_nvml fixtures);
-    `hardware` skips the probe (snapshot tests pass a fixed report); `attach` opens a run's dashboard."""
-    return WizardApp(runs_dir=runs_dir, nvml=nvml, hardware=hardware, attach=attach, show_runs=show_runs)
+    `hardware` skips the probe (snapshot tests pass a fixed report); `attach` opens a run's dashboard, `sweep` a
+    sweep's view."""
+    return WizardApp(runs_dir=runs_dir, nvml=nvml, hardware=hardware, attach=attach, show_runs=show_runs,
+                     sweep=sweep)

@@ -13,7 +13,7 @@ from tui.commands import COMMANDS
 
 
 def _command(name: str) -> ModuleType:
-    return importlib.import_module(f"tui.commands.{name}")
+    return importlib.import_module(f"tui.commands.{name.replace('-', '_')}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,16 +35,33 @@ class Corpus:
         return self.format in CHAT_FORMATS
 
 
-def make_source(c: Choices, dataset: str | None = None) -> Any:
-    """engine.data.sources.DataSource for the Data step's settings (stdlib, a path, or a cached Hub dataset id)."""
+def make_source(c: Choices, dataset: str | None = None, pairs: bool | None = None) -> Any:
+    """engine.data.sources.DataSource for the Data step's settings (stdlib, a path, or a cached Hub dataset id).
+    `pairs`: read preference pairs (dpo, orpo); None: when the rows are preference rows, so that they preview
+    (the token count, which knows the technique, refuses them for supervised training)."""
+    from dataclasses import replace
+
     from engine.data.sources import DataSource
+    from engine.errors import UserError
     from engine.estimate.data_size import source_for
 
     dataset = c.dataset if dataset is None else dataset
     if dataset == "stdlib":
         return DataSource("stdlib")
     options = {k: v for k, v in c.data_settings().items() if k != "text_column"}
-    return source_for(dataset, c.text_column or None, **options)
+    if pairs is None:
+        from engine.vocabulary import PREFERENCE_TECHNIQUES
+
+        pairs = True if c.technique in PREFERENCE_TECHNIQUES else None
+    source = source_for(dataset, c.text_column or None, bool(pairs), **options)
+    if pairs is None and source.kind != "text":
+        try:
+            source.layout()
+        except UserError as e:
+            if "preference data" not in str(e):
+                raise
+            return replace(source, pairs=True)
+    return source
 
 
 def describe(source: Any) -> Corpus:
@@ -186,5 +203,8 @@ def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None,
     if c.dataset == "stdlib":  # the BPE is trained on it at the start of the run: count the bytes, it gives fewer
         tokens, _ = count_tokens(Choices(technique="scratch", tokenizer="byte", dataset="stdlib"), progress)
         return tokens, "bytes: an upper bound until the BPE tokenizer is trained"
-    count = datacheck_count(c.dataset, tokenizer=tokenizer, progress=progress, source=source, seq_len=c.seq_len)
+    from engine.vocabulary import PREFERENCE_TECHNIQUES
+
+    count = datacheck_count(c.dataset, tokenizer=tokenizer, progress=progress, source=source, seq_len=c.seq_len,
+                            pairs=c.technique in PREFERENCE_TECHNIQUES)
     return count.tokens, count.method

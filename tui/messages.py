@@ -49,3 +49,11 @@ class SampleText(Message):
     def __init__(self, text: str, ok: bool) -> None:
         super().__init__()
         self.text, self.ok = text, ok
+
+
+class Compared(Message):
+    """The compare view's runs, read from their folders: summaries (engine/track/compare.py) and spec differences."""
+
+    def __init__(self, summaries: list[Any], differences: dict[str, list[Any]]) -> None:
+        super().__init__()
+        self.summaries, self.differences = summaries, differences

@@ -44,3 +44,19 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def quiet_loading() -> None:
+    """transformers' weight-loading bar and info lines off, and the notices libraries print while loading
+    (deprecations, bitsandbytes' optional kernels): generate, chat and export say what they do themselves."""
+    import logging as std_logging
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("bitsandbytes", "kernels"):
+        std_logging.getLogger(name).setLevel(std_logging.ERROR)

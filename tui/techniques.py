@@ -20,6 +20,7 @@ class TechniqueInfo:
     memory: str  # memory need, as the book's multiplier of the parameter count
     data: str
     when: str
+    caveat: str = ""  # what the book warns about it (preference tuning: 5.3.3)
 
 
 TECHNIQUES: tuple[TechniqueInfo, ...] = (
@@ -54,12 +55,28 @@ TECHNIQUES: tuple[TechniqueInfo, ...] = (
                   "every expert is in memory although few run per token",
                   "as a full fine-tune; the router's load-balancing loss is logged",
                   "you start from a mixture-of-experts model (Switch, Mixtral, Qwen-MoE)"),
+    TechniqueInfo("dpo", "Preference tuning (DPO)", "5.3.3, figure 5.6",
+                  "two sequences a pair (chosen and rejected) and a reference model: under LoRA the base with the "
+                  "adapter switched off (LoRA's 1-2x), for every weight a full fine-tune's 4x plus a frozen copy or "
+                  "reference log-probs computed once",
+                  "pairs: a prompt with a chosen and a rejected answer (TRL or LLaMA-Factory layouts)",
+                  "a model that already follows instructions should prefer some answers over others (style, "
+                  "safety, helpfulness); RLHF's reward model and PPO replaced by one loss",
+                  "the book advises against RLHF: costly, and the gain is often smaller than that of better "
+                  "supervised data; fine-tune on good examples first"),
+    TechniqueInfo("orpo", "Preference tuning (ORPO)", "5.3.3",
+                  "as DPO without a reference model: supervised learning on the chosen answer plus an odds-ratio "
+                  "term, two sequences a pair",
+                  "preference pairs, as DPO",
+                  "supervised fine-tuning and preference tuning in one pass, from a base or an instruct model",
+                  "as DPO: costly, and better supervised data often gains more"),
     TechniqueInfo("openai", "Hosted: OpenAI", "5.2.2 (its last step)",
                   "none here: the training runs on OpenAI's machines (or OPENAI_BASE_URL's service)",
                   "at least 10 chat or instruction examples; billed per trained token (tokens x epochs)",
                   "OpenAI fine-tuning: a fine-tuned GPT model without a GPU; caveat: your data leaves this "
                   "machine, every trained token is billed, and it needs OPENAI_API_KEY"),
 )
+PREFERENCE = ("dpo", "orpo")
 BY_KEY = {t.key: t for t in TECHNIQUES}
 
 
@@ -86,3 +103,19 @@ def recommend(report: HardwareReport | None, data_tokens: int | None = None) -> 
     if free < 12 * GIB:
         return "qlora", f"{free / GIB:.0f} GiB free per GPU: a 4-bit base keeps 7B models within reach"
     return "lora", f"{free / GIB:.0f} GiB free per GPU: LoRA fits 7B models in 16-bit with room for batch"
+
+
+def preference_advice(report: HardwareReport | None) -> str:
+    """How to run DPO/ORPO on this machine: LoRA-DPO (the default) on small GPUs, QLoRA on the smallest."""
+    if report is None or not report.gpus:
+        return ("no GPU: LoRA-DPO of a small model on the CPU (presets/dpo-tiny.toml); the default "
+                "options.finetuning = \"lora\" keeps one copy of the weights")
+    free = min(g.memory_free_bytes for g in report.gpus)
+    if free < 24 * GIB:
+        return (f"{free / GIB:.0f} GiB free per GPU: LoRA-DPO on a 4-bit base (options.finetuning = \"qlora\") "
+                "keeps an 8B model within reach; the reference is the base with the adapter switched off")
+    if free < 80 * GIB:
+        return (f"{free / GIB:.0f} GiB free per GPU: LoRA-DPO (the default, options.finetuning = \"lora\"): one "
+                "copy of the weights serves as both model and reference")
+    return (f"{free / GIB:.0f} GiB free per GPU: LoRA-DPO is still the cheaper; options.finetuning = \"full\" "
+            "trains every weight (the reference then precomputed once, or a frozen copy)")

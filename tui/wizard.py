@@ -20,7 +20,7 @@ TECHNIQUES = vocabulary.names(vocabulary.TECHNIQUES)
 # A learning rate that suits each technique as a start (the book: fine-tuning uses a smaller LR);
 # full/lora/qlora are engine.spec.TECHNIQUE_DEFAULTS' (a test keeps them equal).
 DEFAULT_LR = {"scratch": 1e-3, "full": 2e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2,
-              "distill": 5e-5, "moe": 2e-5}
+              "distill": 5e-5, "moe": 2e-5, "dpo": 5e-6, "orpo": 5e-6}
 # The optimizer a technique starts with (engine.spec.TECHNIQUE_DEFAULTS: QLoRA's paper uses paged 8-bit AdamW).
 DEFAULT_OPTIMIZER = {"qlora": "paged_adamw8bit"}
 
@@ -61,6 +61,7 @@ class Choices:
     checkpoint_every: int = 100
     log_every: int = 10  # steps between metrics events (each costs a device sync)
     lora_rank: int = 16
+    finetuning: str = "lora"  # dpo/orpo: lora | qlora | full (engine/techniques/pairs.py); LoRA-DPO by default
     num_virtual_tokens: int = 8  # engine/techniques/prompt_tuning.py's default (the book's listing 5.3)
     num_processes: int = 1  # GPUs trained on, on each machine (through `accelerate launch` when above 1 in all)
     num_machines: int = 1  # machines, each running num_processes (the spec's num_processes is the total)
@@ -120,6 +121,8 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         options["num_virtual_tokens"] = c.num_virtual_tokens
     if c.technique == "distill":
         options["teacher"] = c.teacher
+    if c.technique in vocabulary.PREFERENCE_TECHNIQUES and c.finetuning != "lora":
+        options["finetuning"] = c.finetuning
     d: dict[str, Any] = {
         "technique": c.technique, "name": c.run_name(), "model": model, "data": data,
         "train": {"seq_len": c.seq_len, "batch_size": c.batch_size, "grad_accum": c.grad_accum,
@@ -179,7 +182,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
     vocab = c.scratch_vocab() if scratch else None
     return EstimateRequest(
         model=None if scratch else c.model or None, arch=c.arch if scratch else None,
-        size=c.size if scratch else None, vocab_size=vocab, technique=c.technique,
+        size=c.size if scratch else None, vocab_size=vocab, technique=c.technique, finetuning=c.finetuning,
         teacher=c.teacher or None, lora_rank=c.lora_rank, num_virtual_tokens=c.num_virtual_tokens,
         precision=c.precision, optimizer=c.optimizer_name(), batch_size=c.batch_size, seq_len=c.seq_len,
         grad_accum=c.grad_accum, grad_checkpointing=c.grad_checkpointing,
@@ -192,7 +195,7 @@ def estimate_request(c: Choices, *, dataset: bool = False) -> Any:
 
 # A suggestion's changes (engine/estimate/suggest.py FIELDS: the spec's dotted names and values) -> the
 # Choices attribute each sets.
-CHOICE_FIELD = {"technique": "technique", "options.lora_rank": "lora_rank", "train.gradient_checkpointing": "grad_checkpointing",
+CHOICE_FIELD = {"technique": "technique", "options.lora_rank": "lora_rank", "options.finetuning": "finetuning", "train.gradient_checkpointing": "grad_checkpointing",
                 "train.optimizer": "optimizer", "train.precision": "precision", "train.batch_size": "batch_size",
                 "train.grad_accum": "grad_accum", "train.seq_len": "seq_len",
                 "distributed.num_processes": "num_processes", "distributed.strategy": "strategy"}

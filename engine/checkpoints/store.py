@@ -247,23 +247,38 @@ def find(run: Path, ref: str | int) -> CheckpointInfo:
     raise UserError(f"no usable checkpoint {ref!r} (checkpoints at steps: {steps})", field="step")
 
 
+def eval_score(c: CheckpointInfo) -> float:
+    """A checkpoint's eval loss (taken at its own step), inf without one."""
+    v = c.metrics.get("eval_loss")
+    return float(v) if isinstance(v, (int, float)) else float("inf")
+
+
+def best(run: Path, *, active_only: bool = True) -> CheckpointInfo | None:
+    """The checkpoint with the lowest eval loss: on the active branch's lineage (what final/ may take), or on
+    any branch; None while no checkpoint was saved at an evaluation."""
+    found = lineage(run) if active_only else list_checkpoints(run)
+    scored = [c for c in found if eval_score(c) < float("inf") and verify(c.path, full=False) is None]
+    return min(scored, key=lambda c: (eval_score(c), -c.step)) if scored else None
+
+
 def rotate(run: Path, keep: int, branch: int) -> list[str]:
-    """Delete the oldest checkpoints of `branch` beyond `keep`, never the best one, never a branch origin.
-    Called only after a new checkpoint is committed. Returns the deleted names."""
+    """Delete the oldest checkpoints of `branch` beyond `keep`, never the best one (by eval loss; by train loss
+    while none has an eval loss), never a branch origin. Called only after a new checkpoint is committed.
+    Returns the deleted names."""
     data = read_branches(run)
     origins = {o for o in data["origins"].values() if o}
     own = [c for c in list_checkpoints(run) if c.branch == branch]
 
-    def score(c: CheckpointInfo) -> float:
-        m = c.metrics
-        v = m.get("eval_loss", m.get("loss"))
+    def train_score(c: CheckpointInfo) -> float:
+        v = c.metrics.get("loss")
         return float(v) if isinstance(v, (int, float)) else float("inf")
 
+    score = eval_score if any(eval_score(c) < float("inf") for c in own) else train_score
     scored = [c for c in own if score(c) < float("inf")]
-    best = min(scored, key=score).name if scored else None
+    keeper = min(scored, key=score).name if scored else None
     deleted = []
     for c in own[: max(0, len(own) - keep)]:
-        if c.name in origins or c.name == best:
+        if c.name in origins or c.name == keeper:
             continue
         # Rename first so a kill mid-delete leaves a `.tmp-` folder (ignored), never a half checkpoint.
         doomed = c.path.with_name(f".tmp-del-{c.name}")

@@ -14,6 +14,11 @@ label layout). Layouts (`data.format`; "auto" picks one from the first rows' fie
 - prompt_response: one prompt and one response column, under their common names (PAIR_NAMES) or
   named by data.prompt_column / data.response_column (+ data.system_column);
 - chosen: preference rows trained as supervised data on their chosen answer (the user asks for it);
+- preference: pairs for the preference techniques (dpo, orpo pick it themselves): prompt + chosen +
+  rejected, each a string or a message list (TRL's layouts, also chosen/rejected as whole conversations
+  sharing the prompt), or LLaMA-Factory's conversations (ShareGPT or OpenAI style) + chosen + rejected
+  messages, or instruction (+ input) + chosen + rejected; read as a `Pair` of two conversations whose
+  trained turns are the answers only;
 - label: data.text_column + data.label_column, the book's "<column> : <text> Label : <label>" (5.3);
 - text: one text column (data.text_column, or the first of TEXT_COLUMNS): documents, trained whole.
 
@@ -22,6 +27,7 @@ data and refused for supervised training unless data.format = "chosen".
 
     layout = detect(first_rows, data)          # a Layout: format and the columns it reads
     item = read_row(layout, row.values)        # Conversation | Document | None (empty, skipped); BadRow raised
+    (preference rows: engine/data/preference_rows.py read_pair, a Pair)
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ ROLES = ("system", "user", "assistant", "tool")
 ROLE_NAMES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
               "bot": "assistant", "model": "assistant", "tool": "tool", "function": "tool", "ipython": "tool",
               "observation": "tool", "function_call": "assistant", "developer": "system"}
-CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response", "chosen", "slack")
+CHAT_FORMATS = ("messages", "sharegpt", "alpaca", "prompt_response", "chosen", "preference", "slack")
+PROMPT_COLUMNS = ("prompt", "conversations", "messages", "instruction", "question")  # a pair's prompt, if any
 
 
 class BadRow(Exception):
@@ -74,6 +81,13 @@ class Document:
     @property
     def completion(self) -> str:
         return self.text[len(self.prompt):]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference pair: the same prompt answered two ways; only the answers' turns are trained."""
+    chosen: Conversation
+    rejected: Conversation
 
 
 @dataclass(frozen=True)
@@ -106,10 +120,23 @@ def detect(rows: Sequence[dict[str, Any]], data: DataSpec, where: str) -> Layout
         if data.system_column:
             cols["system"] = data.system_column
         return _checked(Layout("prompt_response", cols), have, where)
+    pairs = bool(getattr(data, "pairs", False))  # the dpo/orpo techniques read pairs (DataSource.pairs)
+    if wanted == "preference" and not pairs:
+        raise UserError(f"{where}: data.format = \"preference\" trains with technique dpo or orpo; for supervised "
+                        "training on the chosen answers set data.format = \"chosen\"", field="data.format")
+    if pairs:
+        if "chosen" not in first or "rejected" not in first:
+            raise UserError(f"{where}: preference tuning needs chosen and rejected answers (columns chosen, rejected "
+                            f"and a prompt); the row has {', '.join(have)}", field="data.format")
+        cols = {"chosen": "chosen", "rejected": "rejected"}
+        prompt = next((c for c in PROMPT_COLUMNS if c in first), None)
+        if prompt is not None:
+            cols["prompt"] = prompt
+        return Layout("preference", cols | _optional(first, "system", "input", "tools"))
     if "chosen" in first and "rejected" in first and wanted != "chosen":
         raise UserError(f"{where} holds preference data (chosen and rejected answers: {', '.join(have)}), not "
-                        "supervised examples; train it with a preference technique, or set data.format = \"chosen\" "
-                        "to fine-tune on the chosen answers", field="data.format")
+                        "supervised examples; train it with a preference technique (dpo, orpo), or set "
+                        "data.format = \"chosen\" to fine-tune on the chosen answers", field="data.format")
     if wanted == "chosen" or ("chosen" in first and "rejected" in first):
         cols = {"chosen": "chosen"}
         if "prompt" in first:
@@ -216,7 +243,7 @@ def read_row(layout: Layout, values: dict[str, Any]) -> Conversation | Document 
             return _conversation(messages + _message_list(chosen, "chosen", "role", "content"))
         return _conversation([{"role": "user", "content": _text(values, "prompt")},
                               {"role": "assistant", "content": _text(values, "chosen")}])
-    raise ValueError(f"unknown layout {fmt!r}")
+    raise ValueError(f"unknown layout {fmt!r}")  # preference rows: engine/data/preference_rows.py
 
 
 class _Absent:

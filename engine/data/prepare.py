@@ -40,7 +40,7 @@ class Shown:
 
 @dataclass(frozen=True)
 class DataReport:
-    format: str  # the layout: messages, sharegpt, alpaca, prompt_response, chosen, label, text, slack
+    format: str  # the layout: messages, sharegpt, alpaca, prompt_response, chosen, preference, label, text, slack
     source: str  # what was read ("jsonl hub_folder", "text files", ...)
     template: str  # the chat template used: model, a named one, plain, custom; "" for plain text
     train_on: str
@@ -138,6 +138,10 @@ def prepare(source: DataSource, tokenizer: Any, seq_len: int, *, val_fraction: f
     if template is not None and template.name == "plain" and source.template in ("auto", ""):
         warnings.append("the tokenizer has no chat template: examples are trained in the plain '### Prompt:' "
                         "layout; for a chat model choose one (data.template = chatml, llama-3, ...)")
+    if source.layout().format == "preference":  # pairs for dpo/orpo (engine/data/preference.py)
+        return _pairs(source, tokenizer, template or chat_templates.resolve("plain", tokenizer), seq_len, added,
+                      warnings, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir, progress=progress,
+                      should_stop=should_stop)
     renderer = Renderer(tokenizer, template or chat_templates.resolve("plain", tokenizer),
                         source.train_on if source.is_chat else "assistant")
     example_file = build_example_file(source, renderer, cache_dir=cache_dir, progress=progress,
@@ -165,6 +169,24 @@ def prepare(source: DataSource, tokenizer: Any, seq_len: int, *, val_fraction: f
     return Prepared(blocks, example_file.token_file.fingerprint, report, tuple(added))
 
 
+def _pairs(source: DataSource, tokenizer: Any, template: chat_templates.ChatTemplate, seq_len: int, added: list[str],
+           warnings: list[str], **kw: Any) -> Prepared:
+    """prepare() for preference pairs: the report counts pairs (examples and blocks are pairs)."""
+    from engine.data.preference import pair_blocks
+
+    blocks = pair_blocks(source, tokenizer, template, seq_len, **kw)
+    lay, skipped = blocks.layout, blocks.example_file.skipped
+    if lay.truncated or lay.dropped:
+        warnings.append(f"{lay.truncated} preference pairs had the start of their prompt cut and {lay.dropped} were "
+                        f"dropped at train.seq_len = {seq_len}; raise it to keep them whole")
+    if skipped:
+        warnings.append(f"{skipped} bad rows skipped, e.g. {blocks.example_file.skipped_first[0]}")
+    report = DataReport("preference", source.describe(), template.name, "pairs", lay.pairs, lay.tokens, lay.trained,
+                        lay.truncated, lay.dropped, skipped, lay.pairs, seq_len, tuple(added), tuple(warnings))
+    blocks.report = report
+    return Prepared(blocks, blocks.example_file.token_file.fingerprint, report, tuple(added))
+
+
 class DataContext(Protocol):
     """What source_blocks needs from a technique's setup (engine.techniques.base.SetupContext is one): the
     data lives below the techniques, so it names the shape, not the class."""
@@ -175,10 +197,12 @@ class DataContext(Protocol):
     def should_stop(self) -> bool: ...
 
 
-def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packing: bool = True) -> Prepared:
+def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packing: bool = True,
+                  pairs: bool = False) -> Prepared:
     """The run's data as blocks, for a technique's setup(): its template applied to `tokenizer` (new special
     tokens get embedding rows in `model`), progress and the stop request honoured. `packing=False`: one
-    example a block whatever data.packing says (a technique whose model cannot take position ids)."""
+    example a block whatever data.packing says (a technique whose model cannot take position ids).
+    `pairs=True`: the rows are preference pairs, served by engine/data/preference.py's PairBlocks."""
     from dataclasses import replace
 
     from engine.data.pack import packing_isolates, resize_embeddings
@@ -192,9 +216,11 @@ def source_blocks(ctx: DataContext, tokenizer: Any, model: Any = None, *, packin
             ctx.progress(f"tokenizing: {done / max(total, 1):.0%} of {total / 1e6:.1f} MB")
 
     source = DataSource.from_spec(spec.data)
+    if pairs:
+        source = replace(source, pairs=True, packing=False)
     if not packing:
         source = replace(source, packing=False)
-    fallback = source.packing and model is not None and source.kind != "text" and source.masks \
+    fallback = source.packing and not pairs and model is not None and source.kind != "text" and source.masks \
         and not packing_isolates(model)
     if fallback:
         source = replace(source, packing=False)

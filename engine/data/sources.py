@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.data import formats
 from engine.data import slack as data_slack
-from engine.data.formats import BadRow, Conversation, Document, Layout
+from engine.data.preference_rows import read_pair
+from engine.data.formats import BadRow, Conversation, Document, Layout, Pair
 from engine.errors import UserError
 from engine.spec import STDLIB
 
@@ -59,7 +60,7 @@ def use_snapshot(repo_id: str, subset: str, split: str, folder: Path) -> None:
 
 @dataclass(frozen=True)
 class Item:
-    value: Conversation | Document
+    value: Conversation | Document | Pair
     where: str  # "file:line" (or "file row N"), for messages
     done: int  # source bytes read so far, for progress
 
@@ -96,6 +97,7 @@ class DataSource:
     context: int = 4
     split: str = "train"
     subset: str = ""
+    pairs: bool = False  # rows are preference pairs (the dpo and orpo techniques set it; formats.detect)
 
     @classmethod
     def from_spec(cls, data: DataSpec) -> DataSource:
@@ -242,7 +244,7 @@ def iter_items(source: DataSource, skipped: Skipped | None = None) -> Iterator[I
     count = 0
     for row in rows:
         try:
-            value = formats.read_row(layout, row.values)
+            value = _read(layout, row.values)
         except BadRow as bad:
             if source.on_bad_row == "skip":
                 skipped.add(row.where, str(bad))
@@ -256,10 +258,14 @@ def iter_items(source: DataSource, skipped: Skipped | None = None) -> Iterator[I
         raise UserError(f"{source.path}: no usable rows{detail}", field="data.path")
 
 
+def _read(layout: Layout, values: dict[str, Any]) -> Conversation | Document | Pair | None:
+    return read_pair(layout, values) if layout.format == "preference" else formats.read_row(layout, values)
+
+
 def iter_examples(source: DataSource) -> Iterator[Document | Conversation]:
     """Every item's value (the former reader's name)."""
     for item in iter_items(source):
-        yield item.value
+        yield item.value  # type: ignore[misc]
 
 
 def preview(source: DataSource, n: int = 5) -> list[dict[str, str]]:
@@ -268,6 +274,12 @@ def preview(source: DataSource, n: int = 5) -> list[dict[str, str]]:
     shown: list[dict[str, str]] = []
     for item in itertools.islice(iter_items(source), n):
         value = item.value
+        if isinstance(value, Pair):  # a preference pair: its prompt, the chosen and the rejected answer
+            shared = value.chosen.trained.index(True)
+            shown.append({"prompt": "\n".join(m["content"] for m in value.chosen.messages[:shared]),
+                          "response": "\n".join(m["content"] for m in value.chosen.messages[shared:]),
+                          "rejected": "\n".join(m["content"] for m in value.rejected.messages[shared:])})
+            continue
         if isinstance(value, Document):
             shown.append({"prompt": value.prompt, "response": value.completion} if value.prompt else {"text": value.text})
             continue
@@ -306,7 +318,7 @@ def _raise_bad_rows(layout: Layout, first: Row, why: str, rows: Iterator[Row]) -
         if len(bad) >= BAD_ROWS_SHOWN:
             break
         try:
-            formats.read_row(layout, row.values)
+            _read(layout, row.values)
         except BadRow as more:
             bad.append(f"{row.where}: {more}")
     mixed = "; the rows do not all hold the same layout" if "missing" in why or "has no" in why else ""

@@ -50,6 +50,8 @@ def _teacher_bytes(req: EstimateRequest, tokens: int) -> tuple[int, int]:
 
 def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], ParamBytes]:
     """The breakdown and the tensor total of each phase of a step, for one GPU without sharding."""
+    if req.preference:
+        return _preference_peak(req, d)
     t = trainable(req, d)
     p = parameters(req, d, t)
     _, e = bytes_for(req.precision)
@@ -80,6 +82,21 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Pa
     return bd, phases, p
 
 
+def _preference_peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], ParamBytes]:
+    """dpo/orpo: the finetuning's own step on twice the sequences (a pair's chosen and rejected answers run in one
+    forward), plus DPO's reference. The reference runs before the tuned model's forward, without gradients, so
+    its pass is below the step's peak; a frozen copy adds its weights in the compute dtype to every phase, a
+    precomputed reference or the adapter switched off adds nothing."""
+    from dataclasses import replace
+
+    bd, phases, p = peak(replace(req, technique=req.finetuning, batch_size=2 * req.batch_size), d)
+    if req.reference_kind() != "copy":
+        return bd, phases, p
+    _, e = bytes_for(req.precision)
+    copy = d.params * (2 if vocabulary.precision(req.precision).mixed else e)
+    return replace(bd, reference=copy), [Phase(ph.name, ph.bytes + copy, ph.gradient_bytes) for ph in phases], p
+
+
 def _sharded(req: EstimateRequest, bd: Breakdown, phases: list[Phase], n: int, layers: int) -> int:
     """The peak on one of `n` GPUs, phase by phase: DDP replicates everything and adds its gradient
     buckets; ZeRO-2 shards gradients and optimizer states; FSDP / ZeRO-3 also shards the weights,
@@ -105,6 +122,10 @@ def _sharded(req: EstimateRequest, bd: Breakdown, phases: list[Phase], n: int, l
 
 
 def rule_of_thumb(req: EstimateRequest, params: int) -> RuleOfThumb:
+    if req.preference:
+        from dataclasses import replace
+
+        return rule_of_thumb(replace(req, technique=req.finetuning), params)
     if req.technique == "qlora":
         return RuleOfThumb(params, "fine-tuning with 4-bit quantization: about 1x the parameter count in bytes")
     if req.technique in ("lora", "prompt-tuning"):
@@ -143,6 +164,12 @@ def breakdown(req: EstimateRequest, gpus: list[tuple[int, str, int]], d: ModelDi
         notes.append("paged 8-bit AdamW: its states live in unified memory and move to the CPU under pressure")
     if req.technique == "distill":
         notes.append("distillation: the teacher runs without gradients; its logits and the KL terms are counted")
+    if req.preference:
+        ref = {"adapter": "the base with the adapter switched off (no second copy)",
+               "precomputed": "log-probs computed once before training (one forward pass a pair, no memory during it)",
+               "copy": "a frozen copy of the weights, counted", "none": "none (ORPO)"}[req.reference_kind()]
+        notes.append(f"{req.technique} with {req.finetuning}: each pair runs its chosen and rejected sequences "
+                     f"together (activations of 2 x batch {req.batch_size}); reference: {ref}")
     if d.dropout > 0:
         notes.append(f"dropout {d.dropout}: a 1-byte mask per element of the residual stream (CUDA)")
     return Estimate(

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import vocabulary
 from engine.errors import UserError
 
 CHINCHILLA_TOKENS_PER_PARAM = 20  # Hoffmann et al. 2022; the book's "1B parameters, 20B tokens"
@@ -69,9 +70,10 @@ class DataCheck:
 # --- reading: engine.data.sources's sources, so the check counts what the trainer will read -------------
 
 
-def source_for(dataset: str, text_column: str | None = None, **options: Any) -> Any:
+def source_for(dataset: str, text_column: str | None = None, pairs: bool = False, **options: Any) -> Any:
     """engine.data.sources.DataSource for a path (or, when no such path exists, a cached Hub dataset id);
-    `options` are its other fields (format, template, train_on, prompt_column...), as a spec's data section."""
+    `pairs`: read as preference pairs (the dpo and orpo techniques); `options` are its other fields (format,
+    template, train_on, prompt_column...), as a spec's data section."""
     from engine.data.sources import DataSource
 
     path = Path(os.path.expanduser(dataset))
@@ -83,19 +85,23 @@ def source_for(dataset: str, text_column: str | None = None, **options: Any) -> 
         raise UserError(f"cannot read dataset {path}: permission denied", field="dataset")
     if hub:
         options["format"] = "hub"
-    source = DataSource(dataset, text_column=text_column or "", **options)
+    source = DataSource(dataset, text_column=text_column or "", pairs=pairs, **options)
     source.kind  # noqa: B018 (resolves the format now: a bad source fails before counting)
     return source
 
 
 def iter_documents(source: Any) -> Iterator[tuple[str, int]]:
     """(text, source bytes read so far) for every item of a source (a conversation's messages joined)."""
-    from engine.data.formats import Document
+    from engine.data.formats import Document, Pair
     from engine.data.sources import iter_items
 
     for item in iter_items(source):
         value = item.value
-        text = value.text if isinstance(value, Document) else "\n".join(m["content"] for m in value.messages)
+        if isinstance(value, Pair):  # both sides are trained on: both count
+            messages = [*value.chosen.messages, *value.rejected.messages]
+            text = "\n".join(m["content"] for m in messages)
+        else:
+            text = value.text if isinstance(value, Document) else "\n".join(m["content"] for m in value.messages)
         yield text, item.done
 
 
@@ -174,13 +180,13 @@ def report(source: Any, tokenizer: Any, seq_len: int, *, val_fraction: float = 0
 def count_tokens(dataset: str, *, tokenizer: Any | None = None, text_column: str | None = None,
                  progress: Progress | None = None, exact_limit: int = EXACT_LIMIT_BYTES,
                  bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN, source: Any = None,
-                 seq_len: int = 2048, val_fraction: float = 0.05) -> TokenCount:
+                 seq_len: int = 2048, val_fraction: float = 0.05, pairs: bool = False) -> TokenCount:
     """Tokens in a dataset: exact up to `exact_limit` bytes, sampled and extrapolated beyond. `source`
     (engine.data.sources.DataSource) carries a spec's data settings; examples (not plain text) are counted
     as trained: through the chat template, packed at `seq_len`."""
     from engine.data.sources import source_bytes
 
-    source = source if source is not None else source_for(dataset, text_column)
+    source = source if source is not None else source_for(dataset, text_column, pairs)
     total = source_bytes(source)
     if tokenizer is not None and source.kind != "text" and total <= exact_limit:
         r = report(source, tokenizer, seq_len, val_fraction=val_fraction, progress=progress)
@@ -314,5 +320,6 @@ def check_data(dataset: str, *, technique: str, params: int, model: str | None, 
     """Count the dataset's tokens (with the model's tokenizer when there is one) and apply the rule."""
     tokenizer = load_tokenizer(model)
     count = count_tokens(dataset, tokenizer=tokenizer, text_column=text_column, progress=progress,
-                         exact_limit=exact_limit, source=source, seq_len=seq_len, val_fraction=val_fraction)
+                         exact_limit=exact_limit, source=source, seq_len=seq_len, val_fraction=val_fraction,
+                         pairs=technique in vocabulary.PREFERENCE_TECHNIQUES)
     return data_rule(technique, params, count, tokens_per_step=tokens_per_step, max_steps=max_steps)

@@ -20,6 +20,8 @@ PRECISIONS = vocabulary.names(vocabulary.PRECISIONS)
 OPTIMIZERS = vocabulary.names(vocabulary.OPTIMIZERS)
 STRATEGIES = vocabulary.names(vocabulary.STRATEGIES)
 ATTENTIONS = ("sdpa", "eager")
+FINETUNING = ("lora", "qlora", "full")  # a preference technique's weights (engine/techniques/pairs.py)
+REFERENCES = ("auto", "adapter", "copy", "precomputed")  # DPO's reference model (engine/techniques/dpo.py)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class EstimateRequest:
     vocab_size: int | None = None  # scratch: the tokenizer's vocabulary (default 32000)
     technique: str = "full"
     teacher: str | None = None  # distillation: the teacher's folder or Hub id
+    finetuning: str = "lora"  # dpo/orpo: what trains (lora | qlora | full: engine/techniques/pairs.py)
+    reference: str = "auto"  # dpo: adapter | copy | precomputed (auto: adapter under LoRA, precomputed for full)
     lora_rank: int = 8
     lora_targets: tuple[str, ...] = ()  # module names; empty = peft's default for the family
     num_virtual_tokens: int = 20
@@ -80,6 +84,12 @@ class EstimateRequest:
         if self.attention is not None and self.attention not in ATTENTIONS:
             raise UserError(f"unknown attention {self.attention!r}: choose one of {', '.join(ATTENTIONS)}",
                             field="attention")
+        if self.finetuning not in FINETUNING:
+            raise UserError(f"unknown finetuning {self.finetuning!r}: choose one of {', '.join(FINETUNING)}",
+                            field="finetuning")
+        if self.reference not in REFERENCES:
+            raise UserError(f"unknown reference {self.reference!r}: choose one of {', '.join(REFERENCES)}",
+                            field="reference")
         if self.technique == "distill" and not self.teacher:
             raise UserError("distillation needs --teacher (a folder or Hub id)", field="teacher")
         if self.technique != "scratch" and not self.model and self.arch is None:
@@ -97,6 +107,21 @@ class EstimateRequest:
     def tokens_per_step(self, gpus: int = 1) -> int:
         """Tokens one optimizer step trains on: micro-batch x sequence x accumulation x GPUs."""
         return self.batch_size * self.seq_len * self.grad_accum * max(1, gpus)
+
+    @property
+    def preference(self) -> bool:
+        """dpo/orpo: each example is a pair, a chosen and a rejected sequence."""
+        return self.technique in vocabulary.PREFERENCE_TECHNIQUES
+
+    def reference_kind(self) -> str:
+        """DPO's reference as the run chooses it for `auto` (none for other techniques): under LoRA/QLoRA the
+        base with the adapter off; for a full fine-tune precomputed (the copy is the run's choice only when it
+        scores fewer pairs than the data holds, which the estimate cannot know)."""
+        if self.technique != "dpo":
+            return "none"
+        if self.reference != "auto":
+            return self.reference
+        return "precomputed" if self.finetuning == "full" else "adapter"
 
     def tokens_per_micro_batch(self) -> int:
         extra = self.num_virtual_tokens if self.technique == "prompt-tuning" else 0
@@ -117,6 +142,7 @@ class Breakdown:
     optimizer_step_temp: int  # temporaries of the optimizer step (foreach AdamW: one state-sized tensor)
     teacher: int  # distillation: the teacher's weights and logits
     inputs: int  # token ids and labels
+    reference: int = 0  # DPO with a frozen copy as the reference: its weights in the compute dtype
 
 
 @dataclass(frozen=True)
@@ -218,7 +244,8 @@ def request_from_spec(spec: Any, **extra: Any) -> EstimateRequest:
         model=None if scratch else m.path or None, arch=m.arch if new else None, size=m.size if new else None,
         layers=(m.layers or None) if new else None, width=(m.width or None) if new else None,
         heads=(m.heads or None) if new else None, vocab_size=vocab, technique=spec.technique,
-        teacher=o.get("teacher") or None, lora_rank=int(o.get("lora_rank", RUN_LORA_RANK)),
+        teacher=o.get("teacher") or None, finetuning=str(o.get("finetuning", "lora")),
+        reference=str(o.get("reference", "auto")), lora_rank=int(o.get("lora_rank", RUN_LORA_RANK)),
         lora_targets=tuple(o.get("lora_targets") or ()) if o.get("lora_targets") != "all-linear" else ("all-linear",),
         num_virtual_tokens=int(o.get("num_virtual_tokens", RUN_VIRTUAL_TOKENS)), precision=t.precision,
         optimizer=t.optimizer, batch_size=t.batch_size, seq_len=t.seq_len, grad_accum=t.grad_accum,

@@ -46,6 +46,8 @@ _SHARD = TradeOff("more GPUs, FSDP / ZeRO-3", "yes", "yes", "hard", "shards weig
 _SEQ = TradeOff("shorter sequences", "yes", "yes", "easy", "the model sees less context per example")
 _PURE = TradeOff("pure bf16 (lossy)", "yes", "yes", "medium",
                  "no fp32 weights or states: half their memory; updates under about 1/256 of a weight are lost")
+_REF = TradeOff("DPO's reference precomputed", "yes", "yes", "easy",
+                "one forward pass over the pairs before training, no second copy of the weights")
 MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth suggesting
 
 
@@ -55,6 +57,8 @@ MIN_SAVING = 0.05  # a change that saves less than 5% of the total is not worth 
 FIELDS: dict[str, tuple[str, str]] = {
     "technique": ("technique", "--technique"),
     "options.lora_rank": ("lora_rank", "--lora-rank"),
+    "options.finetuning": ("finetuning", "--set options.finetuning="),  # dpo/orpo: lora | qlora | full
+    "options.reference": ("reference", "--set options.reference="),  # dpo: the reference model
     "train.gradient_checkpointing": ("grad_checkpointing", "--grad-checkpointing"),
     "train.optimizer": ("optimizer", "--optimizer"),
     "train.precision": ("precision", "--precision"),
@@ -71,6 +75,9 @@ def flags_for(changes: dict[str, object]) -> str:
     words: list[str] = []
     for key, value in changes.items():
         flag = FIELDS[key][1]
+        if flag.endswith("="):  # a spec setting with no flag of its own: `train --set key=value`
+            words.append(f"{flag}{value}")
+            continue
         words += [flag] if value is True else [flag, str(value)]
     return " ".join(words)
 
@@ -123,6 +130,17 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
         add("LoRA adapters instead of full fine-tuning", {"technique": "lora", "options.lora_rank": req.lora_rank}, _LORA)
     if req.technique in ("full", "moe", "lora") and req.model:
         add("QLoRA: a 4-bit base with LoRA adapters", {"technique": "qlora", "options.lora_rank": req.lora_rank}, _LORA)
+    if req.preference and req.model:  # the book's caveat (5.3.3): LoRA-DPO is what a small GPU can afford
+        name = req.technique.upper()
+        if req.finetuning == "full":
+            add(f"LoRA-{name}: adapters instead of every weight (the reference is then the base with the adapter "
+                "switched off)", {"options.finetuning": "lora", "options.lora_rank": req.lora_rank}, _LORA)
+        if req.finetuning in ("full", "lora"):
+            add(f"QLoRA-{name}: adapters on a 4-bit base", {"options.finetuning": "qlora",
+                                                           "options.lora_rank": req.lora_rank}, _LORA)
+        if req.reference_kind() == "copy":
+            add("the reference's log-probs computed once before training instead of a frozen copy",
+                {"options.reference": "precomputed"}, _REF)
     if req.batch_size > 1:
         found = _halve_until_fits(req, d, gpus, free, "batch_size")
         if found:

@@ -59,7 +59,9 @@ class CheckpointSteps:
                 torch.save(self.accelerator.scaler.state_dict(), folder / "scaler.pt")
             (folder / "trainer_state.json").write_text(json.dumps(self._trainer_state()))
 
-        metrics = {"loss": self.last.get("train/loss"), "eval_loss": self.last.get("eval/loss")}
+        # the eval loss only of an evaluation at this very step: the best checkpoint is judged by its own weights
+        evaluated = self.eval_step == self.step and self.eval_step is not None
+        metrics = {"loss": self.last.get("train/loss"), "eval_loss": self.last.get("eval/loss") if evaluated else None}
         metrics = {k: v for k, v in metrics.items() if v is not None}
         meta = {"metrics": metrics, "reason": reason, "spec_fingerprint": self.spec.fingerprint(),
                 "data_fingerprint": self.prep.data_fingerprint, "technique": self.spec.technique,
@@ -82,8 +84,10 @@ class CheckpointSteps:
                                      "disk_full")
         self.parent = info.name
         deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
+        best = checkpoint.best(self.run) if "eval_loss" in metrics else None
         self.events.emit(ev.Checkpoint(step=self.step, name=info.name, branch=self.branch, path=str(info.path),
-                                       reason=reason, deleted=deleted))
+                                       reason=reason, deleted=deleted, eval_loss=metrics.get("eval_loss"),
+                                       best=(best is not None and best.name == info.name) or None))
         return info
 
     def _nonfinite_state(self) -> list[str]:
@@ -121,6 +125,7 @@ class CheckpointSteps:
                 "branch": self.branch, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
                 "batch_choice": self.batch_choice,
                 "schedule": self.schedule.state_dict(), "watchdogs": self.watchdogs.state,
+                "best_eval": self.best_eval.state(),
                 "spec_fingerprint": self.spec.fingerprint(), "data_fingerprint": self.prep.data_fingerprint,
                 "fingerprint_parts": fingerprint.parts(self.spec, self.prep.data_fingerprint)}
 
@@ -145,6 +150,8 @@ class CheckpointSteps:
         self.batch_choice = st.get("batch_choice", self.batch_choice)
         self.schedule.load_state_dict(st["schedule"])
         self.watchdogs.state = st["watchdogs"]
+        self.best_eval = type(self.best_eval).from_state(st.get("best_eval"))
+        self.eval_step = None  # an evaluation of the branch left behind says nothing about these weights
         self.arm_skip()  # the threshold the checkpoint's detector knew
         set_rng_state(torch.load(info.path / "rng.pt", weights_only=True))
         self.parent = info.name
@@ -187,6 +194,21 @@ class CheckpointSteps:
         self.events.emit(ev.State(state=self.state, step=self.step, rollback_to=info.name, branch=self.branch,
                          message=f"rolled back to {info.name} (branch {self.branch})"))
         self.write_status()
+
+    def restore_best(self) -> str | None:
+        """checkpoint.final = "best": load the best checkpoint's weights (by eval loss, on the active lineage) for
+        final/; its name, or None when final/ takes the last weights."""
+        if self.spec.checkpoint.final != "best":
+            return None
+        info = checkpoint.best(self.run)
+        if info is None:
+            self.events.emit(ev.Alert(step=self.step, kind="checkpoint", severity="warning", suggest=None,
+                                      message="checkpoint.final = \"best\": no checkpoint has an eval loss; "
+                                              "final/ holds the last weights"))
+            return None
+        if info.name != checkpoint.name_for(self.step, self.branch):
+            self._load_weights(info.path)
+        return info.name
 
     def _save_model_folder(self) -> None:
         """model/: the config and tokenizer, what `generate` needs besides a checkpoint (once, whole or not at

@@ -22,11 +22,12 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from engine import track
 from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
 from engine.machine import flops
 from engine.processes import pid_start_time
-from engine.run import batch_finder, controls, hub_fetch, step_guard
+from engine.run import batch_finder, controls, evaluation, hub_fetch, step_guard
 from engine.run import escalation as numerics
 from engine.run.checkpointing import CheckpointSteps
 from engine.run.meter import Interval, Meter, memory_metrics, val_loss
@@ -68,6 +69,9 @@ class Trainer(CheckpointSteps):
         self.skip_above: Any = None  # device scalar: a step whose loss is above it is skipped (step_guard)
         self.skip_value = math.inf  # its value, as the host last set it
         self.looping = False  # preparation is over: a signal is handled at the next boundary
+        self.best_eval = evaluation.BestEval()  # the lowest eval loss so far (kept in checkpoints)
+        self.eval_step: int | None = None  # the step of the newest evaluation
+        self.early_stop: str | None = None  # eval.patience ran out: why (the loop ends as done)
 
     # ---- status and events -------------------------------------------------------------------
 
@@ -105,6 +109,8 @@ class Trainer(CheckpointSteps):
         from engine.hub.download import DownloadStopped
 
         try:
+            if self.writes_files:  # trackers and notifications follow the events off the loop's thread
+                track.attach(self.events, self.run, self.spec)
             self.write_status()
             self.set_state("starting", "preparing data and model")
             self._prepare()
@@ -199,7 +205,7 @@ class Trainer(CheckpointSteps):
         t = self.spec
         self.interval = Interval(loss=torch.zeros((), device=self.accelerator.device))
         self.looping = True
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self.early_stop:
             self._boundary()
             if self.stop_reason:
                 break
@@ -232,10 +238,15 @@ class Trainer(CheckpointSteps):
         if t.eval.every and self.step % t.eval.every:
             self._evaluate()
         self.save_checkpoint(reason="end")
+        final_from = self.restore_best()  # checkpoint.final = "best": its weights become final/
         final, summary = self._save_final()
         note = f"; {summary['summary']}" if summary.get("summary") else ""
+        note += f"; {self.early_stop}" if self.early_stop else ""
         self.set_state("done", f"finished {self.step} steps{note}")
-        self.events.emit(ev.Done(state="done", step=self.step, final=str(final), **summary))
+        best = checkpoint.best(self.run)
+        self.events.emit(ev.Done(state="done", step=self.step, final=str(final), final_from=final_from,
+                                 best=best and best.name, best_eval_loss=best and best.metrics.get("eval_loss"),
+                                 early_stop=bool(self.early_stop) or None, **summary))
         return 0
 
     # ---- one optimizer step -------------------------------------------------------------------
@@ -396,10 +407,14 @@ class Trainer(CheckpointSteps):
         self.model.train()
         if loss is None:
             return
-        self.last["eval/loss"] = loss
-        self.events.emit(ev.Eval(step=self.step, eval_loss=loss, eval_ppl=math.exp(min(loss, 50))))
+        self.last["eval/loss"], self.eval_step = loss, self.step
+        improved = self.best_eval.see(self.step, loss)
+        self.events.emit(ev.Eval(step=self.step, eval_loss=loss, eval_ppl=math.exp(min(loss, 50)), best=improved,
+                                 best_step=self.best_eval.step, since_best=self.best_eval.since,
+                                 samples=evaluation.eval_samples(self)))
         for alert in self.watchdogs.on_eval(self.step, loss):
             self.events.emit(ev.Alert(step=self.step, **alert.fields()))
+        evaluation.decide(self, improved)  # the best checkpoint, early stop
 
     # ---- controls -----------------------------------------------------------------------------
 

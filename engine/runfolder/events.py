@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,6 +85,14 @@ class Metrics(Event):
     moe_ce: float | None = key("moe/ce", default=None)
     moe_aux_loss: float | None = key("moe/aux_loss", default=None)
     moe_expert_share: list[float] | None = key("moe/expert_share", default=None)  # per expert, in order
+    # preference tuning (dpo, orpo): the implicit rewards of the chosen and rejected answers, their margin, the
+    # share of pairs ranked right; orpo also its NLL term and log odds ratio
+    pref_reward_chosen: float | None = key("pref/reward_chosen", default=None)
+    pref_reward_rejected: float | None = key("pref/reward_rejected", default=None)
+    pref_margin: float | None = key("pref/margin", default=None)
+    pref_accuracy: float | None = key("pref/accuracy", default=None)
+    pref_nll: float | None = key("pref/nll", default=None)
+    pref_log_odds: float | None = key("pref/log_odds", default=None)
     # the machine: peak GPU memory on a GPU, peak resident memory on the CPU (bytes)
     sys_gpu_mem: int | None = key("sys/gpu_mem", default=None)
     sys_rss: int | None = key("sys/rss", default=None)
@@ -95,6 +104,10 @@ class Eval(Event):
     step: int
     eval_loss: float = key("eval/loss")
     eval_ppl: float = key("eval/ppl")
+    best: bool | None = None  # the lowest eval loss of the run so far (engine/run/evaluation.py)
+    best_step: int | None = None  # the step of the best evaluation so far
+    since_best: int | None = None  # evaluations since then (eval.patience stops the run at that many)
+    samples: list[dict[str, str]] | None = None  # eval.prompts: [{"prompt", "text"}], greedy, as trained
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,8 +117,10 @@ class Checkpoint(Event):
     name: str
     branch: int
     path: str
-    reason: str  # interval | requested | end | a stop's reason
+    reason: str  # interval | requested | end | best | a stop's reason
     deleted: list[str]  # older checkpoints rotated away by this save
+    eval_loss: float | None = None  # the evaluation at this very step, if there was one
+    best: bool | None = None  # the best checkpoint by eval loss (never rotated away)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +156,7 @@ class Alert(Event):
     """Something a person should know, with the control that remedies it (`suggest`)."""
     TYPE: ClassVar[str] = "alert"
     step: int | None = None
-    kind: str  # nan | spike | plateau | overfitting | oom | rollback | logout | batch_size ...
+    kind: str  # nan | spike | plateau | overfitting | oom | rollback | logout | batch_size | tracker | notify | early_stop ...
     message: str
     suggest: str | None = None  # pause | resume | rollback | rescue | set_lr | stop; "" or absent: nothing
     severity: str = "warning"  # error | warning | info
@@ -224,6 +239,10 @@ class Done(Event):
     adapter_bytes: int | None = None
     base_bytes: int | None = None
     summary: str | None = None
+    final_from: str | None = None  # the checkpoint final/ holds (checkpoint.final = "best"); absent: the last weights
+    best: str | None = None  # the checkpoint with the lowest eval loss
+    best_eval_loss: float | None = None
+    early_stop: bool | None = None  # eval.patience ended the run before its last step
 
 
 KINDS: dict[str, type[Event]] = {c.TYPE: c for c in (Metrics, Eval, Checkpoint, State, Alert, ControlAck, Error,
@@ -252,32 +271,48 @@ def parse(line: bytes | str) -> Event:
 # ---- writing ------------------------------------------------------------------------------------
 
 class EventLog:
-    """Append-only events.jsonl; `emit` buffers, `flush` writes the batch with one write() call."""
+    """Append-only events.jsonl; `emit` buffers, `flush` writes the batch with one write() call.
+
+    Listeners (`listen`: trackers, notifications, engine/track/) get every emitted event after it is buffered;
+    one must return at once (it queues for a thread of its own) and may emit from that thread, so emit and
+    flush hold a lock. `close` closes the listeners first: what they still have to say is written."""
 
     def __init__(self, run: Path, echo: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._fd = os.open(Path(run) / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._buf: list[str] = []
         self._echo = echo
+        self._lock = threading.Lock()
+        self._listeners: list[Any] = []  # objects with on_event(Event) and close()
+
+    def listen(self, listener: Any) -> None:
+        self._listeners.append(listener)
 
     def emit(self, event: Event, flush: bool = True) -> Event:
         if not isinstance(event, Event):
             raise TypeError(f"emit takes an engine.runfolder.events.Event, not {type(event).__name__}")
         data = event.to_dict()
-        self._buf.append(json.dumps(data) + "\n")
+        with self._lock:
+            self._buf.append(json.dumps(data) + "\n")
         if self._echo:
             self._echo(data)
+        for listener in self._listeners:
+            listener.on_event(event)
         if flush:
             self.flush()
         return event
 
     def flush(self) -> None:
-        if self._buf:
-            data = "".join(self._buf).encode()
-            self._buf.clear()
-            while data:
-                data = data[os.write(self._fd, data):]
+        with self._lock:
+            if self._buf:
+                data = "".join(self._buf).encode()
+                self._buf.clear()
+                while data:
+                    data = data[os.write(self._fd, data):]
 
     def close(self) -> None:
+        listeners, self._listeners = self._listeners, []
+        for listener in listeners:
+            listener.close()
         self.flush()
         os.close(self._fd)
 

@@ -101,11 +101,17 @@ def load_quantized(spec: Any) -> tuple[Any, Any]:
 
 
 def setup(ctx: SetupContext) -> Prepared:
-    from peft import prepare_model_for_kbit_training
-
     spec = ctx.spec
     preflight(spec)
     ctx.progress(f"loading {spec.model.path} in 4-bit NF4")
+    base, tokenizer = load_for_training(spec)
+    return lora.finish_setup(ctx, base, tokenizer, "qlora", checkpointing_done=True)
+
+
+def load_for_training(spec: Any) -> tuple[Any, Any]:
+    """The 4-bit base prepared for adapters (also the preference techniques' qlora base)."""
+    from peft import prepare_model_for_kbit_training
+
     base, tokenizer = load_quantized(spec)
     # fp32 norms/embeddings, frozen base; checkpointing is the spec's choice (the trainer-wide setting)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=spec.train.gradient_checkpointing,
@@ -116,7 +122,7 @@ def setup(ctx: SetupContext) -> Prepared:
         dtype = lora.base_dtype(spec)
         base.get_input_embeddings().to(dtype)
         base.get_output_embeddings().to(dtype)
-    return lora.finish_setup(ctx, base, tokenizer, "qlora", checkpointing_done=True)
+    return base, tokenizer
 
 
 def load_inference(run: Path, folder: Path) -> tuple[Any, Any]:

@@ -64,6 +64,13 @@ def test_a_real_runs_events_and_status_read_back_through_the_typed_reader_withou
     assert any(isinstance(e, ev.State) and e.rollback_to == "step-000008" for e in batch)
     first = next(e for e in batch if isinstance(e, ev.Metrics))
     assert first.train_loss > 0 and first.train_lr > 0 and first.sys_rss  # the CPU: resident memory
+    evals = [e for e in batch if isinstance(e, ev.Eval)]
+    assert evals[0].best is True and all(e.best_step is not None and e.since_best is not None for e in evals)
+    at_evals = [e for e in batch if isinstance(e, ev.Checkpoint) and e.step in {v.step for v in evals}]
+    assert at_evals and all(e.eval_loss is not None for e in at_evals)  # a checkpoint's own eval loss
+    done = [e for e in batch if isinstance(e, ev.Done)][-1]
+    assert done.best_eval_loss == next(e.eval_loss for e in at_evals if e.name == done.best)  # the best, named
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())  # TensorBoard, by default
 
     raw_status = json.loads((run / st.STATUS).read_text())
     status = st.from_dict(raw_status)
@@ -85,7 +92,7 @@ def _sample(tp: Any, name: str) -> Any:
         return [_sample(typing.get_args(tp)[0], name), _sample(typing.get_args(tp)[0], name)]
     if origin is dict:
         return {"8": _sample(typing.get_args(tp)[1], name)}
-    return {int: 7, float: 0.25, str: f"{name}-x", bool: True}[tp]
+    return {int: 7, float: 0.25, str: f"{name}-x", bool: True, Any: f"{name}-any"}[tp]
 
 
 def _filled(cls: type) -> Any:

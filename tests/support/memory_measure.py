@@ -20,6 +20,7 @@ from typing import Any
 from engine.estimate.memory import EstimateRequest
 from engine.models.shape import ModelDims
 from engine.run.train_state import to_weight_dtype
+from preference_measure import preference_loss, reference_module
 
 
 @dataclass(frozen=True)
@@ -151,18 +152,19 @@ def build_model(req: EstimateRequest, fake: bool = False, dims: ModelDims | None
 
     config = (dims or measurable_dims(req)).to_transformers_config()
     torch.manual_seed(0)
+    technique = req.finetuning if req.preference else req.technique  # dpo/orpo: what trains
     # A frozen base is loaded in 16 bits unless the run is fp32 (mixed precision trains fp32 adapters)
-    frozen_base = req.technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
-    dtype = torch.bfloat16 if req.precision == "bf16-pure" or frozen_base or req.technique == "qlora" else torch.float32
+    frozen_base = technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"
+    dtype = torch.bfloat16 if req.precision == "bf16-pure" or frozen_base or technique == "qlora" else torch.float32
     model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     extra: list[Any] = []
     if req.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if req.technique == "qlora":
+    if technique == "qlora":
         extra = _quantize_4bit(model)
-    if req.technique in ("lora", "qlora"):
+    if technique in ("lora", "qlora"):
         model = _apply_lora(model, req, fake)
-    elif req.technique == "prompt-tuning":
+    elif technique == "prompt-tuning":
         model = _apply_prompt_tuning(model, req)
     # pure bf16 as the run engine configures it: adapters and virtual tokens (fp32 from peft) in bf16 too
     to_weight_dtype(model, req.precision)
@@ -249,15 +251,19 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         vocab = dims.vocab_size
 
         teacher = _teacher(req, fake) if req.technique == "distill" else None
+        reference = reference_module(req, model) if req.preference else None
 
         def step(tracker: Any | None) -> int:
             grads = 0
             for _ in range(req.grad_accum):
-                ids = torch.randint(0, vocab, (b, s))
+                ids = torch.randint(0, vocab, (2 * b, s + 1) if req.preference else (b, s))
                 if tracker is not None:
                     tracker.reset_mod_stats()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=req.precision == "bf16"):
-                    loss = _loss(model, teacher, ids) / req.grad_accum
+                    if req.preference:
+                        loss = preference_loss(req, model, reference, ids) / req.grad_accum
+                    else:
+                        loss = _loss(model, teacher, ids) / req.grad_accum
                 loss.backward()
                 grads = _storage_bytes(p.grad for p in params)
             opt.step()
@@ -272,7 +278,8 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
         opt.zero_grad(set_to_none=True)
         tracker = MemTracker()
         _skip_frozen_grad_hooks(tracker)
-        tracker.track_external(model, opt, *extra, *([teacher] if teacher is not None else []))
+        tracker.track_external(model, opt, *extra, *([teacher] if teacher is not None else []),
+                               *([reference] if reference is not None and req.reference_kind() == "copy" else []))
         with tracker:
             grad_bytes = step(tracker)
         peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
@@ -342,6 +349,14 @@ CASES: dict[str, dict[str, Any]] = {
     "gpt2 scratch bf16-pure adamw act": dict(arch="gpt2", technique="scratch", precision="bf16-pure", **_ACT),
     "gpt2 lora bf16-pure adamw opt": dict(arch="gpt2", technique="lora", precision="bf16-pure", **_OPT),
     "gpt2 prompt-tuning fp32 opt": dict(arch="gpt2", technique="prompt-tuning", precision="fp32", **_OPT),
+    # preference tuning: a pair's chosen and rejected sequences in one forward; DPO's reference the adapter
+    # switched off (LoRA), a frozen copy, or precomputed (nothing during the step)
+    "llama dpo lora bf16-pure act": dict(arch="llama", technique="dpo", finetuning="lora", precision="bf16-pure", **_ACT),
+    "llama dpo full fp32 copy act": dict(arch="llama", technique="dpo", finetuning="full", reference="copy",
+                                         precision="fp32", **_ACT),
+    "llama dpo full bf16-pure precomputed opt": dict(arch="llama", technique="dpo", finetuning="full",
+                                                     precision="bf16-pure", **_OPT),
+    "gpt2 orpo lora fp32 act": dict(arch="gpt2", technique="orpo", finetuning="lora", precision="fp32", **_ACT),
 }
 
 
@@ -350,7 +365,7 @@ CASES: dict[str, dict[str, Any]] = {
 BENCH_ONLY = frozenset({
     "llama full bf16-pure adamw8bit act", "llama full bf16-pure adamw ckpt act", "gpt2 full bf16 adamw act",
     "llama lora bf16 adamw act", "llama distill fp32 adamw act", "llama qlora bf16-pure adamw opt ckpt",
-    "gpt2 full bf16-pure eager s512",
+    "gpt2 full bf16-pure eager s512", "llama dpo full bf16-pure precomputed opt", "gpt2 orpo lora fp32 act",
 })
 
 # A small Mixtral: 4 experts, 2 per token.

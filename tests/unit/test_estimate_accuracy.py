@@ -1,8 +1,9 @@
 """The estimator against MemTracker: every case's peak within 10% of the measured peak.
 
 The cases (tests/support/memory_measure.py) cover GPT-2 and Llama shapes, full fine-tuning in fp32 and pure
-bf16 with AdamW, SGD and 8-bit AdamW, LoRA, prompt tuning, gradient checkpointing and accumulation,
-at sizes where activations dominate and where the optimizer step does.
+bf16 with AdamW, SGD and 8-bit AdamW, LoRA, prompt tuning, preference tuning (DPO's pairs with the adapter
+switched off or a frozen copy as the reference, ORPO), gradient checkpointing and accumulation, at sizes where
+activations dominate and where the optimizer step does.
 """
 
 from __future__ import annotations

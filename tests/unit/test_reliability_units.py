@@ -22,6 +22,7 @@ from engine.runfolder import events as ev
 from engine.checkpoints import fingerprint
 from engine.runfolder import lock as locks
 from engine.run import oom
+from engine.run.evaluation import BestEval
 from engine import processes
 from engine.runfolder import folder as runfolder
 from engine.checkpoints import guards as save_guard
@@ -397,7 +398,7 @@ def test_G3_sigterm_during_a_long_eval_is_honoured_within_a_batch() -> None:
     batch = SimpleNamespace(to=lambda device: None)
     fake = SimpleNamespace(
         prep=SimpleNamespace(data=SimpleNamespace(n_val_blocks=1000, val_batches=lambda n: iter([batch] * 1000))),
-        spec=SimpleNamespace(eval=SimpleNamespace(batches=0)), model=torch.nn.Linear(1, 1),
+        spec=_eval_spec(), best_eval=BestEval(), early_stop=None, model=torch.nn.Linear(1, 1),
         accelerator=SimpleNamespace(autocast=nullcontext, device="cpu"), technique=SimpleNamespace(loss=slow_loss),
         batch_size=1, stop_reason=None, last={}, step=7, events=SimpleNamespace(emit=lambda *a, **k: None),
         watchdogs=Watchdogs(total_steps=100))
@@ -405,6 +406,13 @@ def test_G3_sigterm_during_a_long_eval_is_honoured_within_a_batch() -> None:
     started = time.monotonic()
     Trainer._evaluate(fake)
     assert time.monotonic() - started < 2.0 and len(calls) < 100  # 1000 batches would take 50 s
+
+
+def _eval_spec() -> object:
+    """A spec evaluating the whole validation split, as the evaluation fakes need (no prompts, no patience)."""
+    from engine.spec import from_dict
+
+    return from_dict({"eval": {"batches": 0}})
 
 
 def test_C6_unwritable_runs_folder_is_refused_before_anything_heavy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -451,7 +459,7 @@ def test_O4_oom_during_eval_shrinks_only_the_eval_batch() -> None:
 
     fake = SimpleNamespace(
         prep=SimpleNamespace(data=SimpleNamespace(n_val_blocks=30, val_batches=val_batches)),
-        spec=SimpleNamespace(eval=SimpleNamespace(batches=0)), model=torch.nn.Linear(1, 1),
+        spec=_eval_spec(), best_eval=BestEval(), early_stop=None, model=torch.nn.Linear(1, 1),
         accelerator=SimpleNamespace(autocast=nullcontext, device="cpu"), technique=SimpleNamespace(loss=loss),
         batch_size=8, stop_reason=None, last={}, step=5, watchdogs=Watchdogs(total_steps=100),
         events=SimpleNamespace(emit=lambda event, flush=True: alerts.append(event)))

@@ -28,11 +28,14 @@ def run(args: argparse.Namespace) -> int:
     from engine.hub.connection import status
 
     report = probe(import_torch=True if args.import_torch else None, runs=getattr(args, "runs_dir", None))
+    from engine.serve.llama_cpp import locate
+
     hub = status()  # here, not in probe(): the wizard's first screen never waits on the network
+    llama = locate()  # GGUF export's tools (engine/serve/llama_cpp.py)
     if args.json:
-        print_json({**report.to_dict(), "hub": asdict(hub)})
+        print_json({**report.to_dict(), "hub": asdict(hub), "llama_cpp": llama.to_dict()})
         return 0
-    render(report)
+    render(report, llama.describe())
     render_hub(hub)
     return 0
 
@@ -69,7 +72,7 @@ def gpu_table(report) -> Table:  # noqa: ANN001 (HardwareReport; engine types st
     return table
 
 
-def render(report) -> None:  # noqa: ANN001
+def render(report, llama_cpp: str = "") -> None:  # noqa: ANN001
     console = out()
     if report.gpus:
         console.print(gpu_table(report))
@@ -90,6 +93,8 @@ def render(report) -> None:  # noqa: ANN001
     for name, version in report.packages.items():
         stack.add_row(name, version or Text("not installed", style="yellow"))
     stack.add_row("nvcc", f"CUDA {report.nvcc_cuda}" if report.nvcc_cuda else "not on PATH")
+    if llama_cpp:
+        stack.add_row("llama.cpp", llama_cpp)
     stack.add_row("runs", f"{report.runs_dir} ({human_bytes(report.disk_free_bytes)} free)")
     console.print()
     console.print(stack)

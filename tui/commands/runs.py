@@ -1,18 +1,23 @@
-"""`llm-wizard runs`: list runs and their state."""
+"""`llm-wizard runs`: list runs and their state; `llm-wizard runs compare A B ...`: runs side by side."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "list runs and their state"
+HELP = "list runs and their state; `runs compare A B ...` puts runs side by side"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=["compare"], help="compare: the runs named after it")
+    parser.add_argument("ids", nargs="*", metavar="RUN", help="runs to compare (ids, unique parts, 'latest', folders)")
     parser.add_argument("--json", action="store_true",
-                        help='a list of {"id", "path", "state", "technique", "step", "loss", "pid", "started"}')
+                        help='a list of {"id", "path", "state", "technique", "step", "loss", "pid", "started"}; '
+                             'compare: {"runs": [...], "differences": {setting: [value per run]}}')
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "action", None) == "compare":
+        return compare(args)
     import time
 
     from rich.table import Table
@@ -26,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json([r.to_dict() for r in runs])
         return 0
-    if not runs:
+    from tui.commands.sweep import sweeps_table
+
+    if (sweeps := sweeps_table(where)) is not None:
+        out().print(sweeps)
+    if not runs and sweeps is None:
         out().print(f"no runs in {where} (start one with `llm-wizard train presets/tiny.toml`)")
         return 0
     colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red"}
@@ -42,4 +51,24 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r.id, r.technique, state, str(r.step),
                       f"{r.loss:.4f}" if r.loss is not None else "", started)
     out().print(table)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from engine.errors import UserError
+    from engine.paths import runs_dir
+    from engine.runfolder.folder import resolve_run
+    from engine.track.compare import spec_differences, summarize
+    from tui.output import out, print_json
+    from tui.screens.compare_view import compare_table
+
+    if len(args.ids) < 2:
+        raise UserError("runs compare: name two runs or more (ids, unique parts of them, or folders)", field="runs")
+    where = runs_dir(getattr(args, "runs_dir", None))
+    paths = [resolve_run(ref, where) for ref in args.ids]
+    summaries, differences = [summarize(p) for p in paths], spec_differences(paths)
+    if args.json:
+        print_json({"runs": [s.to_dict() for s in summaries], "differences": differences})
+        return 0
+    out().print(compare_table(summaries, differences))
     return 0

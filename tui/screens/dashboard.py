@@ -9,6 +9,7 @@ run unasked.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 from rich.text import Text
 from textual import work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
@@ -50,6 +51,8 @@ class DashboardScreen(Screen):
         Binding("x", "rescue", "Rescue", show=False,
                 tooltip="The book's local-minimum recipe: roll back, lower the LR for a while, restore it"),
         Binding("g", "generate", "Sample", show=False, tooltip="Generate text from the newest checkpoint"),
+        Binding("t", "chat", "Chat", show=False,
+                tooltip="Chat with the model (a paused run saves its current weights first)"),
         Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
         Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
         Binding("c", "copy_join", "Copy commands", tooltip="Copy the other machines' commands to the clipboard"),
@@ -60,6 +63,7 @@ class DashboardScreen(Screen):
         self.run = Path(run)
         self.history = RunHistory()
         self.pending: dict[str, str] = {}  # command id -> what was asked (until acknowledged)
+        self.chat_after: str | None = None  # the save whose checkpoint `chat` opens once acknowledged
         self.checkpoint_items: list[tuple[str, int]] = []
         self.gpus: list[Any] = []
         self.gpu_status: str | None = None  # None until the first NVML reading
@@ -76,10 +80,12 @@ class DashboardScreen(Screen):
         with Horizontal(id="run-main"):
             with Vertical(id="run-left"):
                 yield LossChart(id="chart")
+                yield Static("", id="run-tb")
                 yield GpuPanel(id="run-gpus")
             with Vertical(id="run-side"):
                 yield Static("", id="run-stats")
                 yield Static("", id="run-checkpoints")
+                yield Static("", id="run-samples")
         yield Static("", id="run-alert")
         yield Static("", id="run-message")
         yield Footer()
@@ -88,6 +94,10 @@ class DashboardScreen(Screen):
         from tui.machines import join_plan
 
         self.query_one("#run-alert", Static).display = False
+        self.query_one("#run-samples", Static).display = False
+        tb = self.query_one("#run-tb", Static)
+        tb.display = (self.run / "tb").is_dir()  # written by the job's TensorBoard tracker (log.tensorboard)
+        tb.update(Text.assemble(("TensorBoard: ", "#9e9e9e"), f"tensorboard --logdir {self.run / 'tb'}"))
         self.join = join_plan(self.run)  # several machines: the commands the others run, until they join
         if self.join is not None:
             self.query_one(CommandBlock).show(Text.assemble(
@@ -165,6 +175,10 @@ class DashboardScreen(Screen):
                     Text(f"{asked}: {e.message or 'done'}", style="" if e.ok else "red"))
                 if not e.ok:
                     self.notify(e.message or asked, title=asked, severity="error")
+                if e.id == self.chat_after:
+                    self.chat_after = None
+                    if e.ok:
+                        self.open_chat(str(e.step))
         for problem in message.skipped:  # a damaged or foreign line: said once, never a traceback
             self.history.skip(problem)
             self.notify(problem.describe(), title="events.jsonl", severity="warning", markup=False)
@@ -226,9 +240,14 @@ class DashboardScreen(Screen):
             loss = self.loss_at(step)
             cps.append(f"\n◆ {step:>6}", style="blue")
             cps.append(f"  {loss:.3f}" if loss is not None else "")
+            if name == h.best:
+                cps.append("  ★ best", style="bold yellow")
+        if h.best and h.best not in [name for name, _ in self.checkpoints()[:4]]:
+            cps.append(f"\n★ best {h.best}", style="bold yellow")
         if not self.checkpoints():
             cps.append("\n  none yet", style="#9e9e9e")
         self.query_one("#run-checkpoints", Static).update(cps)
+        self.show_samples()
         count = 5 if self.app.size.height >= 30 else 3
         alerts = (len(h.alerts), count, h.state in LIVE)
         if alerts != self._alerts_for:  # re-laid out only when an alert came or what applies changed
@@ -243,6 +262,17 @@ class DashboardScreen(Screen):
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
             self._keys_for = keys
             self.refresh_bindings()
+
+    def show_samples(self) -> None:
+        """eval.prompts' generations at the newest evaluation, beside the loss (from the eval event)."""
+        h, box = self.history, self.query_one("#run-samples", Static)
+        box.display = bool(h.samples)
+        if h.samples:
+            text = Text(f"samples at step {h.samples_step:,}", style="#9e9e9e")
+            for sample in h.samples[:3]:
+                text.append(f"\n{sample.get('prompt', '')}", style="bold")
+                text.append(" → " + " ".join(sample.get("text", "").split())[:120])
+            box.update(text)
 
     # --- keys ----------------------------------------------------------------------------------
 
@@ -259,11 +289,13 @@ class DashboardScreen(Screen):
             return True if live and self.checkpoints() else None
         if action == "copy_join":
             return self.join is not None and not self.joined and state in LIVE
+        if action == "chat":
+            return True if state == "paused" or (not live and (self.run / "final").is_dir()) else None
         if action == "generate":
             return True if self.checkpoints() or (self.run / "final").is_dir() else None
         return True
 
-    def send(self, cmd: str, label: str, **args: Any) -> None:
+    def send(self, cmd: str, label: str, **args: Any) -> str | None:
         from engine.errors import UserError
         from engine.runfolder.folder import send_command
 
@@ -271,10 +303,11 @@ class DashboardScreen(Screen):
             cid = send_command(self.run, cmd, **args)
         except (UserError, OSError) as err:
             self.notify(str(err), severity="error")
-            return
+            return None
         self.pending[cid] = label
         self.query_one("#run-message", Static).update(Text(f"{label}: sent, waiting for the next step…",
                                                            style="italic"))
+        return cid
 
     def action_pause(self) -> None:
         self.send("pause", "pause")
@@ -321,6 +354,22 @@ class DashboardScreen(Screen):
     def action_detach(self) -> None:
         self.app.detach(self.run)
 
+    def action_chat(self) -> None:
+        if self.history.state == "paused":  # the weights as they are now: saved, then chatted with
+            self.chat_after = self.send("save", "save for chat")
+        else:
+            self.open_chat(None)
+
+    def open_chat(self, checkpoint: str | None) -> None:
+        """`llm-wizard chat` in this terminal while the app steps aside; the model never loads into the TUI."""
+        cmd = [sys.executable, "-m", "tui.cli", "chat", str(self.run)]
+        cmd += ["--checkpoint", checkpoint] if checkpoint else []
+        try:
+            with self.app.suspend():
+                subprocess.run(cmd, check=False)
+        except SuspendNotSupported:
+            self.notify(f"chat needs a terminal: {' '.join(cmd[2:])}", title="chat")
+
     def action_generate(self) -> None:
         def chosen(prompt: str | None) -> None:
             if prompt is not None:
@@ -332,11 +381,15 @@ class DashboardScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="sample")
     def sample(self, prompt: str) -> None:
         """`llm-wizard generate` in its own process: the model never loads into the TUI."""
-        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt]
+        cmd = [sys.executable, "-m", "tui.cli", "generate", str(self.run), prompt, "--json"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as err:
             self.post_message(SampleText(str(err), False))
             return
-        out = (done.stdout if done.returncode == 0 else done.stderr).strip()
+        if done.returncode == 0:  # {"text", "source", "chat"}: a reply alone, a continuation after its prompt
+            got = json.loads(done.stdout)
+            out = f"from {got['source']}: " + (got["text"] if got["chat"] else prompt + got["text"])
+        else:
+            out = done.stderr.strip()
         self.post_message(SampleText(" ".join(out.split())[:400], done.returncode == 0))

@@ -52,6 +52,10 @@ def stats_table(h: RunHistory) -> Table:
         t.add_row("peak mem", human_bytes(h.peak_mem))
     if h.expert_share:
         t.add_row("experts", expert_bars(h.expert_share))
+    if h.preference is not None:  # preference tuning: the chosen answers' lead, and how often they lead
+        margin, accuracy = h.preference
+        t.add_row("reward margin", Text(f"{margin:+.3f}", style="green" if margin > 0 else "red"))
+        t.add_row("pairs right", f"{accuracy * 100:.0f}%")
     return t
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.runfolder import events as ev
 from engine.runfolder.status import Status
-from tui.widgets.chart import ChartData, Mark
+from tui.widgets.chart import DIMMED, ChartData, Mark, Series
 
 MAX_POINTS = 4000  # older points are thinned so a week-long run stays cheap to draw
 
@@ -50,6 +50,7 @@ class RunHistory:
     rss: float | None = None  # the run's peak resident memory (sys/rss: a run on the CPU)
     on_cpu: bool | None = None  # None until a metrics event says where the run trains
     expert_share: list[float] | None = None  # an MoE run's share of routed tokens per expert
+    preference: tuple[float, float] | None = None  # dpo/orpo: (reward margin, share of pairs ranked right)
     metrics_seen: bool = False
     train: list[tuple[float, float]] = field(default_factory=list)
     val: list[tuple[float, float]] = field(default_factory=list)
@@ -63,6 +64,10 @@ class RunHistory:
     error_step: int | None = None
     done: bool = False
     state_t: float = 0.0  # time of the newest state event
+    abandoned: list[list[tuple[float, float]]] = field(default_factory=list)  # train curves rollbacks left behind
+    samples: list[dict[str, str]] = field(default_factory=list)  # eval.prompts' generations at the newest eval
+    samples_step: int | None = None
+    best: str | None = None  # the checkpoint with the lowest eval loss so far (its event says `best`)
     message: str = ""  # what the job last said it is doing ("tokenizing", "model ready", ...)
     download: dict[str, Any] | None = None  # status.json's `download` while a Hub model arrives
 
@@ -74,10 +79,13 @@ class RunHistory:
             self.step = max(self.step, e.step)
             self.val_loss = e.eval_loss
             self.val.append((float(e.step), e.eval_loss))
+            if e.samples:
+                self.samples, self.samples_step = list(e.samples), e.step
         elif isinstance(e, ev.Checkpoint):
             self.step = max(self.step, e.step)
             self.checkpoints[e.name] = e.step
             self.marks.append(Mark(float(e.step), "◆", "bold blue"))
+            self.best = e.name if e.best else self.best
         elif isinstance(e, ev.State):
             self.state = e.state
             self.state_t = e.t
@@ -85,6 +93,9 @@ class RunHistory:
             self.message = e.message
             if self.state == "paused":
                 self.marks.append(Mark(float(self.step), "‖", "#b2b2b2"))
+            if e.rollback_to:  # a person's rollback or an automatic one: the branch after it stays, dimmed
+                self._branch_off(float(e.step))
+                self.marks.append(Mark(float(e.step), "↺", "bold yellow"))
         elif isinstance(e, ev.Alert):
             self.alerts.append(AlertView(e.kind, e.message, e.suggest, self.step if e.step is None else e.step,
                                          e.severity))
@@ -118,6 +129,8 @@ class RunHistory:
             self.on_cpu = e.sys_gpu_mem is None
         if e.moe_expert_share:
             self.expert_share = [float(x) for x in e.moe_expert_share]
+        if e.pref_margin is not None and e.pref_accuracy is not None:
+            self.preference = (float(e.pref_margin), float(e.pref_accuracy))
         self.metrics_seen = True
         if self.state == "starting":
             self.state = "running"
@@ -131,14 +144,22 @@ class RunHistory:
             return
         if e.cmd in ("rollback", "rescue"):
             target = self.checkpoints.get(e.checkpoint or "", e.step)
-            # the active branch goes on from the checkpoint: later points belong to the abandoned one
-            self.train = [p for p in self.train if p[0] <= target]
-            self.val = [p for p in self.val if p[0] <= target]
-            self.lrs = [p for p in self.lrs if p[0] <= target]
+            self._branch_off(float(target))  # done already if the job's state event came first
             self.step = target
         if e.cmd in CONTROL_MARKS and e.cmd != "pause":
             ch, style = CONTROL_MARKS[e.cmd]
-            self.marks.append(Mark(float(self.step), ch, style))
+            mark = Mark(float(self.step), ch, style)
+            # the job's rollback state event marked this point already: one mark, in the control's style
+            self.marks = [m for m in self.marks if (m.step, m.char) != (mark.step, mark.char)] + [mark]
+
+    def _branch_off(self, target: float) -> None:
+        """The active branch goes on from `target`: later points belong to the abandoned one, kept dimmed."""
+        gone = [p for p in self.train if p[0] > target]
+        if gone:
+            self.abandoned.append([p for p in self.train if p[0] <= target][-1:] + gone)  # joined at its origin
+        self.train = [p for p in self.train if p[0] <= target]
+        self.val = [p for p in self.val if p[0] <= target]
+        self.lrs = [p for p in self.lrs if p[0] <= target]
 
     def skip(self, problem: ev.Skipped) -> None:
         """A line of events.jsonl the reader could not take (kept, newest last, for the message line)."""
@@ -159,7 +180,8 @@ class RunHistory:
             self.state = status.state
 
     def chart(self) -> ChartData:
-        return ChartData(train=list(self.train), val=list(self.val), lr=list(self.lrs), marks=list(self.marks))
+        return ChartData(train=list(self.train), val=list(self.val), lr=list(self.lrs), marks=list(self.marks),
+                         extra=[Series(list(points), DIMMED, "abandoned branch") for points in self.abandoned])
 
     def recent_alerts(self, n: int) -> list[AlertView]:
         """The newest `n` alerts, newest first."""

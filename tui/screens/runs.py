@@ -1,5 +1,6 @@
 """The runs on this machine, shown on start-up when there are any: state, step, loss with a
-sparkline of its recent history; Enter attaches to one, n starts the wizard for a new run."""
+sparkline of its recent history; Enter attaches to one, n starts the wizard for a new run, space marks runs
+and c compares them (their loss curves overlaid: tui/screens/compare.py)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,11 @@ class RunsScreen(Screen):
         Binding("enter", "open", "Open", priority=True, tooltip="Attach to the highlighted run's dashboard"),
         Binding("n", "new", "New run", tooltip="Start the wizard for a new run"),
         Binding("r", "refresh", "Refresh", tooltip="Read the runs folder again"),
+        Binding("space", "mark", "Mark", show=False, tooltip="Mark the highlighted run for comparing"),
+        Binding("c", "compare", "Compare", show=False,
+                tooltip="Compare the marked runs (or the highlighted one and the one below it)"),
     ]
+    marked: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Static("", id="runs-title", classes="step-bar")
@@ -80,15 +85,50 @@ class RunsScreen(Screen):
             loss: Any = "-" if r.loss is None else f"{r.loss:.4f}"
             table.add_row(r.id, Text(r.state, style=STATE_STYLE.get(r.state, "")), r.technique, f"{r.step:,}", loss,
                           sparkline(recent_losses(Path(r.path), n=14)), key=r.path)
+        from tui.screens.sweep import sweep_rows
+
+        for row, key in sweep_rows(root):  # sweeps: a row each, Enter opens the sweep's view
+            table.add_row(*row, key=key)
 
     def action_open(self) -> None:
         table = self.query_one(DataTable)
         if table.row_count == 0:
             return
         path = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        from tui.screens.sweep import SWEEP_KEY, SweepScreen
+
+        if str(path).startswith(SWEEP_KEY):
+            self.app.push_screen(SweepScreen(str(path)[len(SWEEP_KEY):]))
+            return
         from tui.screens.dashboard import DashboardScreen
 
         self.app.push_screen(DashboardScreen(str(path)))
+
+    def _cursor_path(self) -> str | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def action_mark(self) -> None:
+        path = self._cursor_path()
+        if path is None:
+            return
+        self.marked = [p for p in self.marked if p != path] if path in self.marked else [*self.marked, path]
+        self.notify(f"{len(self.marked)} run(s) marked for comparing (c compares)")
+
+    def action_compare(self) -> None:
+        from textual.coordinate import Coordinate
+
+        from tui.screens.compare import CompareScreen
+
+        table = self.query_one(DataTable)
+        runs = list(self.marked)
+        if len(runs) < 2 and table.row_count >= 2:  # nothing marked: the highlighted run and the next one
+            row = min(table.cursor_coordinate.row, table.row_count - 2)
+            runs = [str(table.coordinate_to_cell_key(Coordinate(row + i, 0)).row_key.value) for i in (0, 1)]
+        if len(runs) >= 2:
+            self.app.push_screen(CompareScreen(runs))
 
     def action_new(self) -> None:
         self.app.pop_screen()

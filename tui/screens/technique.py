@@ -1,5 +1,6 @@
-"""Step 2: how to train. The seven techniques of the book's chapter 5, what each needs and when to
-choose it, with a recommendation from the hardware (and from the data, once it is known)."""
+"""Step 2: how to train. The techniques of the book's chapter 5, what each needs and when to choose it, with
+a recommendation from the hardware (and from the data, once it is known); for preference tuning the book's
+caveat and how to afford it here (LoRA-DPO on small GPUs)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui.screens.base import WizardStep
-from tui.techniques import BY_KEY, TECHNIQUES, TechniqueInfo, recommend
+from tui.techniques import BY_KEY, PREFERENCE, TECHNIQUES, TechniqueInfo, preference_advice, recommend
 
 
-def details(info: TechniqueInfo, recommended: bool, why: str) -> Text:
+def details(info: TechniqueInfo, recommended: bool, why: str, advice: str = "") -> Text:
     text = Text()
     text.append(info.title, style="bold")
     text.append(f"  (book {info.book})\n", style="#9e9e9e")
@@ -23,6 +24,12 @@ def details(info: TechniqueInfo, recommended: bool, why: str) -> Text:
     for label, value in (("Memory", info.memory), ("Data", info.data), ("Choose it when", info.when)):
         text.append(f"\n{label}: ", style="bold")
         text.append(value)
+    if info.caveat:
+        text.append("\n\nThe book's caveat: ", style="bold yellow")
+        text.append(info.caveat)
+    if advice:
+        text.append("\nHere: ", style="bold")
+        text.append(advice)
     return text
 
 
@@ -53,7 +60,8 @@ class TechniqueScreen(WizardStep):
                 label.append(" ★", style="green")
             options.replace_option_prompt(t.key, label)
         key = self.wizard.choices.technique
-        self.query_one("#technique-text", Static).update(details(BY_KEY[key], key == best, why))
+        advice = preference_advice(self.wizard.hardware) if key in PREFERENCE else ""  # type: ignore[arg-type]
+        self.query_one("#technique-text", Static).update(details(BY_KEY[key], key == best, why, advice))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if event.option.id:

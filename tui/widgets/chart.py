@@ -1,6 +1,8 @@
 """A loss chart in Unicode braille (2x4 dots a cell): train and validation loss, markers for
 checkpoints and control events on a row of their own, and the learning rate as a strip of block
-characters underneath, all on the same step axis. No dependency beyond Rich."""
+characters underneath, all on the same step axis. Further curves (`ChartData.extra`) are drawn beneath
+them in their own style: a run's branches abandoned by a rollback, dimmed, or other runs overlaid by the
+compare view. No dependency beyond Rich."""
 
 from __future__ import annotations
 
@@ -27,12 +29,23 @@ class Mark:
     style: str
 
 
+@dataclass(frozen=True)
+class Series:
+    points: list[Point]
+    style: str
+    label: str = ""
+
+
+DIMMED = "#585858"  # a branch a rollback abandoned
+
+
 @dataclass
 class ChartData:
     train: list[Point] = field(default_factory=list)
     val: list[Point] = field(default_factory=list)
     lr: list[Point] = field(default_factory=list)
     marks: list[Mark] = field(default_factory=list)
+    extra: list[Series] = field(default_factory=list)  # drawn first, beneath train and val
 
 
 def fmt(v: float) -> str:
@@ -52,7 +65,8 @@ def render_chart(data: ChartData, width: int, height: int) -> list[Text]:
     plot_h = max(height - 3, 1)
     plot_w = max(width - GUTTER, 4)
     train, val = _finite(data.train), _finite(data.val)
-    everything = train + val
+    extra = [(_finite(s.points), s.style) for s in data.extra]
+    everything = train + val + [p for points, _ in extra for p in points]
     lines: list[Text] = []
     if not everything:
         lines.append(Text(" " * GUTTER + "waiting for the first logged loss…", style="#9e9e9e"))
@@ -91,6 +105,8 @@ def render_chart(data: ChartData, width: int, height: int) -> list[Text]:
                 owner[dy // 4][dx // 2] = style
             prev = cur
 
+    for points, style in extra:
+        plot(points, style)
     plot(train, "cyan")
     plot(val, "bold yellow")
     for r in range(plot_h):

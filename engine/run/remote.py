@@ -103,7 +103,10 @@ class Follower:
             "message": s.message, "loss": s.loss, "eval_loss": s.eval_loss, "epoch": s.epoch, "branch": 0})
 
     def run_job(self) -> int:
+        from engine import track
+
         try:
+            track.attach(self.events, self.run, self.spec)  # TensorBoard and notifications, as for a local run
             self.write_status()
             self.emit(ev.State(state="starting", step=0, message="starting the hosted job"))
             self.job = self.technique.remote(self)

@@ -71,7 +71,11 @@ def test_sigkill_and_resume_follow_the_same_remote_job(tmp_path: Path, monkeypat
         assert json.loads((run / "final" / "openai.json").read_text())["job_id"] == "ftjob-00000001"
         runs = json.loads(_cli("runs", "--json", "--runs-dir", str(tmp_path / "runs")).stdout)
         assert [(r["technique"], r["state"], r["step"]) for r in runs] == [("openai", "done", 40)]
-        assert files_holding(run, key) == []  # job.log, events, status, remote.json, final/: no key
+        chat = subprocess.run([sys.executable, "-m", "tui.cli", "chat", run.name, "--runs-dir", str(tmp_path / "runs")],
+                              input="hello there\n/exit\n", capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0 and "echo: hello there" in chat.stdout, chat.stderr
+        assert "through the API" in chat.stderr and api.chats[-1]["model"].startswith("ft:gpt-4o-mini")
+        assert files_holding(run, key) == []  # job.log, events, status, remote.json, final/, tb/: no key
 
 
 def test_control_stop_asks_then_cancels_and_pause_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from engine.run import job, remote
 from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 from engine.serve.openai_chat import OpenAIChat, hosted
+from engine.track import compare
 from openai_helpers import canary_key, chat_file, files_holding, openai_spec, use_server
 from openai_server import OpenAIServer
 from run_helpers import wait_for
@@ -67,6 +68,9 @@ def test_a_job_runs_to_an_ft_model_with_its_metrics_in_the_run_folder(api: OpenA
     status = runfolder.read_status(run)
     assert (status["state"], status["step"], status["technique"], status["total_steps"]) == ("done", 6, "openai", 6)
     assert runfolder.run_info(run).loss == metrics[-1].train_loss  # `runs` shows it like any run
+    summary = compare.summarize(run)  # `runs compare` too: no throughput is known, and none is made up
+    assert (summary.steps, summary.tok_per_s, summary.best_step) == (6, None, 6)
+    assert (run / "tb").is_dir()  # TensorBoard follows the hosted job's metrics as a local run's
 
     assert hosted(run)
     chat = OpenAIChat(run, system="Be brief.")

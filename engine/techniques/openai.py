@@ -128,13 +128,19 @@ def _message(e: Any) -> str:
 
 
 @contextmanager
-def calling(doing: str) -> Iterator[None]:
-    """API errors as UserError saying what was being done and what the service answered; a connection that
-    fails or a 5xx is left to the caller (transient)."""
+def calling(doing: str, *, retry_later: bool = False) -> Iterator[None]:
+    """API errors as UserError saying what was being done and what the service answered. A service that cannot
+    be reached (after the client's retries) is one too, unless `retry_later` (following a job that goes on
+    remotely meanwhile): then it, a 5xx and a rate limit are left to the caller."""
     import openai
 
     try:
         yield
+    except openai.APIConnectionError as e:
+        if retry_later:
+            raise
+        raise UserError(f"{doing}: cannot reach {service()} ({type(e).__name__}); check the network, or "
+                        "OPENAI_BASE_URL") from None
     except openai.AuthenticationError:
         raise UserError(f"{doing}: the API refused the key (401): check OPENAI_API_KEY", field="OPENAI_API_KEY") \
             from None
@@ -257,7 +263,7 @@ class OpenAIJob:
         if self.job_id is None:
             return RemoteStatus("stopped", "stopped before the OpenAI job was created: nothing was billed")
         try:
-            with calling(f"reading OpenAI job {self.job_id}"):
+            with calling(f"reading OpenAI job {self.job_id}", retry_later=True):
                 job = self.api.fine_tuning.jobs.retrieve(self.job_id)
                 # checkpoints listed before the events: every metrics event of a listed checkpoint's step is
                 # then among the events read next, so a checkpoint's own metrics are used only when none came

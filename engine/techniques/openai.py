@@ -265,6 +265,7 @@ class OpenAIJob:
         try:
             with calling(f"reading OpenAI job {self.job_id}", retry_later=True):
                 job = self.api.fine_tuning.jobs.retrieve(self.job_id)
+                self._epochs_chosen(job)
                 # checkpoints listed before the events: every metrics event of a listed checkpoint's step is
                 # then among the events read next, so a checkpoint's own metrics are used only when none came
                 checkpoints = self.api.fine_tuning.jobs.checkpoints.list(self.job_id, limit=100).data
@@ -296,14 +297,24 @@ class OpenAIJob:
             err = job.error
             if err is not None and err.message:
                 where = f" ({err.param})" if err.param else ""
+                code = f" [{err.code}]" if err.code else ""
                 return RemoteStatus("failed", "the OpenAI job failed", error=f"OpenAI refused the job: {err.message}"
-                                    f"{where} [{err.code}]", error_kind="user", **common)
+                                    f"{where}{code}", error_kind="user", **common)
             return RemoteStatus("failed", "the OpenAI job failed", error=f"OpenAI job {job.id} failed without a "
                                 "reason; see it on platform.openai.com", **common)
         if state == "stopped":
             return RemoteStatus("stopped", f"OpenAI job {job.id} was cancelled", **common)
         step = f", step {self.step}" + (f"/{self.total_steps}" if self.total_steps else "") if self.step else ""
         return RemoteStatus(state, f"OpenAI job {job.id}: {job.status.replace('_', ' ')}{step}", **common)
+
+    def _epochs_chosen(self, job: Any) -> None:
+        """n_epochs = "auto" becomes a number once the service picks it: the share of data seen follows it."""
+        method = getattr(getattr(job, "method", None), "supervised", None)
+        hyper = getattr(method, "hyperparameters", None) or getattr(job, "hyperparameters", None)
+        epochs = getattr(hyper, "n_epochs", None)
+        if isinstance(epochs, int) and epochs != self.remembered.get("epochs"):
+            self.ctx.remember(epochs=epochs)
+            self.remembered["epochs"] = epochs
 
     def _epoch(self) -> float | None:
         epochs = self.remembered.get("epochs")

@@ -147,6 +147,8 @@ def test_a_job_whose_creation_answer_was_lost_is_found_not_created_again(api: Op
     assert follow(run) == 0
     assert (api.created_jobs, api.uploads) == (1, 1)
     assert json.loads((run / remote.REMOTE).read_text())["job_id"] == "ftjob-00000001"
+    assert json.loads((run / remote.REMOTE).read_text())["epochs"] == 3  # n_epochs "auto" as the service chose it
+    assert [m.epoch for m in _events(run, ev.Metrics)][-1] == 3.0
     assert any(isinstance(e, ev.State) and "found OpenAI job ftjob-00000001 again" in e.message for e in ev.read(run))
 
 

@@ -164,14 +164,17 @@ class OpenAIServer:
     def _job_json(self, job: Job) -> dict[str, Any]:
         self._advance(job)
         b = job.body
-        hyper = (b.get("method") or {}).get("supervised", {}).get("hyperparameters") or b.get("hyperparameters") or {}
+        hyper = dict((b.get("method") or {}).get("supervised", {}).get("hyperparameters") or b.get("hyperparameters")
+                     or {})
+        if job.status != "validating_files" and hyper.get("n_epochs", "auto") == "auto":
+            hyper["n_epochs"] = 3  # "auto" resolved when the job starts, as OpenAI does
         return {"object": "fine_tuning.job", "id": job.id, "created_at": job.created_at, "model": b["model"],
                 "status": job.status, "training_file": b["training_file"], "validation_file": b.get("validation_file"),
                 "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "error": job.error,
                 "trained_tokens": job.trained_tokens, "hyperparameters": hyper, "organization_id": "org-test",
                 "result_files": [], "seed": b.get("seed", 0), "metadata": b.get("metadata"),
                 "user_provided_suffix": b.get("suffix"), "estimated_finish": None,
-                "method": b.get("method") or {"type": "supervised"}}
+                "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}}}
 
     # ---- HTTP ------------------------------------------------------------------------------------------
 

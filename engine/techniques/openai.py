@@ -190,15 +190,15 @@ class OpenAIJob:
         if state.get("creating") and self._find_created():
             return
         if not state.get("training_file"):
-            self._prepare_files()
-            if ctx.should_stop():
-                return
-            state = ctx.recall()
+            self._write_files()
         if ctx.should_stop():
             return
-        self._create(state)
+        self._upload(ctx.recall())
+        if ctx.should_stop():
+            return
+        self._create(ctx.recall())
 
-    def _prepare_files(self) -> None:
+    def _write_files(self) -> None:
         ctx, spec = self.ctx, self.spec
         ctx.say("checking and converting the data to OpenAI's chat format")
         written = openai_files.write_files(DataSource.from_spec(spec.data), ctx.run / FILES, model=self.opts["model"],
@@ -215,15 +215,17 @@ class OpenAIJob:
                           message=f"{written.examples} training and {written.val_examples} validation examples "
                                   f"in OpenAI's chat format ({ctx.run / FILES})"),
                  ev.Alert(kind="cost", severity="info", message=cost.describe()))
-        if ctx.should_stop():
-            return
-        for key, path in (("training_file", written.train), ("validation_file", written.validation)):
-            if path is None:
+
+    def _upload(self, state: dict[str, Any]) -> None:
+        """Each file written and not uploaded yet (a restart uploads only what an earlier process did not)."""
+        for key, name in (("training_file", "train.jsonl"), ("validation_file", "validation.jsonl")):
+            path = self.ctx.run / FILES / name
+            if state.get(key) or not path.is_file():
                 continue
-            ctx.say(f"uploading {path.name} to {service()}")
+            self.ctx.say(f"uploading {path.name} to {service()}")
             with calling(f"uploading {path.name}"), open(path, "rb") as f:
                 uploaded = self.api.files.create(file=f, purpose="fine-tune")
-            ctx.remember(**{key: uploaded.id})  # at once: a restart never uploads it again
+            self.ctx.remember(**{key: uploaded.id})  # at once: a restart never uploads it again
 
     def _find_created(self) -> bool:
         """A job created by an earlier process whose answer was lost, found by the run id in its metadata."""

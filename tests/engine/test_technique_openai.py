@@ -162,3 +162,15 @@ def test_an_unexpected_answer_quoting_the_key_fails_the_run_without_the_key(api:
     assert api.created_jobs == 0 and "remote.json" in {p.name for p in run.iterdir()}
     assert api.canary not in capfd.readouterr().err  # type: ignore[attr-defined]  # the traceback (job.log)
     assert files_holding(run, api.canary) == []  # type: ignore[attr-defined]
+
+
+def test_a_restart_after_the_uploads_uploads_nothing_again(api: OpenAIServer, tmp_path: Path) -> None:
+    """Stopped after both uploads (the creation refused): the next start creates the job with the same files."""
+    api.refuse_create = 402
+    run = job.create(openai_spec(chat_file(tmp_path, 30)), tmp_path / "runs")
+    assert follow(run) == 1 and (api.uploads, api.created_jobs) == (2, 0)
+    api.refuse_create = None
+    assert follow(run) == 0
+    assert (api.uploads, api.created_jobs) == (2, 1)
+    body = next(iter(api.jobs.values())).body
+    assert (body["training_file"], body["validation_file"]) == ("file-0001", "file-0002")

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.errors import UserError
 from engine.runfolder import events as ev
-from engine.techniques import openai as hosted_openai
+from engine.techniques import openai_api
 
 CHATS_DIR = "chats"  # <run>/chats/ holds saved conversations (as for local runs)
 
@@ -35,7 +35,7 @@ def hosted(run: Path) -> bool:
 def model_of(run: Path, checkpoint_ref: str | None = None) -> str:
     """The ft: model to talk to: the finished job's, or a checkpoint's by step or id."""
     if checkpoint_ref is None:
-        return str(hosted_openai.final_model(run)["model"])
+        return str(openai_api.final_model(run)["model"])
     for event in ev.read(run):
         if isinstance(event, ev.Checkpoint) and checkpoint_ref in (str(event.step), event.name):
             return event.path
@@ -53,7 +53,7 @@ class OpenAIChat:
         self.run, self.system = Path(run), system
         self.source = model_of(self.run, checkpoint_ref)
         self.options = {"max_tokens": max_new_tokens, "temperature": temperature, "seed": seed}  # no top_k in the API
-        self.api = hosted_openai.client()
+        self.api = openai_api.client()
         self.messages: list[dict[str, str]] = []
         self.reset()
 
@@ -63,7 +63,7 @@ class OpenAIChat:
     def reply(self, text: str, on_text: Callable[[str], None] = lambda _: None) -> str:
         self.messages.append({"role": "user", "content": text})
         try:
-            with hosted_openai.calling(f"asking {self.source}"):
+            with openai_api.calling(f"asking {self.source}"):
                 answer = self._ask()
         except BaseException:
             self.messages.pop()  # the turn did not happen: the conversation stays as it was
@@ -78,7 +78,7 @@ class OpenAIChat:
         try:
             done: Any = self.api.chat.completions.create(model=self.source, messages=self.messages, **self.options)
         except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as e:
-            raise UserError(f"{hosted_openai.service()} is not answering ({type(e).__name__}); try again") from None
+            raise UserError(f"{openai_api.service()} is not answering ({type(e).__name__}); try again") from None
         return (done.choices[0].message.content or "").strip()
 
     def save(self, path: Path | None = None) -> Path:

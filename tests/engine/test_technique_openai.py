@@ -137,7 +137,7 @@ def test_stop_before_the_job_exists_creates_none(api: OpenAIServer, tmp_path: Pa
 def test_a_job_whose_creation_answer_was_lost_is_found_not_created_again(api: OpenAIServer, tmp_path: Path) -> None:
     """Killed between the service creating the job and the id reaching remote.json: the restart finds it by the
     run id in its metadata."""
-    from engine.techniques.openai import client
+    from engine.techniques.openai_api import client
 
     run = job.create(openai_spec(chat_file(tmp_path)), tmp_path / "runs")
     uploaded = client().files.create(file=chat_file(tmp_path, 12, "messages").open("rb"), purpose="fine-tune")

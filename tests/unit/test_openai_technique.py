@@ -12,7 +12,7 @@ from engine.data.sources import DataSource
 from engine.errors import UserError
 from engine.spec import DataSpec
 from engine.techniques import openai as technique
-from engine.techniques import openai_files
+from engine.techniques import openai_api, openai_files
 from openai_helpers import chat_file, openai_spec
 
 
@@ -103,4 +103,4 @@ def test_preflight_wants_the_key_from_the_environment_only(tmp_path: Path, monke
 
 def test_service_drops_credentials_from_the_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "https://user:secret@llm.example.com:8443/v1")
-    assert technique.service() == "https://llm.example.com:8443/v1"
+    assert openai_api.service() == "https://llm.example.com:8443/v1"

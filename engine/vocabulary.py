@@ -21,6 +21,7 @@ class Name:
     name: str
     help: str
     trains: bool = True  # False: the estimator knows it; the run engine does not train it
+    hosted: bool = False  # True: trained on a service's machines (nothing to estimate here)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ TECHNIQUES: tuple[Name, ...] = (
     Name("moe", "fine-tune a mixture-of-experts model"),
     Name("dpo", "preference tuning: learn to prefer the chosen answer over the rejected one (DPO)"),
     Name("orpo", "preference tuning without a reference model: SFT on the chosen answer + an odds-ratio term"),
+    Name("openai", "hosted fine-tuning through the OpenAI API: the data leaves this machine; billed per token",
+         hosted=True),
 )
 PREFERENCE_TECHNIQUES = ("dpo", "orpo")  # they read preference pairs (data.format auto -> preference)
 PRECISIONS: tuple[Precision, ...] = (

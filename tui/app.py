@@ -36,8 +36,13 @@ STEP_SCREENS: tuple[tuple[str, str], ...] = (
 )
 
 
-def step_screen(index: int) -> Screen:
-    module, name = STEP_SCREENS[index]
+# A hosted technique (engine/vocabulary.py) trains on a service's machines: its model step names the service's
+# model, and the memory checks and local training options do not apply.
+HOSTED_SCREENS = {2: ("tui.screens.hosted", "HostedScreen"), 4: None, 5: None}
+
+
+def step_screen(index: int, *, hosted: bool = False) -> Screen:
+    module, name = (HOSTED_SCREENS.get(index) or STEP_SCREENS[index]) if hosted else STEP_SCREENS[index]
     return getattr(importlib.import_module(module), name)()
 
 
@@ -186,9 +191,13 @@ class WizardApp(App[int]):
     # --- navigation ----------------------------------------------------------------------------
 
     def next_step(self, current: Screen) -> None:
-        index = getattr(current, "STEP", 0) + 1
+        from tui.corpus import hosted
+
+        index, remote = getattr(current, "STEP", 0) + 1, hosted(self.choices.technique)
+        while remote and index in HOSTED_SCREENS and HOSTED_SCREENS[index] is None:
+            index += 1
         if index < len(STEP_SCREENS):
-            self.push_screen(step_screen(index))
+            self.push_screen(step_screen(index, hosted=remote))
 
 
 def make_app(*, runs_dir: str | None = None, nvml: Any = None, hardware: HardwareReport | None = None,

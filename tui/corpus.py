@@ -111,9 +111,17 @@ def chosen_mapping(c: Choices) -> dict[str, str]:
     return {role: getattr(c, attr) for role, attr in ROLES.items() if getattr(c, attr)}
 
 
+def hosted(technique: str) -> bool:
+    """A technique trained on a service's machines (engine/vocabulary.py): no local model or tokenizer."""
+    from engine import vocabulary
+
+    return technique in vocabulary.names(vocabulary.TECHNIQUES) and \
+        vocabulary.find(vocabulary.TECHNIQUES, technique).hosted
+
+
 def load_tokenizer(c: Choices) -> Any | None:
     """The chosen model's tokenizer when this machine has it (never its code), else None; scratch: None."""
-    if c.technique == "scratch" or not c.model:
+    if c.technique == "scratch" or not c.model or hosted(c.technique):
         return None
     from engine.estimate.data_size import load_tokenizer as local_tokenizer
 
@@ -174,6 +182,10 @@ def count_tokens(c: Choices, progress: Callable[[int, int], None] | None = None,
     from engine.errors import UserError
 
     source = make_source(c)
+    if hosted(c.technique):  # as the service bills them: its own tokenizer when tiktoken has it, else estimated
+        from engine.techniques.openai_files import count_source
+
+        return count_source(source, c.model, c.train_on)
     if c.technique == "scratch" and source.kind != "text":
         raise UserError(scratch_refusal(c, Corpus(0, 0, source.kind, source.layout().format)) or "", field="data.path")
     if c.technique == "scratch" and c.tokenizer == "byte":

@@ -70,8 +70,8 @@ def ask_data(ask: Prompts, c: Choices) -> None:
 
     from engine import vocabulary
     from engine.errors import UserError
-    from tui.corpus import (apply_mapping, chosen_mapping, describe, load_tokenizer, make_source, mapping_text,
-                            parse_mapping, scratch_refusal, template_note)
+    from tui.corpus import (apply_mapping, chosen_mapping, describe, hosted, load_tokenizer, make_source,
+                            mapping_text, parse_mapping, scratch_refusal, template_note)
 
     console = out()
     corpus = describe(make_source(c))
@@ -102,7 +102,9 @@ def ask_data(ask: Prompts, c: Choices) -> None:
                                                     validate=valid)))
             corpus = describe(make_source(c))
             console.print(f"  format: {corpus.format}, {corpus.source}", markup=False, highlight=False)
-    if corpus.is_chat:
+    if corpus.is_chat and hosted(c.technique):  # the service applies its own template; it trains replies only
+        c.train_on = ask.select("Which replies are trained", ["assistant", "last_assistant"], default="assistant")
+    elif corpus.is_chat:
         note = template_note(load_tokenizer(c))
         templates = [questionary.Choice(note if t == "auto" else t, value=t) for t in vocabulary.CHAT_TEMPLATES]
         c.template = ask.select("Chat template", templates, default="auto")
@@ -174,11 +176,10 @@ def print_plan(spec: Any, run: Path) -> None:
 
 
 def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cwd: Path | None = None) -> int:
-    from engine.estimate.memory import estimate
     from engine.machine.probe import probe
-    from engine.estimate.layout import cuda_usable
     from engine.spec import from_dict, to_toml
     from tui.commands.doctor import render
+    from tui.corpus import hosted
     from tui.techniques import BY_KEY, TECHNIQUES, recommend
 
     ask = prompts or Prompts()
@@ -200,6 +201,16 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
 
         c.arch = ask.select("Architecture", list(ARCHS), default=c.arch)
         c.size = ask.select("Size", list(SIZES), default=c.size)
+    elif hosted(c.technique):
+        from engine.techniques.openai import DEFAULTS
+        from tui.techniques import hosted_key_note
+
+        console.print("  caveat: your data leaves this machine, and every trained token is billed")
+        console.print(f"  {hosted_key_note()[1]}", markup=False, highlight=False)
+        c.model = ask.text("Base model to fine-tune", default=DEFAULTS["model"]).strip()
+        epochs = ask.text("Epochs (auto, or 1 to 50)", default="auto",
+                          validate=lambda t: t == "auto" or (t.isdigit() and 1 <= int(t) <= 50) or "auto or 1 to 50")
+        c.extra["hosted_options"] = {"n_epochs": int(epochs) if epochs.isdigit() else "auto"}
     else:
         c.model = ask.text("Model (a local folder with config.json, or a cached Hub id)", validate=_check_model).strip()
         if c.technique == "distill":
@@ -212,31 +223,8 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
 
     c.extra["data_tokens"], method = count_tokens(c)
     console.print(f"  {c.extra['data_tokens']:,} tokens ({method})")
-    c.max_steps = int(ask.select("Optimizer steps", list(STEPS_CHOICES), default=str(c.max_steps)))
-
-    gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus]
-    cuda = cuda_usable(report)
-    if len(gpus) > 1:
-        ask_layout(ask, c, gpus, cuda)
-    while True:
-        est = estimate(estimate_request(c), gpus=gpus)
-        console.print(f"\n[bold]Estimate:[/] peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total "
-                      f"{human_bytes(est.total_bytes)}; book's rule of thumb {human_bytes(est.rule_of_thumb.bytes)}")
-        for g in est.gpus:
-            console.print(f"  GPU {g.index} {g.name}: {human_bytes(g.needed_bytes)} of {human_bytes(g.free_bytes)} "
-                          f"free: [bold]{g.verdict}[/]")
-        if not est.suggestions:
-            break
-        options = [questionary.Choice(f"{s.change} -> {human_bytes(s.total_bytes)} ({s.verdict})", value=i)
-                   for i, s in enumerate(est.suggestions)] + [questionary.Choice("keep these settings", value=-1)]
-        picked = ask.select("Apply a suggestion?", options, default=-1)
-        if picked is None or picked < 0:
-            break
-        refused = apply_changes(c, est.suggestions[picked].changes, gpus=len(gpus), cuda=cuda)
-        if refused:
-            console.print(f"  not applied: {refused}", markup=False, highlight=False)
-        elif note := settle(c):
-            console.print(f"  {note}")
+    if not hosted(c.technique):  # a hosted run: no local steps, memory or layout to choose
+        _ask_training(ask, c, report)
 
     spec = from_dict(spec_dict(c, runs_dir=None))
     toml = to_toml(spec)
@@ -271,3 +259,37 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
         console.print("  machines 1 and up: run their commands above there (the dashboard shows them until they "
                       "join)", markup=False, highlight=False)
     return 0
+
+
+def _ask_training(ask: Prompts, c: Choices, report: Any) -> None:
+    """The steps, the layout over several GPUs, and the estimate with its suggestions until kept."""
+    import questionary
+
+    from engine.estimate.layout import cuda_usable
+    from engine.estimate.memory import estimate
+
+    console = out()
+    c.max_steps = int(ask.select("Optimizer steps", list(STEPS_CHOICES), default=str(c.max_steps)))
+    gpus = [(g.index, g.name, g.memory_free_bytes) for g in report.gpus]
+    cuda = cuda_usable(report)
+    if len(gpus) > 1:
+        ask_layout(ask, c, gpus, cuda)
+    while True:
+        est = estimate(estimate_request(c), gpus=gpus)
+        console.print(f"\n[bold]Estimate:[/] peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total "
+                      f"{human_bytes(est.total_bytes)}; book's rule of thumb {human_bytes(est.rule_of_thumb.bytes)}")
+        for g in est.gpus:
+            console.print(f"  GPU {g.index} {g.name}: {human_bytes(g.needed_bytes)} of {human_bytes(g.free_bytes)} "
+                          f"free: [bold]{g.verdict}[/]")
+        if not est.suggestions:
+            break
+        options = [questionary.Choice(f"{s.change} -> {human_bytes(s.total_bytes)} ({s.verdict})", value=i)
+                   for i, s in enumerate(est.suggestions)] + [questionary.Choice("keep these settings", value=-1)]
+        picked = ask.select("Apply a suggestion?", options, default=-1)
+        if picked is None or picked < 0:
+            break
+        refused = apply_changes(c, est.suggestions[picked].changes, gpus=len(gpus), cuda=cuda)
+        if refused:
+            console.print(f"  not applied: {refused}", markup=False, highlight=False)
+        elif note := settle(c):
+            console.print(f"  {note}")

@@ -70,9 +70,24 @@ TECHNIQUES: tuple[TechniqueInfo, ...] = (
                   "preference pairs, as DPO",
                   "supervised fine-tuning and preference tuning in one pass, from a base or an instruct model",
                   "as DPO: costly, and better supervised data often gains more"),
+    TechniqueInfo("openai", "Hosted: OpenAI", "5.2.2 (its last step)",
+                  "none here: the training runs on OpenAI's machines (or OPENAI_BASE_URL's service)",
+                  "at least 10 chat or instruction examples; billed per trained token (tokens x epochs)",
+                  "OpenAI fine-tuning: a fine-tuned GPT model without a GPU; caveat: your data leaves this "
+                  "machine, every trained token is billed, and it needs OPENAI_API_KEY"),
 )
 PREFERENCE = ("dpo", "orpo")
 BY_KEY = {t.key: t for t in TECHNIQUES}
+
+
+def hosted_key_note() -> tuple[bool, str]:
+    """(whether OPENAI_API_KEY is set, a line saying so and where the service is); never the key itself."""
+    import os
+
+    service = os.environ.get("OPENAI_BASE_URL") or "api.openai.com"
+    if os.environ.get("OPENAI_API_KEY", "").strip():
+        return True, f"OPENAI_API_KEY is set (read at launch, never written); service: {service}"
+    return False, "OPENAI_API_KEY is not set: export it in the shell that launches the run"
 
 
 def recommend(report: HardwareReport | None, data_tokens: int | None = None) -> tuple[str, str]:

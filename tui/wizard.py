@@ -103,6 +103,8 @@ class Choices:
 
 def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
     """The run spec (engine.spec.from_dict's input) these choices describe."""
+    if vocabulary.find(vocabulary.TECHNIQUES, c.technique).hosted:
+        return _hosted_spec(c, runs_dir)
     scratch = c.technique == "scratch"
     model: dict[str, Any] = {"arch": c.arch, "size": c.size} if scratch else {"path": _absolute(c.model)}
     if not scratch:  # the model step's consents: running the model's pinned code, pickle weights
@@ -146,6 +148,19 @@ def spec_dict(c: Choices, *, runs_dir: str | None = None) -> dict[str, Any]:
         d["runs_dir"] = runs_dir
     if options:
         d["options"] = options
+    return d
+
+
+def _hosted_spec(c: Choices, runs_dir: str | None) -> dict[str, Any]:
+    """A hosted run's spec: the data and the service's options (the hosted step's), no local model or training
+    settings (the service trains; engine/techniques/openai.py)."""
+    data: dict[str, Any] = {"path": _absolute(c.dataset)}
+    data.update(c.data_settings())
+    options = {"model": c.model, **c.extra.get("hosted_options", {})} if c.model else \
+        dict(c.extra.get("hosted_options", {}))
+    d: dict[str, Any] = {"technique": c.technique, "name": c.run_name(), "data": data, "options": options}
+    if runs_dir:
+        d["runs_dir"] = runs_dir
     return d
 
 

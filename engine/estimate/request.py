@@ -64,6 +64,10 @@ class EstimateRequest:
         object.__setattr__(self, "data_options", tuple((str(k), v) for k, v in self.data_options))
         for name in ("precision", "optimizer"):  # the estimator's older names, read as the spec's
             object.__setattr__(self, name, vocabulary.FORMER_NAMES.get(getattr(self, name), getattr(self, name)))
+        if self.technique in vocabulary.names(vocabulary.TECHNIQUES) and \
+                vocabulary.find(vocabulary.TECHNIQUES, self.technique).hosted:
+            raise UserError(f"{self.technique} trains on the service's machines: no memory to estimate here; "
+                            "`llm-wizard train` estimates its billed tokens and cost", field="technique")
         for name, allowed in (("technique", TECHNIQUES), ("precision", PRECISIONS),
                               ("optimizer", OPTIMIZERS), ("strategy", STRATEGIES)):
             value = getattr(self, name)

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_sleep: float = 0.0,
             commands_from: int | None = None) -> int:
     from engine import spec as spec_mod
-    from engine.run.trainer import Trainer
+    from engine.run import remote
+    from engine.techniques.base import get
 
     run = Path(run).resolve()
     try:
@@ -143,14 +144,22 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
         return e.exit_code
     save_guard.clean_leftovers(run)  # RELIABILITY C8: only now, as the sole owner
     try:
-        security.check_torch()
         spec = spec_mod.load(run / runfolder.SPEC)
+        hosted = remote.is_remote(get(spec.technique))  # trained elsewhere: followed, no torch here
+        if not hosted:
+            security.check_torch()
     except UserError as e:
         runfolder.EventLog(run).emit(ev.Error(message=str(e), kind="user"))
         runfolder.write_status(run, {"state": "failed", "pid": os.getpid(), "step": 0, "message": str(e)})
         return e.exit_code
-    trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=echo if foreground else None,
-                      commands_from=commands_from)
+    trainer: Any  # the Trainer, or the Follower of a hosted run
+    if hosted:
+        trainer = remote.Follower(run, spec, echo=echo if foreground else None, commands_from=commands_from)
+    else:
+        from engine.run.trainer import Trainer
+
+        trainer = Trainer(run, spec, resume=resume, step_sleep=step_sleep, echo=echo if foreground else None,
+                          commands_from=commands_from)
 
     def on_signal(signum: int, frame: Any) -> None:
         if trainer.stop_reason:  # RELIABILITY G4: a second signal means now; saves are atomic, so disk stays valid

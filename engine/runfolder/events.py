@@ -72,10 +72,11 @@ class Metrics(Event):
     eta_s: float
     branch: int
     train_loss: float = key("train/loss")
-    train_lr: float = key("train/lr")
-    train_grad_norm: float = key("train/grad_norm")
-    train_tok_per_s: float = key("train/tok_per_s")
-    train_step_ms: float = key("train/step_ms")
+    # null: not known to the writer (a hosted job reports its loss, not its learning rate or gradients)
+    train_lr: float | None = key("train/lr")
+    train_grad_norm: float | None = key("train/grad_norm")
+    train_tok_per_s: float | None = key("train/tok_per_s")
+    train_step_ms: float | None = key("train/step_ms")
     train_mfu: float | None = key("train/mfu")  # null: no known peak FLOPS (the CPU, an unlisted GPU)
     train_loss_smooth: float | None = key("train/loss_smooth")
     # techniques that say more (engine/techniques/*: `metrics`)

@@ -25,6 +25,9 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     from engine import spec as spec_mod
     from engine.techniques.base import get
 
+    if (run / runfolder.SPEC).is_file() and hasattr(get(spec_mod.load(run / runfolder.SPEC).technique), "remote"):
+        raise UserError(f"run {run.name} fine-tuned a hosted model (it lives with the service): "
+                        f"`llm-wizard chat {run.name}` talks to it through the API", field="run")
     final = run / "final"
     newest = checkpoint.find_resume(run)
     if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):

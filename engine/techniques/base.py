@@ -26,6 +26,13 @@ Optional:
         Checks that need neither data nor model, run by `llm-wizard train` before the run folder
         exists; raises UserError (QLoRA: can bitsandbytes run 4-bit here, else offer LoRA).
 
+Hosted techniques (openai.py) train on someone else's machines: they have no setup/loss/save/load, and
+provide instead, beside preflight:
+    remote(ctx: RemoteContext) -> a job with start() (upload and create, or find the job the run folder
+        names), poll() -> RemoteStatus (new events emitted through ctx) and cancel() -> str;
+    REFUSED: {command: reason} for the controls a hosted job cannot take; STOP_QUESTION: asked before `stop`.
+The job process follows it (engine/run/remote.py) instead of training.
+
 Copy scratch.py to start a new technique: it is the smallest complete example.
 """
 
@@ -36,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import UserError
 
@@ -158,3 +165,37 @@ def load_whole_model(prep: Prepared, folder: Path) -> None:
     from engine.models.pretrained import unwrap
 
     load_model(unwrap(prep.model), str(folder / MODEL_WEIGHTS), strict=True)
+
+
+# ---- hosted techniques --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """Where a hosted job stands, as its technique's poll() reads it; `state` is one of the run's states."""
+    state: str  # starting | running | done | failed | stopped
+    message: str
+    step: int = 0
+    total_steps: int | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    epoch: float | None = None
+    final: str | None = None  # done: the final/ file naming the trained model
+    summary: str | None = None  # done: the last line the user reads
+    error: str | None = None  # failed: the reason, as the service gave it
+    error_kind: str = "internal"  # user: the data or a setting was refused (the message says which)
+
+
+class RemoteContext(Protocol):
+    """What a hosted technique gets from the job that follows it (engine/run/remote.py)."""
+    run: Path
+    spec: RunSpec
+
+    def emit(self, event: Any) -> None: ...  # an engine.runfolder.events.Event
+
+    def say(self, message: str) -> None: ...  # what it is doing now (status.json's message)
+
+    def remember(self, **values: Any) -> None: ...  # kept in the run folder at once (remote ids: never twice)
+
+    def recall(self) -> dict[str, Any]: ...
+
+    def should_stop(self) -> bool: ...

@@ -85,7 +85,8 @@ def summarize(run: Path) -> RunSummary:
         steps=max([info.step or 0, *(int(m.step) for m in metrics)]),
         best_eval_loss=best.eval_loss if best else None, best_step=best.step if best else None,
         last_loss=metrics[-1].train_loss if metrics else None,
-        tok_per_s=statistics.median(m.train_tok_per_s for m in metrics) if metrics else None,
+        tok_per_s=statistics.median(rates) if (rates := [m.train_tok_per_s for m in metrics
+                                                          if m.train_tok_per_s is not None]) else None,
         peak_mem=max(mems) if mems else None, train=train, val=val, abandoned=abandoned)
 
 

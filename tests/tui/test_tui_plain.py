@@ -38,3 +38,31 @@ def test_plain_wizard_writes_the_spec(tmp_path, monkeypatch) -> None:
     saved = from_dict(tomllib.loads((tmp_path / "scratch.toml").read_text()))
     expected = from_dict(spec_dict(Choices(dataset=str(corpus), max_steps=1000, num_processes=2)))
     assert saved == expected and (saved.distributed.num_processes, saved.distributed.strategy) == (2, "ddp")
+
+
+def test_plain_wizard_writes_a_hosted_spec_without_local_training_questions(tmp_path, monkeypatch) -> None:
+    from openai_helpers import chat_file
+
+    from engine.techniques import openai as hosted_openai
+    from engine.vocabulary import TECHNIQUES
+
+    monkeypatch.setenv("LLM_WIZARD_FAKE_GPUS", "2xL4")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    data = chat_file(tmp_path, 12)
+    names = [t.name for t in TECHNIQUES]
+    with create_pipe_input() as pipe:
+        pipe.send_text(DOWN * (names.index("openai") - names.index("lora")) + ENTER)  # from the recommendation
+        pipe.send_text(ENTER)  # the base model: the default
+        pipe.send_text("\x7f" * 4 + "2" + ENTER)  # epochs
+        pipe.send_text("\x7f" * 10 + str(data) + ENTER)
+        pipe.send_text("y")  # keep the columns found
+        pipe.send_text(ENTER)  # every reply trained
+        pipe.send_text("y")  # save
+        pipe.send_text("n")  # do not launch (no steps, GPUs or estimate were asked)
+        code = run_plain(runs_dir=str(tmp_path / "runs"), prompts=Prompts(input=pipe, output=DummyOutput()),
+                         cwd=tmp_path)
+    assert code == 0
+    saved = from_dict(tomllib.loads((tmp_path / "openai.toml").read_text()))
+    assert saved.technique == "openai" and saved.data.path == str(data)
+    assert saved.options == {"model": hosted_openai.DEFAULTS["model"], "n_epochs": 2}
+    hosted_openai.options(saved)

@@ -12,7 +12,7 @@ from finetune_helpers import base_model, corpus_and_tokenizer
 from tui_helpers import fixed_report, screen_text, wait_until
 
 from engine import spec as spec_mod
-from engine.techniques import distill, lora, prompt_tuning
+from engine.techniques import distill, lora, openai as hosted_openai, prompt_tuning
 from tui.app import make_app
 from tui.screens.checks import ChecksScreen
 from tui.screens.dataset import DatasetScreen
@@ -22,7 +22,7 @@ from tui.screens.review import ReviewScreen
 from tui.screens.options import SETTINGS
 from tui.wizard import TECHNIQUES, Choices, DEFAULT_LR, apply_changes, spec_dict
 
-MODULES = {"lora": lora, "qlora": lora, "prompt-tuning": prompt_tuning, "distill": distill}
+MODULES = {"lora": lora, "qlora": lora, "prompt-tuning": prompt_tuning, "distill": distill, "openai": hosted_openai}
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,44 @@ async def test_launch_refused_with_the_techniques_message(models, tmp_path, monk
         assert "options.teacher" in text or "tokenizer" in text
         assert isinstance(app.screen, ReviewScreen) and app.screen.ready()  # still here, free to change
     assert not runs.exists() or not any(runs.iterdir())
+
+
+async def test_hosted_openai_goes_from_its_model_and_data_to_the_review(tmp_path, monkeypatch) -> None:
+    """The hosted choice says its caveat, names the service's model (no local config read), skips the memory
+    checks and local options, and writes a spec the technique accepts; the key is never shown."""
+    from openai_helpers import chat_file
+
+    from tui.screens.hosted import HostedScreen
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-shown-1234")
+    app = make_app(hardware=fixed_report("2xL4"), show_runs=False)
+    app.choices.dataset = str(chat_file(tmp_path, 12))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("enter")  # hardware
+        await pilot.press(*["down"] * TECHNIQUES.index("openai"))
+        await wait_until(pilot, lambda: "data leaves this machine" in " ".join(screen_text(app).split()))
+        await pilot.press("enter")
+        assert isinstance(app.screen, HostedScreen)
+        text = " ".join(screen_text(app).split())
+        assert "every trained token is billed" in text and "OPENAI_API_KEY is set" in text
+        assert "sk-never-shown" not in text
+        app.screen.query_one("#hosted-suffix").insert_text_at_cursor("bot")
+        epochs = app.screen.query_one("#hosted-epochs")
+        epochs.value = "0"
+        await pilot.pause()
+        assert not app.screen.ready()  # 0 epochs: Next does not apply
+        epochs.value = "2"
+        await pilot.pause()
+        await pilot.press("enter")
+        assert isinstance(app.screen, DatasetScreen)
+        await wait_until(pilot, lambda: "data_tokens" in app.choices.extra)
+        assert app.choices.extra["data_tokens"] > 12 * 10
+        await pilot.press("enter")
+        assert isinstance(app.screen, ReviewScreen)  # no memory checks, no local options
+        await pilot.pause()
+        assert app.screen.toml is not None, app.screen.error
+        spec = spec_mod.from_dict(tomllib.loads(app.screen.toml))
+    assert spec.technique == "openai" and spec.model.path == ""
+    assert spec.options == {"model": hosted_openai.DEFAULTS["model"], "suffix": "bot", "n_epochs": 2}
+    hosted_openai.preflight(spec)

@@ -28,9 +28,12 @@ def describe(event: Event) -> str:
     from engine.runfolder import events as ev
 
     if isinstance(event, ev.Metrics):
-        return (f"step {event.step:>6}  loss {event.train_loss:.4f}  lr {event.train_lr:.3g}  "
-                f"|g| {event.train_grad_norm:.3g}  {event.train_tok_per_s:,.0f} tok/s  "
-                f"{event.train_step_ms:.0f} ms/step  epoch {event.epoch:.3f}  eta {event.eta_s:.0f}s")
+        known = [f"lr {event.train_lr:.3g}" if event.train_lr is not None else "",  # null: a hosted job's unknowns
+                 f"|g| {event.train_grad_norm:.3g}" if event.train_grad_norm is not None else "",
+                 f"{event.train_tok_per_s:,.0f} tok/s" if event.train_tok_per_s is not None else "",
+                 f"{event.train_step_ms:.0f} ms/step" if event.train_step_ms is not None else ""]
+        return "  ".join([f"step {event.step:>6}  loss {event.train_loss:.4f}", *filter(None, known),
+                          f"epoch {event.epoch:.3f}  eta {event.eta_s:.0f}s"])
     if isinstance(event, ev.Eval):
         return f"[cyan]step {event.step:>6}  eval loss {event.eval_loss:.4f}[/]"
     if isinstance(event, ev.Checkpoint):

@@ -26,16 +26,19 @@ def run(args: argparse.Namespace) -> int:
     from engine.paths import runs_dir
     from engine.runfolder.folder import resolve_run
     from engine.serve.chat import Chat
+    from engine.serve.openai_chat import OpenAIChat, hosted
     from tui.output import err, quiet_loading
 
     quiet_loading()
     run_path = resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
     err().print(f"[dim]loading {run_path.name}...[/]")
     with contextlib.redirect_stdout(sys.stderr):  # libraries that print notices on stdout (deepspeed's logger)
-        chat = Chat(run_path, checkpoint_ref=args.checkpoint, system=args.system,
-                    max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    seed=args.seed)
-    err().print(f"[dim]chatting with {run_path.name} ({chat.source}) through its chat template. {COMMANDS_HELP}[/]")
+        remote = hosted(run_path)  # a hosted fine-tune: its ft: model answers through the service's API
+        chat = (OpenAIChat if remote else Chat)(run_path, checkpoint_ref=args.checkpoint, system=args.system,
+                                                max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                                top_k=args.top_k, seed=args.seed)
+    how = "through the API" if remote else "through its chat template"
+    err().print(f"[dim]chatting with {run_path.name} ({chat.source}) {how}. {COMMANDS_HELP}[/]")
     while True:
         try:
             line = input("you> ")

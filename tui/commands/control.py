@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id", dest="cmd_id", metavar="ID", help="send with this command id: retry a command whose "
                         "acknowledgement did not come (the run executes each id once; a repeat gets the first answer)")
     parser.add_argument("--json", action="store_true", help='print the ack {"id", "cmd", "ok", "step", "message"}')
+    parser.add_argument("--yes", action="store_true", help="stop: do not ask first (a hosted run's stop cancels its "
+                        "billed remote job, so it asks)")
 
 
 def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]:
@@ -67,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if status is None or not status.live:
         raise UserError(f"run {run_path.name} is not running (state: {status.state if status else 'unknown'}); "
                         f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
+    if cmd == "stop" and not args.yes and not _confirmed_stop(run_path):
+        error(f"not stopped: run {run_path.name} goes on")
+        return 1
     offset = ev.read(run_path).offset
     cid = commands_file.send(run_path, command)
     ack = ev.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset, live=runfolder.live(run_path))
@@ -101,3 +106,23 @@ def _retry_args(args: argparse.Namespace) -> str:
         if (v := getattr(args, key, None)) is not None:
             parts.append(f" {flag} {v}")
     return "".join(parts)
+
+
+def _confirmed_stop(run_path: object) -> bool:
+    """A technique whose stop cannot be undone (a hosted job's cancel) has a STOP_QUESTION: asked on a terminal,
+    else refused without --yes. Other runs save and stop: nothing to ask."""
+    import sys
+
+    from engine.errors import UserError
+    from engine.runfolder import folder as runfolder
+    from engine.techniques.base import get
+
+    try:
+        question = getattr(get(runfolder.run_info(run_path).technique), "STOP_QUESTION", None)  # type: ignore[arg-type]
+    except UserError:
+        return True
+    if question is None:
+        return True
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} Add --yes to stop it", field="cmd")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")

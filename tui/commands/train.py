@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import spec as spec_mod
     from engine.errors import UserError
     from engine.paths import runs_dir
+    from engine.techniques.base import get
     from tui.output import err, error, out, print_json
 
     restart = False  # --resume of a run with no checkpoint yet that may start again (below)
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         if status.get("state") in runfolder.LIVE_STATES:
             raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
         spec = spec_mod.load(run_path / runfolder.SPEC)
-        if checkpoint.find_resume(run_path) is None and hub_fetch.read_pins(run_path):
+        if hasattr(get(spec.technique), "remote"):
+            pass  # a hosted job: the job process follows the remote job its run folder names (nothing to restore)
+        elif checkpoint.find_resume(run_path) is None and hub_fetch.read_pins(run_path):
             # stopped before its first checkpoint (a kill mid-download): the same folder starts again from
             # step 0, with the Hub commits it recorded and the bytes already in the cache
             restart = True
@@ -103,8 +106,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         out().print(f"started run [bold]{run_path.name}[/] (pid {pid})\n  folder: {run_path}\n"
                     f"  follow: llm-wizard attach {run_path.name} --follow\n"
-                    f"  steer:  llm-wizard control {run_path.name} pause|resume|save|stop|lr F|rollback STEP|rescue")
+                    f"  steer:  llm-wizard control {run_path.name} {_controls(spec)}")
     return 0
+
+
+def _controls(spec: object) -> str:
+    """The controls a run takes: a hosted job's stop cancels it, and the rest it refuses."""
+    from engine.techniques.base import get
+
+    if hasattr(get(spec.technique), "remote"):  # type: ignore[attr-defined]
+        return "stop (cancels the hosted job; asks first)"
+    return "pause|resume|save|stop|lr F|rollback STEP|rescue"
 
 
 def _show_message(message: str) -> None:

@@ -114,7 +114,8 @@ class RunHistory:
         if math.isfinite(e.train_loss):
             self.train.append((s, e.train_loss))
         self.lr = e.train_lr
-        self.lrs.append((s, e.train_lr))
+        if e.train_lr is not None:  # null: a hosted job, which does not report it
+            self.lrs.append((s, e.train_lr))
         self.tok_per_s = e.train_tok_per_s
         self.step_ms = e.train_step_ms
         self.mfu = e.train_mfu if e.train_mfu is not None else self.mfu

@@ -21,12 +21,12 @@ from textual import work
 from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
 from engine.runfolder import events as ev
 from tui.modals.confirm import ConfirmModal
+from tui.modals.export import ExportFlow
 from tui.modals.lr import LrModal
 from tui.modals.prompt import PromptModal
 from tui.modals.rollback import RollbackModal
@@ -41,7 +41,7 @@ POLL_S = 0.5
 GPU_POLL_S = 2.0
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(ExportFlow):  # ExportFlow: a Screen with the `e` key's flow
     BINDINGS = [
         Binding("p", "pause", "Pause", tooltip="Pause at the next optimizer step (the process keeps its state)"),
         Binding("p", "resume", "Resume", tooltip="Resume a paused run at once"),
@@ -54,6 +54,7 @@ class DashboardScreen(Screen):
         Binding("t", "chat", "Chat", show=False,
                 tooltip="Chat with the model (a paused run saves its current weights first)"),
         Binding("S", "stop", "Stop", show=False, tooltip="Save and stop the run (asks first)"),
+        Binding("e", "export", "Export", tooltip="Export the model: merged, adapter or GGUF, optionally to the Hub"),
         Binding("d", "detach", "Detach", tooltip="Close the dashboard; the run goes on"),
         Binding("c", "copy_join", "Copy commands", tooltip="Copy the other machines' commands to the clipboard"),
     ]
@@ -71,6 +72,7 @@ class DashboardScreen(Screen):
         self._alerts_for: tuple[int, int, bool] | None = None
         self.join: Any = None  # tui.machines.Plan of the other machines' commands (set on mount)
         self.joined = False  # several machines: every rank has joined (rank 0's state event with world_size)
+        self.seen_live = False  # the run trained while this screen was open (its end is then announced)
 
     # --- layout --------------------------------------------------------------------------------
 
@@ -260,7 +262,10 @@ class DashboardScreen(Screen):
             self.update_gpus()  # the CPU line shows the run's memory from its metrics
         keys = (h.state, bool(self.checkpoints()), self.joined)
         if keys != self._keys_for:  # the footer is rebuilt only when what applies has changed
+            self.seen_live = self.seen_live or (h.state in LIVE and self._keys_for is not None)  # not the blank start
             self._keys_for = keys
+            if self.seen_live and self.finished():
+                self.query_one("#run-message", Static).update(Text(f"run {h.state}: e exports its model"))
             self.refresh_bindings()
 
     def show_samples(self) -> None:
@@ -275,6 +280,11 @@ class DashboardScreen(Screen):
             box.update(text)
 
     # --- keys ----------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        """Done, or stopped with a model on disk: what `e` can export."""
+        state = self.history.state
+        return state == "done" or (state == "stopped" and (bool(self.checkpoints()) or (self.run / "final").is_dir()))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         state = self.history.state
@@ -291,6 +301,8 @@ class DashboardScreen(Screen):
             return self.join is not None and not self.joined and state in LIVE
         if action == "chat":
             return True if state == "paused" or (not live and (self.run / "final").is_dir()) else None
+        if action == "export":
+            return (None if self.exporting else True) if self.finished() else False  # hidden until finished
         if action == "generate":
             return True if self.checkpoints() or (self.run / "final").is_dir() else None
         return True

@@ -19,6 +19,18 @@ from engine.errors import UserError
 CHATS_DIR = "chats"  # <run>/chats/ holds saved conversations
 
 
+def save_conversation(run: Path, source: str, messages: list[dict[str, Any]], path: Path | None = None) -> Path:
+    """A conversation as JSON ({"run", "source", "messages"}, a row a chat dataset can take), in <run>/chats/
+    unless `path` says where; written whole or not at all. Local and hosted chats save through it."""
+    target = path or run / CHATS_DIR / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({"run": run.name, "source": source, "messages": messages},
+                              ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
 class Chat:
     """One conversation; `reply` adds a user turn and the model's answer."""
 
@@ -90,11 +102,4 @@ class Chat:
         return answer
 
     def save(self, path: Path | None = None) -> Path:
-        """The conversation as JSON ({"run", "source", "messages"}): a row a chat dataset can take."""
-        target = path or self.run / CHATS_DIR / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps({"run": self.run.name, "source": self.source, "messages": self.messages},
-                                  ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
-        return target
+        return save_conversation(self.run, self.source, self.messages, path)

@@ -9,8 +9,6 @@ folder); the whole conversation is sent each turn, as the API is stateless.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,6 @@ from engine.errors import UserError
 from engine.runfolder import events as ev
 from engine.techniques import openai_api
 
-CHATS_DIR = "chats"  # <run>/chats/ holds saved conversations (as for local runs)
 
 
 def hosted(run: Path) -> bool:
@@ -82,11 +79,6 @@ class OpenAIChat:
         return (done.choices[0].message.content or "").strip()
 
     def save(self, path: Path | None = None) -> Path:
-        """The conversation as JSON ({"run", "source", "messages"}): a row a chat dataset can take."""
-        target = path or self.run / CHATS_DIR / f"chat-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps({"run": self.run.name, "source": self.source, "messages": self.messages},
-                                  ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(target)
-        return target
+        from engine.serve.chat import save_conversation
+
+        return save_conversation(self.run, self.source, self.messages, path)

@@ -18,6 +18,7 @@ from export_helpers import greedy_ids, trained_run
 pytestmark = pytest.mark.slow
 
 RUNS = [("llama", "lora"), ("llama", "full"), ("qwen2", "lora"), ("qwen2", "full")]
+LORA_RUNS = [r for r in RUNS if r[1] == "lora"]  # the tests that need an adapter take these only (indirect)
 CONVERSATION = [{"role": "system", "content": "You answer in one short sentence."},
                 {"role": "user", "content": "What colour is the sky?"},
                 {"role": "assistant", "content": "The sky is blue on a clear day."},
@@ -69,9 +70,8 @@ def test_merged_keeps_the_template_and_the_stop_tokens(exported) -> None:
     assert "- format: messages" in card and (folder / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("exported", LORA_RUNS, indirect=True, ids=["-".join(r) for r in LORA_RUNS])
 def test_a_lora_merge_equals_the_adapter_on_its_base(exported) -> None:
-    if exported.technique != "lora":
-        pytest.skip("a full fine-tune has no adapter to merge")
     import torch
 
     from engine.serve.generate import load_for_inference
@@ -165,13 +165,12 @@ def test_a_failed_gguf_export_leaves_no_folder(exported, monkeypatch) -> None:
     assert not target.exists() and not [p for p in target.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_q4_k_m_through_llama_cpps_quantizer(exported) -> None:
+@pytest.mark.parametrize("exported", LORA_RUNS, indirect=True, ids=["-".join(r) for r in LORA_RUNS])
+def test_q4_k_m_through_llama_cpps_quantizer(exported) -> None:  # one quantizer check per architecture
     from engine.serve import gguf, llama_cpp
 
     if gguf.available()["q4_k_m"]:
         pytest.skip(f"q4_k_m is not offered here: {gguf.available()['q4_k_m']}")
-    if exported.technique != "lora":
-        pytest.skip("one quantizer check per architecture is enough")
     result = ex.export(exported.run, "gguf", quant="q4_k_m")
     assert llama_cpp.locate().quantizer and Path(result.gguf).stat().st_size > 0
     llm = llama_cpp_or_skip().Llama(result.gguf, n_ctx=256, n_threads=1, verbose=False)

@@ -20,7 +20,7 @@ from engine.run.trainer import Trainer
 from engine.runfolder import folder as runfolder
 from engine.techniques import dpo, pairs
 from preference_helpers import preference_setup, preference_spec
-from run_helpers import in_process_trainer, losses_by_step
+from run_helpers import in_process_trainer, losses_by_step, stopped_in_process
 from technique_models import tensors
 
 pytestmark = pytest.mark.slow
@@ -45,20 +45,7 @@ def _spec(tiny: SimpleNamespace, technique: str, **options):
 
 
 def _stopped(s, runs: Path) -> Path:
-    run = job.create(s, runs)
-    t = Trainer(run, s)
-    step = t._train_step
-
-    def step_then_stop() -> bool:
-        done = step()
-        if t.step == STOP_AT:
-            runfolder.send_command(run, "stop")
-        return done
-
-    t._train_step = step_then_stop
-    assert t.run_job() == 0
-    assert runfolder.read_status(run)["step"] == STOP_AT
-    return run
+    return stopped_in_process(s, runs, STOP_AT)
 
 
 def _resumed(run: Path, s) -> tuple[int, dict[int, float]]:

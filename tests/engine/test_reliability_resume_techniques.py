@@ -20,7 +20,7 @@ from engine.run import job
 from engine.runfolder import folder as runfolder
 from engine.techniques import prompt_tuning
 from engine.run.trainer import Trainer
-from run_helpers import in_process_trainer, losses_by_step, tiny_spec
+from run_helpers import in_process_trainer, losses_by_step, stopped_in_process, tiny_spec
 from technique_models import corpus_and_tokenizer, gpt2, save_model, tensors
 
 pytestmark = pytest.mark.slow
@@ -59,21 +59,8 @@ def _straight(s: spec.RunSpec, runs: Path) -> Path:
 
 
 def _stopped(s: spec.RunSpec, runs: Path) -> Path:
-    """A run stopped by a `stop` command written after step STOP_AT (read at the next boundary)."""
-    run = job.create(s, runs)
-    t = Trainer(run, s)
-    step = t._train_step
-
-    def step_then_stop() -> bool:
-        done = step()
-        if t.step == STOP_AT:
-            runfolder.send_command(run, "stop")
-        return done
-
-    t._train_step = step_then_stop
-    assert t.run_job() == 0
-    status = runfolder.read_status(run)
-    assert (status["state"], status["step"]) == ("stopped", STOP_AT)
+    """A run stopped by a `stop` command written after step STOP_AT, with the checkpoint the stop saved."""
+    run = stopped_in_process(s, runs, STOP_AT)
     assert (run / "checkpoints" / f"step-{STOP_AT:06d}" / "manifest.json").is_file()
     return run
 

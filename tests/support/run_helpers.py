@@ -131,3 +131,25 @@ def copy_stopped_at(run: Path, dest: Path, later: str) -> Path:
     shutil.rmtree(dest / "final")
     return dest
 
+
+
+def stopped_in_process(s: spec.RunSpec, runs: Path, stop_at: int) -> Path:
+    """A run trained in this process and stopped by a `stop` command written after step `stop_at` (read at
+    the next step boundary, as a user's command would be); checked to have stopped there."""
+    from engine.run.trainer import Trainer
+
+    run = job.create(s, runs)
+    t = Trainer(run, s)
+    step = t._train_step
+
+    def step_then_stop() -> bool:
+        done = step()
+        if t.step == stop_at:
+            runfolder.send_command(run, "stop")
+        return done
+
+    t._train_step = step_then_stop
+    assert t.run_job() == 0
+    status = runfolder.read_status(run)
+    assert (status["state"], status["step"]) == ("stopped", stop_at)
+    return run

@@ -299,18 +299,40 @@ def _tools(value: Any) -> tuple[dict[str, Any], ...] | None:
     return tuple(value)
 
 
-def _content(value: Any, where: str) -> str:
-    """A message's text: a string, or OpenAI's list of parts whose text parts are joined."""
+REASONING_PARTS = ("reasoning", "thinking")  # a part the model thought before replying (LLaMA-Factory v1)
+
+
+def _content(value: Any, where: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """(a message's text, its reasoning, its tool calls): a string, or a list of parts (OpenAI's {"type",
+    "text"} or LLaMA-Factory's {"type", "value"}) whose text parts are joined; reasoning parts go apart, to
+    the field chat templates read (`reasoning_content`), and `tool_call` parts ({"name", "arguments"} as
+    JSON) to `tool_calls` as transformers' templates take them."""
     if isinstance(value, str):
-        return value
+        return value, "", []
     if isinstance(value, list) and all(isinstance(p, dict) for p in value):
-        texts = [p.get("text") for p in value if p.get("type", "text") == "text"]
-        if len(texts) == len(value) and all(isinstance(t, str) for t in texts):
-            return "".join(texts)
-        raise BadRow(f"{where} holds parts that are not text (images or audio are not trained here)")
+        texts, thoughts, calls = [], [], []
+        for part in value:
+            kind, text = part.get("type", "text"), part.get("text", part.get("value"))
+            if kind == "tool_call" and isinstance(text, str):
+                calls.append({"type": "function", "function": _tool_call(text, where)})
+                continue
+            if kind not in ("text", *REASONING_PARTS) or not isinstance(text, str):
+                raise BadRow(f"{where} holds a {kind!r} part: only text is trained here (not images or audio)")
+            (texts if kind == "text" else thoughts).append(text)
+        return "".join(texts), "".join(thoughts), calls
     if value is None:
-        return ""
+        return "", "", []
     raise BadRow(f"{where} content must be text, got {describe(value)}")
+
+
+def _tool_call(text: str, where: str) -> dict[str, Any]:
+    try:
+        call = json.loads(text)
+    except json.JSONDecodeError:
+        call = None
+    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+        raise BadRow(f"{where} holds a tool_call part that is not JSON with a name: {text[:40]!r}")
+    return {"name": call["name"], "arguments": call.get("arguments", {})}
 
 
 def _message_list(raw: Any, name: str, role_key: str, content_key: str) -> list[dict[str, Any]]:
@@ -324,13 +346,19 @@ def _message_list(raw: Any, name: str, role_key: str, content_key: str) -> list[
         role = ROLE_NAMES.get(given) if isinstance(given, str) else None
         if role is None:
             raise BadRow(f"message {k} has an unknown role {given!r}; known: {', '.join(sorted(ROLE_NAMES))}")
-        message = {key: value for key, value in item.items() if key not in (role_key, content_key, "weight")}
+        weights = ("weight", "loss_weight")  # OpenAI's name, LLaMA-Factory's
+        message = {key: value for key, value in item.items() if key not in (role_key, content_key, *weights)}
         message["role"] = role
-        message["content"] = _content(item.get(content_key), f"message {k}")
-        if "weight" in item:
-            if item["weight"] not in (0, 1):
-                raise BadRow(f"message {k}: weight must be 0 or 1, got {item['weight']!r}")
-            message["_weight"] = item["weight"]
+        message["content"], thought, calls = _content(item.get(content_key), f"message {k}")
+        if thought:
+            message["reasoning_content"] = thought
+        if calls:
+            message["tool_calls"] = [*message.get("tool_calls", []), *calls]
+        for name in weights:
+            if name in item:
+                if item[name] not in (0, 1) or isinstance(item[name], bool):
+                    raise BadRow(f"message {k}: {name} must be 0 or 1, got {item[name]!r}")
+                message["_weight"] = int(item[name])
         messages.append(message)
     return messages
 

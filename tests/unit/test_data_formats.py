@@ -163,3 +163,26 @@ def test_each_layout_in_each_container_reads_the_same_conversations(tmp_path: Pa
     got = [i.value for i in iter_items(source)]
     assert got == expected and len(got) == len(rows)
     assert all(isinstance(v, Conversation) for v in got)
+
+
+def test_llama_factory_v1_parts_loss_weight_and_reasoning() -> None:
+    """LLaMA-Factory's v1 layout: content as [{"type", "value"}] parts, `loss_weight`, reasoning parts."""
+    row = {"messages": [
+        {"role": "system", "content": [{"type": "text", "value": "Use tools."}]},
+        {"role": "user", "content": [{"type": "text", "value": "hi"}], "loss_weight": 0.0},
+        {"role": "assistant", "content": [{"type": "reasoning", "value": "greet back"},
+                                          {"type": "text", "value": "Hello!"}], "loss_weight": 1.0},
+        {"role": "user", "content": [{"type": "text", "value": "again"}]},
+        {"role": "assistant", "content": [{"type": "text", "value": "Hi."},
+                                          {"type": "tool_call", "value": '{"name": "wave", "arguments": {"n": 2}}'}],
+         "loss_weight": 0.0}]}
+    conv = read_row(layout_of([row]), row)
+    assert conv.messages[4]["tool_calls"] == [{"type": "function", "function": {"name": "wave", "arguments": {"n": 2}}}]
+    assert roles(conv) == [("system", "Use tools."), ("user", "hi"), ("assistant", "Hello!"), ("user", "again"),
+                           ("assistant", "Hi.")]
+    assert conv.messages[2]["reasoning_content"] == "greet back" and "loss_weight" not in conv.messages[2]
+    assert conv.trained == (False, False, True, False, False)
+    image = {"messages": [{"role": "user", "content": [{"type": "image", "value": "cat.png"}]},
+                          {"role": "assistant", "content": "a cat"}]}
+    with pytest.raises(BadRow, match=r"message 1 holds a 'image' part: only text is trained here"):
+        read_row(layout_of([row]), image)

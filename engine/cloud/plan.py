@@ -166,7 +166,8 @@ def plan(spec: Any, *, spec_name: str = "", gpus: tuple[str, ...] = (), count: i
                                          o.seconds or 0, o.count)) if fitting else None
     timed = [o for o in fitting if o.seconds is not None]
     fastest = min(timed, key=lambda o: (o.seconds, o.price_hour)) if timed else None
-    source = f"--tokens {tokens:,}" if tokens else planned_tokens(spec, d.params, base.tokens_per_step(1))[1]
+    per_step = base.tokens_per_step(chosen.count if chosen else 1)  # data parallel: each GPU its own batches
+    source = f"--tokens {tokens:,}" if tokens else planned_tokens(spec, d.params, per_step)[1]
     notes = []
     if chosen is None:
         notes.append("nothing in the table fits: `llm-wizard estimate --spec` lists the changes that make it fit "

@@ -14,8 +14,11 @@ from typing import Any
 
 from engine.errors import UserError
 
-SECRET_NAMES = re.compile(r"(^|/)(\.env|\.netrc|\.git-credentials|credentials[^/]*\.json|[^/]*token[^/]*|\.ssh)$",
+# Names that hold credentials (a Hugging Face token file, .env, .netrc, cloud keys, SSH keys): never sent to a VM.
+SECRET_NAMES = re.compile(r"^(\.env|\.netrc|\.git-credentials|token|stored_tokens|[^/]*\.pem|id_[a-z0-9]+|"
+                          r"credentials([^/]*\.json)?|application_default_credentials\.json|\.ssh|\.aws|\.gnupg)$",
                           re.IGNORECASE)
+SCAN_LIMIT = 100_000  # names looked at inside a folder before giving up the scan (a huge dataset)
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,32 @@ def uploads(spec: Any, spec_path: str | Path) -> list[Upload]:
         local = Path(value).expanduser() if value else None
         if local is None or not local.exists():
             continue
-        if SECRET_NAMES.search(str(local)):
-            raise UserError(f"{setting} {local} looks like a credential file: it is not sent to a VM", field=setting)
+        if (secret := secret_in(local)) is not None:
+            raise UserError(f"{setting}: {secret} looks like a credential: it is not sent to a VM (move it out of "
+                            f"{local})", field=setting)
         section = setting.split(".")[0]
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", local.name) or section  # goes into a shell line unquoted
         out.append(Upload(str(local.resolve()), f"{section}/{safe}", setting))
     return out
+
+
+def secret_in(path: Path) -> Path | None:
+    """The first file or folder under `path` (itself included) whose name is a credential's, or None."""
+    import os
+
+    if SECRET_NAMES.match(path.name):
+        return path
+    if not path.is_dir():
+        return None
+    seen = 0
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            if SECRET_NAMES.match(name):
+                return Path(root) / name
+        seen += len(dirs) + len(files)
+        if seen > SCAN_LIMIT:
+            return None
+    return None
 
 
 def overrides(items: list[Upload], work: str) -> list[str]:

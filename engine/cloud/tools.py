@@ -65,6 +65,15 @@ def gcloud_value(key: str) -> str:
     return run(["gcloud", "config", "get-value", key], check=False).stdout.strip()
 
 
+def check_login() -> str:
+    """The logged-in gcloud account; a UserError saying how to log in when there is none."""
+    account = gcloud_value("core/account")
+    if not account or account == "(unset)":
+        raise UserError("gcloud is not logged in: run `gcloud init` (log in and pick a project) or "
+                        "`gcloud auth login`, then try again", field="gcloud")
+    return account
+
+
 def default_project() -> str:
     project = gcloud_value("core/project")
     if not project or project == "(unset)":

@@ -156,10 +156,13 @@ def test_no_credential_reaches_what_is_written(tmp_path, records, monkeypatch, c
     from engine.cloud.payload import uploads
 
     spec = type("S", (), {})()
-    token_file = tmp_path / "hf_token"
-    token_file.write_text(CANARY)
-    spec.data, spec.model, spec.tokenizer = (type("X", (), {"path": str(token_file)})(),
-                                             type("X", (), {"path": ""})(), type("X", (), {"path": ""})())
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "tokens.jsonl").write_text("{}")  # a name with "token" in it is data, not a secret
+    spec.data, spec.model, spec.tokenizer = (type("X", (), {"path": str(data)})(),
+                                             type("X", (), {"path": ""})(), type("X", (), {"path": str(data)})())
+    assert [u.setting for u in uploads(spec, PRESETS / "tiny.toml")] == ["", "data.path", "tokenizer.path"]
+    (data / "sub" / ".env").write_text(f"HF_TOKEN={CANARY}")  # a credential inside the data folder
     with pytest.raises(UserError, match="credential"):
         uploads(spec, PRESETS / "tiny.toml")
 
@@ -178,3 +181,45 @@ def test_a_run_ending_on_a_product_vm_offers_stop_and_delete(tmp_path, monkeypat
 def test_stop_and_delete_know_only_recorded_vms(records, capsys):
     assert main(["cloud", "stop", "nope", "--dry-run"]) == 2
     assert "llmw-test" in capsys.readouterr().err
+
+
+FAKE_GCLOUD = """#!/bin/bash
+# records its arguments (one JSON list a line) and answers like a logged-in gcloud
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$FAKE_LOG"
+case "$*" in
+  "config get-value core/account") echo someone@example.com ;;
+  "config get-value core/project") echo my-proj-123 ;;
+  *accelerator-types*) printf 'us-central1-c\\nus-central1-a\\n' ;;
+esac
+"""
+
+
+def test_create_asks_first_then_runs_the_books_steps_with_argument_lists(tmp_path, monkeypatch, capsys):
+    """With a recording gcloud on PATH: no --yes off a terminal creates nothing; with --yes the API, the zone (the
+    first listed), the instance with its start-up script file, and the local record, in that order."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    log = tmp_path / "gcloud.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))
+    argv = ["cloud", "create", str(PRESETS / "tiny.toml"), "--gpu", "l4", "--count", "1", "--repo", REPO]
+    assert main(argv) == 2
+    assert "--yes" in capsys.readouterr().err
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert not any(c[:3] == ["compute", "instances", "create"] for c in calls)
+    log.unlink()
+    assert main([*argv, "--yes"]) == 0
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    steps = [c[:3] for c in calls if c[:2] != ["config", "get-value"]]
+    assert steps == [["services", "enable", "compute.googleapis.com"], ["compute", "accelerator-types", "list"],
+                     ["compute", "instances", "create"]]
+    create = calls[-1]
+    assert create[3:8] == ["llmw-tiny", "--zone", "us-central1-a", "--project", "my-proj-123"]
+    assert "--machine-type=g2-standard-4" in create and "--restart-on-failure" in create
+    rec = marker.load("llmw-tiny")
+    assert (rec.zone, rec.project, rec.machine_type) == ("us-central1-a", "my-proj-123", "g2-standard-4")
+    assert "llm-wizard cloud stop llmw-tiny" in capsys.readouterr().out

@@ -111,12 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def _vm_hint(console: object, state: str) -> None:
     """On a VM that `llm-wizard cloud create` made, an ended run's last line offers to stop or delete it."""
     from engine.cloud.marker import vm_hint
-
-    if state not in runfolder_live_states() and (hint := vm_hint()) is not None:
-        console.print(f"[yellow]{hint}[/]", highlight=False)  # type: ignore[attr-defined]
-
-
-def runfolder_live_states() -> tuple[str, ...]:
     from engine.runfolder.folder import LIVE_STATES
 
-    return tuple(LIVE_STATES)
+    if state not in LIVE_STATES and (hint := vm_hint()) is not None:
+        console.print(f"[yellow]{hint}[/]", highlight=False)  # type: ignore[attr-defined]

@@ -101,7 +101,7 @@ def plan_cmd(args: argparse.Namespace) -> int:
         from tui.output import out
 
         out().print("\n[bold]The commands `cloud create` would run[/] (`cloud create --dry-run` prints them exactly):")
-        for line in commands_for(args, spec, p, name=default_name(args), project="PROJECT", zone="ZONE", dry=True):
+        for line in commands_for(args, p, name=default_name(args), project="PROJECT", zone="ZONE"):
             print(f"  {line}")  # plain: a command stays one line to copy
     return 0
 
@@ -172,13 +172,16 @@ def default_repo() -> str:
     return url
 
 
-def commands_for(args: argparse.Namespace, spec: Any, p: Any, *, name: str, project: str, zone: str,
-                 dry: bool, script: str = "STARTUP_SCRIPT.sh", yaml_path: str = "TASK.yaml") -> list[str]:
+def commands_for(args: argparse.Namespace, p: Any, *, name: str, project: str, zone: str,
+                 script: str = "STARTUP_SCRIPT.sh", yaml_path: str = "TASK.yaml") -> list[str]:
+    """The command lines `cloud create` runs for this plan, as a person would type them."""
+    import os
+
     from engine.cloud import gcloud, prices, sky
 
     o = p.chosen
     if getattr(args, "provider", "gcp") == "sky":
-        env = ("HF_TOKEN",) if "HF_TOKEN" in __import__("os").environ else ()
+        env = ("HF_TOKEN",) if "HF_TOKEN" in os.environ else ()
         return [gcloud.shown(sky.launch(yaml_path, name, managed=getattr(args, "managed", False),
                                         yes=getattr(args, "yes", False), env=env))]
     vm = gcloud.Vm(name, zone, project)
@@ -207,6 +210,8 @@ def create_cmd(args: argparse.Namespace) -> int:
     from engine.errors import UserError
     from tui.output import out
 
+    if args.provider == "sky" and args.managed:
+        args.spot = True  # a managed job is what makes spot safe: price it as spot
     spec, p = make_plan(args)
     o = p.chosen
     if o is None:
@@ -224,12 +229,13 @@ def create_cmd(args: argparse.Namespace) -> int:
     zone = args.zone or ("ZONE" if args.dry_run else "")
     if args.dry_run:
         c.print(f"[dim]{price}{run_time}[/]")
-        for line in commands_for(args, spec, p, name=name, project=project, zone=zone or "ZONE", dry=True):
+        for line in commands_for(args, p, name=name, project=project, zone=zone or "ZONE"):
             print(line)
         print(f"# STARTUP_SCRIPT.sh:\n{gcloud.startup_script(gcloud.Vm(name, zone or 'ZONE', project), repo=repo, ref=args.ref)}")
         return 0
-    ask(f"Create VM {name}: {price}{run_time}. A stopped VM still pays for its {args.disk_gb} GB disk. Create it?",
-        args.yes)
+    account = tools.check_login()
+    ask(f"Create VM {name} as {account}: {price}{run_time}. A stopped VM still pays for its {args.disk_gb} GB "
+        "disk. Create it?", args.yes)
     tools.run(gcloud.enable_api(project))
     if not zone:
         listed = tools.run(gcloud.zones_with(prices.GPUS[o.gpu].gcp, o.region, project)).stdout.split()
@@ -266,7 +272,7 @@ def create_sky(args: argparse.Namespace, spec: Any, p: Any, name: str, repo: str
     from tui.output import out
 
     o = p.chosen
-    task = sky.task(name=name, gpu=prices.GPUS[o.gpu], count=o.count, spot=o.spot or args.managed,
+    task = sky.task(name=name, gpu=prices.GPUS[o.gpu], count=o.count, spot=o.spot,
                     bucket=args.bucket or f"llm-wizard-{name}", repo=repo, items=uploads(spec, args.spec),
                     extra=p.overrides(), disk_gb=args.disk_gb, cloud=args.cloud, ref=args.ref)
     path = marker.records_dir() / f"{name}.sky.yaml"

@@ -35,7 +35,11 @@ def task(*, name: str, gpu: Gpu, count: int, spot: bool, bucket: str, repo: str,
     if cloud:
         resources["cloud"] = cloud
     mounts: dict[str, Any] = {f"{WORK}/{u.remote}": u.local for u in items}
-    mounts[RUNS_MOUNT] = {"name": bucket, "mode": "MOUNT"}
+    # MOUNT_CACHED: writes land on the local disk and go up to the bucket behind them (rclone's VFS cache), so the
+    # run folder's appends and checkpoint renames run at disk speed; plain MOUNT (gcsfuse) rewrites an object
+    # on every append. A VM taken back may lose the last seconds not yet uploaded: the resume takes the newest
+    # checkpoint that verifies (engine/checkpoints/store.py).
+    mounts[RUNS_MOUNT] = {"name": bucket, "mode": "MOUNT_CACHED"}
     return {
         "name": name,
         "resources": resources,

@@ -35,7 +35,8 @@ def test_task_yaml_loads_in_skypilot(tmp_path, monkeypatch, capsys):
     assert res.accelerators == {"L4": 2} and res.use_spot
     assert task.file_mounts[f"~/llm-wizard-work/spec.toml"] == str(spec)
     assert task.file_mounts["~/llm-wizard-work/data/corpus.txt"] == str(tmp_path / "corpus.txt")
-    assert task.storage_mounts["/llm-wizard-runs"].name == "llm-wizard-llmw-spec"
+    runs = task.storage_mounts["/llm-wizard-runs"]
+    assert runs.name == "llm-wizard-llmw-spec" and runs.mode == sky.StorageMode.MOUNT_CACHED
     assert "train --resume latest" in task.run and '--set "data.path=$HOME/llm-wizard-work/data/corpus.txt"' in task.run
     assert "make -C ~/llm-wizard setup" in task.setup
     assert yaml.safe_load(text)["resources"]["disk_size"] == 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -355,14 +356,20 @@ def sync_cmd(args: argparse.Namespace) -> int:
     if args.method == "bucket" and not (args.bucket or "").startswith("gs://"):
         raise UserError("--method bucket needs --bucket gs://BUCKET/PATH", field="bucket")
     if args.down:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", args.down) or args.down.startswith("."):
+            raise UserError(f"--down takes a run id (as `llm-wizard runs` shows it on the VM) or all, got {args.down!r}",
+                            field="down")
         remote = gcloud.REMOTE_RUNS + ("" if args.down == "all" else f"/{args.down}")
         if not args.dry_run:
             Path(args.dest).mkdir(parents=True, exist_ok=True)
         if args.method == "rsync":
             _do(gcloud.rsync_down(vm, remote, args.dest), args.dry_run)
         elif args.method == "bucket":
-            _do(gcloud.ssh(vm, gcloud.shown(gcloud.storage_rsync(remote, f"{args.bucket}/runs"))), args.dry_run)
-            _do(gcloud.storage_rsync(f"{args.bucket}/runs", args.dest), args.dry_run)
+            # on the VM's shell: `~` must stay unquoted to expand (remote is built from checked parts only)
+            suffix = "" if args.down == "all" else f"/{args.down}"  # the run keeps its folder on both sides
+            up = gcloud.storage_rsync(remote, f"{args.bucket}/runs{suffix}")
+            _do(gcloud.ssh(vm, " ".join([*up[:-1], shlex.quote(up[-1])])), args.dry_run)
+            _do(gcloud.storage_rsync(f"{args.bucket}/runs{suffix}", f"{args.dest}{suffix}"), args.dry_run)
         else:
             _do(gcloud.scp_down(vm, remote, args.dest), args.dry_run)
         return 0
@@ -376,8 +383,8 @@ def sync_cmd(args: argparse.Namespace) -> int:
         elif args.method == "bucket":
             _do(gcloud.storage_rsync(u.local, f"{args.bucket}/{u.remote}") if Path(u.local).is_dir() else
                 ["gcloud", "storage", "cp", u.local, f"{args.bucket}/{u.remote}"], args.dry_run)
-            _do(gcloud.ssh(vm, f"gcloud storage cp --recursive {args.bucket}/{u.remote} {work}/{u.remote}"),
-                args.dry_run)
+            _do(gcloud.ssh(vm, f"gcloud storage cp --recursive {shlex.quote(f'{args.bucket}/{u.remote}')} "
+                                f"{work}/{u.remote}"), args.dry_run)
         else:
             _do(gcloud.scp_up(vm, u.local, f"{work}/{u.remote}"), args.dry_run)
     sets = " ".join(f'--set "{o}"' for o in overrides(items, "$HOME/llm-wizard-work"))

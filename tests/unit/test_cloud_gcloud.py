@@ -223,3 +223,20 @@ def test_create_asks_first_then_runs_the_books_steps_with_argument_lists(tmp_pat
     rec = marker.load("llmw-tiny")
     assert (rec.zone, rec.project, rec.machine_type) == ("us-central1-a", "my-proj-123", "g2-standard-4")
     assert "llm-wizard cloud stop llmw-tiny" in capsys.readouterr().out
+
+
+def test_attach_to_an_ended_run_offers_stop_and_delete_on_a_product_vm(tmp_path, monkeypatch, capsys):
+    from event_helpers import write
+
+    run = tmp_path / "run-1"
+    run.mkdir()
+    (run / "spec.toml").write_text((PRESETS / "tiny.toml").read_text())
+    write(run, [ev.Done(step=3, state="done")])
+    (run / "status.json").write_text(json.dumps({"state": "done", "pid": 1, "step": 3, "updated": 0.0}))
+    monkeypatch.setenv(marker.MARKER_ENV, str(tmp_path / "absent.json"))
+    assert main(["attach", str(run), "--text"]) == 0
+    assert "cloud stop" not in capsys.readouterr().out
+    (tmp_path / "vm.json").write_text(json.dumps({"name": "llmw-test"}))
+    monkeypatch.setenv(marker.MARKER_ENV, str(tmp_path / "vm.json"))
+    assert main(["attach", str(run), "--text"]) == 0
+    assert "llm-wizard cloud stop llmw-test" in " ".join(capsys.readouterr().out.split())

@@ -66,9 +66,10 @@ def enable_api(project: str) -> list[str]:
 
 
 def zones_with(accelerator: str, region: str, project: str) -> list[str]:
-    """The zones of `region` that offer the accelerator, one a line."""
+    """The zones of `region` that offer the accelerator, one a line. The API gives `zone` as a URL (.../zones/
+    us-central1-a): the filter matches its last part either way, the format prints that part alone."""
     return ["gcloud", "compute", "accelerator-types", "list", "--project", project,
-            f"--filter=name={accelerator} AND zone~^{region}-", "--format=value(zone)"]
+            f"--filter=name={accelerator} AND zone~(^|/){region}-[a-z]$", "--format=value(zone.basename())"]
 
 
 def create(vm: Vm, *, machine_type: str, startup_script: str, spot: bool = False, disk_gb: int = DISK_GB,

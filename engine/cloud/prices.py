@@ -45,11 +45,14 @@ class Machine:
         return self.spot if spot else self.on_demand
 
 
+MIB = 2**20
+# Memory as nvidia-smi reports the total (what a run can have, before the CUDA context the estimator adds): an L4
+# sold as 24 GB shows 23,034 MiB.
 GPUS: dict[str, Gpu] = {
-    "l4": Gpu("l4", "nvidia-l4", "L4", "NVIDIA L4", 24 * 2**30),
-    "a100": Gpu("a100", "nvidia-tesla-a100", "A100", "NVIDIA A100-SXM4-40GB", 40 * 2**30),
+    "l4": Gpu("l4", "nvidia-l4", "L4", "NVIDIA L4", 23034 * MIB),
+    "a100": Gpu("a100", "nvidia-tesla-a100", "A100", "NVIDIA A100-SXM4-40GB", 40960 * MIB),
     # Google's documentation: A3 High machine types with 1, 2 or 4 GPUs come as Spot or Flex-start VMs only.
-    "h100": Gpu("h100", "nvidia-h100-80gb", "H100", "NVIDIA H100 80GB HBM3", 80 * 2**30, spot_only_below=8),
+    "h100": Gpu("h100", "nvidia-h100-80gb", "H100", "NVIDIA H100 80GB HBM3", 81559 * MIB, spot_only_below=8),
 }
 
 # (gpu, count, machine type, region, on-demand, spot): accelerator + machine rows of the catalog, summed.

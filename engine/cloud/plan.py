@@ -6,7 +6,8 @@ GPU, the fastest) and FSDP (sharded weights, gradients and states) where DDP doe
 spec asks for it (DeepSpeed is an extra the VM's set-up does not install). The run time is the training FLOPs over
 the machine's throughput at a stated MFU: FLOPs per token as engine/machine/flops.py counts them (6 per trained and
 4 per frozen matmul weight, plus 12 * layers * seq_len * width for attention), peak from the same data-sheet
-table, MFU 0.35 unless told (a fine-tune on one GPU commonly reaches 0.3-0.5; the dashboard measures the real one).
+table, MFU 0.35 unless told (a fine-tune on one GPU commonly reaches 0.3-0.5; the dashboard measures the real one). The
+cost is the run time plus SETUP_SECONDS of set-up at the machine's hourly price.
 The tokens are the spec's: max_steps x tokens per step, else Chinchilla's 20 tokens a parameter for scratch, else
 the local data's size at about 4 bytes a token times the epochs; `--tokens` replaces them.
 """
@@ -21,6 +22,10 @@ from engine.cloud import prices
 from engine.errors import UserError
 
 DEFAULT_MFU = 0.35
+# The VM's first start (the driver install, `make setup`, the model download) is billed like the run; ten minutes is
+# a stated assumption, added to each cost so that a short run is not sent to a big machine for a saving of seconds.
+SETUP_SECONDS = 600
+NEAR_COST = 0.01  # costs this close count as equal when choosing (the set-up minutes differ by machine)
 BYTES_PER_TOKEN = 4  # plain English text under a BPE tokenizer: a stated assumption, shown in the plan
 CHINCHILLA_TOKENS_PER_PARAM = 20
 
@@ -59,7 +64,7 @@ class Plan:
     mfu: float
     tokens_source: str
     options: list[Option]
-    chosen: Option | None  # the cheapest run that fits (the shorter on a tie); spot-only machines only with spot
+    chosen: Option | None  # the cheapest run that fits (within 1%: not tight, then shorter); spot-only ones with spot
     fastest: Option | None
     spot: bool
     prices_date: str = prices.PRICES_DATE
@@ -160,10 +165,16 @@ def plan(spec: Any, *, spec_name: str = "", gpus: tuple[str, ...] = (), count: i
         price = m.price(spot or spot_only)
         options.append(Option(m.gpu, m.count, m.machine_type, m.region, strategy, per_gpu, g.memory_bytes, v, price,
                               spot or spot_only, spot_only, n_tokens, seconds,
-                              None if seconds is None else seconds / 3600 * price))
+                              None if seconds is None else (seconds + SETUP_SECONDS) / 3600 * price))
     fitting = [o for o in options if o.fits and (spot or not o.spot_only)]
-    chosen = min(fitting, key=lambda o: (round(o.cost if o.cost is not None else o.price_hour, 2),
-                                         o.seconds or 0, o.count)) if fitting else None
+    chosen = None
+    if fitting:  # the cheapest; within 1% of it (a few minutes of set-up), a roomier, then a faster machine
+        def money(o: Option) -> float:
+            return o.cost if o.cost is not None else o.price_hour
+
+        least = min(money(o) for o in fitting)
+        near = [o for o in fitting if money(o) <= least * (1 + NEAR_COST)]
+        chosen = min(near, key=lambda o: (o.verdict == "tight", o.seconds or 0, o.count))
     timed = [o for o in fitting if o.seconds is not None]
     fastest = min(timed, key=lambda o: (o.seconds, o.price_hour)) if timed else None
     per_step = base.tokens_per_step(chosen.count if chosen else 1)  # data parallel: each GPU its own batches

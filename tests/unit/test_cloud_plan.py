@@ -48,7 +48,7 @@ def test_three_specs_plan_against_their_estimate(monkeypatch, capsys):
             req = replace(request_from_spec(spec, gpus=c["count"]), strategy=c["strategy"])
             est = estimate(req, gpus=[(i, g.nvml, g.memory_bytes) for i in range(c["count"])], with_suggestions=False)
             assert c["per_gpu_bytes"] == est.total_bytes <= g.memory_bytes, name  # the estimator's own number
-            assert c["cost"] == pytest.approx(c["seconds"] / 3600 * c["price_hour"]), name
+            assert c["cost"] == pytest.approx((c["seconds"] + plan_mod.SETUP_SECONDS) / 3600 * c["price_hour"]), name
             assert p["prices_date"] == prices.PRICES_DATE
             assert p["overrides"] == [f"distributed.num_processes={c['count']}",
                                       f"distributed.strategy={c['strategy']}"]
@@ -79,3 +79,10 @@ def test_spot_only_machines_are_chosen_only_with_spot():
     on_demand = plan_mod.plan(spec, gpus=("h100",), tokens=10**6)
     assert on_demand.chosen is None and all(o.spot_only for o in on_demand.options)
     assert plan_mod.plan(spec, gpus=("h100",), tokens=10**6, spot=True).chosen.spot
+
+
+def test_plan_prints_the_table_the_choice_and_the_commands(capsys):
+    assert main(["cloud", "plan", str(PRESETS / "tiny.toml"), "--gpu", "l4", "--tokens", "1000000"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"prices of {prices.PRICES_DATE}" in out and "chosen: 1x L4 (g2-standard-4" in out
+    assert "gcloud compute instances create llmw-tiny --zone ZONE --project PROJECT --machine-type=g2-standard-4" in out

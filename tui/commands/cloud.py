@@ -219,14 +219,23 @@ def create_cmd(args: argparse.Namespace) -> int:
         render_plan(p)
         raise UserError("no machine in the price table fits this run: see the plan above", field="gpu")
     name = default_name(args)
-    repo = args.repo or default_repo()
+    try:
+        repo = args.repo or default_repo()
+    except UserError:
+        if not args.dry_run:
+            raise
+        repo = "REPO_URL"  # a dry run shows where the URL goes
     c = out()
     price = (f"{o.count}x {o.gpu.upper()} on {o.machine_type} in {o.region}, {'spot' if o.spot else 'on demand'}: "
              f"${o.price_hour:.2f} an hour (prices of {p.prices_date})")
     run_time = f"; the run: about {duration(o.seconds)}" + (f", ${o.cost:,.2f}" if o.cost is not None else "")
     if args.provider == "sky":
         return create_sky(args, spec, p, name, repo, price + run_time)
-    project = args.project or ("PROJECT" if args.dry_run and not _has("gcloud") else tools.default_project())
+    if args.dry_run:  # placeholders for what only gcloud (logged in) can say
+        configured = tools.gcloud_value("core/project") if _has("gcloud") else ""
+        project = args.project or (configured if configured not in ("", "(unset)") else "PROJECT")
+    else:
+        project = args.project or tools.default_project()
     zone = args.zone or ("ZONE" if args.dry_run else "")
     if args.dry_run:
         c.print(f"[dim]{price}{run_time}[/]")
@@ -284,9 +293,9 @@ def create_sky(args: argparse.Namespace, spec: Any, p: Any, name: str, repo: str
         print(f"# {path}:\n{text}")
         print(" ".join(argv))
         return 0
+    tools.find("sky")
     ask(f"Launch {name} through SkyPilot: {price} on Google Cloud (SkyPilot shows the price of the cloud it picks "
         "before it starts). Go on?", args.yes)
-    tools.find("sky")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     marker.save(marker.Record("sky", name, machine_type=f"{o.gpu.upper()}:{o.count}", gpu=o.gpu, count=o.count,

@@ -147,6 +147,10 @@ def startup_script(vm: Vm, *, repo: str, ref: str = "") -> str:
         f"mkdir -p {shlex.quote(MARKER_PATH.rsplit('/', 1)[0])}",
         f"printf '%s\\n' {shlex.quote(marker)} > {MARKER_PATH}",
         f"if [ ! -x {INSTALL_DIR}/.venv/bin/llm-wizard ]; then",
+        "  [ -d /opt/conda/bin ] && export PATH=/opt/conda/bin:$PATH  # the image's Python 3.10",
+        "  # the image installs the driver on the first boot, beside this script: `make setup` picks a CUDA torch",
+        "  # only once nvidia-smi answers, so wait for it (15 minutes at most)",
+        "  for _ in $(seq 1 90); do nvidia-smi -L >/dev/null 2>&1 && break; sleep 10; done",
         "  command -v git >/dev/null || (apt-get update -q && apt-get install -y -q git make rsync)",
         f"  rm -rf {INSTALL_DIR} && git clone {shlex.quote(repo)} {INSTALL_DIR}{checkout}",
         f"  make -C {INSTALL_DIR} setup",  # the README's set-up: a .venv with torch (CUDA build) and the project

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from engine.cloud.marker import vm_hint
 from engine.errors import UserError
 from engine.runfolder import events as ev
 
@@ -156,6 +157,8 @@ class Notifier:
             self.state, self.step = e.state, e.step
             what = {"done": "finished", "failed": f"failed: {self.error or 'see job.log'}",
                     "stopped": "stopped"}.get(e.state, e.state)
+            if (hint := vm_hint()) is not None:  # on a VM `llm-wizard cloud create` made: offer stop/delete
+                what += f"\n{hint}"
             out.append(self.message(e.state if e.state in ("done", "failed", "stopped") else "done", what))
         elif isinstance(e, ev.Alert) and e.kind not in QUIET_KINDS:
             if e.kind == "rollback" and e.checkpoint is not None and e.severity != "error":

@@ -96,10 +96,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             state, step = (status.state, status.step or 0) if status is not None else ("unknown", 0)
             console.print(f"[dim]{run_path.name}: {state} at step {step}[/]")
+            _vm_hint(console, state)
         return 0
     try:
         for event, _ in ev.follow(run_path, batch.offset, live=runfolder.live(run_path), on_skip=skipped):
             show(event)
     except KeyboardInterrupt:
-        pass  # detaching never stops the run
+        return 0  # detaching never stops the run
+    if not args.json:
+        _vm_hint(console, "done")
     return 0
+
+
+def _vm_hint(console: object, state: str) -> None:
+    """On a VM that `llm-wizard cloud create` made, an ended run's last line offers to stop or delete it."""
+    from engine.cloud.marker import vm_hint
+    from engine.runfolder.folder import LIVE_STATES
+
+    if state not in LIVE_STATES and (hint := vm_hint()) is not None:
+        console.print(f"[yellow]{hint}[/]", highlight=False)  # type: ignore[attr-defined]

@@ -178,6 +178,9 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         _check("train", self)
+        low, high = vocabulary.LR_RANGE
+        if not low <= self.lr <= high:
+            raise _bad("train", "lr", f"must be from {low:g} to {high:g}, got {self.lr!r}")
         if self.min_lr_ratio > 1:
             raise _bad("train", "min_lr_ratio", f"must be at most 1, got {self.min_lr_ratio}")
         if self.max_steps == 0 and self.epochs == 0:

@@ -39,6 +39,7 @@ def test_defaults_round_trip_through_toml() -> None:
     ({"eval": "often"}, "eval", "table"),
     ({"wat": 1}, "wat", "unknown"),
     ({"seed": -1}, "seed", "from 0 to 4294967295"),
+    ({"train": {"lr": 1e300}}, "train.lr", "from 1e-10 to 10"),
     ({"seed": 2 ** 32}, "seed", "from 0 to 4294967295"),
 ])
 def test_bad_values_name_the_field(data: dict, field: str, words: str) -> None:

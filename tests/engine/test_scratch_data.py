@@ -52,6 +52,10 @@ def test_the_rows_train_in_their_layout_and_the_tokenizer_learns_the_rendered_te
     assert prep.data.report.format == "alpaca" and prep.data.report.trained_tokens < prep.data.report.tokens
     run = job.create(s, tmp_path / "runs")
     assert Trainer(run, s).run_job() == 0
+    from engine.runfolder.folder import read_events
+
+    metrics = [e for e in read_events(run)[0] if e["type"] == "metrics"]  # N7: the grad norm of every step
+    assert [e["step"] for e in metrics] == [1, 2, 3] and all(e["train/grad_norm"] > 0 for e in metrics), metrics
 
 
 def test_columns_that_name_nothing_are_refused(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Learning rates out of range are refused where the user types them (CLI, dashboard) and again where the job
-applies them, so a stale or hand-written command cannot set inf, nan or 0 (RELIABILITY N9)."""
+applies them, so a stale or hand-written command cannot set inf, nan or 0 (RELIABILITY N8)."""
 
 from __future__ import annotations
 

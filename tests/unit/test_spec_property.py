@@ -1,5 +1,5 @@
 """Any TOML value of any type at any key, in a spec file or through `--set`, gives a valid spec or a one-line
-UserError, never another exception (RELIABILITY C9). A valid spec also writes itself back as TOML that loads
+UserError, never another exception (RELIABILITY M10). A valid spec also writes itself back as TOML that loads
 to the same spec."""
 
 from __future__ import annotations

@@ -31,6 +31,13 @@ def preflight(spec: Any) -> None:
                         "is fine-tuned with technique = \"full\" or \"lora\"", field="model.path")
 
 
+def check_source(source: Any) -> None:
+    """Preference pairs are for dpo and orpo: scratch learns documents, instructions and conversations."""
+    if source.kind != "text" and source.layout().format == "preference":
+        raise UserError("data.format: preference pairs train with technique = \"dpo\" or \"orpo\"; scratch learns "
+                        "text, instructions or conversations", field="data.format")
+
+
 def setup(ctx: SetupContext) -> Prepared:
     from dataclasses import replace
 
@@ -48,13 +55,11 @@ def setup(ctx: SetupContext) -> Prepared:
     prepared = None
     if source.kind == "text":  # text files: one stream cut into blocks
         files = corpus_files(ctx)
-        tokenizer = _tokenizer(ctx, files)
+        tokenizer = tokenizer_for(spec, files, progress=ctx.progress, should_stop=ctx.should_stop)
         data, fingerprint = text_blocks(ctx, files, tokenizer)
     else:  # rows in their layout, as every technique reads them (engine/data/prepare.py)
-        if source.layout().format == "preference":
-            raise UserError("data.format: preference pairs train with technique = \"dpo\" or \"orpo\"; scratch "
-                            "learns text, instructions or conversations", field="data.format")
-        tokenizer = _tokenizer(ctx, source.files(), source)
+        check_source(source)
+        tokenizer = tokenizer_for(spec, source.files(), source, progress=ctx.progress, should_stop=ctx.should_stop)
         prepared = source_blocks(ctx, tokenizer)  # the chat template applied: its new tokens are in len(tokenizer)
         data, fingerprint = prepared.blocks, prepared.fingerprint
 
@@ -80,25 +85,27 @@ def setup(ctx: SetupContext) -> Prepared:
                     param_groups=decay_groups(model, spec.train.weight_decay), data_fingerprint=fingerprint)
 
 
-def _tokenizer(ctx: SetupContext, files: list[Path], source: Any = None) -> Any:
-    """tokenizer.path's, else one trained on the text files, or on a source's examples as rendered."""
+def tokenizer_for(spec: Any, files: list[Path], source: Any = None, *, progress: Any = lambda message: None,
+                  should_stop: Any = None) -> Any:
+    """The run's tokenizer: tokenizer.path's, else one trained (and cached) on the text `files`, or on a table
+    `source`'s examples as rendered. `llm-wizard data` opens the same one."""
     from transformers import AutoTokenizer
 
     from engine.data.tokenizer_train import train_tokenizer
 
-    t = ctx.spec.tokenizer
+    t = spec.tokenizer
     if t.path:
         return AutoTokenizer.from_pretrained(t.path)
     if source is None:
-        ctx.progress(f"training a {t.kind} tokenizer on {len(files)} file(s)")
+        progress(f"training a {t.kind} tokenizer on {len(files)} file(s)")
         return train_tokenizer(files, t.kind, t.vocab_size)
     from engine.data.example_file import source_fingerprint
     from engine.data.prepare import rendered_texts
 
-    ctx.progress(f"training a {t.kind} tokenizer on the examples of {source.path}")
-    return train_tokenizer(files, t.kind, t.vocab_size, should_stop=ctx.should_stop,
-                           texts=lambda: rendered_texts(source, ctx.should_stop),
-                           corpus_key="examples:" + source_fingerprint(source, ctx.should_stop))
+    progress(f"training a {t.kind} tokenizer on the examples of {source.path}")
+    return train_tokenizer(files, t.kind, t.vocab_size, should_stop=should_stop,
+                           texts=lambda: rendered_texts(source, should_stop),
+                           corpus_key="examples:" + source_fingerprint(source, should_stop))
 
 
 def loss(prep: Prepared, batch: Any) -> Any:

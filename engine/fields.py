@@ -1,5 +1,6 @@
 """Typed settings fields: help text, accepted names and number ranges in each field's metadata, checked in one
-place; unknown keys refused with a "did you mean"; `section.key=value` overrides; values written as TOML.
+place; unknown keys refused with a "did you mean"; a value of the wrong type or a TOML date/time refused in one
+line; `section.key=value` overrides; values written as TOML that reads back.
 
 Generic over any dataclass of settings (the run spec's sections in engine/spec.py are the ones there are).
 """

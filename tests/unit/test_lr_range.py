@@ -66,6 +66,7 @@ def cli(argv: list[str]) -> argparse.Namespace:
     (["r", "lr", "nan"], "must be a number above 0, got nan"),
     (["r", "lr", "--value", "inf"], "must be from 1e-10 to 10"),
     (["r", "rescue", "--factor", "-1"], "--factor multiplies"),
+    (["r", "rescue", "--steps", "0"], "--steps: a whole number from 1 up"),
 ])
 def test_the_cli_refuses_factors_and_values_out_of_range(argv: list[str], words: str) -> None:
     from tui.commands import control

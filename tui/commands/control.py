@@ -59,6 +59,9 @@ def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]
             flag = {"lr_factor": "--lr-factor", "factor": "the factor" if cmd == "set_lr" else "--factor"}[key]
             raise UserError(f"{flag} multiplies the learning rate: it must be a number above 0, got {extra[key]:g}",
                             field=key)
+    for key, low in (("steps", 1), ("back", 0)):
+        if key in extra and extra[key] < low:
+            raise UserError(f"--{key}: a whole number from {low} up, got {extra[key]}", field=key)
     if "value" in extra and (why := lr_problem(extra["value"])):
         raise UserError(f"--value: {why}", field="value")
     return cmd, extra

@@ -7,7 +7,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from dataclasses import fields
+import dataclasses
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -24,6 +25,20 @@ names = st.text(min_size=1, max_size=6)
 keys = st.sampled_from(KNOWN + UNKNOWN) | st.lists(names, min_size=1, max_size=3) \
     | st.tuples(st.sampled_from([*spec.SECTIONS, "options"]), names).map(list)
 
+
+def _good() -> list[tuple[list[str], object]]:
+    """Values each known key takes (its default, each of its choices): mixed in, so valid specs are written back."""
+    out: list[tuple[list[str], object]] = []
+    for key in KNOWN:
+        cls = spec.RunSpec if len(key) == 1 else spec.SECTIONS[key[0]]
+        f = next(f for f in fields(cls) if f.name == key[-1])
+        if f.default is not MISSING and not dataclasses.is_dataclass(f.default) and key != ["data", "path"]:
+            out.append((key, f.default))
+        out += [(key, c) for c in f.metadata.get("choices", ())]
+    return out
+
+
+GOOD = _good()
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # TOML strings hold no lone surrogates
 scalars = (text | st.sampled_from(["", "stdlib", "~nobody-here/x", "a/b", "lora", "bf16", "cosine", "auto"])
            | st.integers() | st.integers(min_value=-2, max_value=70_000)
@@ -69,7 +84,7 @@ SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[Heal
 
 
 @SETTINGS
-@given(st.lists(st.tuples(keys, values), min_size=1, max_size=3))
+@given(st.lists(st.tuples(keys, values) | st.sampled_from(GOOD), min_size=1, max_size=3))
 def test_any_value_at_any_key_in_a_spec_file(tmp_path: Path, assignments: list[tuple[list[str], object]]) -> None:
     lines = [".".join(json.dumps(k) for k in key) + " = " + toml(value) for key, value in assignments]
     path = tmp_path / "s.toml"
@@ -78,8 +93,9 @@ def test_any_value_at_any_key_in_a_spec_file(tmp_path: Path, assignments: list[t
 
 
 @SETTINGS
-@given(keys, values | text, st.booleans())
-def test_any_set_override(tmp_path: Path, key: list[str], value: object, raw: bool) -> None:
+@given(st.tuples(keys, values | text) | st.sampled_from(GOOD), st.booleans())
+def test_any_set_override(tmp_path: Path, assignment: tuple[list[str], object], raw: bool) -> None:
+    key, value = assignment
     path = tmp_path / "s.toml"
     path.write_text('seed = 1\nname = "x"\n[train]\nlr = 0.001\nmax_steps = 10\n[options]\nk = 1\n')
     outcome(path, [".".join(key) + "=" + (str(value) if raw else toml(value))])

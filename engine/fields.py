@@ -1,16 +1,19 @@
 """Typed settings fields: help text, accepted names and number ranges in each field's metadata, checked in one
-place; unknown keys refused with a "did you mean"; `section.key=value` overrides; values written as TOML.
+place; unknown keys refused with a "did you mean"; a value of the wrong type or a TOML date/time refused in one
+line; `section.key=value` overrides; values written as TOML that reads back.
 
 Generic over any dataclass of settings (the run spec's sections in engine/spec.py are the ones there are).
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import math
 import json
 import tomllib
 from dataclasses import field, fields
+from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
@@ -61,7 +64,21 @@ def check_keys(where: str, given: dict[str, Any], allowed: list[str], aliases: d
             alias = aliases.get(key)
             hint = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
             tip = f" (did you mean {hint[0]!r}?)" if hint else f"; known: {', '.join(allowed)}"
-            raise UserError(f"{where}{key}: unknown setting{tip}", field=f"{where}{key}")
+            raise UserError(f"{where}{key_text(key)}: unknown setting{tip}", field=f"{where}{key}")
+
+
+def key_text(key: Any) -> str:
+    """A key as a message shows it: bare where TOML allows, else quoted (a newline never splits the line)."""
+    text = str(key)
+    return text if text and all(c.isascii() and (c.isalnum() or c in "-_") for c in text) else toml_string(text)
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a file or folder is there; a name the system cannot even look up (too long, `~nobody`) is not."""
+    try:
+        return Path(path).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def set_value(data: dict[str, Any], assignment: str) -> None:
@@ -73,11 +90,55 @@ def set_value(data: dict[str, Any], assignment: str) -> None:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word is a string
+    parts = [part.strip() for part in key.split(".")]
+    if not all(parts):
+        raise UserError(f"--set {assignment!r}: the key {key.strip()!r} has an empty part; use section.key=value",
+                        field="set")
     node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):  # `train.lr.x=1`: lr holds a number, not a table
+            where = ".".join(parts[:depth + 1])
+            raise UserError(f"--set {key.strip()}: {where} is a value ({node!r}), not a table of settings",
+                            field=where)
     node[parts[-1]] = value
+
+
+def plain_values(value: Any, where: str = "") -> None:
+    """Refuse what TOML can hold but a setting never is: dates and times (quote them to mean text)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            plain_values(v, f"{where}.{key_text(k)}" if where else key_text(k))
+    elif isinstance(value, list):
+        for v in value:
+            plain_values(v, where)
+    elif isinstance(value, (datetime.date, datetime.time)):  # datetime.datetime is a date
+        raise UserError(f"{where}: a date or time ({value.isoformat()}) is not a setting's value; quote it "
+                        f"(\"{value.isoformat()}\") if you mean text", field=where)
+
+
+def coerce_types(section: str, cls: Any, values: dict[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Each value of the typed fields of `cls` checked against its type, in place (an int for a float field
+    becomes a float); a UserError names the field and says what it must be."""
+    types = {f.name: f.type for f in fields(cls)}
+    for key, value in values.items():
+        expect = types.get(key)
+        if key in skip or expect is None:
+            continue
+        if expect == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(section, key, f"must be a number, got {value!r}")
+        if expect == "float" and isinstance(value, int):
+            if abs(value) > 1e300:  # float() of a bigger one overflows
+                raise bad(section, key, f"must be a number of sensible size, got {value}")
+            values[key] = float(value)
+        elif expect == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise bad(section, key, f"must be a whole number, got {value!r}")
+        elif expect == "bool" and not isinstance(value, bool):
+            raise bad(section, key, f"must be true or false, got {value!r}")
+        elif expect == "str" and not isinstance(value, str):
+            raise bad(section, key, f"must be text, got {value!r}")
+        elif expect == "str" and "\0" in value:
+            raise bad(section, key, "must not hold a NUL character")
 
 
 def toml_value(v: Any) -> str:
@@ -86,9 +147,15 @@ def toml_value(v: Any) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # JSON string escapes are valid TOML basic strings
+        return toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+        return "{ " + ", ".join(f"{toml_string(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes, but characters past U+FFFF kept whole (JSON would write a
+    surrogate pair, which TOML refuses) and DEL escaped (TOML refuses it bare)."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")

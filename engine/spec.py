@@ -21,6 +21,7 @@ from typing import Any
 from engine import vocabulary
 from engine.errors import UserError
 from engine.fields import bad as _bad, check as _check, check_keys as _check_keys, choice as _choice, setting as _f
+from engine.fields import coerce_types as _coerce_types, exists as _exists, key_text as _key_text, plain_values as _plain_values
 from engine.fields import set_value, toml_value as _toml_value  # noqa: F401 (set_value: spec.set_value for callers)
 
 # The names a setting takes are engine/vocabulary.py's; the spec accepts those the run engine trains.
@@ -40,6 +41,7 @@ CONSENT_FIELDS = ("trust_remote_code", "revision", "code_sha256", "allow_pickle_
 # schedule's length and shape, threads, and the guards; the batch finder's choice is in the checkpoint.
 VOLATILE_TRAIN = ("threads", "max_steps", "epochs", "lr", "schedule", "warmup_steps", "min_lr_ratio", "find_batch",
                   "nonfinite_patience", "spike_patience", "spike_skip", "auto_rollback", "auto_rollback_max")
+MAX_SEED = 2 ** 32 - 1  # what every seeded library takes (numpy's legacy seed is the narrowest)
 DEFAULT_TEMPLATE = "### Prompt:\n{prompt}\n### Response:\n{response}"
 
 
@@ -118,7 +120,7 @@ class DataSpec:
         if self.format == "hub":
             if self.path.startswith((".", "/", "~")) or self.path.count("/") > 1:
                 raise _bad("data", "path", f"a Hub dataset id looks like 'owner/name', got {self.path!r}")
-        elif self.path != STDLIB and not Path(self.path).expanduser().exists():
+        elif self.path != STDLIB and not _exists(self.path):
             hint = " (for a Hub dataset set data.format = \"hub\")" if self.path.count("/") == 1 else ""
             raise _bad("data", "path", f"file or folder not found: {self.path}{hint}")
         if self.val_fraction >= 0.5:
@@ -176,6 +178,9 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         _check("train", self)
+        low, high = vocabulary.LR_RANGE
+        if not low <= self.lr <= high:
+            raise _bad("train", "lr", f"must be from {low:g} to {high:g}, got {self.lr!r}")
         if self.min_lr_ratio > 1:
             raise _bad("train", "min_lr_ratio", f"must be at most 1, got {self.min_lr_ratio}")
         if self.max_steps == 0 and self.epochs == 0:
@@ -301,8 +306,8 @@ class RunSpec:
         _choice("", self, "technique", TECHNIQUES)  # its sections check themselves
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
             raise UserError(f"name: use letters, digits, '-', '_' or '.', got {self.name!r}", field="name")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise UserError(f"seed: must be an integer, got {self.seed!r}", field="seed")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed: must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}", field="seed")
         if self.train.find_batch == "on" and self.distributed.num_processes > 1:
             # each rank would probe on its own while DDP's backward waits for all of them
             raise UserError("train.find_batch: the batch finder runs in one process only; with several set "
@@ -344,33 +349,25 @@ SECTIONS: dict[str, type] = {
 def _coerce(section: str, cls: type, values: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
     if section == "data":  # the former settings, read as today's
-        if values.get("format") in vocabulary.FORMER_DATA_FORMATS:
+        if isinstance(values.get("format"), str) and values["format"] in vocabulary.FORMER_DATA_FORMATS:
             values["format"] = vocabulary.FORMER_DATA_FORMATS[values["format"]]
         if "mask_prompt" in values:
             if values.pop("mask_prompt") is False:
                 values["train_on"] = "all"
     _check_keys(f"{section}.", values, names, vocabulary.FOREIGN_NAMES)
-    types = {f.name: f.type for f in fields(cls)}
     if section == "train" and isinstance(values.get("find_batch"), bool):
         values["find_batch"] = "on" if values["find_batch"] else "off"  # `find_batch = true` reads as on
-    for key, value in values.items():
-        expect = types[key]
-        if expect == "float" and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
-        elif expect == "int" and not (isinstance(value, int) and not isinstance(value, bool)):
-            raise _bad(section, key, f"must be a whole number, got {value!r}")
-        elif expect == "bool" and not isinstance(value, bool):
-            raise _bad(section, key, f"must be true or false, got {value!r}")
-        elif expect == "str" and not isinstance(value, str):
-            raise _bad(section, key, f"must be text, got {value!r}")
+    _coerce_types(section, cls, values)
     return cls(**values)
 
 
 def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
     """Build and validate a spec; relative data/model/tokenizer paths are taken from `base_dir`."""
-    data = json.loads(json.dumps(data))  # a deep copy that also rejects non-JSON values early
+    _plain_values(data)  # a TOML date or time is no setting's value
+    data = json.loads(json.dumps(data))  # a deep copy
     top = [f.name for f in fields(RunSpec)]
     _check_keys("", data, top, vocabulary.FOREIGN_NAMES)
+    _coerce_types("", RunSpec, data, skip=(*SECTIONS, "options"))
     train = data.setdefault("train", {})
     if isinstance(train, dict) and isinstance(data.get("technique"), str):
         for k, v in TECHNIQUE_DEFAULTS.get(data["technique"], {}).items():
@@ -383,8 +380,8 @@ def from_dict(data: dict[str, Any], *, base_dir: Path | None = None) -> RunSpec:
             if base_dir is not None:
                 for pkey in ("path",):
                     p = value.get(pkey)
-                    if isinstance(p, str) and p and p != STDLIB and not Path(p).expanduser().is_absolute() \
-                            and (key != "model" or (base_dir / p).exists()) \
+                    if isinstance(p, str) and p and p != STDLIB and not p.startswith(("/", "~")) \
+                            and (key != "model" or _exists(base_dir / p)) \
                             and not (key == "data" and value.get("format") == "hub"):  # a Hub id, not a path
                         value[pkey] = str((base_dir / p).resolve())
             kwargs[key] = _coerce(key, SECTIONS[key], value)
@@ -433,7 +430,7 @@ def to_toml(spec: RunSpec) -> str:
         lines += ["", f"[{name}]"]
         emit(getattr(spec, name))
     if spec.options:
-        lines += ["", "[options]"] + [f"{k} = {_toml_value(v)}" for k, v in spec.options.items()]
+        lines += ["", "[options]"] + [f"{_key_text(k)} = {_toml_value(v)}" for k, v in spec.options.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -136,3 +136,15 @@ def help_of(values: tuple[Name, ...], name: str) -> str:
 FINAL_CHOICES = ("last", "best")
 TRACKERS = ("wandb", "mlflow", "trackio")
 NOTIFY_SEVERITIES = ("error", "warning", "info", "none")
+
+# The learning rates a run accepts, in the spec and from a live command (`control lr`, rescue, the dashboard): no
+# optimizer here learns at 10 or above, and below 1e-10 a step changes nothing an fp32 weight can hold.
+LR_RANGE = (1e-10, 10.0)
+
+
+def lr_problem(lr: float, what: str = "the learning rate") -> str | None:
+    """Why `lr` is no learning rate a run takes (with the allowed range), or None when it is one."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        return f"not a learning rate: {lr!r}"
+    low, high = LR_RANGE
+    return None if low <= lr <= high else f"{what} would be {lr:.3g}: it must be from {low:g} to {high:g}"

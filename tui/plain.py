@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from engine.errors import UserError
 from tui.output import human_bytes, out
 from tui.wizard import Choices, apply_changes, estimate_request, settle, spec_dict, train_command
 
+NO_INPUT = "no terminal input: pass a spec to train (`llm-wizard train SPEC.toml`), or run with a terminal"
 STEPS_CHOICES = ("50", "100", "200", "500", "1000", "2000", "5000", "10000")
 
 
@@ -22,22 +24,34 @@ class Prompts:
     def select(self, message: str, choices: list[Any], default: Any = None) -> Any:
         import questionary
 
+        self._check_input()
         return self._ask(questionary.select(message, choices=choices, default=default, **self.session))
 
     def text(self, message: str, default: str = "", validate: Any = None) -> str:
         import questionary
 
+        self._check_input()
         return self._ask(questionary.text(message, default=default, validate=validate, **self.session))
 
     def confirm(self, message: str, default: bool = True) -> bool:
         import questionary
 
+        self._check_input()
         return self._ask(questionary.confirm(message, default=default, **self.session))
+
+    def _check_input(self) -> None:
+        """No standard input at all (closed): prompt_toolkit would fail on it with an AttributeError."""
+        import sys
+
+        if "input" not in self.session and (sys.stdin is None or sys.stdin.closed):
+            raise UserError(NO_INPUT, field="plain")
 
     @staticmethod
     def _ask(question: Any) -> Any:
-        answer = question.unsafe_ask()  # Ctrl-C raises KeyboardInterrupt: the CLI exits 130
-        return answer
+        try:
+            return question.unsafe_ask()  # Ctrl-C raises KeyboardInterrupt: the CLI exits 130
+        except EOFError:  # input ended (/dev/null, a pipe run dry) before an answer
+            raise UserError(NO_INPUT, field="plain") from None
 
 
 def _check_model(value: str) -> bool | str:
@@ -183,6 +197,8 @@ def run_plain(*, runs_dir: str | None = None, prompts: Prompts | None = None, cw
     from tui.techniques import BY_KEY, TECHNIQUES, recommend
 
     ask = prompts or Prompts()
+    if isinstance(ask, Prompts):
+        ask._check_input()  # before the hardware report, not after it
     console = out()
     report = probe(runs=runs_dir)
     render(report)

@@ -15,7 +15,7 @@ because they come from the same cached files and the same packing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -289,6 +289,34 @@ def first_shown(source: DataSource, tokenizer: Any, n: int) -> list[Shown]:
         raise UserError(f"{items[exc.index].where}: {exc}", field="data.template") from None
     special_ids = _special_ids(tokenizer)
     return [_shown(e.ids.tolist(), e.mask.astype(int).tolist(), tokenizer, special_ids) for e in encoded]
+
+
+def rendered_texts(source: DataSource, should_stop: Callable[[], bool] | None = None) -> Iterator[str]:
+    """Every example's text as training renders it, for training a tokenizer on what the model will read: a
+    document's text; a conversation through the source's chat template as a new tokenizer takes it (the plain
+    layout unless data.template names one). Bad rows raise UserError naming file:line (or are skipped, per
+    data.on_bad_row); should_stop() raises PreparationStopped."""
+    from engine.data.corpus import PreparationStopped
+    from engine.data.formats import Document
+    from engine.data.render import Renderer, RenderError
+    from engine.data.sources import iter_items
+    from engine.data.tokenizer_train import train_tokenizer
+    from engine.errors import UserError
+
+    vehicle = train_tokenizer([], "byte", 0)  # no chat template of its own: a new tokenizer's view
+    template, _ = apply_template(source, vehicle)
+    renderer = Renderer(vehicle, template or chat_templates.resolve("plain", vehicle), source.train_on)
+    for item in iter_items(source):
+        if should_stop is not None and should_stop():
+            raise PreparationStopped(f"stopped while reading {source.path} to train the tokenizer")
+        value = item.value
+        if isinstance(value, Document):
+            yield value.text
+            continue
+        try:
+            yield renderer.render(value.messages, value.tools)[0]  # type: ignore[union-attr]
+        except RenderError as exc:
+            raise UserError(f"{item.where}: {exc}", field="data.template") from None
 
 
 def _special_ids(tokenizer: Any) -> set[int]:

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -58,7 +58,7 @@ def _texts(files: Sequence[Path], should_stop: Callable[[], bool] | None) -> Ite
             yield text
 
 
-def _bpe(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:
+def _bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -72,7 +72,7 @@ def _bpe(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool]
     )
     # The words are counted as the text streams in (should_stop is polled per piece); the merges
     # that follow run in Rust and cannot be interrupted.
-    tok.train_from_iterator(_texts(files, should_stop), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
 
@@ -122,12 +122,12 @@ def is_byte_tokenizer(tokenizer: object) -> bool:
     return to_str is not None and encoding_rules(to_str()) == encoding_rules(_byte_json())
 
 
-def _char(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool] | None = None) -> Tokenizer:
+def _char(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """The book's listing 5.1: one token per character, the most frequent first; rarer ones -> <unk>."""
     from tokenizers import Tokenizer, decoders, models
 
     counts: Counter[str] = Counter()
-    for text in _texts(files, should_stop):
+    for text in texts:
         counts.update(text)
     # Ties broken by code point, so the vocabulary never depends on file or hash order.
     chars = sorted(counts, key=lambda c: (-counts[c], c))[: vocab_size - 2]
@@ -140,12 +140,13 @@ def _char(files: Sequence[Path], vocab_size: int, should_stop: Callable[[], bool
 
 
 def tokenizer_key(
-    files: Sequence[Path], kind: str, vocab_size: int, should_stop: Callable[[], bool] | None = None
+    files: Sequence[Path], kind: str, vocab_size: int, should_stop: Callable[[], bool] | None = None,
+    corpus_key: str | None = None,
 ) -> str:
     """The cache key: what the trained tokenizer depends on, and nothing else."""
     import tokenizers
 
-    corpus = "" if kind == "byte" else corpus_fingerprint(files, should_stop)
+    corpus = "" if kind == "byte" else corpus_key or corpus_fingerprint(files, should_stop)
     size = 0 if kind == "byte" else vocab_size
     text = f"v{FORMAT_VERSION}|{kind}|{size}|{corpus}|tokenizers {tokenizers.__version__}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
@@ -179,6 +180,8 @@ def train_tokenizer(
     out_dir: Path | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
+    texts: Callable[[], Iterable[str]] | None = None,
+    corpus_key: str | None = None,
 ) -> PreTrainedTokenizerFast:
     """A tokenizer for `files`, trained once per (corpus, kind, vocab_size) and then read from the cache.
 
@@ -186,19 +189,21 @@ def train_tokenizer(
     need them); "byte" is the fixed 257-token byte vocabulary (vocab_size is ignored); "char" keeps
     the vocab_size - 2 most frequent characters plus eos and <unk>. With `out_dir` the tokenizer is
     also saved there with save_pretrained. `should_stop` is polled while the text is read and,
-    when true, PreparationStopped is raised with nothing cached.
+    when true, PreparationStopped is raised with nothing cached. `texts` and `corpus_key`: train on these
+    texts instead of the files' (a table's rows as the data path renders them), cached under that key.
     """
     from transformers import AutoTokenizer
 
     _check_args(kind, vocab_size)
     files = [Path(f) for f in files]
-    key = tokenizer_key(files, kind, vocab_size, should_stop)
+    key = tokenizer_key(files, kind, vocab_size, should_stop, corpus_key)
     target = cache_dir() / "tokenizers" / key
     if not (target / META_FILE).exists():
+        stream = texts() if texts is not None else _texts(files, should_stop)
         if kind == "bpe":
-            tok = _bpe(files, vocab_size, should_stop)
+            tok = _bpe(stream, vocab_size)
         elif kind == "char":
-            tok = _char(files, vocab_size, should_stop)
+            tok = _char(stream, vocab_size)
         else:
             tok = _byte()
         meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key}

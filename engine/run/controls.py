@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.errors import UserError
 from engine.runfolder import events as ev
+from engine.vocabulary import lr_problem
 from engine.runfolder import folder as runfolder
 
 if TYPE_CHECKING:
@@ -93,7 +94,15 @@ class LRSchedule:
 
     def set_value(self, lr: float, step: int) -> None:
         """Make the next step's LR `lr` by choosing the multiplier; the schedule goes on from there."""
+        if self.factor(step) <= 0:  # a schedule ending at 0 (min_lr_ratio = 0): no multiplier gives lr
+            raise UserError(f"the schedule's LR is 0 at step {step}: set_lr can only multiply it here")
         self.multiplier = lr / (self.base_lrs[0] * self.factor(step))
+
+    def problem(self) -> str | None:
+        """Why the schedule's peak LR (base x multiplier; every step's LR is at most that) is out of
+        vocabulary.LR_RANGE, with the range, or None."""
+        return next(filter(None, (lr_problem(b * self.multiplier, "the peak learning rate")
+                                  for b in self.base_lrs if b > 0)), None)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +139,18 @@ def _number(cmd: dict[str, Any], key: str, default: float | None = None, *, posi
             or (positive and value <= 0):
         raise UserError(f"{key} must be a positive number, got {value!r}")
     return float(value)
+
+
+def _scaled(trainer: Steerable, factor: float | None, what: str) -> str:
+    """Multiply the LR by `factor` after a rollback, unless that leaves LR_RANGE; "" or what was not done."""
+    s = trainer.schedule
+    if factor is None:
+        return ""
+    before, s.multiplier = s.multiplier, s.multiplier * factor
+    if (why := s.problem()) is None:
+        return ""
+    s.multiplier = before
+    return f"; {what} x{factor:g} not applied: {why}"
 
 
 class CommandInbox(runfolder.CommandReader):
@@ -246,10 +267,14 @@ def _execute(trainer: Steerable, cmd: dict[str, Any]) -> dict[str, Any]:
             factor, value = _number(cmd, "factor"), _number(cmd, "value")
             if (factor is None) == (value is None):
                 raise UserError("set_lr needs exactly one of factor or value")
+            before = s.multiplier
             if value is not None:
                 s.set_value(value, trainer.step)
             else:
                 s.multiplier *= factor  # type: ignore[operator]
+            if (why := s.problem()) is not None:  # a stale or hand-written command too
+                s.multiplier = before
+                raise UserError(f"{why}; the LR stays {s.lrs(trainer.step)[0]:.3g}")
             if s.rescue_until is not None:  # a manual change ends a rescue: the user's number wins
                 s.rescue_until = s.rescue_restore = None
             lr = s.lrs(trainer.step)[0]
@@ -264,9 +289,8 @@ def _execute(trainer: Steerable, cmd: dict[str, Any]) -> dict[str, Any]:
             target = checkpoint.find(trainer.run, ref)
             factor = _number(cmd, "lr_factor")
             trainer.rollback(target)
-            if factor:
-                trainer.schedule.multiplier *= factor
-            return {"ok": True, "message": f"rolled back to {target.name}; now on branch {trainer.branch}",
+            note = _scaled(trainer, factor, "lr_factor")
+            return {"ok": True, "message": f"rolled back to {target.name}; now on branch {trainer.branch}{note}",
                     "checkpoint": target.name, "branch": trainer.branch, "multiplier": trainer.schedule.multiplier}
         if name == "rescue":
             from engine.checkpoints import store as checkpoint
@@ -283,8 +307,11 @@ def _execute(trainer: Steerable, cmd: dict[str, Any]) -> dict[str, Any]:
             target = before[0] if before else history[-1]  # newest far enough back, else the oldest
             trainer.rollback(target)
             s = trainer.schedule
-            s.rescue_restore, s.multiplier = s.multiplier, s.multiplier * factor  # type: ignore[operator]
-            s.rescue_until = target.step + steps
+            restore, note = s.multiplier, _scaled(trainer, factor, "the rescue factor")
+            if note:
+                return {"ok": False, "message": f"rescue: back to {target.name}{note}", "checkpoint": target.name,
+                        "branch": trainer.branch, "multiplier": s.multiplier}
+            s.rescue_restore, s.rescue_until = restore, target.step + steps
             return {"ok": True, "message": f"rescue: back to {target.name}, learning rate x{factor:g} until step "
                     f"{s.rescue_until}, then restored", "checkpoint": target.name, "branch": trainer.branch,
                     "until": s.rescue_until, "multiplier": s.multiplier}

@@ -75,12 +75,23 @@ class Prepared:
         return total, trainable
 
 
+def check_options(options: dict[str, Any], known: list[str], technique: str, hint: str = "") -> None:
+    """Refuse an [options] key the technique does not read: a UserError naming it, a close known key ("did you
+    mean"), and every key it knows (or that it takes none, with `hint` saying where such settings go)."""
+    import difflib
+
+    for key in options:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        mean = f" (did you mean {close[0]!r}?)" if close else ""
+        valid = f"known: {', '.join(known)}" if known else f"{technique} takes no options{hint}"
+        raise UserError(f"options.{key}: unknown for {technique}{mean}; {valid}", field=f"options.{key}")
+
+
 def with_defaults(spec: Any, defaults: dict[str, Any], technique: str) -> dict[str, Any]:
     """spec.options over the technique's `defaults`; an unknown key is a UserError naming the known ones."""
-    unknown = sorted(set(spec.options) - set(defaults))
-    if unknown:
-        raise UserError(f"options.{unknown[0]}: unknown for {technique}; known: {', '.join(defaults)}",
-                        field=f"options.{unknown[0]}")
+    check_options(spec.options, list(defaults), technique)
     return {**defaults, **spec.options}
 
 

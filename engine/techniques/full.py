@@ -16,10 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UserError
 from engine.techniques import lora
 from engine.techniques.base import (
-    Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model,
+    Prepared, SetupContext, check_options, decay_groups, load_whole_model, save_whole_model,
 )
 from engine.models.pretrained import load_config
 
@@ -28,10 +27,7 @@ from engine.models.pretrained import load_config
 def preflight(spec: Any) -> None:
     """Before launch (and again in setup): the full fine-tune has no options, so any given is a mistake;
     the model must be found (its config is read, no weights)."""
-    if spec.options:
-        key = next(iter(spec.options))
-        raise UserError(f"options.{key}: the full fine-tune takes no options (LoRA's need technique = \"lora\")",
-                        field=f"options.{key}")
+    check_options(spec.options, [], "full", " (LoRA's need technique = \"lora\")")
     load_config(spec.model.path, "model.path", spec.model)
 
 

@@ -16,13 +16,12 @@ Options: lora_rank (16), lora_alpha (2 x rank), lora_dropout (0.05), lora_target
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any
 
 from engine.errors import UserError
-from engine.techniques.base import Prepared, SetupContext
+from engine.techniques.base import Prepared, SetupContext, check_options
 from engine.models.pretrained import load_config, load_tokenizer, load_weights, unwrap
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's own file name, so a checkpoint is a peft folder too
@@ -34,11 +33,7 @@ DEFAULTS: dict[str, Any] = {"lora_rank": 16, "lora_alpha": None, "lora_dropout":
 
 def options(spec: Any, technique: str = "lora") -> dict[str, Any]:
     """The LoRA options with defaults, validated (a UserError names the bad one)."""
-    for key in spec.options:
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(DEFAULTS)}"
-            raise UserError(f"options.{key}: unknown for {technique}{hint}", field=f"options.{key}")
+    check_options(spec.options, list(DEFAULTS), technique)
     o = {**DEFAULTS, **spec.options}
     rank = o["lora_rank"]
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 4096:

@@ -36,6 +36,11 @@ def options(spec: Any) -> dict[str, Any]:
     return opts
 
 
+def preflight(spec: Any) -> None:
+    """Before launch (`llm-wizard train`, the wizard): the options, unknown keys refused."""
+    options(spec)
+
+
 def experts_of(config: Any) -> tuple[int, int]:
     """(experts per MoE layer, experts each token is routed to); (0, 0) for a dense model."""
     n = next((getattr(config, k) for k in ("num_local_experts", "num_experts", "n_routed_experts")

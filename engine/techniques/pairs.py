@@ -20,7 +20,7 @@ from typing import Any
 from engine.errors import UserError
 from engine.models.pretrained import load_config, unwrap
 from engine.techniques import lora
-from engine.techniques.base import Prepared, SetupContext, decay_groups, load_whole_model, save_whole_model
+from engine.techniques.base import Prepared, SetupContext, check_options, decay_groups, load_whole_model, save_whole_model
 
 FINETUNING = ("lora", "qlora", "full")
 METRIC_NAMES = ("pref/reward_chosen", "pref/reward_rejected", "pref/accuracy")
@@ -30,10 +30,7 @@ def split_options(spec: Any, technique: str, defaults: dict[str, Any]) -> tuple[
     """(this technique's options with defaults, a spec view for the finetuning's own code: technique = the
     finetuning, options = LoRA's only). An unknown option, or a LoRA option on a full fine-tune, is refused."""
     own = {"finetuning": "lora", **defaults}
-    unknown = sorted(k for k in spec.options if k not in own and k not in lora.DEFAULTS)
-    if unknown:
-        raise UserError(f"options.{unknown[0]}: unknown for {technique}; known: {', '.join([*own, *lora.DEFAULTS])}",
-                        field=f"options.{unknown[0]}")
+    check_options(spec.options, [*own, *lora.DEFAULTS], technique)
     opts = {**own, **{k: v for k, v in spec.options.items() if k in own}}
     if opts["finetuning"] not in FINETUNING:
         raise UserError(f"options.finetuning: {opts['finetuning']!r} is not one of {', '.join(FINETUNING)}",

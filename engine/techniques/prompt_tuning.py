@@ -36,6 +36,11 @@ def options(spec: Any) -> dict[str, Any]:
     return opts
 
 
+def preflight(spec: Any) -> None:
+    """Before launch (`llm-wizard train`, the wizard): the options, unknown keys refused."""
+    options(spec)
+
+
 def build(spec: Any, base: Any, tokenizer: Any) -> Any:
     """The peft model: `base` frozen, with the virtual tokens in front."""
     from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model

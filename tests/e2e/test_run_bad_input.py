@@ -50,6 +50,9 @@ def test_bad_data_file_exits_2_before_any_run_folder(tmp_path: Path, capsys: pyt
     ("[train]\nlearning_rate = 0.1\n", "did you mean"),
     ("technique = 'magic'\n", "technique: unknown value 'magic'"),
     ("[data]\npath = 'missing.txt'\n", "data.path: file or folder not found"),
+    ("seed = -1\n", "seed: must be a whole number from 0 to 4294967295"),  # M10: ranges said at load
+    ("seed = 2024-01-01\n", "seed: a date or time (2024-01-01) is not a setting's value"),
+    ("[options]\nlora_rank = 4\n", "options.lora_rank: unknown for scratch; scratch takes no options"),  # M9
 ])
 def test_wrong_spec_field_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture, text: str,
                                             words: str) -> None:

@@ -325,3 +325,15 @@ def test_L5_control_cli_says_queued_with_the_id_and_a_retry_by_id_gets_the_answe
     child.wait()
     err = " ".join(capsys.readouterr().err.split())
     assert "ended (state: crashed) before acknowledging pause" in err and "does not execute" in err
+
+
+def test_N8_a_set_lr_past_the_range_is_refused_by_the_job_and_the_lr_kept(base, tmp_path: Path) -> None:
+    """Commands written to commands.jsonl past the CLI's check (a script, a stale line): two x1e300 once gave
+    "learning rate now inf"; the job refuses each with the range and the next step trains at the same LR."""
+    t = _resumed(base, tmp_path)
+    before = t.schedule.lrs(t.step)[0]
+    acks = _boundary(t, ("set_lr", {"factor": 1e300}), ("set_lr", {"factor": 1e300}), ("set_lr", {"value": 20.0}))
+    assert [a["ok"] for a in acks] == [False, False, False]
+    assert all("must be from 1e-10 to 10" in a["message"] for a in acks), acks
+    assert t.schedule.multiplier == 1.0 and t.schedule.lrs(t.step)[0] == before
+    assert t._train_step() and 0 < t.optimizer.param_groups[0]["lr"] <= before  # the schedule's own next LR

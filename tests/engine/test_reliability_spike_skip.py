@@ -295,3 +295,35 @@ def test_N4_an_armed_skip_adds_no_sync_between_logs(tmp_path: Path, monkeypatch:
     quiet = [k for k in range(70) if k % LOG_EVERY]
     assert {k: counts[k] for k in quiet} == {k: 0 for k in quiet}
     assert counts[65] > 0  # the read that found it
+
+
+@pytest.mark.parametrize("window", ["restored", "control-dropped"])
+def test_N6_the_detector_window_survives_a_real_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       window: str) -> None:
+    """A run stopped at step 12 and resumed (`train --resume` in this process): a spike two steps later is skipped as
+    in an uninterrupted run, because the window comes back from the checkpoint; control: with the checkpoint's
+    window dropped, the resumed detector is not armed and the same spike trains."""
+    from engine.run.trainer import Trainer
+    from run_helpers import in_process_trainer, stopped_in_process
+
+    s = tiny_spec(make_corpus(tmp_path, lines=400), train={"max_steps": 20}, checkpoint={"every": 4, "keep": 20})
+    run = stopped_in_process(s, tmp_path / "runs", 12)
+    trainer = Trainer(run, s, resume=True)
+    if window == "control-dropped":
+        load = trainer._load
+
+        def load_without_window(info) -> None:
+            load(info)
+            trainer.watchdogs.state = Watchdogs(total_steps=20, warmup_steps=2).state
+            trainer.arm_skip()
+
+        trainer._load = load_without_window
+    monkeypatch.setenv("LLMW_FAULT", "spike@step:14:x50")
+    monkeypatch.setattr(watchdogs, "_fired", set())
+    with in_process_trainer():
+        assert trainer.run_job() == 0
+    spikes = [a for a in alerts(runfolder.read_events(run)[0], "spike") if a["step"] > 12]
+    if window == "restored":
+        assert [(a["step"], a.get("skipped")) for a in spikes] == [(14, 1)], spikes
+    else:
+        assert not any(a.get("skipped") for a in spikes), spikes

@@ -94,6 +94,16 @@ def test_bad_model_input_is_a_clear_error(base, tmp_path: Path, capsys) -> None:
     assert Trainer(run, too_long).run_job() == 2
     assert "seq_len 512 exceeds the model's 128 positions" in _error(run)
 
+    from transformers import AutoTokenizer  # M8: a tokenizer with more tokens than the model has embedding rows
+
+    bigger = AutoTokenizer.from_pretrained(model_dir)
+    bigger.add_tokens([f"<extra{i}>" for i in range(1000)])
+    bigger.save_pretrained(tmp_path / "bigger")
+    mismatched = finetune_spec("full", model_dir, corpus, tokenizer={"path": str(tmp_path / "bigger")})
+    run = job.create(mismatched, tmp_path / "runs")
+    assert Trainer(run, mismatched).run_job() == 2
+    assert "embedding only" in _error(run) and "do not belong together" in _error(run)
+
 
 def test_tiny_preset_runs_on_a_local_model(base, tmp_path: Path) -> None:
     corpus, model_dir = base

@@ -66,3 +66,20 @@ def test_plain_wizard_writes_a_hosted_spec_without_local_training_questions(tmp_
     assert saved.technique == "openai" and saved.data.path == str(data)
     assert saved.options == {"model": hosted_openai.DEFAULTS["model"], "n_epochs": 2}
     hosted_openai.options(saved)
+
+
+def test_plain_without_terminal_input_says_so_and_exits_2(tmp_path) -> None:
+    """stdin at its end (/dev/null) or closed: one line and exit 2, not EOFError or AttributeError."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLM_WIZARD_RUNS": str(tmp_path)}
+    argv = [sys.executable, "-m", "tui.cli", "--plain"]
+    ran = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env),
+           subprocess.Popen(f"exec {' '.join(argv)} 0<&-", shell=True, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=env)]
+    for proc in ran:
+        err = proc.communicate(timeout=120)[1].decode()
+        assert proc.returncode == 2 and "no terminal input: pass a spec to train" in err, err
+        assert "Traceback" not in err

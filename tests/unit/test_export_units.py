@@ -159,8 +159,19 @@ def test_generate_reads_its_prompt_from_an_argument_a_file_or_stdin(tmp_path: Pa
         read_prompt(args("x", str(tmp_path / "p.txt")))
     with pytest.raises(UserError, match="no prompt"):
         read_prompt(args())
-    with pytest.raises(UserError, match="--file .*missing"):
+    with pytest.raises(UserError, match="--prompt-file .*missing"):
         read_prompt(args(file=str(tmp_path / "missing")))
+    monkeypatch.setattr("sys.stdin", io.BytesIO(b"piped"))
+    assert read_prompt(args(file="-")) == "piped"
+    (tmp_path / "big.txt").write_bytes(b"x" * ((1 << 20) + 1))
+    with pytest.raises(UserError, match="over 1 MiB"):
+        read_prompt(args(file=str(tmp_path / "big.txt")))
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        read_prompt(args(file=str(tmp_path / "latin1.txt")))
+    monkeypatch.setattr("sys.stdin", None)
+    with pytest.raises(UserError, match="standard input is closed"):
+        read_prompt(args("-"))
 
 
 def test_a_template_that_cannot_be_translated_is_said_and_left_out(tokenizer) -> None:

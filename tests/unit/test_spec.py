@@ -38,6 +38,9 @@ def test_defaults_round_trip_through_toml() -> None:
     ({"log": {"every": 0}}, "log.every", "positive"),
     ({"eval": "often"}, "eval", "table"),
     ({"wat": 1}, "wat", "unknown"),
+    ({"seed": -1}, "seed", "from 0 to 4294967295"),
+    ({"train": {"lr": 1e300}}, "train.lr", "from 1e-10 to 10"),
+    ({"seed": 2 ** 32}, "seed", "from 0 to 4294967295"),
 ])
 def test_bad_values_name_the_field(data: dict, field: str, words: str) -> None:
     with pytest.raises(UserError) as info:
@@ -52,6 +55,15 @@ def test_relative_paths_are_taken_from_the_spec_folder_and_overrides_apply(tmp_p
     s = spec.load(tmp_path / "s.toml", ["train.max_steps=7", "train.lr=0.01", "name=abc"])
     assert s.data.path == str(tmp_path / "data.txt")
     assert (s.train.max_steps, s.train.lr, s.name) == (7, 0.01, "abc")
+
+
+def test_a_toml_date_or_a_key_under_a_value_is_a_user_error(tmp_path: Path) -> None:
+    (tmp_path / "s.toml").write_text("seed = 2024-01-01\n")
+    with pytest.raises(UserError, match=r"seed: a date or time \(2024-01-01\)"):
+        spec.load(tmp_path / "s.toml")
+    (tmp_path / "s.toml").write_text("[train]\nlr = 0.001\n")
+    with pytest.raises(UserError, match=r"train.lr is a value \(0.001\), not a table"):
+        spec.load(tmp_path / "s.toml", ["train.lr.x=1"])
 
 
 def test_not_toml_is_a_user_error(tmp_path: Path) -> None:

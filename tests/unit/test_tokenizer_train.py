@@ -65,7 +65,7 @@ def test_char_keeps_the_most_frequent_characters(corpus: list[Path]) -> None:
 def test_cached_not_retrained(corpus: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     real = tt._bpe
-    monkeypatch.setattr(tt, "_bpe", lambda files, size, stop: calls.append(size) or real(files, size, stop))
+    monkeypatch.setattr(tt, "_bpe", lambda texts, size: calls.append(size) or real(texts, size))
     first = train_tokenizer(corpus, "bpe", 300)
     second = train_tokenizer(corpus, "bpe", 300)
     assert calls == [300]

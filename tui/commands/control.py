@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 HELP = "steer a running job: pause | resume | save | stop | lr FACTOR | rollback STEP | rescue"
 CHOICES = ("pause", "resume", "save", "stop", "lr", "set_lr", "rollback", "rescue")
@@ -29,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]:
+    """The command and its arguments, each number checked where the user typed it (ranges in the message)."""
     from engine.errors import UserError
+    from engine.vocabulary import lr_problem
 
     cmd, extra = args.cmd, {}
     if cmd in ("lr", "set_lr"):
@@ -45,13 +48,35 @@ def command_args(args: argparse.Namespace) -> tuple[str, dict[str, float | int]]
                             field="value")
         else:
             extra = {"step": int(args.value)}
-        if args.lr_factor:
+        if args.lr_factor is not None:  # 0 is refused below, never dropped
             extra["lr_factor"] = args.lr_factor
     elif cmd == "rescue":
         extra = {k: v for k in ("factor", "steps", "back") if (v := getattr(args, k)) is not None}
     elif args.value is not None:
         raise UserError(f"{cmd} takes no value", field="value")
+    for key in ("factor", "lr_factor"):
+        if key in extra and not (math.isfinite(extra[key]) and extra[key] > 0):
+            flag = {"lr_factor": "--lr-factor", "factor": "the factor" if cmd == "set_lr" else "--factor"}[key]
+            raise UserError(f"{flag} multiplies the learning rate: it must be a number above 0, got {extra[key]:g}",
+                            field=key)
+    for key, low in (("steps", 1), ("back", 0)):
+        if key in extra and extra[key] < low:
+            raise UserError(f"--{key}: a whole number from {low} up, got {extra[key]}", field=key)
+    if "value" in extra and (why := lr_problem(extra["value"])):
+        raise UserError(f"--value: {why}", field="value")
     return cmd, extra
+
+
+def check_lr(cmd: str, extra: dict[str, float | int], lr: float | None) -> None:
+    """The learning rate a factor leads to from the run's current one (status.json), checked against the allowed
+    range before it is sent (an LR of 0, a schedule's end, is left to the job); the job checks the peak LR again
+    when it applies it (a rescue's from its checkpoint's)."""
+    from engine.errors import UserError
+    from engine.vocabulary import lr_problem
+
+    factor = extra.get("factor")
+    if factor is not None and lr and (why := lr_problem(lr * factor)):
+        raise UserError(f"{why} ({lr:.3g} x {factor:g}); {cmd} not sent", field="value")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if status is None or not status.live:
         raise UserError(f"run {run_path.name} is not running (state: {status.state if status else 'unknown'}); "
                         f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
+    check_lr(cmd, extra, status.lr)
     if cmd == "stop" and not args.yes and not _confirmed_stop(run_path):
         error(f"not stopped: run {run_path.name} goes on")
         return 1

@@ -23,29 +23,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_tokenizer(spec: Any, source: Any) -> tuple[Any, str]:
     """The tokenizer the run will use, and a note on where it came from. A fine-tune: the model's (or
-    tokenizer.path). From scratch: the tokenizer the run trains on the data (trained here once and cached,
-    so the run opens the same one); scratch learns plain text only."""
-    from engine.errors import UserError
-
+    tokenizer.path). From scratch: the tokenizer the run trains on the data, on a table's examples as rendered
+    (engine/techniques/scratch.py tokenizer_for: trained here once and cached, so the run opens the same one)."""
     if spec.technique != "scratch":
         from engine.models.pretrained import load_tokenizer
 
         path = spec.tokenizer.path or spec.model.path
         field = "tokenizer.path" if spec.tokenizer.path else "model.path"
         return load_tokenizer(path, field, spec.model), f"the tokenizer of {path}"
-    if source.kind != "text":
-        raise UserError(f"{spec.data.path} holds {source.layout().format} examples, and a model trained from "
-                        "scratch learns plain text (a text file or folder); fine-tune a pretrained model on them "
-                        "(technique = \"full\" or \"lora\")", field="data.path")
+    from engine.techniques import scratch
+
+    scratch.check_source(source)
+    tokenizer = scratch.tokenizer_for(spec, source.files(), None if source.kind == "text" else source)
     if spec.tokenizer.path:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(spec.tokenizer.path), f"the tokenizer of {spec.tokenizer.path}"
-    from engine.data.tokenizer_train import train_tokenizer
-
-    kind = spec.tokenizer.kind
-    return (train_tokenizer(source.files(), kind, spec.tokenizer.vocab_size),
-            f"from scratch: the {kind} tokenizer the run trains on this data (trained once and cached)")
+        return tokenizer, f"the tokenizer of {spec.tokenizer.path}"
+    return tokenizer, (f"from scratch: the {spec.tokenizer.kind} tokenizer the run trains on this data (trained once "
+                       "and cached)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,13 +9,20 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList
 from textual.widgets.option_list import Option
 
+from engine.vocabulary import LR_RANGE, lr_problem
+
 
 def parse_lr(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
         return None
-    return value if 0 < value < 10 else None
+    return None if lr_problem(value) else value
+
+
+def factor_problem(current: float | None, factor: float) -> str | None:
+    """Why x`factor` from the current LR leaves the allowed range (the job checks again), or None."""
+    return lr_problem(current * factor) if current else None
 
 
 class LrModal(ModalScreen[dict[str, float] | None]):
@@ -44,11 +51,16 @@ class LrModal(ModalScreen[dict[str, float] | None]):
             field.display = True
             field.focus()
         else:
-            self.dismiss({"factor": float(event.option.id or 1)})
+            factor = float(event.option.id or 1)
+            if why := factor_problem(self.current, factor):
+                self.query_one("#lr-error", Label).update(why)
+                return
+            self.dismiss({"factor": factor})
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         value = parse_lr(event.value.strip())
         if value is None:
-            self.query_one("#lr-error", Label).update("a number above 0, such as 3e-5")
+            low, high = LR_RANGE
+            self.query_one("#lr-error", Label).update(f"a number from {low:g} to {high:g}, such as 3e-5")
             return
         self.dismiss({"value": value})

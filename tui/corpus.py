@@ -142,8 +142,9 @@ def template_note(tokenizer: Any | None) -> str:
 
 def scratch_refusal(c: Choices, corpus: Corpus) -> str | None:
     if c.technique == "scratch" and corpus.kind != "text":
-        return (f"{corpus.format} examples: a model trained from scratch learns plain text (a text file or folder); "
-                "go back and fine-tune a pretrained model (full or LoRA) on them")
+        return (f"{corpus.format} examples: the wizard trains a model from scratch on plain text (a text file or "
+                "folder); go back and fine-tune a pretrained model (full or LoRA) on them, or write a scratch spec "
+                "and run `llm-wizard train SPEC`, which renders them through a chat template")
     return None
 
 

@@ -21,6 +21,7 @@ from engine.errors import UserError
 from engine.run import escalation as numerics
 from engine.run import held_log
 from engine.run.meter import Interval
+from engine.run.watchdogs import is_oom
 from engine.run.train_state import rng_state, set_rng_state, versions
 from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
@@ -240,13 +241,25 @@ class CheckpointSteps:
     def _resume(self) -> None:
         removed = checkpoint.clean_tmp(self.run)
         notes: list[str] = []
-        target = checkpoint.find_resume(self.run, log=notes.append)
-        if target is None:
-            raise UserError(f"run {self.run.name} has no complete checkpoint to resume from; start it again "
-                            f"with `llm-wizard train {self.run / runfolder.SPEC}`", field="resume")
+        refused: dict[str, str] = {}  # checkpoints whose files verified but did not load, and why
+        while True:
+            target = checkpoint.find_resume(self.run, log=notes.append, skip=lambda c: refused.get(c.name))
+            if target is None:
+                raise UserError(f"run {self.run.name} has no complete checkpoint to resume from"
+                                + (f" ({'; '.join(notes)})" if notes else "")
+                                + f"; start it again with `llm-wizard train {self.run / runfolder.SPEC}`",
+                                field="resume")
+            self.branch = checkpoint.read_branches(self.run)["active"]
+            try:
+                self._load(target)
+                break
+            except UserError:
+                raise  # a different setup, not a damaged checkpoint: the one before it would be refused too
+            except Exception as e:  # noqa: BLE001 - RELIABILITY C14: a file its loader refuses is damage too
+                if is_oom(e):
+                    raise
+                refused[target.name] = f"cannot be loaded: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
         newest = checkpoint.lineage(self.run)
-        self.branch = checkpoint.read_branches(self.run)["active"]
-        self._load(target)
         notes += fingerprint.version_changes(target.path, versions())  # RELIABILITY R9: warn, still load
         if newest and newest[0].name != target.name:
             # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
@@ -319,6 +332,7 @@ class CheckpointSteps:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             summary = self.technique.save(self.prep, tmp, final=True) or {}
+            checkpoint.write_manifest(tmp, name="final", step=self.step)  # read back verified (RELIABILITY C14)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(tmp, final)

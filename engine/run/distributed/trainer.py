@@ -286,6 +286,7 @@ class DistributedTrainer(Trainer):
         self._shards.consolidate(model, tmp, rank=self.rank, tokenizer=self.prep.tokenizer)
         if self.rank:
             return final, {}
+        checkpoint.write_manifest(tmp, name="final", step=self.step)  # read back verified (RELIABILITY C14)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

@@ -255,6 +255,7 @@ def build_token_file(
         "vocab_size": len(tokenizer),
         "n_documents": n_docs,
         "n_files": len(files),
+        "sources": [str(f.resolve()) for f in files[:100]],  # what `llm-wizard cache list` names
         "bytes": total,
         "seconds": round(time.monotonic() - started, 3),
     }

@@ -226,7 +226,8 @@ def train_tokenizer(
             tok = _char(files, vocab_size, should_stop)
         else:
             tok = _byte()
-        meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key}
+        meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key,
+                "sources": [str(f.resolve()) for f in files[:100]]}
         _save(tok, kind, target, meta)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     if out_dir is not None:

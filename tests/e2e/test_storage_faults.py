@@ -1,5 +1,5 @@
-"""A run folder whose storage fails under a live job (RELIABILITY C13): a real tmpfs filled to 0 bytes, and
-remounted read-only. The job pauses holding its state, says so, goes on by itself once the folder takes
+"""A run folder whose storage fails under a live job (RELIABILITY C4, C5, C6, C13): a real tmpfs filled inside a
+save, to 0 bytes, and short of a checkpoint; an ext4 that the kernel turns read-only; a read-only runs folder. The job pauses holding its state, says so, goes on by itself once the folder takes
 writes again and loses nothing; made to exit meanwhile, `runs` names the storage, not the OOM killer.
 
 Needs root to mount (CI runs as root); skipped with the reason where mounting is not permitted."""
@@ -37,9 +37,9 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def fill(folder: Path) -> Path:
-    """Fill `folder`'s file system to 0 free bytes."""
-    path = folder / "filler"
+def fill(folder: Path, leave: int = 0, name: str = "filler") -> Path:
+    """Fill `folder`'s file system to 0 free bytes, then give back `leave` of them."""
+    path = folder / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
         for size in (1 << 20, 1 << 16, 1 << 12, 1):
@@ -48,6 +48,7 @@ def fill(folder: Path) -> Path:
                     os.write(fd, b"\0" * size)
             except OSError as e:
                 assert e.errno == errno.ENOSPC
+        os.ftruncate(fd, max(0, os.fstat(fd).st_size - leave))
     finally:
         os.close(fd)
     return path
@@ -65,26 +66,40 @@ def metric_steps(run: Path) -> list[int]:
     return sorted({e["step"] for e in events(run, "metrics")})
 
 
-def test_C13_disk_filled_to_zero_mid_run_pauses_then_goes_on_losing_nothing(tmp_path: Path, tmpfs: Path) -> None:
-    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 16}, checkpoint={"every": 2, "keep": 2})
+def test_C4_C5_C13_disk_full_inside_a_save_then_to_zero_then_short_of_a_checkpoint_goes_on_losing_nothing(tmp_path: Path,
+                                                                                       tmpfs: Path) -> None:
+    s = tiny_spec(make_corpus(tmp_path), train={"max_steps": 16}, checkpoint={"every": 6, "keep": 2})
     run, pid = launch(s, tmpfs / "runs", step_sleep=0.15)
-    wait_step(run, 3)
-    filler = fill(tmpfs)
+    wait_step(run, 2)
+    # C4: room for status and event lines, not for the first checkpoint (no earlier one to size it by)
+    almost = fill(tmpfs, leave=256 << 10)
+    status = wait_for(lambda: (st := runfolder.read_status(run)).get("state") == "paused" and st, 120, "C4 pause")
+    assert status["message"].startswith("disk full") and "no earlier checkpoint exists" in status["message"], status
+    assert status["step"] == 6 and not list((run / "checkpoints").glob(".tmp-*"))  # its half save removed
+    # C13: then to 0 bytes: the job's own status and event writes fail too
+    rest = fill(tmpfs, name="filler2")
     paused_by_storage(run, "disk full")
-    time.sleep(3)  # the job meets the full disk within a step or two (0.15 s each, a save every second one)
-    stuck = runfolder.read_status(run)["step"]
+    time.sleep(3)  # a retry or two meets the full disk
     assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # alive: it holds its state and waits, not dead on a status write
-    filler.unlink()  # space returns: the held status and events are written, the save retried
+    rest.unlink()
+    almost.unlink()  # space returns: the held status and events are written, the save retried by itself
+    wait_step(run, 8)
+    # C5: less free than the last checkpoint's size: the next save (step 12) waits before writing anything
+    almost = fill(tmpfs, leave=256 << 10)
+    status = wait_for(lambda: (st := runfolder.read_status(run)).get("step") == 12 and st["state"] == "paused" and st,
+                      120, "C5 pause")
+    assert status["message"].startswith("disk nearly full: only"), status
+    assert not list((run / "checkpoints").glob(".tmp-*")) and not (run / "checkpoints" / "step-000012").exists()
+    almost.unlink()
     assert wait_exit(pid, timeout=180) == 0
     status = runfolder.read_status(run)
     assert status["state"] == "done" and status["step"] == 16, status
     assert metric_steps(run) == list(range(1, 17))  # every step's line, held ones included
-    # before the save (no room for it: C5) or inside it (C4), or on a status or event line (C13)
-    assert any(a["kind"] in ("low_disk", "disk_full", "storage") for a in events(run, "alert")), events(run, "alert")
+    assert {a["kind"] for a in events(run, "alert")} == {"disk_full", "low_disk"}
+    assert [e["name"] for e in events(run, "checkpoint")][:1] == ["step-000006"]
     assert any("takes writes again" in e.get("message", "") for e in events(run, "state"))
     log = (run / runfolder.LOG).read_text()
-    assert "paused at step" in log and "full" in log  # the notice held for job.log, written later
-    assert stuck < 16
+    assert "paused at step 6: disk full" in log  # the notice, held for job.log while it could not be written
     for c in ck.list_checkpoints(run, include_invalid=True):
         assert ck.verify(c.path) is None, c.name
 
@@ -138,3 +153,12 @@ def test_C13_folder_turned_read_only_mid_run_pauses_a_stop_says_why_and_a_resume
     assert wait_exit(pid, timeout=180) == 0, runfolder.read_status(run)["message"]
     assert runfolder.read_status(run)["state"] == "done"
     assert metric_steps(run)[-1] == 40
+
+
+def test_C6_a_read_only_runs_folder_is_refused_before_anything_heavy(tmpfs: Path) -> None:
+    from engine.errors import UserError
+
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    with pytest.raises(UserError, match="cannot write to the runs folder .*Read-only file system.*--runs-dir") as e:
+        runfolder.create_run(tmpfs / "runs", "t", "name = 't'\n")
+    assert e.value.exit_code == 2

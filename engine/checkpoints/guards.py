@@ -129,7 +129,8 @@ def room_problem(folder: Path, needed: int) -> str | None:
     free = _free(folder)
     want = int(needed * MARGIN)
     if free is not None and free < want:
-        return (f"disk nearly full: only {_mb(free)} free on the disk of {folder}, a checkpoint needs about {_mb(want)}: "
+        return (f"disk nearly full: only {_mb(free)} free on the disk of {folder}, a checkpoint needs about "
+                f"{_mb(want)}: "
                 "free space (or lower checkpoint.keep and delete old checkpoints), then resume")
     return None
 

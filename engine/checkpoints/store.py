@@ -113,7 +113,8 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
         created = time.time()
         info = {"step": step, "branch": branch, "parent": parent, "created": created, **(meta or {})}
         (tmp / META).write_text(json.dumps(info, indent=1))
-        write_manifest(tmp, name=name, step=step, branch=branch, crash=lambda: crash_point("ckpt:before_manifest", branch))
+        write_manifest(tmp, name=name, step=step, branch=branch,
+                       crash=lambda: crash_point("ckpt:before_manifest", branch))
         crash_point("ckpt:after_manifest", branch)
         if final.exists():  # replace=True
             old = final.with_name(f".tmp-replaced-{name}-{os.getpid()}")

@@ -61,8 +61,9 @@ def install() -> None:
             stream.flush()
         writer = _HeldWriter(fd)
         _writers.append(writer)
-        setattr(sys, name, io.TextIOWrapper(writer, encoding="utf-8", errors="backslashreplace",  # type: ignore[arg-type]
-                                            line_buffering=True, write_through=True))
+        wrapped = io.TextIOWrapper(writer, encoding="utf-8", errors="backslashreplace",  # type: ignore[arg-type]
+                                   line_buffering=True, write_through=True)
+        setattr(sys, name, wrapped)
 
 
 def retry() -> bool:

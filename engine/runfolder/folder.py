@@ -80,7 +80,9 @@ def current_status(run: str | os.PathLike[str]) -> status_file.Status | None:
     """The last status the job wrote (None if none yet); `state` is `crashed`, with what that means, if
     the job is gone."""
     status = status_file.read(run, stale=stale_message)
-    return _storage_view(Path(run), status) if status is not None and status.state in LIVE_STATES + ("crashed",) else status
+    if status is None or status.state not in (*LIVE_STATES, "crashed"):
+        return status
+    return _storage_view(Path(run), status)
 
 
 def _storage_view(run: Path, status: status_file.Status) -> status_file.Status:

@@ -1,6 +1,7 @@
-"""A run folder whose storage fails under a live job (RELIABILITY C4, C5, C6, C13): a real tmpfs filled inside a
-save, to 0 bytes, and short of a checkpoint; an ext4 that the kernel turns read-only; a read-only runs folder. The job pauses holding its state, says so, goes on by itself once the folder takes
-writes again and loses nothing; made to exit meanwhile, `runs` names the storage, not the OOM killer.
+"""A run folder whose storage fails under a live job (RELIABILITY C4, C5, C6, C13): a real tmpfs filled
+inside a save, to 0 bytes, and short of a checkpoint; an ext4 that the kernel turns read-only; a read-only
+runs folder. The job pauses holding its state, says so, goes on by itself once the folder takes writes
+again and loses nothing; made to exit meanwhile, `runs` names the storage, not the OOM killer.
 
 Needs root to mount (CI runs as root); skipped with the reason where mounting is not permitted."""
 

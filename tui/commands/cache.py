@@ -48,9 +48,10 @@ def run(args: argparse.Namespace) -> int:
         now = time.time()
         for e in found:
             source = f"  from {', '.join(e.sources[:2])}" + (" ..." if len(e.sources) > 2 else "") if e.sources else ""
-            out().print(f"{e.kind:<10} {e.name[:40]:<40} {human_bytes(e.bytes):>10} {_age(now - e.modified):>5}{source}",
-                        highlight=False, markup=False)
-        out().print(f"{len(found)} entries, {human_bytes(sum(e.bytes for e in found))} in {cache_dir()}", highlight=False)
+            line = f"{e.kind:<10} {e.name[:40]:<40} {human_bytes(e.bytes):>10} {_age(now - e.modified):>5}{source}"
+            out().print(line, highlight=False, markup=False)
+        total = human_bytes(sum(e.bytes for e in found))
+        out().print(f"{len(found)} entries, {total} in {cache_dir()}", highlight=False)
         return 0
     older = caches.parse_age(args.older_than) if args.older_than else None
     chosen = caches.select(args.kind, older)

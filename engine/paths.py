@@ -27,10 +27,10 @@ def cache_dir() -> Path:
     return Path(cache_home).expanduser() / "llm-wizard"
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, *, deep: bool = True) -> Path:
     """`path` as a folder only its owner can read (RELIABILITY S9): created 0700 whatever the umask, an
     existing one narrowed to 0700 and the files in it to 0600; a folder owned by another user is refused,
-    so nobody else's cache is ever read or written."""
+    so nobody else's cache is ever read or written. `deep`: narrow everything under it too."""
     from engine.errors import UserError
 
     path = Path(path)
@@ -41,7 +41,8 @@ def private_dir(path: Path) -> Path:
                         "at a folder of your own", field="cache")
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
-    _narrow(path)
+    if deep:
+        _narrow(path)
     return path
 
 
@@ -59,5 +60,5 @@ def _narrow(folder: Path) -> None:
 
 def private_cache(kind: str) -> Path:
     """cache_dir()/<kind>, the root and the folder both private to their owner (private_dir)."""
-    root = private_dir(cache_dir())
+    root = private_dir(cache_dir(), deep=False)  # not a Hub cache that may live under it
     return private_dir(root / kind)

@@ -64,11 +64,13 @@ def entries(kind: str | None = None) -> list[Entry]:
     root = paths.cache_dir()
     if not root.is_dir():
         return []
-    paths.private_dir(root)  # refuses another user's folder; narrows what a former version left open
+    paths.private_dir(root, deep=False)  # refuses another user's folder
     found: list[Entry] = []
     for top in sorted(root.iterdir()):
         if top.name.startswith(".") or top.is_symlink():
             continue
+        if top.name in ("tokens", "tokenizers") and top.is_dir():
+            paths.private_dir(top)  # what a former version left readable to others is narrowed
         if top.name == "tokens" and top.is_dir():
             found += [_entry("tokens", p, p.with_suffix(".json"), name=p.stem, meta=p.with_suffix(".json"))
                       for p in top.glob("*.bin") if not p.name.startswith(".")]

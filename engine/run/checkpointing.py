@@ -149,7 +149,7 @@ class CheckpointSteps:
 
     def storage_blocked(self) -> str | None:
         """Why the status or the events could not be written last time (held in memory), or None."""
-        return getattr(self, "status_blocked", None) or self.events.blocked
+        return self.status_blocked or getattr(self.events, "blocked", None)  # ranks above 0 write no events
 
     def _check_storage(self) -> None:
         """At a step boundary: a status or event write the disk refused pauses the run until it takes them."""

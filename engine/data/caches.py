@@ -48,6 +48,11 @@ def _sources(meta: Path) -> tuple[str, ...]:
         return ()
 
 
+def _siblings(token_file: Path) -> list[Path]:
+    """A token file's sidecar, and an example file's mask and index."""
+    return [token_file.with_suffix(s) for s in (".json", ".mask", ".idx")]
+
+
 def _entry(kind: str, path: Path, *extra: Path, name: str | None = None, meta: Path | None = None) -> Entry:
     size, modified = _size_and_time(path)
     for p in extra:
@@ -72,7 +77,7 @@ def entries(kind: str | None = None) -> list[Entry]:
         if top.name in ("tokens", "tokenizers") and top.is_dir():
             paths.private_dir(top)  # what a former version left readable to others is narrowed
         if top.name == "tokens" and top.is_dir():
-            found += [_entry("tokens", p, p.with_suffix(".json"), name=p.stem, meta=p.with_suffix(".json"))
+            found += [_entry("tokens", p, *_siblings(p), name=p.stem, meta=p.with_suffix(".json"))
                       for p in top.glob("*.bin") if not p.name.startswith(".")]
         elif top.name == "tokenizers" and top.is_dir():
             found += [_entry("tokenizers", p, meta=p / "llm_wizard_tokenizer.json") for p in top.iterdir()
@@ -101,7 +106,7 @@ def remove(chosen: list[Entry]) -> int:
         path = Path(e.path)
         if root not in path.resolve().parents:
             continue
-        targets = [path, path.with_suffix(".json")] if e.kind == "tokens" else [path]
+        targets = [path, *_siblings(path)] if e.kind == "tokens" else [path]
         for t in targets:
             if t.is_dir() and not t.is_symlink():
                 shutil.rmtree(t, ignore_errors=True)

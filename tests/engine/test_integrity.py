@@ -119,3 +119,28 @@ def test_C14_S9_token_cache_damage_is_rebuilt_with_a_notice_and_kept_private(tmp
         assert again_tok.get_vocab() == tokenizer.get_vocab()
     finally:
         os.umask(old)
+
+
+def test_C14_S9_a_damaged_example_file_is_built_again_privately(tmp_path: Path) -> None:
+    import os
+
+    import numpy as np
+
+    from engine.data.prepare import prepare
+    from engine.data.sources import DataSource
+    from engine.data.tokenizer_train import train_tokenizer
+    from engine.paths import cache_dir
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"q": f"question {i}?", "a": f"answer {i}."}) + "\n" for i in range(40)))
+    tokenizer = train_tokenizer([rows], "byte", 257)
+    source = DataSource(str(rows), prompt_column="q", response_column="a")
+    first = prepare(source, tokenizer, 256, val_fraction=0.0).blocks.example_file.token_file
+    assert {oct(p.stat().st_mode & 0o777) for p in first.path.parent.glob(first.path.stem + ".*")} == {"0o600"}
+    good = np.fromfile(first.path, dtype=first.dtype)
+    bad = good.copy()
+    bad[3] ^= 1  # one changed id, same size: read back unchecked it trained silently
+    bad.tofile(first.path)
+    again = prepare(source, tokenizer, 256, val_fraction=0.0).blocks.example_file.token_file
+    assert np.array_equal(np.fromfile(again.path, dtype=again.dtype), good)
+    assert (cache_dir() / "tokens").stat().st_mode & 0o777 == 0o700 and os.path.samefile(again.path, first.path)

@@ -7,6 +7,9 @@
 - `room_problem(folder, needed)`: checked before each save; an atomic save needs room for one more
   checkpoint next to the ones kept (C5).
 - `nonfinite_state(params, optimizer)`: names of tensors holding NaN/inf; such state is never saved (C10).
+- `storage_error(exc, folder)`: any write that failed because the storage did (full, read-only, quota, I/O
+  error), named with where; `folder_problem(folder)`: the same read off the file system by a reader, for a
+  job that could not say so itself (RELIABILITY C13).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Any
 from engine.processes import pid_alive
 
 FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+UNWRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+STORAGE_ERRNOS = FULL_ERRNOS | UNWRITABLE_ERRNOS | {errno.EIO}
+LOW_BYTES = 64 << 10  # a reader calls a disk with less free than this full: a status or event line may not fit
 _FULL_TEXT = re.compile(r"No space left on device|File too large|Disk quota exceeded|os error (28|27|122)\b")
 _STREAM_TEXT = re.compile(r"inline_container|iostream error|PytorchStreamWriter|file write failed")
 MARGIN = 1.1  # a checkpoint can grow a little between saves (optimizer moments appear after the first step)
@@ -61,6 +67,48 @@ def disk_full(exc: BaseException, folder: Path, needed: int = 0) -> str | None:
     return None
 
 
+def storage_error(exc: BaseException, folder: Path) -> str | None:
+    """"disk full (...) at <path>" / "run folder not writable (...) at <path>" / "storage error (...) at
+    <path>" when `exc` (or its cause chain) is an OSError of the storage, else None."""
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            return _errno_reason(e.errno, Path(e.filename).parent if e.filename else folder)
+    return None
+
+
+def _errno_reason(code: int, where: Path) -> str:
+    what = ("disk full" if code in FULL_ERRNOS else "run folder not writable" if code in UNWRITABLE_ERRNOS
+            else "storage error")
+    return f"{what} ({os.strerror(code)}) at {where}"
+
+
+def folder_problem(folder: Path, *, probe: bool = False) -> str | None:
+    """What a reader can see of a storage failure at `folder`: a read-only file system, no write permission,
+    or (almost) no free space; with `probe`, also what only a write shows (a file system the kernel turned
+    read-only after an error still says rw to statvfs): an empty file created and removed. None when none."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return _errno_reason(errno.EROFS, Path(folder))
+    if not os.access(folder, os.W_OK):
+        return _errno_reason(errno.EACCES, Path(folder))
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    if free < LOW_BYTES:
+        return f"disk full ({_mb(free)} free) at {folder}"
+    if probe:
+        path = Path(folder) / f".write-probe-{os.getpid()}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            path.unlink()
+        except FileExistsError:
+            pass
+        except OSError as e:
+            return storage_error(e, Path(folder))
+    return None
+
+
 def _free(folder: Path) -> int | None:
     try:
         return shutil.disk_usage(folder).free
@@ -81,7 +129,8 @@ def room_problem(folder: Path, needed: int) -> str | None:
     free = _free(folder)
     want = int(needed * MARGIN)
     if free is not None and free < want:
-        return (f"only {_mb(free)} free on the disk of {folder}, a checkpoint needs about {_mb(want)}: "
+        return (f"disk nearly full: only {_mb(free)} free on the disk of {folder}, a checkpoint needs about "
+                f"{_mb(want)}: "
                 "free space (or lower checkpoint.keep and delete old checkpoints), then resume")
     return None
 
@@ -105,7 +154,8 @@ def nonfinite_state(params: Iterable[Any], optimizer: Any = None, limit: int = 5
 
 def describe_pause(reason: str, last: str | None) -> str:
     kept = f"checkpoint {last} is intact" if last else "no earlier checkpoint exists"
-    return f"{reason}; {kept}. Free space, then resume (the save is retried)"
+    fix = "Make it writable" if "not writable" in reason else "Free space"
+    return f"{reason}; {kept}. {fix}, then resume (the save is retried, also by itself)"
 
 
 def clean_leftovers(run: Path) -> list[str]:

@@ -113,17 +113,8 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
         created = time.time()
         info = {"step": step, "branch": branch, "parent": parent, "created": created, **(meta or {})}
         (tmp / META).write_text(json.dumps(info, indent=1))
-        files = {}
-        for p in sorted(tmp.rglob("*")):
-            if p.is_file():
-                _fsync_path(p)
-                files[str(p.relative_to(tmp))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
-        crash_point("ckpt:before_manifest", branch)
-        manifest = {"version": 1, "name": name, "step": step, "branch": branch, "files": files}
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        write_manifest(tmp, name=name, step=step, branch=branch,
+                       crash=lambda: crash_point("ckpt:before_manifest", branch))
         crash_point("ckpt:after_manifest", branch)
         if final.exists():  # replace=True
             old = final.with_name(f".tmp-replaced-{name}-{os.getpid()}")
@@ -140,20 +131,42 @@ def save(run: Path, step: int, branch: int, write_files: Callable[[Path], None],
     return CheckpointInfo(name, final, step, branch, parent, created, (meta or {}).get("metrics", {}))
 
 
+def write_manifest(folder: Path, *, crash: Callable[[], None] | None = None, **fields: Any) -> None:
+    """manifest.json, written last: size and sha256 of every file in `folder` (each fsynced first)."""
+    files = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            _fsync_path(p)
+            files[str(p.relative_to(folder))] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    if crash:
+        crash()
+    with open(folder / MANIFEST, "w") as f:
+        json.dump({"version": 1, **fields, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def verify(path: Path, *, full: bool = True) -> str | None:
-    """None if the folder is a whole checkpoint, else why not (sizes always, hashes when `full`)."""
+    """None if the folder is whole (a checkpoint, or final/), else why not (sizes always, hashes when `full`).
+    A manifest that lists no files vouches for nothing: it fails."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         files = manifest["files"]
+        if not isinstance(files, dict) or not all(isinstance(w, dict) for w in files.values()):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid manifest"
+    if not files:
+        return "its manifest lists no files"
     for rel, want in files.items():
         p = path / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            return f"its manifest names {rel!r}, outside the folder"
         if not p.is_file():
             return f"{rel} is missing"
-        if p.stat().st_size != want["size"]:
+        if p.stat().st_size != want.get("size"):
             return f"{rel} has the wrong size"
-        if full and _sha256(p) != want["sha256"]:
+        if full and _sha256(p) != want.get("sha256"):
             return f"{rel} is damaged (checksum mismatch)"
     return None
 
@@ -225,10 +238,12 @@ def lineage(run: Path) -> list[CheckpointInfo]:
     return out
 
 
-def find_resume(run: Path, log: Callable[[str], None] | None = None) -> CheckpointInfo | None:
-    """The newest checkpoint on the active lineage that passes a full check; damaged ones are skipped loudly."""
+def find_resume(run: Path, log: Callable[[str], None] | None = None, *,
+                skip: Callable[[CheckpointInfo], str | None] | None = None) -> CheckpointInfo | None:
+    """The newest checkpoint on the active lineage that passes a full check (and `skip`, which says why one
+    cannot be used, e.g. a file its loader refused); damaged ones are skipped loudly."""
     for c in lineage(run):
-        problem = verify(c.path, full=True)
+        problem = verify(c.path, full=True) or (skip(c) if skip else None)
         if problem is None:
             return c
         if log:
@@ -238,13 +253,45 @@ def find_resume(run: Path, log: Callable[[str], None] | None = None) -> Checkpoi
 
 def find(run: Path, ref: str | int) -> CheckpointInfo:
     """A checkpoint by name or step (on the active lineage first, then anywhere)."""
-    candidates = lineage(run) + list(reversed(list_checkpoints(run)))
+    candidates = lineage(run) + list(reversed(list_checkpoints(run, include_invalid=True)))
+    problems = []
     for c in candidates:
         if str(ref) == c.name or (str(ref).isdigit() and int(ref) == c.step):
-            if verify(c.path, full=True) is None:
+            problem = verify(c.path, full=True)
+            if problem is None:
                 return c
+            problems.append(f"{c.name}: {problem}")
     steps = ", ".join(str(c.step) for c in list_checkpoints(run)) or "none yet"
-    raise UserError(f"no usable checkpoint {ref!r} (checkpoints at steps: {steps})", field="step")
+    why = f" ({'; '.join(dict.fromkeys(problems))})" if problems else ""
+    raise UserError(f"no usable checkpoint {ref!r}{why}; usable checkpoints at steps: {steps}", field="step")
+
+
+FINAL = "final"
+
+
+def pick_model(run: Path, ref: str | None = None) -> tuple[Path, str, list[str]]:
+    """What generate, chat, export and merge read: (folder, its name, notes). The asked checkpoint; else final/
+    when it is newer than the newest usable checkpoint and whole; else that checkpoint. Each file the product
+    wrote is verified first; what was passed over, and why, is in the notes (RELIABILITY C14)."""
+    if ref is not None:
+        c = find(run, ref)
+        return c.path, c.name, []
+    notes: list[str] = []
+    newest = find_resume(run, log=notes.append)
+    final = Path(run) / FINAL
+    if final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+        # final/ of a version that wrote no manifest is read unchecked
+        problem = verify(final) if (final / MANIFEST).exists() else None
+        if problem is None:
+            return final, FINAL, []
+        if newest is None:
+            raise UserError(f"final/ of run {Path(run).name} is damaged ({problem}) and no checkpoint is usable: "
+                            f"train it again (`llm-wizard train {Path(run) / 'spec.toml'}`)", field="run")
+        notes.append(f"final/ is damaged ({problem}); using checkpoint {newest.name} instead")
+    if newest is None:
+        raise UserError(f"run {Path(run).name} has no usable checkpoint or final model yet"
+                        + (f" ({'; '.join(notes)})" if notes else ""), field="run")
+    return newest.path, newest.name, notes
 
 
 def eval_score(c: CheckpointInfo) -> float:

@@ -75,7 +75,7 @@ def source_fingerprint(source: DataSource, should_stop: Callable[[], bool] | Non
 
 def _load(final: Path) -> ExampleFile | None:
     try:
-        token_file = load_token_file(final)
+        token_file = load_token_file(final, verify=True)  # its sha256 too (RELIABILITY C14)
         meta = json.loads(final.with_suffix(".json").read_text())
         if meta.get("format") != FORMAT_VERSION or final.with_suffix(".mask").stat().st_size != token_file.n_tokens \
                 or final.with_suffix(".idx").stat().st_size != 32 * meta["n_examples"]:
@@ -102,12 +102,13 @@ def build_example_file(
     tok_fp = tokenizer_fingerprint(tokenizer)
     recipe = f"{renderer.template.source}|{renderer.train_on}"
     key = hashlib.sha256(f"examples v{FORMAT_VERSION}|{data_fp}|{tok_fp}|{recipe}".encode()).hexdigest()[:32]
-    folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "tokens"
+    # RELIABILITY S9: the conversations as ids, private to their owner whatever the umask
+    folder = paths.private_dir(Path(cache_dir)) if cache_dir is not None else paths.private_cache("tokens")
     final = folder / f"{key}.bin"
     if final.with_suffix(".json").exists() and (found := _load(final)) is not None:
         return found
-    folder.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(folder)
+    digest = hashlib.sha256()
     max_id = max(max(tokenizer.get_vocab().values(), default=0), tokenizer.eos_token_id or 0)
     dtype = np.uint16 if max_id < 1 << 16 else np.uint32
     total = source_bytes(source)
@@ -117,6 +118,8 @@ def build_example_file(
     n_tokens = n_trained = n_examples = 0
     skipped = Skipped()
     try:
+        for t in tmps:
+            os.close(os.open(t, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         with tmps[0].open("wb") as ids_out, tmps[1].open("wb") as mask_out, tmps[2].open("wb") as idx_out:
             def flush(batch: list[Any]) -> None:
                 nonlocal n_tokens, n_trained, n_examples
@@ -137,7 +140,9 @@ def build_example_file(
                     trained = np.flatnonzero(mask[starts[k]:starts[k] + lengths[k]] & TRAINED)
                     rows[k, 2] = trained[0] if len(trained) else -1
                     rows[k, 3] = len(trained)
+                ids = np.ascontiguousarray(ids)
                 ids.tofile(ids_out)
+                digest.update(memoryview(ids).cast("B"))
                 mask.tofile(mask_out)
                 rows.tofile(idx_out)
                 n_tokens += len(ids)
@@ -168,10 +173,12 @@ def build_example_file(
             "source_fingerprint": data_fp, "tokenizer_fingerprint": tok_fp, "eos_token_id": tokenizer.eos_token_id,
             "vocab_size": len(tokenizer), "n_examples": n_examples, "trained_tokens": n_trained,
             "skipped": skipped.count, "skipped_first": skipped.first, "template": renderer.template.name,
-            "source": source.path, "kind": source.kind, "bytes": total,
+            "source": source.path, "sources": [str(source.path)], "kind": source.kind, "bytes": total,
+            "sha256": digest.hexdigest(),
             "seconds": round(time.monotonic() - started, 3)}
     sidecar_tmp = folder / f".tmp-{key}-{os.getpid()}.json"
-    sidecar_tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    with os.fdopen(os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
     os.replace(sidecar_tmp, final.with_suffix(".json"))  # the sidecar last: it marks the files complete
     if progress is not None:
         progress(total, total)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ class TokenFile:
         return self.path.with_suffix(".json")
 
 
-def load_token_file(path: Path) -> TokenFile:
-    """A TokenFile from its .bin path (or its .json sidecar), checked to be complete."""
+def load_token_file(path: Path, *, verify: bool = False, vocab_size: int | None = None) -> TokenFile:
+    """A TokenFile from its .bin path (or its .json sidecar), checked to be complete; with `verify`, also its
+    sha256 against the sidecar's and every id below `vocab_size` (RELIABILITY C14: a damaged cache never
+    trains silently, nor fails with an IndexError inside the model)."""
     sidecar = Path(path).with_suffix(".json")
     try:
         meta = json.loads(sidecar.read_text())
@@ -66,7 +69,30 @@ def load_token_file(path: Path) -> TokenFile:
         raise UserError(f"token file {path} is missing or unreadable ({exc}); delete it to rebuild") from None
     if not complete:
         raise UserError(f"token file {token_file.path} is incomplete; delete it to rebuild")
+    if verify:
+        if not isinstance(meta.get("sha256"), str):
+            raise UserError(f"token file {token_file.path} has no checksum (an older version wrote it)")
+        digest, top = _scan(token_file)
+        if digest != meta["sha256"]:
+            raise UserError(f"token file {token_file.path} is damaged (checksum mismatch)")
+        if vocab_size is not None and top >= vocab_size:
+            raise UserError(f"token file {token_file.path} holds id {top}, outside the tokenizer's {vocab_size} ids")
     return token_file
+
+
+def _scan(token_file: TokenFile, chunk: int = 1 << 24) -> tuple[str, int]:
+    """(sha256 of the ids, the largest id) in one pass over the memory-mapped file."""
+    import numpy as np
+
+    h, top = hashlib.sha256(), -1
+    if token_file.n_tokens:
+        ids = np.memmap(token_file.path, dtype=token_file.dtype, mode="r", shape=(token_file.n_tokens,))
+        for start in range(0, token_file.n_tokens, chunk):
+            part = np.ascontiguousarray(ids[start:start + chunk])
+            h.update(memoryview(part).cast("B"))
+            top = max(top, int(part.max()))
+        del ids
+    return h.hexdigest(), top
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -139,12 +165,14 @@ def build_token_file(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> TokenFile:
     """Tokenize every file once (eos after each) into cache_dir/<hash>.bin, or reuse it if there.
 
     `progress(bytes_done, bytes_total)` is called after every batch; `should_stop()` is polled
     between batches and, when true, the partial file is removed and PreparationStopped raised.
-    Bad files raise UserError (empty, binary, not UTF-8) naming the file.
+    Bad files raise UserError (empty, binary, not UTF-8) naming the file. A cached file that fails its
+    check is rebuilt, said through `notice` (default: a line on stderr, the job's job.log).
     """
     import numpy as np
 
@@ -155,18 +183,19 @@ def build_token_file(
     corpus = corpus_fingerprint(files, should_stop)
     tok_fp = tokenizer_fingerprint(tokenizer)
     key = hashlib.sha256(f"v{FORMAT_VERSION}|{corpus}|{tok_fp}|{PIECE_BYTES}".encode()).hexdigest()[:32]
-    folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir() / "tokens"
+    # RELIABILITY S9: the cache holds the corpus's text as ids: its owner's alone, whatever the umask
+    folder = paths.private_dir(Path(cache_dir)) if cache_dir is not None else paths.private_cache("tokens")
     final = folder / f"{key}.bin"
-    if final.with_suffix(".json").exists():
-        try:
-            return load_token_file(final)
-        except UserError:
-            pass  # incomplete or damaged: build it again below
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)
     # By the largest id, not len(): added tokens may leave gaps above the base vocabulary.
     max_id = max(max(tokenizer.get_vocab().values(), default=0), eos)
+    if final.with_suffix(".json").exists():
+        try:
+            return load_token_file(final, verify=True, vocab_size=max(max_id + 1, len(tokenizer)))
+        except UserError as e:  # incomplete or damaged: said, then built again below
+            (notice or _notice)(f"{e}; tokenizing the data again")
+    remove_stale_temps(folder)
     dtype = np.uint16 if max_id < 1 << 16 else np.uint32
+    digest = hashlib.sha256()
     total = sum(f.stat().st_size for f in files)
     encode = _encoder(tokenizer)
     tmp = folder / f".tmp-{key}-{os.getpid()}.bin"
@@ -183,14 +212,15 @@ def build_token_file(
                 n_docs += 1
             done += n_bytes
         if parts:
-            out = np.concatenate(parts).astype(dtype)
+            out = np.ascontiguousarray(np.concatenate(parts).astype(dtype))
             out.tofile(handle)
+            digest.update(memoryview(out).cast("B"))
             n_tokens += len(out)
         if progress is not None and done < total:  # the end is reported once, when the file is in place
             progress(done, total)
 
     try:
-        with tmp.open("wb") as handle:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             cap = _batch_bytes()
             limit = min(cap, 2 * PIECE_BYTES)  # small at first; then sized from the measured speed
             batch: list[tuple[str, int, bool]] = []
@@ -218,21 +248,28 @@ def build_token_file(
         "n_tokens": n_tokens,
         "dtype": np.dtype(dtype).name,
         "fingerprint": key,
+        "sha256": digest.hexdigest(),
         "corpus_fingerprint": corpus,
         "tokenizer_fingerprint": tok_fp,
         "eos_token_id": eos,
         "vocab_size": len(tokenizer),
         "n_documents": n_docs,
         "n_files": len(files),
+        "sources": [str(f.resolve()) for f in files[:100]],  # what `llm-wizard cache list` names
         "bytes": total,
         "seconds": round(time.monotonic() - started, 3),
     }
     sidecar_tmp = folder / f".tmp-{key}-{os.getpid()}.json"
-    sidecar_tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    with os.fdopen(os.open(sidecar_tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(json.dumps(meta, indent=1) + "\n")
     os.replace(sidecar_tmp, final.with_suffix(".json"))  # the sidecar last: it marks the file complete
     if progress is not None:
         progress(total, total)
     return TokenFile(final, n_tokens, meta["dtype"], key)
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class TokenBlocks:

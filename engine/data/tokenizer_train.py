@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import lru_cache
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 from engine.data.corpus import PreparationStopped, corpus_fingerprint, iter_text
 from engine.data.temps import remove_stale_temps
 from engine.errors import UserError
-from engine.paths import cache_dir
+from engine.paths import private_cache, private_dir
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -163,7 +164,9 @@ def _save(tok: Tokenizer, kind: str, target: Path, meta: dict[str, object]) -> N
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     fast.save_pretrained(str(tmp))
+    meta = {**meta, "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    private_dir(tmp)  # RELIABILITY S9: 0700, its files 0600, whatever the umask
     try:
         os.rename(tmp, target)
     except OSError:
@@ -171,6 +174,25 @@ def _save(tok: Tokenizer, kind: str, target: Path, meta: dict[str, object]) -> N
         shutil.rmtree(tmp, ignore_errors=True)
         if not (target / META_FILE).exists():
             raise
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _damage(folder: Path) -> str | None:
+    """Why a cached tokenizer cannot be trusted (RELIABILITY C14), None when its files match their sha256."""
+    try:
+        files = json.loads((folder / META_FILE).read_text())["files"]
+        if not isinstance(files, dict) or not files:
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        return "without checksums (an older version wrote it)"
+    for name, digest in files.items():
+        path = folder / Path(name).name
+        if not path.is_file() or _sha256(path) != digest:
+            return f"damaged ({name} does not match its checksum)"
+    return None
 
 
 def train_tokenizer(
@@ -197,7 +219,10 @@ def train_tokenizer(
     _check_args(kind, vocab_size)
     files = [Path(f) for f in files]
     key = tokenizer_key(files, kind, vocab_size, should_stop, corpus_key)
-    target = cache_dir() / "tokenizers" / key
+    target = private_cache("tokenizers") / key
+    if (target / META_FILE).exists() and (problem := _damage(target)) is not None:
+        print(f"cached tokenizer {target} is {problem}; training it again", file=sys.stderr, flush=True)
+        shutil.rmtree(target, ignore_errors=True)
     if not (target / META_FILE).exists():
         stream = texts() if texts is not None else _texts(files, should_stop)
         if kind == "bpe":
@@ -206,7 +231,8 @@ def train_tokenizer(
             tok = _char(stream, vocab_size)
         else:
             tok = _byte()
-        meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key}
+        meta = {"kind": kind, "vocab_size_asked": vocab_size, "vocab_size": tok.get_vocab_size(), "key": key,
+                "sources": [str(f.resolve()) for f in files[:100]]}
         _save(tok, kind, target, meta)
     tokenizer = AutoTokenizer.from_pretrained(str(target))
     if out_dir is not None:

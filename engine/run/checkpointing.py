@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,28 @@ from engine.checkpoints import guards as save_guard
 from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
 from engine.run import escalation as numerics
+from engine.run import held_log
 from engine.run.meter import Interval
+from engine.run.watchdogs import is_oom
 from engine.run.train_state import rng_state, set_rng_state, versions
 from engine.runfolder import events as ev
 from engine.runfolder import folder as runfolder
 
 
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0  # back-off of the retries while the disk refuses writes (C13)
+
+
+def _alert_kind(why: str) -> str:
+    return "disk_full" if why.startswith("disk full") else "storage"
+
+
 class CheckpointSteps:
     """Trainer methods that write or read checkpoints and final/ (self is the Trainer)."""
+
+    storage_alert: str | None = None  # the storage outage being waited out (C13), None when writes go through
+    storage_delay = RETRY_FIRST_S
+    paused_before_outage = False
+    status_blocked: str | None = None  # why the newest status.json write failed (it is rewritten whole next time)
 
     def save_checkpoint(self, reason: str) -> checkpoint.CheckpointInfo | None:
         import torch
@@ -68,22 +84,27 @@ class CheckpointSteps:
                 "versions": versions()}
         history = checkpoint.lineage(self.run)
         needed = save_guard.folder_bytes(history[0].path) if history else 0
-        while (room := save_guard.room_problem(self.run, needed)) is not None:  # RELIABILITY C5
-            self._wait_for_space(room, "low_disk")
+
+        def ready() -> bool:  # a retry has a chance: writable, and room for the whole checkpoint
+            return save_guard.folder_problem(self.run) is None and save_guard.room_problem(self.run, needed) is None
+
+        if (room := save_guard.room_problem(self.run, needed)) is not None:  # RELIABILITY C5
+            self._wait_for_space(room, "low_disk", ready)  # returns once ready(): room for it
         while True:
             try:
                 info = checkpoint.save(self.run, self.step, self.branch, write, parent=self.parent, meta=meta,
                                        replace=replace)
                 break
             except Exception as e:
-                full = save_guard.disk_full(e, self.run, needed)
-                if full is None:
+                why = save_guard.disk_full(e, self.run, needed) or save_guard.storage_error(e, self.run)
+                if why is None:
                     raise
-                # RELIABILITY C4: checkpoint.save removed its temporary folder; the previous one is intact
-                self._wait_for_space(save_guard.describe_pause(full, history[0].name if history else None),
-                                     "disk_full")
+                # RELIABILITY C4, C13: checkpoint.save removed its temporary folder; the previous one is intact
+                self._wait_for_space(save_guard.describe_pause(why, history[0].name if history else None),
+                                     _alert_kind(why), ready)
+        self._storage_recovered()
         self.parent = info.name
-        deleted = checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch)
+        deleted = self._write_or_wait(lambda: checkpoint.rotate(self.run, self.spec.checkpoint.keep, self.branch))
         best = checkpoint.best(self.run) if "eval_loss" in metrics else None
         self.events.emit(ev.Checkpoint(step=self.step, name=info.name, branch=self.branch, path=str(info.path),
                                        reason=reason, deleted=deleted, eval_loss=metrics.get("eval_loss"),
@@ -107,18 +128,79 @@ class CheckpointSteps:
         device = self.accelerator.device
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
 
-    def _wait_for_space(self, message: str, kind: str) -> None:
-        """Pause with `message` until the user resumes (then the caller checks again) or stops (then fail)."""
-        self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
+    def _wait_for_space(self, message: str, kind: str, ready: Callable[[], bool] | None = None) -> None:
+        """A save cannot be written: pause with `message` until `ready()` (then the caller retries) or a stop."""
+        self._hold_on_storage(message, kind, ready or (lambda: True))
+
+    def _write_or_wait(self, write: Callable[[], Any]) -> Any:
+        """`write()`, waited out and retried (it must be repeatable) while the storage refuses it (C13)."""
+        while True:
+            try:
+                result = write()
+            except Exception as e:
+                why = save_guard.storage_error(e, self.run) or save_guard.disk_full(e, self.run)
+                if why is None:
+                    raise
+                self._wait_for_space(f"{why}; the write is retried by itself once the run folder takes it",
+                                     _alert_kind(why), lambda: save_guard.folder_problem(self.run) is None)
+                continue
+            self._storage_recovered()
+            return result
+
+    def storage_blocked(self) -> str | None:
+        """Why the status or the events could not be written last time (held in memory), or None."""
+        return self.status_blocked or getattr(self.events, "blocked", None)  # ranks above 0 write no events
+
+    def _check_storage(self) -> None:
+        """At a step boundary: a status or event write the disk refused pauses the run until it takes them."""
+        why = self.storage_blocked()
+        if why is None:
+            return
+        self._wait_for_space(f"{why}: training is paused, its state held in memory; it goes on by itself once the "
+                             "run folder takes writes again (free space, or make it writable)", _alert_kind(why))
+        self._storage_recovered()
+
+    def _hold_on_storage(self, message: str, kind: str, ready: Callable[[], bool]) -> None:
+        """RELIABILITY C4, C5, C13: pause, saying why (alert, status, job.log: each held where the disk refuses
+        it), and retry with back-off, at once on the user's resume, until the held status and events are
+        written and `ready()`. Controls keep working (save, rollback and rescue are refused meanwhile); a stop
+        or signal ends the run with the message (exit 2)."""
+        if self.storage_alert is None:
+            self.paused_before_outage, self.storage_delay = self.paused, RETRY_FIRST_S
+        if self.storage_alert != message:
+            self.storage_alert = message
+            self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
+            held_log.notice(f"paused at step {self.step}: {message}")
         self.paused = True
         self.set_state("paused", message)
         self.in_save = True
         try:
-            self._boundary()
+            while not self.stop_reason:
+                until = time.monotonic() + self.storage_delay
+                while self.paused and time.monotonic() < until and not self.stop_reason:
+                    time.sleep(0.05)
+                    self._handle_commands()  # a resume means: try now
+                self.paused = True
+                self.storage_delay = min(self.storage_delay * 2, RETRY_MAX_S)
+                self.events.flush()
+                self.write_status()
+                held_log.retry()
+                if self.storage_blocked() is None and ready():
+                    break
         finally:
             self.in_save = False
         if self.stop_reason:
-            raise UserError(message, field="checkpoint")
+            raise UserError(f"stopped: {message}", field="checkpoint")
+
+    def _storage_recovered(self) -> None:
+        """The disk takes writes again after an outage: continue (paused only if the user had paused before)."""
+        if self.storage_alert is None:
+            return
+        self.storage_alert = None
+        self.paused = self.paused_before_outage
+        message = f"{'paused' if self.paused else 'resumed'} at step {self.step}: the run folder takes writes again"
+        self.set_state("paused" if self.paused else "running", message)
+        held_log.notice(message)
 
     def _trainer_state(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "position": self.position, "tokens": self.tokens,
@@ -159,13 +241,25 @@ class CheckpointSteps:
     def _resume(self) -> None:
         removed = checkpoint.clean_tmp(self.run)
         notes: list[str] = []
-        target = checkpoint.find_resume(self.run, log=notes.append)
-        if target is None:
-            raise UserError(f"run {self.run.name} has no complete checkpoint to resume from; start it again "
-                            f"with `llm-wizard train {self.run / runfolder.SPEC}`", field="resume")
+        refused: dict[str, str] = {}  # checkpoints whose files verified but did not load, and why
+        while True:
+            target = checkpoint.find_resume(self.run, log=notes.append, skip=lambda c: refused.get(c.name))
+            if target is None:
+                raise UserError(f"run {self.run.name} has no complete checkpoint to resume from"
+                                + (f" ({'; '.join(notes)})" if notes else "")
+                                + f"; start it again with `llm-wizard train {self.run / runfolder.SPEC}`",
+                                field="resume")
+            self.branch = checkpoint.read_branches(self.run)["active"]
+            try:
+                self._load(target)
+                break
+            except UserError:
+                raise  # a different setup, not a damaged checkpoint: the one before it would be refused too
+            except Exception as e:  # noqa: BLE001 - RELIABILITY C14: a file its loader refuses is damage too
+                if is_oom(e):
+                    raise
+                refused[target.name] = f"cannot be loaded: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
         newest = checkpoint.lineage(self.run)
-        self.branch = checkpoint.read_branches(self.run)["active"]
-        self._load(target)
         notes += fingerprint.version_changes(target.path, versions())  # RELIABILITY R9: warn, still load
         if newest and newest[0].name != target.name:
             # Damaged checkpoints were skipped: continue on a new branch so no name is ever reused.
@@ -233,10 +327,15 @@ class CheckpointSteps:
         import shutil
 
         final, tmp = self.run / "final", self.run / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        summary = self.technique.save(self.prep, tmp, final=True) or {}
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        return final, summary
+
+        def write() -> dict[str, Any]:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            summary = self.technique.save(self.prep, tmp, final=True) or {}
+            checkpoint.write_manifest(tmp, name="final", step=self.step)  # read back verified (RELIABILITY C14)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            return summary
+
+        return final, self._write_or_wait(write)

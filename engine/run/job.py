@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.run import held_log
 from engine.run.distributed import launch as launch_config
 from engine.run.process import echo, ignore_late_signals
 
@@ -137,6 +138,8 @@ def run_job(run: Path, *, resume: bool = False, foreground: bool = False, step_s
     from engine.techniques.base import get
 
     run = Path(run).resolve()
+    if not foreground:  # RELIABILITY C13: job.log on a full or read-only disk holds, never raises
+        held_log.install()
     try:
         locks.acquire(run)  # RELIABILITY P6: one owner per run folder, for this process's whole life
     except UserError as e:

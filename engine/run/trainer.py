@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import track
+from engine.checkpoints import guards as save_guard
 from engine.checkpoints import store as checkpoint
 from engine.errors import UserError
 from engine.machine import flops
@@ -81,6 +82,15 @@ class Trainer(CheckpointSteps):
 
     def write_status(self, **extra: Any) -> None:
         self._last_status = time.monotonic()
+        try:
+            self._write_status(**extra)
+            self.status_blocked = None
+        except OSError as e:  # RELIABILITY C13: rewritten whole by the next write; the next boundary pauses
+            self.status_blocked = save_guard.storage_error(e, self.run)
+            if self.status_blocked is None:
+                raise
+
+    def _write_status(self, **extra: Any) -> None:
         runfolder.write_status(self.run, {
             "state": self.state, "pid": os.getpid(), "pid_start": pid_start_time(os.getpid()),
             "technique": self.spec.technique, "started": self.started, "step": self.step,
@@ -420,6 +430,7 @@ class Trainer(CheckpointSteps):
 
     def _boundary(self) -> None:
         """Between two optimizer steps: handle commands; while paused, keep handling them."""
+        self._check_storage()  # a status or event the disk refused: paused here until it takes them (C13)
         self._handle_commands()
         while self.paused and not self.stop_reason:
             time.sleep(0.05)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from engine.checkpoints.guards import storage_error
 from engine.runfolder import record
 from engine.runfolder.record import Invalid, key
 
@@ -278,8 +279,13 @@ class EventLog:
     flush hold a lock. `close` closes the listeners first: what they still have to say is written."""
 
     def __init__(self, run: Path, echo: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self._fd = os.open(Path(run) / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path = Path(run) / EVENTS
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._buf: list[str] = []
+        # RELIABILITY C13: bytes a full or read-only disk refused, written first once it takes them again; a
+        # line cut by a previous job that died holding some is ended, so the next line starts clean
+        self._held = b"" if _ends_whole(self.path) else b"\n"
+        self.blocked: str | None = None  # why the last flush could not write, None once it could
         self._echo = echo
         self._lock = threading.Lock()
         self._listeners: list[Any] = []  # objects with on_event(Event) and close()
@@ -302,12 +308,20 @@ class EventLog:
         return event
 
     def flush(self) -> None:
+        """Write what is buffered; a storage failure keeps the rest in memory (`blocked` says why), never raises."""
         with self._lock:
-            if self._buf:
-                data = "".join(self._buf).encode()
-                self._buf.clear()
+            data = self._held + "".join(self._buf).encode()
+            self._buf.clear()
+            try:
                 while data:
                     data = data[os.write(self._fd, data):]
+            except OSError as e:
+                self.blocked = storage_error(e, self.path.parent)
+                if self.blocked is None:
+                    raise
+            else:
+                self.blocked = None
+            self._held = data
 
     def close(self) -> None:
         listeners, self._listeners = self._listeners, []
@@ -315,6 +329,19 @@ class EventLog:
             listener.close()
         self.flush()
         os.close(self._fd)
+
+
+def _ends_whole(path: Path) -> bool:
+    """Whether `path` is empty or ends with a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except OSError:
+        return True
 
 
 # ---- reading ------------------------------------------------------------------------------------

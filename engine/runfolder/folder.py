@@ -15,10 +15,11 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoints import guards
 from engine.errors import UserError
 from engine.runfolder import commands as commands_file
 from engine.runfolder import events as events_file
@@ -33,6 +34,7 @@ EVENT_VERSION = events_file.VERSION
 EVENT_TYPES = events_file.TYPES
 COMMANDS = commands_file.NAMES
 SPEC, LOG = "spec.toml", "job.log"
+STALE_S = 5.0  # a live job rewrites status.json every 1-2 s between steps; quieter, a reader asks the disk why
 __all__ = ["CMD_ID", "COMMANDS_FILE", "CommandReader", "EVENTS", "EventLog", "LIVE_STATES", "STATES", "STATUS",
            "write_text_atomic"]
 
@@ -77,7 +79,34 @@ def write_status(run: Path, status: dict[str, Any]) -> None:
 def current_status(run: str | os.PathLike[str]) -> status_file.Status | None:
     """The last status the job wrote (None if none yet); `state` is `crashed`, with what that means, if
     the job is gone."""
-    return status_file.read(run, stale=stale_message)
+    status = status_file.read(run, stale=stale_message)
+    if status is None or status.state not in (*LIVE_STATES, "crashed"):
+        return status
+    return _storage_view(Path(run), status)
+
+
+def _storage_view(run: Path, status: status_file.Status) -> status_file.Status:
+    """RELIABILITY C13: a job whose folder stopped taking writes cannot say so in status.json; read it off the
+    file system. Alive, it is paused and retrying; gone, it stopped there (not killed by the OOM killer)."""
+    quiet = status.state == "crashed" or time.time() - (status.updated or 0) > STALE_S  # the job writes no more
+    why = guards.folder_problem(run, probe=quiet)
+    if why is None:
+        return status
+    if status.state == "crashed":
+        return replace(status, state="stopped", message=f"stopped: {why}; the job could not write its state "
+                       f"there and ended; {resumable(run)}")
+    if status.state == "paused" and any(w in (status.message or "") for w in ("disk full", "not writable", "storage")):
+        return status
+    return replace(status, state="paused", message=f"paused: {why}; the job holds its state in memory and "
+                   "goes on by itself once the folder takes writes again")
+
+
+def resumable(run: Path) -> str:
+    from engine.checkpoints import store as checkpoint
+
+    history = [c for c in checkpoint.lineage(run) if checkpoint.verify(c.path, full=False) is None]
+    return (f"resume from step {history[0].step} with `llm-wizard train --resume {run.name}` once it is writable"
+            if history else "no checkpoint yet: start it again once it is writable")
 
 
 def read_status(run: str | os.PathLike[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ with a message saying what that means.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -72,12 +73,18 @@ def from_dict(data: Any) -> Status:
 def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
     """Replace `path` with `text` whole: written beside it under `.<name>.<pid>.tmp`, then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        # a full disk: the half-written copy would hold the space the next try needs (RELIABILITY C13)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def write(run: str | os.PathLike[str], status: Status) -> Status:

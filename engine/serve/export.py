@@ -86,6 +86,8 @@ def export(run: Path, fmt: str, *, checkpoint_ref: str | None = None, quant: str
         raise UserError("--quant applies to --format gguf only", field="quant")
     quant = gguf.check_quant(quant or "f16") if fmt == "gguf" else None
     source = locate(run, checkpoint_ref)
+    for note in source.notes:
+        progress(note)
     target = Path(out).expanduser().resolve() if out else default_out(run, fmt, quant)
     extra: dict[str, Any] = {}
     with staged(target, force=force) as tmp:

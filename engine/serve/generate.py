@@ -28,9 +28,10 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     if (run / runfolder.SPEC).is_file() and hasattr(get(spec_mod.load(run / runfolder.SPEC).technique), "remote"):
         raise UserError(f"run {run.name} fine-tuned a hosted model (it lives with the service): "
                         f"`llm-wizard chat {run.name}` talks to it through the API", field="run")
-    final = run / "final"
-    newest = checkpoint.find_resume(run)
-    if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
+    folder, name, notes = checkpoint.pick_model(run, checkpoint_ref)  # verified; what was passed over is said
+    source = name + (f" ({'; '.join(notes)})" if notes else "")
+    final = folder
+    if name == checkpoint.FINAL:
         _refuse_model_code(run, final)
         if (final / "adapter_config.json").is_file():  # a peft adapter: the technique puts it on its base
             technique = get(spec_mod.load(run / runfolder.SPEC).technique)
@@ -41,13 +42,10 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
 
             return AutoModelForSeq2SeqLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
         return AutoModelForCausalLM.from_pretrained(final).eval(), AutoTokenizer.from_pretrained(final), "final"
-    target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
-    if target is None:
-        raise UserError(f"run {run.name} has no checkpoint or final model yet", field="run")
     technique = get(spec_mod.load(run / runfolder.SPEC).technique)
     if hasattr(technique, "load_inference"):
-        model, tokenizer = technique.load_inference(run, target.path)
-        return model.eval(), tokenizer, target.name
+        model, tokenizer = technique.load_inference(run, folder)
+        return model.eval(), tokenizer, source
     from safetensors.torch import load_model
 
     from engine.checkpoints import fsdp as sharded_checkpoint
@@ -56,19 +54,19 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
     if not (base / "config.json").is_file():
         raise UserError(f"run {run.name} has no {MODEL_DIR}/config.json to rebuild the model from", field="run")
     _refuse_model_code(run, base)
-    if sharded_checkpoint.is_sharded_checkpoint(target.path):  # FSDP or ZeRO: gather its shards in this process
+    if sharded_checkpoint.is_sharded_checkpoint(folder):  # FSDP or ZeRO: gather its shards in this process
         import tempfile
 
         from engine.checkpoints import zero as zero_checkpoint
 
         sharded = zero_checkpoint if zero_checkpoint.is_zero_checkpoint(target.path) else sharded_checkpoint
         with tempfile.TemporaryDirectory(prefix="llmw-consolidate-") as tmp:
-            whole = sharded.consolidate_offline(target.path, base, Path(tmp) / "model")
+            whole = sharded.consolidate_offline(folder, base, Path(tmp) / "model")
             model = AutoModelForCausalLM.from_pretrained(whole)
-        return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+        return model.eval(), AutoTokenizer.from_pretrained(base), source
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))  # the vocabulary as trained
-    load_model(model, str(target.path / "model.safetensors"), strict=True)
-    return model.eval(), AutoTokenizer.from_pretrained(base), target.name
+    load_model(model, str(folder / "model.safetensors"), strict=True)
+    return model.eval(), AutoTokenizer.from_pretrained(base), source
 
 
 def _refuse_model_code(run: Path, folder: Path) -> None:

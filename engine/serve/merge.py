@@ -23,6 +23,7 @@ class Source:
     name: str
     technique: str
     adapter: bool
+    notes: tuple[str, ...] = ()  # what was passed over on the way, and why (a damaged final/ or checkpoint)
 
 
 def locate(run: Path, checkpoint_ref: str | None = None) -> Source:
@@ -30,14 +31,8 @@ def locate(run: Path, checkpoint_ref: str | None = None) -> Source:
     from engine import spec as spec_mod
 
     technique = spec_mod.load(run / runfolder.SPEC).technique
-    final = run / "final"
-    newest = checkpoint.find_resume(run)
-    if checkpoint_ref is None and final.is_dir() and (newest is None or final.stat().st_mtime >= newest.created):
-        return Source(final, "final", technique, (final / ADAPTER_CONFIG).is_file())
-    target = checkpoint.find(run, checkpoint_ref) if checkpoint_ref is not None else newest
-    if target is None:
-        raise UserError(f"run {run.name} has no checkpoint or final model yet", field="run")
-    return Source(target.path, target.name, technique, (target.path / ADAPTER_CONFIG).is_file())
+    folder, name, notes = checkpoint.pick_model(run, checkpoint_ref)  # verified (RELIABILITY C14)
+    return Source(folder, name, technique, (folder / ADAPTER_CONFIG).is_file(), tuple(notes))
 
 
 def run_tokenizer(run: Path, source: Source) -> Any:

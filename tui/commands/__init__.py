@@ -5,4 +5,4 @@ transformers and friends are imported inside run().
 """
 
 COMMANDS = ("demo", "doctor", "estimate", "data", "train", "runs", "attach", "control", "generate", "chat",
-            "export", "notify-test", "sweep", "lr-find", "cloud")
+            "export", "notify-test", "sweep", "lr-find", "cloud", "cache")

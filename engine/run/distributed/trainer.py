@@ -236,7 +236,7 @@ class DistributedTrainer(Trainer):
             self.ranks.broadcast_text(folder.name)
         self._shards.read_shards(folder, self.model, self.optimizer, world=self.world)
 
-    def _wait_for_space(self, message: str, kind: str) -> None:
+    def _wait_for_space(self, message: str, kind: str, ready: Any = None) -> None:
         """Rank 0 is inside a save that the other ranks wait on: pausing here would pair its command
         exchanges with their wait and hang both. End the run instead; the previous checkpoint is intact."""
         self.events.emit(ev.Alert(step=self.step, kind=kind, message=message, suggest="resume", severity="error"))
@@ -286,6 +286,7 @@ class DistributedTrainer(Trainer):
         self._shards.consolidate(model, tmp, rank=self.rank, tokenizer=self.prep.tokenizer)
         if self.rank:
             return final, {}
+        checkpoint.write_manifest(tmp, name="final", step=self.step)  # read back verified (RELIABILITY C14)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)

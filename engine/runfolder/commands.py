@@ -224,6 +224,12 @@ class CommandReader:
         self.offset = from_offset if from_offset is not None else (st.st_size if regular else 0)  # type: ignore[union-attr]
         self.pos = self.offset  # read up to here: `offset` plus a line still being written, or skipped
         self._ident = (st.st_dev, st.st_ino) if regular else None  # type: ignore[union-attr]
+        self._tail = b""  # the last bytes read: a file cut and grown again past `pos` no longer holds them
+        # The file read is held open: its inode cannot be reused by a new file while we hold it, so a file
+        # removed and made anew is always told from the same file grown (inode numbers are recycled).
+        self._fd: int | None = self._open(self._ident) if regular else None
+        if self._fd is not None:
+            self._tail = os.pread(self._fd, min(32, self.pos), max(0, self.pos - 32))
         self._sig: tuple[int, ...] | None = None
         self._buf = b""  # the start of a line still being written
         self._skipping = False  # inside an over-long line: dropped up to its newline
@@ -244,7 +250,7 @@ class CommandReader:
     def _restart(self, why: str) -> None:
         self._say(why)
         self.offset = self.pos = 0
-        self._buf, self._skipping = b"", False
+        self._buf, self._skipping, self._tail = b"", False, b""
 
     def poll(self) -> list[dict[str, Any]]:
         st = self._lstat()
@@ -258,38 +264,58 @@ class CommandReader:
             self._say(f"commands ignored: {files.not_regular(self.path, st.st_mode)}")
             return []
         ident = (st.st_dev, st.st_ino)
-        if self._ident is not None and ident != self._ident:
-            self._restart(f"{self.path} was replaced by another file: reading the new one from its start")
-        elif st.st_size < self.pos:
-            self._restart(f"{self.path} shrank from {self.pos} to {st.st_size} bytes (truncated): reading it "
-                          "again from its start")
-        self._ident = ident
+        if self._fd is None or ident != self._ident:
+            if self._fd is not None:
+                os.close(self._fd)
+            if self._ident is not None and ident != self._ident:
+                self._restart(f"{self.path} was replaced by another file: reading the new one from its start")
+            self._ident, self._fd = ident, self._open(ident)
+            if self._fd is None:
+                self._sig = None  # changed under us: looked at again next poll
+                return []
+        elif st.st_size < self.pos or os.pread(self._fd, len(self._tail), self.pos - len(self._tail)) != self._tail:
+            self._restart(f"{self.path} was truncated or rewritten (the {self.pos} bytes read are no longer "
+                          "there): reading it again from its start")
         if st.st_size <= self.pos:
             return []
         problem = trust_problem(self.path, _stat(self.path.parent), st, os.geteuid())
         if problem:
             self.offset = self.pos = st.st_size  # these bytes are skipped for good, not run later
             self._buf, self._skipping = b"", False
+            self._tail = os.pread(self._fd, min(32, self.pos), self.pos - min(32, self.pos))
             self._say(f"commands ignored: {problem}")
             return []
         data = self._read(ident, st.st_size)
         return [] if data is None else self._lines(data)
 
-    def _read(self, ident: tuple[int, int], size: int) -> bytes | None:
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (AttributeError, OSError):
+            pass
+
+    def _open(self, ident: tuple[int, int] | None) -> int | None:
+        """A descriptor of the commands file if it is still the regular file `ident` (never blocks)."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
         except OSError:
-            self._sig = None  # changed under us: looked at again next poll
             return None
-        try:
-            fst = os.fstat(fd)
-            if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != ident:
-                self._sig = None
-                return None
-            data = os.pread(fd, min(self.READ_CHUNK, size - self.pos), self.pos)
-        finally:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != ident:
             os.close(fd)
+            return None
+        return fd
+
+    def _read(self, ident: tuple[int, int], size: int) -> bytes | None:
+        assert self._fd is not None
+        data = os.pread(self._fd, min(self.READ_CHUNK, size - self.pos), self.pos)
         self.pos += len(data)
+        self._tail = (self._tail + data)[-32:]
         if self.pos < size:
             self._sig = None  # more than one chunk waits: the rest next poll
         if self._skipping:

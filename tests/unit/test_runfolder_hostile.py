@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import cli
 from run_helpers import wait_for
 
 from engine import processes
@@ -27,24 +27,8 @@ from engine.runfolder import folder as runfolder
 from engine.runfolder import status as st
 
 
-def _cli(*argv: str, timeout: float = 15.0) -> tuple[int | None, str]:
-    """`llm-wizard ARGV` in this process; (exit code, stderr+stdout) or (None, "") when it hung."""
-    import contextlib
-    import io
-
-    from tui.cli import main
-
-    result: list[Any] = []
-    buf = io.StringIO()
-
-    def go() -> None:
-        with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
-            result.append(main(list(argv)))
-
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    t.join(timeout)
-    return (result[0] if result else None), " ".join(buf.getvalue().split())
+def _cli(*argv: str) -> tuple[int | None, str]:
+    return cli(*argv, timeout=15.0)
 
 
 def _run(tmp_path: Path, name: str = "r") -> Path:
@@ -241,3 +225,16 @@ def test_H4_no_heartbeat_for_long_reads_stalled(tmp_path: Path, monkeypatch: pyt
     assert status.state == "stalled" and "no progress for" in status.message and status.live
     runfolder.write_status(run, {**runfolder.read_status(run), "state": "running"})  # it beats again
     assert runfolder.current_status(run).state == "running"
+
+
+def test_H1_a_file_cut_and_grown_past_the_read_offset_is_read_again(tmp_path: Path) -> None:
+    run = _run(tmp_path)
+    reader = runfolder.CommandReader(run, alert=(alerts := []).append)
+    sent = [runfolder.send_command(run, "save") for _ in range(3)]
+    assert [c["id"] for c in reader.poll()] == sent
+    size = (run / cmds.COMMANDS_FILE).stat().st_size
+    os.truncate(run / cmds.COMMANDS_FILE, size - 30)  # cut mid-line; the next send makes it longer than before
+    after = runfolder.send_command(run, "pause")
+    assert (run / cmds.COMMANDS_FILE).stat().st_size > size
+    got = reader.poll()
+    assert after in [c["id"] for c in got] and "rewritten" in alerts[-1]

@@ -11,8 +11,9 @@ import os
 import random
 import re
 import signal
-import time
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -170,3 +171,32 @@ def test_H5_H7_a_live_job_under_attack_acknowledges_every_queued_command_and_dia
                 os.kill(p, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+
+
+def test_P2_P4_a_frozen_then_killed_follower_never_stops_the_job(tmp_path: Path) -> None:
+    """A reader that stops reading (its stdout a pipe nobody drains), is frozen (SIGSTOP), then killed with its
+    process group (SIGKILL), as a dashboard or `attach` whose terminal froze and was closed: the job steps on."""
+    s = tiny_spec(make_corpus(tmp_path, lines=600), train={"max_steps": 5000}, checkpoint={"every": 1000})
+    run = job.create(s, tmp_path / "runs")
+    pid = job.launch(run, step_sleep=0.03)
+    follower = None
+    try:
+        wait_step(run, 2)
+        follower = subprocess.Popen([sys.executable, "-m", "tui.cli", "attach", str(run), "--follow", "--json"],
+                                    cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(1.0)
+        os.kill(follower.pid, signal.SIGSTOP)
+        frozen = runfolder.read_status(run)["step"]
+        wait_step(run, frozen + 10, timeout=60)  # frozen reader: the job goes on
+        os.killpg(follower.pid, signal.SIGKILL)
+        follower.wait(timeout=30)
+        killed = runfolder.read_status(run)["step"]
+        after = wait_step(run, killed + 10, timeout=60)
+        assert after["state"] == "running" and pid_alive(pid)
+        assert control(run, "stop")["ok"] and wait_exit(pid) == 0
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -238,3 +238,27 @@ def test_H1_a_file_cut_and_grown_past_the_read_offset_is_read_again(tmp_path: Pa
     assert (run / cmds.COMMANDS_FILE).stat().st_size > size
     got = reader.poll()
     assert after in [c["id"] for c in got] and "rewritten" in alerts[-1]
+
+
+# ---- H8: branches.json edited by hand --------------------------------------------------------------------
+
+def test_H8_an_edited_branches_json_is_named_by_the_resume(tmp_path: Path) -> None:
+    from engine.checkpoints import store as ck
+
+    def write(folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(b"w" * 64)
+
+    ck.save(tmp_path, 10, 0, write)
+    ck.save(tmp_path, 20, 0, write)
+    ck.start_branch(tmp_path, "step-000010")  # a rollback: branch 1 grows from step 10
+    ck.save(tmp_path, 15, 1, write)
+    notes: list[str] = []
+    assert ck.find_resume(tmp_path, log=notes.append).name == "step-000015-b1" and notes == []
+    path = tmp_path / ck.CHECKPOINTS / ck.BRANCHES
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "active": 0}))  # switched back by hand
+    assert ck.find_resume(tmp_path, log=notes.append).name == "step-000020"
+    assert "branches.json was edited after the job wrote it" in notes[-1]
+    path.write_text(json.dumps({"active": 1, "origins": {"0": None, "1": "step-000011"}}))  # no checksum: older job
+    ck.find_resume(tmp_path, log=notes.append)
+    assert "'step-000011', which is not a checkpoint" in notes[-1]

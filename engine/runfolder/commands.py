@@ -161,7 +161,7 @@ def send(run: str | os.PathLike[str], command: Command) -> str:
     try:
         st = os.fstat(fd)
         problem = (files.not_regular(path, st.st_mode) if not stat.S_ISREG(st.st_mode)
-                   else trust_problem(path, _stat(path.parent), _stat(path), os.geteuid(), "you, uid"))
+                   else trust_problem(path, os.stat(path.parent), _stat(path), os.geteuid(), "you, uid"))
         if problem:
             raise UserError(f"not sent: {problem}", field="run")
         if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
@@ -278,7 +278,7 @@ class CommandReader:
                           "there): reading it again from its start")
         if st.st_size <= self.pos:
             return []
-        problem = trust_problem(self.path, _stat(self.path.parent), st, os.geteuid())
+        problem = trust_problem(self.path, os.stat(self.path.parent), st, os.geteuid())
         if problem:
             self.offset = self.pos = st.st_size  # these bytes are skipped for good, not run later
             self._buf, self._skipping = b"", False

@@ -202,6 +202,35 @@ def read_branches(run: Path) -> dict[str, Any]:
         return {"active": 0, "origins": {"0": None}}
 
 
+def _branches_digest(data: dict[str, Any]) -> str:
+    body = json.dumps({"active": data["active"], "origins": data["origins"]}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def branches_problem(run: Path) -> str | None:
+    """Why checkpoints/branches.json is not as the job wrote it (None: it is, or there is none): not JSON,
+    edited since (its sha256 no longer matches), or naming a branch or an origin that does not exist.
+    Said wherever a resume follows it, so a hand edit never steers a resume silently."""
+    path = Path(run) / CHECKPOINTS / BRANCHES
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"cannot be read ({e}); branch 0 is followed"
+    if not isinstance(raw, dict) or not isinstance(raw.get("origins"), dict) or type(raw.get("active")) is not int:
+        return "is not {\"active\": <int>, \"origins\": {...}}; branch 0 is followed"
+    if "sha256" in raw and raw["sha256"] != _branches_digest(raw):
+        return "was edited after the job wrote it (its sha256 does not match)"
+    if str(raw["active"]) not in raw["origins"]:
+        return f"makes branch {raw['active']} active, which has no origin recorded"
+    names = {c.name for c in list_checkpoints(run, include_invalid=True)}
+    for branch, origin in raw["origins"].items():
+        if origin is not None and origin not in names:
+            return f"says branch {branch} grows from {origin!r}, which is not a checkpoint of this run"
+    return None
+
+
 def start_branch(run: Path, origin: str) -> int:
     """Record a new branch growing from checkpoint `origin` and make it active (before any save on it)."""
     data = read_branches(run)
@@ -213,7 +242,7 @@ def start_branch(run: Path, origin: str) -> int:
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{BRANCHES}.tmp"
     with open(tmp, "w") as f:
-        json.dump(data, f)
+        json.dump({**data, "sha256": _branches_digest(data)}, f)  # a hand edit is told from the job's write
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / BRANCHES)
@@ -241,7 +270,11 @@ def lineage(run: Path) -> list[CheckpointInfo]:
 def find_resume(run: Path, log: Callable[[str], None] | None = None, *,
                 skip: Callable[[CheckpointInfo], str | None] | None = None) -> CheckpointInfo | None:
     """The newest checkpoint on the active lineage that passes a full check (and `skip`, which says why one
-    cannot be used, e.g. a file its loader refused); damaged ones are skipped loudly."""
+    cannot be used, e.g. a file its loader refused); damaged ones are skipped loudly, and a branches.json not
+    as the job wrote it is named (then followed as it reads)."""
+    if log and (problem := branches_problem(run)):
+        log(f"checkpoints/{BRANCHES} {problem}: the resume follows it as it reads; to pick a checkpoint "
+            "yourself, `llm-wizard control RUN rollback --checkpoint NAME` once it runs")
     for c in lineage(run):
         problem = verify(c.path, full=True) or (skip(c) if skip else None)
         if problem is None:

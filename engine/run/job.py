@@ -66,9 +66,10 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
         runfolder.EventLog(run).emit(ev.Alert(kind="logout", message=f"{risk.message}. {risk.fix}", suggest=None))
     proc = spawn_detached(args, log=run / runfolder.LOG, cwd=run, env=env)
     # Record the pid at once, so a reader never sees the previous process's pid (the job soon rewrites
-    # the status with its start time; if it already has, leave its status alone).
+    # the status with its start time; if it already has, leave its status alone). Another launch that won
+    # the lock meanwhile owns the status: left alone too (this process exits, see wait_started).
     before = runfolder.read_status(run)
-    if before.get("pid") != proc.pid:
+    if before.get("pid") != proc.pid and locks.holder(run) in (None, proc.pid):
         runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": before.get("step", 0),
                                      "message": "launching"})
     return proc.pid
@@ -95,6 +96,9 @@ def wait_started(run: Path, pid: int, timeout: float = 600.0, on_message: Any = 
             return status
         if not pid_alive(pid):
             _reap(pid)
+            if (owner := locks.holder(run)) not in (None, pid):  # it lost the lock to another launch
+                raise UserError(f"run {run.name} is already being trained by process {owner}; watch it with "
+                                f"`llm-wizard attach {run.name}`", field="run")
             status = runfolder.read_status(run)
             if status.get("state") in runfolder.LIVE_STATES:
                 status["state"] = "crashed"
@@ -115,7 +119,7 @@ def _reap(pid: int) -> None:
 
 
 def last_error(run: Path) -> str | None:
-    errors = [e for e in ev.read(run) if isinstance(e, ev.Error)]
+    errors = [e for e in ev.last(run, 200) if isinstance(e, ev.Error)]  # from the end: any log size
     return errors[-1].message if errors else None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.checkpoints.guards import storage_error
-from engine.runfolder import record
+from engine.runfolder import files, record
 from engine.runfolder.record import Invalid, key
 
 VERSION = 1
@@ -369,24 +369,43 @@ class Batch:
         return (e for e, _ in self.events)
 
 
-def read(run: str | os.PathLike[str], from_offset: int = 0) -> Batch:
-    """Complete lines from byte `from_offset` on; a line still being written is read next time."""
+def read(run: str | os.PathLike[str], from_offset: int = 0, *, limit: int | None = None) -> Batch:
+    """Complete lines from byte `from_offset` on, about `limit` bytes of them at most (None: to the end;
+    call again from `offset` for the rest); a line still being written is read next time. Memory stays
+    bounded by the events returned: the file is read in chunks, and a line over MAX_LINE bytes is skipped
+    without being held whole. A FIFO or a link in place of the file raises NotAFile (one line)."""
+    out: list[tuple[Event, int]] = []
+    skipped: list[Skipped] = []
+    scan = files.Lines(Path(run) / EVENTS, from_offset, limit)
+    for line, at, end, whole in scan:
+        if not whole:  # a line no writer of ours makes: skipped, never held whole; an event written onto
+            skipped.append(Skipped(at, f"line longer than {files.MAX_LINE} bytes", line[:120].decode(
+                errors="replace")))  # its end (a torn line) is still found below
+        _parse_line(line, at, end, out, skipped, quiet=not whole)
+    return Batch(out, skipped, scan.offset)
+
+
+_EVENT_START = b'{"v": '  # how every line the job writes begins (json.dumps of to_dict)
+
+
+def _parse_line(line: bytes, at: int, end: int, out: list[tuple[Event, int]], skipped: list[Skipped],
+                quiet: bool = False) -> None:
+    if not line.strip():
+        return
     try:
-        with open(Path(run) / EVENTS, "rb") as f:
-            f.seek(from_offset)
-            data = f.read()
-    except FileNotFoundError:
-        return Batch([], [], from_offset)
-    out, skipped, pos = [], [], 0
-    while (nl := data.find(b"\n", pos)) >= 0:
-        line, start, pos = data[pos:nl], from_offset + pos, nl + 1
-        if not line.strip():
-            continue
+        out.append((parse(line), end))
+        return
+    except Invalid as e:
+        reason = str(e)
+    cut = line.rfind(_EVENT_START)
+    if cut > 0:  # garbage without a newline, then a whole event: the garbage goes, the event stays
         try:
-            out.append((parse(line), from_offset + pos))
-        except Invalid as e:
-            skipped.append(Skipped(start, str(e), line[:120].decode(errors="replace")))
-    return Batch(out, skipped, from_offset + pos)
+            out.append((parse(line[cut:]), end))
+            reason = "garbage before an event on one line"
+        except Invalid:
+            pass
+    if not quiet:
+        skipped.append(Skipped(at, reason, line[:120].decode(errors="replace")))
 
 
 def follow(run: str | os.PathLike[str], from_offset: int = 0, *, poll_s: float = 0.2, until_exit: bool = True,
@@ -394,10 +413,10 @@ def follow(run: str | os.PathLike[str], from_offset: int = 0, *, poll_s: float =
            on_skip: Callable[[Skipped], None] | None = None) -> Iterator[tuple[Event, int]]:
     """Yield (event, offset after it) as the job writes them; ends after `done`, or when the job is gone
     (`until_exit`: `live()` says False), or when `stop()` says so. Restart from the last offset to miss
-    nothing. Lines that are not events go to `on_skip`."""
+    nothing. Lines that are not events go to `on_skip`. Reads bounded chunks: a huge backlog streams."""
     offset = from_offset
     while True:
-        batch = read(run, offset)
+        batch, before = read(run, offset, limit=files.CHUNK), offset
         for problem in batch.skipped:
             if on_skip:
                 on_skip(problem)
@@ -406,12 +425,32 @@ def follow(run: str | os.PathLike[str], from_offset: int = 0, *, poll_s: float =
             if until_exit and isinstance(event, Done):
                 return
         offset = batch.offset
+        if batch.offset - before >= files.CHUNK:  # a backlog: read on before sleeping
+            continue
         if stop and stop():
             return
         if until_exit and not batch.events and live is not None and not live():
             yield from read(run, offset).events  # written just before it went
             return
         time.sleep(poll_s)
+
+
+def end_offset(run: str | os.PathLike[str]) -> int:
+    """Where the next event will start (after the last complete line), found from the file's end: what a
+    reader of only what comes next (`control` waiting for its ack) needs, at once on a log of any size."""
+    return files.end_offset(Path(run) / EVENTS)
+
+
+def last(run: str | os.PathLike[str], n: int, *, most: int = 64 << 20) -> Batch:
+    """The last `n` events, read from the end of the file in growing windows (1 MiB, 8, 64: `most`), so
+    that time and memory follow `n`, not the log's size; `offset` is where following goes on."""
+    path, window = Path(run) / EVENTS, 1 << 20
+    while True:
+        start = files.tail_start(path, window)
+        batch = read(run, start)
+        if len(batch.events) >= n or start == 0 or window >= most:
+            return Batch(batch.events[-n:] if n else [], batch.skipped, batch.offset)
+        window *= 8
 
 
 def find_ack(events: Iterator[Event] | list[Event], cid: str) -> ControlAck | None:
@@ -425,10 +464,12 @@ def wait_ack(run: str | os.PathLike[str], cid: str, timeout: float = 30.0, *, fr
     deadline = time.monotonic() + timeout
     offset, last_check = from_offset, 0.0
     while True:
-        batch = read(run, offset)
-        offset = batch.offset
+        batch = read(run, offset, limit=files.CHUNK)
+        more, offset = batch.offset - offset >= files.CHUNK, batch.offset
         if (ack := find_ack(list(batch), cid)) is not None:
             return ack
+        if more:  # a backlog: read on before sleeping
+            continue
         now = time.monotonic()
         if now > deadline:
             return None

@@ -166,32 +166,41 @@ class RunInfo:
     pid: int | None
     started: float | None
     download: dict[str, Any] | None = None  # a Hub download before the first step: status.json's `download`
+    message: str | None = None  # what a reader-said state means: crashed, stalled, damaged
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def run_info(run: Path) -> RunInfo:
+    """One run's line of the list; never raises on what is in its folder (a damaged status reads as
+    `damaged` with the reason, a spec that cannot be read as technique `?`)."""
     status = current_status(run) or status_file.Status(state="starting")  # no status yet: just created
     technique = status.technique
     if not technique:
         import tomllib
 
         try:
-            technique = tomllib.loads((run / SPEC).read_text(encoding="utf-8")).get("technique", "?")
+            technique = str(tomllib.loads((run / SPEC).read_text(encoding="utf-8")).get("technique", "?"))
         except (OSError, ValueError):
             technique = "?"
+    said = status.state in ("crashed", "stalled", "damaged")
     return RunInfo(id=run.name, path=str(run), state=status.state, technique=technique, step=status.step or 0,
                    loss=status.loss, pid=status.pid, started=status.started,
-                   download=status.download if status.live else None)
+                   download=status.download if status.live else None, message=status.message if said else None)
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
     """Every run folder (one holding spec.toml), oldest first."""
-    if not runs_dir.is_dir():
+    return [run_info(p) for p in run_paths(runs_dir)]
+
+
+def run_paths(runs_dir: Path) -> list[Path]:
+    """Every run folder, oldest first, without reading their files (resolving a name needs no more)."""
+    try:
+        return sorted((p for p in runs_dir.iterdir() if p.is_dir() and (p / SPEC).is_file()), key=lambda p: p.name)
+    except OSError:
         return []
-    runs = [p for p in runs_dir.iterdir() if p.is_dir() and (p / SPEC).is_file()]
-    return [run_info(p) for p in sorted(runs, key=lambda p: p.name)]
 
 
 def resolve_run(ref: str, runs_dir: Path) -> Path:
@@ -199,7 +208,7 @@ def resolve_run(ref: str, runs_dir: Path) -> Path:
     p = Path(ref).expanduser()
     if (p / SPEC).is_file():
         return p.resolve()
-    runs = [Path(r.path) for r in list_runs(runs_dir)]
+    runs = run_paths(runs_dir)
     if ref in ("latest", "last") and runs:
         return runs[-1]
     exact = [r for r in runs if r.name == ref]

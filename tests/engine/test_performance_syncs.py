@@ -4,7 +4,6 @@ read at the log), and command polling opens commands.jsonl only when it changed.
 
 from __future__ import annotations
 
-import builtins
 import math
 import os
 import sys
@@ -131,18 +130,17 @@ def test_nan_step_is_skipped_on_the_device_and_reported_at_the_log(tmp_path: Pat
     assert all(bool(torch.isfinite(t).all()) for t in weights.values())
 
 
-def test_command_polling_opens_the_file_only_when_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_polling_reads_the_file_only_when_it_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    opens: list[str] = []
-    real_open = builtins.open
+    opens: list[int] = []  # reads of new bytes (the file itself stays open: see CommandReader)
+    real_pread = commands_file._pread
 
-    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(file).endswith(runfolder.COMMANDS_FILE):
-            opens.append(str(file))
-        return real_open(file, *args, **kwargs)
+    def counting_open(fd: int, n: int, offset: int) -> bytes:
+        opens.append(offset)
+        return real_pread(fd, n, offset)
 
-    monkeypatch.setattr(commands_file, "open", counting_open, raising=False)  # the module's own `open`
+    monkeypatch.setattr(commands_file, "_pread", counting_open)
     reader = runfolder.CommandReader(run, 0)
     assert all(reader.poll() == [] for _ in range(50)) and opens == []  # no file yet
     cid = runfolder.send_command(run, "save")
@@ -154,21 +152,20 @@ def test_command_polling_opens_the_file_only_when_it_changed(tmp_path: Path, mon
     assert reader.poll() == [] and reader.poll() == []
 
 
-def test_command_file_is_not_opened_during_training_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_command_file_is_not_read_during_training_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          fresh_accelerate) -> None:
     """A real run with a command waiting in the file: it is read once, then 10 steps poll it without opening."""
     trainer = _trainer(tmp_path, 10)
     runfolder.send_command(trainer.run, "set_lr", factor=1.0)
     trainer.commands = runfolder.CommandReader(trainer.run, 0)
-    opens: list[int] = []
-    real_open = builtins.open
+    opens: list[int] = []  # reads of new bytes (the file itself stays open: see CommandReader)
+    real_pread = commands_file._pread
 
-    def counting_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        if str(file).endswith(runfolder.COMMANDS_FILE):
-            opens.append(trainer.step)
-        return real_open(file, *args, **kwargs)
+    def counting_open(fd: int, n: int, offset: int) -> bytes:
+        opens.append(trainer.step)
+        return real_pread(fd, n, offset)
 
-    monkeypatch.setattr(commands_file, "open", counting_open, raising=False)
+    monkeypatch.setattr(commands_file, "_pread", counting_open)
     assert trainer.run_job() == 0
     assert opens == [0]  # read once before the first step, never again
     acks = [e for e in runfolder.read_events(trainer.run)[0] if e["type"] == "control_ack"]

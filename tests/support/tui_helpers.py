@@ -76,7 +76,8 @@ def fake_run(root: Path, *, steps: int = 300, every: int = 10, alert: bool = Fal
                                message=f"the loss has hardly moved for 100 steps at {steps / 10:.0f}% of the data"))
     write_events(run, events)
     (run / "status.json").write_text(json.dumps({"state": state, "pid": pid or os.getpid(), "step": steps,
-                                                 "lr": 3e-4, "loss": 2.3, "updated": t0 + steps}))
+                                                 "lr": 3e-4, "loss": 2.3, "updated": time.time()}))  # a fresh
+    # heartbeat: a live state without one for long reads as stalled
     return run
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ def make_sweep(root: Path, *, live: bool = True) -> Path:
             log.emit(ev.Eval(t=T0 + i, step=10 * (i + 1), eval_loss=loss, eval_ppl=math.exp(loss)))
         log.close()
         (run / "status.json").write_text(json.dumps({"state": "running" if state == "running" else "done",
-                                                     "pid": os.getpid(), "step": 10 * len(curve), "updated": T0}))
+                                                     "pid": os.getpid(), "step": 10 * len(curve), "updated": time.time()}))
         records.append(TrialRecord(number, state=state, params={"train.lr": lr, "options.lora_rank": rank},
                                     run=run.name, value=final, best=min(curve), pruned_at=pruned_at))
     st = SweepState(name="tiny", trials=6, space=("train.lr=log(0.0001,0.03)", "options.lora_rank=choice(8, 16, 32)"),

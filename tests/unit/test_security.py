@@ -237,8 +237,10 @@ def test_S8_commands_from_another_uid_or_a_writable_file_are_ignored_with_one_al
         return os.stat_result(fields)
 
     monkeypatch.setattr(commands_file, "_stat", foreign)
-    runfolder.send_command(run, "stop")
-    runfolder.send_command(run, "rollback", step=1)
+    with pytest.raises(UserError, match=f"not sent: .*uid {foreign_uid}"):  # the CLI never says "queued" here
+        runfolder.send_command(run, "stop")
+    _append(run, "stop")  # what another user's writer appends anyway
+    _append(run, "rollback", step=1)
     assert reader.poll() == [] and reader.poll() == []
     assert len(alerts) == 1 and f"uid {foreign_uid}" in alerts[0] and "commands ignored" in alerts[0]
     monkeypatch.setattr(commands_file, "_stat", real)
@@ -247,15 +249,22 @@ def test_S8_commands_from_another_uid_or_a_writable_file_are_ignored_with_one_al
     later = runfolder.send_command(run, "resume")
     assert [c["id"] for c in reader.poll()] == [later]
     (run / runfolder.COMMANDS_FILE).chmod(0o666)  # anyone could append
-    runfolder.send_command(run, "stop")
+    with pytest.raises(UserError, match="writable by other users"):
+        runfolder.send_command(run, "stop")
+    _append(run, "stop")
     assert reader.poll() == [] and len(alerts) == 2 and "writable by other users (mode 666)" in alerts[1]
     (run / runfolder.COMMANDS_FILE).chmod(0o600)
     run.chmod(0o777)
-    runfolder.send_command(run, "stop")
+    _append(run, "stop")
     assert reader.poll() == [] and "the run folder" in alerts[2]
     run.chmod(0o700)
     last = runfolder.send_command(run, "save")
     assert [c["id"] for c in reader.poll()] == [last]
+
+
+def _append(run: Path, cmd: str, **args: object) -> None:
+    with open(run / runfolder.COMMANDS_FILE, "a") as f:
+        f.write(json.dumps(commands_file.build(cmd, **args).to_dict()) + "\n")
 
 
 def test_S8_the_trainer_alerts_about_ignored_commands(tmp_path: Path) -> None:

@@ -64,17 +64,22 @@ def describe(event: Event) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from engine.errors import UserError
     from engine.paths import runs_dir
     from engine.runfolder import events as ev
     from engine.runfolder import folder as runfolder
     from tui.output import out
 
     run_path = runfolder.resolve_run(args.run, runs_dir(getattr(args, "runs_dir", None)))
+    status = runfolder.current_status(run_path)
+    if status is not None and status.state == "damaged":
+        raise UserError(f"run {run_path.name}: {status.message}", field="run")
+    ev.end_offset(run_path)  # a FIFO or a link in place of events.jsonl: one line here, never a hang
     if not (args.follow or args.json or args.text) and sys.stdout.isatty():  # the live dashboard
         from tui.app import make_app
 
         return int(make_app(runs_dir=getattr(args, "runs_dir", None), attach=str(run_path)).run() or 0)
-    batch = ev.read(run_path)
+    batch = ev.last(run_path, max(0, args.last))  # read from the end: bounded, whatever the log's size
     console = out()
 
     def show(event: Event) -> None:
@@ -88,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     for problem in batch.skipped:
         skipped(problem)
-    events = list(batch)
-    for event in events[-args.last:] if args.last else []:
+    for event in batch:
         show(event)
     status = runfolder.current_status(run_path)
     if not args.follow or status is None or not status.live:
@@ -97,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
             state, step = (status.state, status.step or 0) if status is not None else ("unknown", 0)
             console.print(f"[dim]{run_path.name}: {state} at step {step}[/]")
             _vm_hint(console, state)
+            if status is not None and status.state in ("stalled", "crashed") and status.message:
+                console.print(f"[bold yellow]{status.state}[/]: {status.message}", highlight=False)
         return 0
+    if status.state == "stalled" and not args.json:
+        console.print(f"[bold yellow]stalled[/]: {status.message}", highlight=False)
     try:
         for event, _ in ev.follow(run_path, batch.offset, live=runfolder.live(run_path), on_skip=skipped):
             show(event)

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.runfolder import commands as commands_file
     from engine.runfolder import events as ev
     from engine.runfolder import folder as runfolder
+    from engine.runfolder import status as st
     from engine.paths import runs_dir
     from tui.output import error, out, print_json
 
@@ -91,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     cmd, extra = command_args(args)
     command = commands_file.build(cmd, cid=getattr(args, "cmd_id", None), **extra)  # checked before it is sent
     status = runfolder.current_status(run_path)
+    if status is not None and status.state == "damaged":
+        raise UserError(f"run {run_path.name}: {status.message}", field="run")
+    if status is not None and status.state == "done":
+        raise UserError(f"run {run_path.name} is finished (done at step {status.step or 0}): nothing to steer",
+                        field="run")
     if status is None or not status.live:
         raise UserError(f"run {run_path.name} is not running (state: {status.state if status else 'unknown'}); "
                         f"`llm-wizard train --resume {run_path.name}` continues it", field="run")
@@ -98,12 +104,20 @@ def run(args: argparse.Namespace) -> int:
     if cmd == "stop" and not args.yes and not _confirmed_stop(run_path):
         error(f"not stopped: run {run_path.name} goes on")
         return 1
-    offset = ev.read(run_path).offset
-    cid = commands_file.send(run_path, command)
+    offset = ev.end_offset(run_path)  # from the end: one small read, whatever the log's size
+    cid = commands_file.send(run_path, command)  # UserError saying why not, unless the job's reader will take it
+    if status.state == "stalled" and st.stopped(status.pid or 0):  # no answer can come: said at once
+        error(f"{cmd} is queued as command id {cid}, but run {run_path.name} makes {status.message}; the "
+              "command runs when it goes on")
+        return 1
     ack = ev.wait_ack(run_path, cid, timeout=args.timeout, from_offset=offset, live=runfolder.live(run_path))
     if ack is None:
-        state = runfolder.read_status(run_path).get("state", "unknown")
-        if state not in runfolder.LIVE_STATES:
+        now = runfolder.current_status(run_path)
+        state = now.state if now is not None else "unknown"
+        if state == "stalled" and now is not None:
+            error(f"no acknowledgement from run {run_path.name} within {args.timeout:g} s: it makes "
+                  f"{now.message}; {cmd} is queued as command id {cid} and runs when the job goes on")
+        elif state not in runfolder.LIVE_STATES:
             error(f"run {run_path.name} ended (state: {state}) before acknowledging {cmd} (command id {cid}); "
                   f"a resumed run does not execute commands sent before it started: send it again after "
                   f"`llm-wizard train --resume {run_path.name}`")

@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", choices=["compare"], help="compare: the runs named after it")
     parser.add_argument("ids", nargs="*", metavar="RUN", help="runs to compare (ids, unique parts, 'latest', folders)")
     parser.add_argument("--json", action="store_true",
-                        help='a list of {"id", "path", "state", "technique", "step", "loss", "pid", "started"}; '
+                        help='a list of {"id", "path", "state", "technique", "step", "loss", "pid", "started", "message"}; '
                              'compare: {"runs": [...], "differences": {setting: [value per run]}}')
 
 
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     if not runs and sweeps is None:
         out().print(f"no runs in {where} (start one with `llm-wizard train presets/tiny.toml`)")
         return 0
-    colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red"}
+    colours = {"running": "green", "paused": "yellow", "done": "blue", "failed": "red", "crashed": "red",
+               "stalled": "bold yellow", "damaged": "red"}
     table = Table(title=f"runs in {where}", title_justify="left")
     for col in ("id", "technique", "state", "step", "loss", "started"):
         table.add_column(col, justify="right" if col in ("step", "loss") else "left", no_wrap=col == "id")
@@ -51,6 +52,9 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(r.id, r.technique, state, str(r.step),
                       f"{r.loss:.4f}" if r.loss is not None else "", started)
     out().print(table)
+    for r in runs:  # what a state the reader said means: why damaged, since when stalled
+        if r.message and r.state in ("stalled", "damaged"):
+            out().print(f"{r.id}: {r.state}: {r.message}", markup=False, highlight=False)
     return 0
 
 

@@ -47,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
         status = runfolder.read_status(run_path)
         if status.get("state") in runfolder.LIVE_STATES:
             raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
+        if status.get("state") == "done":  # resuming would train nothing and rewrite final/ over the result
+            raise UserError(f"run {run_path.name} is finished (done at step {status.get('step') or 0}): nothing to "
+                            f"resume. To train further, start a new run from its model, e.g. `llm-wizard train "
+                            f"{run_path / runfolder.SPEC} --set model.path={run_path / 'final'} --set "
+                            "train.max_steps=N`", field="resume")
         spec = spec_mod.load(run_path / runfolder.SPEC)
         if hasattr(get(spec.technique), "remote"):
             pass  # a hosted job: the job process follows the remote job its run folder names (nothing to restore)

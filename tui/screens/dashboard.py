@@ -38,6 +38,7 @@ from tui.widgets.commands import CommandBlock
 from tui.widgets.gpu_panel import GpuPanel
 
 POLL_S = 0.5
+HISTORY_BYTES = 16 << 20  # the loss history shown: the log's last 16 MiB (about 50,000 intervals)
 GPU_POLL_S = 2.0
 
 
@@ -116,10 +117,19 @@ class DashboardScreen(ExportFlow):  # ExportFlow: a Screen with the `e` key's fl
     def follow(self) -> None:
         from engine.runfolder.folder import current_status
 
+        from engine.errors import UserError
+        from engine.runfolder import files
+
         worker = get_current_worker()
-        offset, last_status = 0, None
+        last_status = None
+        offset: int | None = None  # None: the history is still to be found
         while not worker.is_cancelled:
-            batch = ev.read(self.run, offset)
+            try:  # the history: the log's last HISTORY_BYTES (it grows with the run, the view must not)
+                if offset is None:
+                    offset = files.tail_start(self.run / ev.EVENTS, HISTORY_BYTES)
+                batch = ev.read(self.run, offset, limit=files.CHUNK)
+            except UserError:  # a FIFO or a link in its place: nothing read (status.json still shows the state)
+                batch = ev.Batch([], [], offset or 0)
             offset = batch.offset
             status = current_status(self.run)
             key = status.to_dict() if status is not None else {}
@@ -227,7 +237,7 @@ class DashboardScreen(ExportFlow):  # ExportFlow: a Screen with the `e` key's fl
         title.append(f"  {self.run.name}", style="bold")
         if h.error:
             title.append(f"  error: {h.error}", style="red")
-        elif h.state in ("starting", "stopping") and h.message:
+        elif h.state in ("starting", "stopping", "stalled") and h.message:
             if h.download:  # a Hub model arriving: a bar beside the bytes, rate and ETA
                 done, total = h.download.get("done_bytes") or 0, h.download.get("total_bytes") or 0
                 filled = round(20 * min(1.0, done / total)) if total else 20

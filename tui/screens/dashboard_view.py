@@ -13,9 +13,10 @@ from tui.widgets.gpu_panel import LEVELS
 
 MUTED = "#9e9e9e"
 SEVERITY = {"error": ("✖", "bold red"), "warning": ("⚠", "yellow"), "info": ("i", "cyan")}
-LIVE = ("starting", "running", "paused", "stopping")
+LIVE = ("starting", "running", "paused", "stopping", "stalled")
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "starting": "cyan", "stopping": "yellow",
-               "done": "bold blue", "stopped": "blue", "failed": "bold red", "crashed": "bold red"}
+               "done": "bold blue", "stopped": "blue", "failed": "bold red", "crashed": "bold red",
+               "stalled": "bold yellow", "damaged": "bold red"}
 REMEDY_KEYS = {"rescue": ("x", "rescue"), "rollback": ("b", "roll back"), "set_lr": ("l", "lower the LR"),
                "pause": ("p", "resume after a look"), "stop": ("S", "stop")}
 

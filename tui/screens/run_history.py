@@ -176,7 +176,7 @@ class RunHistory:
             self.message = status.message
         if self.done:
             return
-        if not status.live or (status.updated or 0.0) > self.state_t:
+        if not status.live or status.state == "stalled" or (status.updated or 0.0) > self.state_t:
             self.state = status.state
 
     def chart(self) -> ChartData:

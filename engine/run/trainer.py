@@ -65,6 +65,7 @@ class Trainer(CheckpointSteps):
         self.batch_size, self.grad_accum = spec.train.batch_size, spec.train.grad_accum
         self.batch_choice: dict[str, Any] | None = None  # the preflight batch finder's, kept in checkpoints
         self._last_status = 0.0
+        self._longest_beat = 0.0  # the longest gap between status writes so far: readers scale "stalled" by it
         self.tries = 0  # optimizer-step attempts of this process (LLMW_FAULT's <kind>@try:k)
         self.rollback_due: numerics.Escalation | None = None  # an automatic rollback, done before the next step
         self.skip_above: Any = None  # device scalar: a step whose loss is above it is skipped (step_guard)
@@ -81,7 +82,10 @@ class Trainer(CheckpointSteps):
         self.stop_reason = self.stop_reason or reason
 
     def write_status(self, **extra: Any) -> None:
-        self._last_status = time.monotonic()
+        now = time.monotonic()
+        if self._last_status:
+            self._longest_beat = max(self._longest_beat, now - self._last_status)
+        self._last_status = now
         try:
             self._write_status(**extra)
             self.status_blocked = None
@@ -97,7 +101,7 @@ class Trainer(CheckpointSteps):
             "total_steps": getattr(self, "total_steps", None), "branch": self.branch, "message": self.message,
             "lr": self.last.get("train/lr"), "loss": self.last.get("train/loss"),
             "eval_loss": self.last.get("eval/loss"), "epoch": self.epoch_share(), "micro_batch": self.batch_size,
-            "grad_accum": self.grad_accum, **extra})
+            "grad_accum": self.grad_accum, "beat_s": round(self._longest_beat, 1), **extra})
 
     def set_state(self, state: str, message: str = "", **fields: Any) -> None:
         self.state, self.message = state, message

@@ -30,7 +30,7 @@ STATUS = "status.json"
 # `crashed`, `stalled` and `damaged` are said by the reader, never written by a job
 STATES = ("starting", "running", "paused", "stopping", "done", "failed", "stopped", "crashed", "stalled", "damaged")
 LIVE_STATES = ("starting", "running", "paused", "stopping", "stalled")
-STALL_S = 120.0  # no heartbeat for this long while running or paused: stalled (the job beats every 1-2 s)
+STALL_S = 120.0  # no heartbeat for this long while running or paused: stalled (the job beats every 1-2 s between steps; see no_progress)
 MAX_BYTES = 1 << 20  # a status is a few hundred bytes
 
 
@@ -52,6 +52,7 @@ class Status:
     epoch: float | None = None
     micro_batch: int | None = None
     grad_accum: int | None = None
+    beat_s: float | None = None  # the longest gap between two status writes so far (a slow step or save)
     # several processes
     rank0_pid: int | None = None
     world_size: int | None = None
@@ -150,14 +151,16 @@ def stall_after() -> float:
 
 def no_progress(status: Status, now: float | None = None) -> str | None:
     """Why a running or paused job whose process lives makes no progress (None: it does): its process is
-    stopped by a signal, or it has not beaten (rewritten status.json) for `stall_after()` seconds."""
+    stopped by a signal, or it has not beaten (rewritten status.json) for `stall_after()` seconds, or 3x the
+    longest gap between its beats so far where that is longer."""
     if status.state not in ("running", "paused") or status.pid is None:
         return None
     if stopped(status.pid):
         return (f"no progress: its process {status.pid} is stopped by a signal (SIGSTOP or Ctrl-Z); "
                 f"`kill -CONT {status.pid}` lets it go on")
     age = (now or time.time()) - (status.updated or 0.0)
-    if status.updated is not None and age > stall_after():
+    # A job whose steps or saves take minutes beats that seldom: silence counts only past 3x its longest gap.
+    if status.updated is not None and age > max(stall_after(), 3 * (status.beat_s or 0.0)):
         return (f"no progress for {age:.0f} s: status.json's heartbeat stopped at step {status.step or 0} "
                 "(a hung step, storage or device?); see job.log, or stop it")
     return None

@@ -262,3 +262,17 @@ def test_H8_an_edited_branches_json_is_named_by_the_resume(tmp_path: Path) -> No
     path.write_text(json.dumps({"active": 1, "origins": {"0": None, "1": "step-000011"}}))  # no checksum: older job
     ck.find_resume(tmp_path, log=notes.append)
     assert "'step-000011', which is not a checkpoint" in notes[-1]
+
+
+def test_H4_a_job_whose_steps_take_long_is_not_stalled_until_3x_its_longest_beat(tmp_path: Path) -> None:
+    """A job beats at step boundaries: one whose steps or saves take minutes is silent that long, busy."""
+    run = _run(tmp_path)
+    _live(run)
+    status = runfolder.read_status(run)
+    now = time.time()
+    runfolder.write_status(run, {**status, "state": "running", "beat_s": 300.0})
+    busy = runfolder.current_status(run)
+    assert st.no_progress(busy, now=now + 600) is None  # 600 s < 3 x 300 s
+    assert "no progress for" in (st.no_progress(busy, now=now + 1000) or "")
+    runfolder.write_status(run, {**status, "state": "running", "beat_s": 1.0})
+    assert "no progress for" in (st.no_progress(runfolder.current_status(run), now=now + 600) or "")

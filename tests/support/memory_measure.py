@@ -123,10 +123,10 @@ def _apply_prompt_tuning(model: Any, req: EstimateRequest) -> Any:
 def _optimizer(req: EstimateRequest, params: list[Any]) -> Any:
     import torch
 
-    # foreach=True is what PyTorch picks on CUDA; on the CPU it would pick the per-tensor loop,
-    # whose temporaries are smaller. Measuring foreach measures what a GPU run does.
+    # AdamW fused, as the trainer builds it (engine/run/train_state.py); SGD foreach=True, what PyTorch picks
+    # on CUDA (on the CPU it would pick the per-tensor loop, whose temporaries are smaller)
     if req.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
     if req.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
     if req.optimizer in ("adamw8bit", "paged_adamw8bit"):
@@ -230,6 +230,8 @@ def _skip_frozen_grad_hooks(tracker: Any) -> None:
 
 def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Measured:
     """Peak tensor bytes of one steady-state training step of `req` on this machine."""
+    import contextlib
+
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -239,10 +241,10 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
 
         ctx = FakeTensorMode(allow_non_fake_inputs=True)
     else:
-        import contextlib
-
         ctx = contextlib.nullcontext()
-    with ctx:
+    from engine.estimate.probe import _grouped_mm_fallback
+
+    with ctx, (_grouped_mm_fallback() if fake else contextlib.nullcontext()):
         dims = dims or measurable_dims(req)
         model, extra = build_model(req, fake, dims)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -65,7 +65,7 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Pa
     if d.measurable:
         prof = probe.cached(d, probe.variant(req, t))
         if prof is not None:
-            act = prof.activations(d, e, mixed, T // req.batch_size, act)
+            act = prof.activations(d, e, mixed, T // req.batch_size, req.batch_size, casts_counted=p.cast_copies > 0)
             source = f"measured on a reduced copy ({prof.attention} attention)"
     t_weights, t_logits = _teacher_bytes(req, T)
     inputs = 4 * 8 * req.batch_size * req.seq_len  # ids, labels, the loss's padded and shifted labels

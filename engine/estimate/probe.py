@@ -26,7 +26,10 @@ from engine.estimate.activations import ActivationModel, Trainable
 from engine.models import shape_cache
 from engine.models.shape import ModelDims
 
-SEQS = (32, 64, 128)  # three points fit c0 + c1 s + c2 s^2 exactly
+SEQS = (32, 64, 128)  # three points fit c0 + c1 s + c2 s^2 exactly (saved bytes are such a polynomial)
+# A layer's backward rise is the largest of several moments, which may change places as s grows: measured at
+# longer sequences, where training runs, so that the fit extrapolates from the moment that wins there
+TRANSIENT_SEQS = (128, 256, 512)
 _MEMO: dict[str, Profile | None] = {}  # this process's profiles (and failures), by cache key
 
 
@@ -37,23 +40,33 @@ class Profile:
     layer: tuple[float, float, float]  # one decoder layer (the mean over the measured ones)
     rest: tuple[float, float, float]  # everything outside the layers, with the loss's float32 log-softmax
     attention: str
+    # a layer's backward above the moment it starts, its parameters' gradients left out (they are counted):
+    # gradients of its ops, and with checkpointing its recomputed forward (MemTracker's per-module peak)
+    transient: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    transient_fixed: float = 0.0  # the part of that rise that does not grow with the batch (weights' casts)
 
-    def activations(self, d: ModelDims, e: int, mixed: bool, seq: int, formula: ActivationModel) -> ActivationModel:
-        """The timeline's per-token model at sequence length `seq`: measured saved bytes, and the formula's
-        transients (a layer's backward) and layer input (what checkpointing keeps)."""
-        at = lambda c: c[0] + c[1] * seq + c[2] * seq * seq  # noqa: E731
+    def activations(self, d: ModelDims, e: int, mixed: bool, seq: int, batch: int, casts_counted: bool
+                    ) -> ActivationModel:
+        """The timeline's per-token model at sequence length `seq` and micro-batch `batch`. The constant term
+        does not grow with the batch (autocast's 16-bit copies of the weights, which `casts_counted` says the
+        parameter count already holds); the rest does."""
+        c0 = 0.0 if casts_counted else 1.0
+        at = lambda c: c0 * c[0] / batch + c[1] * seq + c[2] * seq * seq  # noqa: E731
+        fixed = self.transient_fixed
+        rise = fixed / batch + (self.transient[0] - fixed) + self.transient[1] * seq + self.transient[2] * seq * seq
         per_layer = max(0, round(at(self.layer) / seq))
         # the loss's log-softmax (float32, batch x seq x vocab) is the timeline's own term
         final = max(0, round(at(self.rest) / seq) - 4 * d.vocab_size)
         return ActivationModel(per_layer=(per_layer,) * d.layers, embedding=0, final=final,
                                layer_input=(4 if mixed else e) * d.hidden, input_shared=True,
-                               transient=formula.transient, hidden_grad=e * d.hidden)
+                               transient=max(0, round(rise / seq)), hidden_grad=0,
+                               recompute_in_transient=True)
 
 
 def variant(req: Any, t: Trainable) -> dict[str, Any]:
-    """What decides the saved tensors besides the config: precision, what trains, the attention."""
+    """What decides the saved tensors besides the config: precision, what trains, checkpointing."""
     technique = req.finetuning if req.preference else req.technique
-    return {"precision": req.precision, "full": t.full, "targets": sorted(t.lora_targets), "rank": t.lora_rank,
+    return {"precision": req.precision, "full": t.full, "checkpointing": req.grad_checkpointing, "targets": sorted(t.lora_targets), "rank": t.lora_rank,
             "prompt": t.inputs_need_grad, "adapter_bytes": t.adapter_bytes,
             "frozen_16bit": technique in ("lora", "qlora", "prompt-tuning") and req.precision != "fp32"}
 
@@ -66,7 +79,8 @@ def cached(d: ModelDims, v: dict[str, Any]) -> Profile | None:
     found = shape_cache.read(key)
     if found is None:
         return None
-    prof = Profile(tuple(found["layer"]), tuple(found["rest"]), str(found["attention"])) if found["ok"] else None
+    prof = Profile(tuple(found["layer"]), tuple(found["rest"]), str(found["attention"]),
+                   tuple(found["transient"]), float(found["transient_fixed"])) if found["ok"] else None
     _MEMO[key] = prof
     return prof
 
@@ -90,7 +104,9 @@ def ensure(d: ModelDims, v: dict[str, Any], note: Callable[[str], None] | None =
         prof = None
     _MEMO[key] = prof
     shape_cache.write(key, {"ok": prof is not None, "layer": prof.layer if prof else None,
-                            "rest": prof.rest if prof else None, "attention": prof.attention if prof else None})
+                            "rest": prof.rest if prof else None, "attention": prof.attention if prof else None,
+                            "transient": prof.transient if prof else None,
+                            "transient_fixed": prof.transient_fixed if prof else None})
     return prof
 
 
@@ -120,10 +136,13 @@ def measure(d: ModelDims, v: dict[str, Any]) -> Profile:
         for n in counts:
             model = _reduced_model(d, v, n)
             fits[n] = _fit([(s, _saved_bytes(model, d, v, s)) for s in SEQS])
+        transient = _fit([(s, _layer_backward(model, d, v, s)) for s in TRANSIENT_SEQS])
+        s0 = TRANSIENT_SEQS[0]
+        fixed = 2 * _layer_backward(model, d, v, s0) - _layer_backward(model, d, v, s0, batch=2)
     lo, hi = counts
     layer = tuple((fits[hi][k] - fits[lo][k]) / (hi - lo) for k in range(3))
     rest = tuple(fits[lo][k] - lo * layer[k] for k in range(3))
-    return Profile(layer, rest, d.attention)  # type: ignore[arg-type]
+    return Profile(layer, rest, d.attention, transient, max(0.0, fixed))  # type: ignore[arg-type]
 
 
 def _reduced_model(d: ModelDims, v: dict[str, Any], layers: int) -> Any:
@@ -141,6 +160,8 @@ def _reduced_model(d: ModelDims, v: dict[str, Any], layers: int) -> Any:
         model.requires_grad_(False)
     if v["targets"]:
         _wrap_lora(model, set(v["targets"]), v["rank"], torch.bfloat16 if v["adapter_bytes"] == 2 else torch.float32)
+    if v["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
 
 
@@ -179,17 +200,78 @@ def _saved_bytes(model: Any, d: ModelDims, v: dict[str, Any], seq: int) -> float
             saved[st._cdata] = st.nbytes()
         return t
 
-    mixed = vocabulary.precision(v["precision"]).mixed
-    ids = torch.randint(0, d.vocab_size, (1, seq))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
-        if v["prompt"]:  # prompt tuning: gradients flow from the (virtual) input embeddings on
-            embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
-            out = model(inputs_embeds=embeds, labels=ids, use_cache=False)
-        else:
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-    del out
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _forward(model, d, v, seq, checkpointing=False)
     return float(sum(saved.values()))
+
+
+def _forward(model: Any, d: ModelDims, v: dict[str, Any], seq: int, checkpointing: bool = True,
+             batch: int = 1) -> Any:
+    """The loss of one micro-batch, as the trainer computes it (the model's output freed)."""
+    import torch
+
+    mixed = vocabulary.precision(v["precision"]).mixed
+    ids = torch.randint(0, d.vocab_size, (batch, seq))
+    was = model.is_gradient_checkpointing
+    if was and not checkpointing:
+        model.gradient_checkpointing_disable()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            if v["prompt"]:  # prompt tuning: gradients flow from the (virtual) input embeddings on
+                embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
+                return model(inputs_embeds=embeds, labels=ids, use_cache=False).loss
+            return model(input_ids=ids, labels=ids, use_cache=False).loss
+    finally:
+        if was and not checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _layer_backward(model: Any, d: ModelDims, v: dict[str, Any], seq: int, batch: int = 1) -> float:
+    """The largest rise of memory inside one decoder layer's backward above its start, less the gradients of
+    its own parameters (MemTracker's per-module snapshots)."""
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker, _ModState
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) and
+              all(isinstance(x, torch.nn.Module) for x in m)]
+    blocks = list(max(layers, key=len)) if layers else []
+    tracker = MemTracker()
+    _skip_frozen_grad_hooks(tracker)
+    tracker.track_external(model)
+    with tracker:
+        loss = _forward(model, d, v, seq, batch=batch)
+        loss.backward()
+    rises = []
+    for block in blocks:
+        stats = tracker.memory_tracking.get(block)
+        if stats is None or _ModState.PRE_BW not in stats.snapshots:
+            continue
+        dev = torch.device("cpu")
+        start = stats.snapshots[_ModState.PRE_BW][-1][dev]["Total"]
+        grads = sum(p.numel() * p.element_size() for p in block.parameters() if p.requires_grad)
+        rises.append(stats.local_peak.get(dev, start) - start - grads)
+    model.zero_grad(set_to_none=True)
+    return float(max(rises, default=0))
+
+
+def _skip_frozen_grad_hooks(tracker: Any) -> None:
+    """MemTracker registers a gradient hook on every parameter; a frozen one refuses it."""
+    import types
+
+    original = type(tracker)._track_module_params_and_buffers
+
+    def patched(self: Any, module: Any, install_grad_hooks: bool = True) -> tuple[int, int]:
+        frozen = [p for p in module.parameters() if not p.requires_grad]
+        for p in frozen:
+            self._param_to_grad_hook_handles.setdefault(p, ())
+        try:
+            return original(self, module, install_grad_hooks)
+        finally:
+            for p in frozen:
+                if self._param_to_grad_hook_handles.get(p) == ():
+                    del self._param_to_grad_hook_handles[p]
+
+    tracker._track_module_params_and_buffers = types.MethodType(patched, tracker)
 
 
 @contextlib.contextmanager

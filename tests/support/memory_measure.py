@@ -77,11 +77,13 @@ def _apply_lora(model: Any, req: EstimateRequest, fake: bool) -> Any:
         cfg = LoraConfig(r=req.lora_rank, lora_alpha=2 * req.lora_rank, lora_dropout=0.0,
                          target_modules=targets, task_type="CAUSAL_LM")
         return get_peft_model(model, cfg)
+    import torch
+
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if child_name in targets and child.__class__.__name__ == "Linear":
+            if child_name in targets and isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, _LoraLinear.wrap(child, req.lora_rank, 2 * req.lora_rank))
     return model
 
@@ -375,6 +377,11 @@ MIXTRAL = dict(model_type="mixtral", vocab_size=256, hidden_size=128, intermedia
                num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
 _FOLDERS: dict[str, str] = {}
 
+from arch_cases import ARCH_CASES, ARCH_TESTED, ARCHS, fake_case  # noqa: E402  (the other families' cases)
+
+CASES.update(ARCH_CASES)
+BENCH_ONLY = BENCH_ONLY | (frozenset(ARCH_CASES) - ARCH_TESTED)
+
 
 def _config_folder(key: str, config: dict[str, Any]) -> str:
     """A folder with this config.json, written once per process."""
@@ -393,6 +400,9 @@ def case_request(name: str) -> EstimateRequest:
     """The request of a case, with its config folders written: the Mixtral, and a distillation
     teacher of the student's shape with twice the layers."""
     kw = dict(CASES[name])
+    if str(kw.get("model", "")).startswith("{arch:"):
+        key = kw["model"][6:-1]
+        kw["model"] = _config_folder(key, ARCHS[key])
     if kw.get("model") == "{mixtral}":
         kw["model"] = _config_folder("mixtral", MIXTRAL)
     if kw.get("model") == "{gpt2_gelu_new}":

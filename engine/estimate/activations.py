@@ -204,7 +204,7 @@ def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False, se
     i = d.intermediate * max(1, d.experts_per_token)
     # The largest moment of a layer's backward is the MLP product's: its input gradient and the two
     # gradients it makes (3 x MLP width) while its own saved input is already freed: 2 x MLP width,
-    transient = 2 * e * i
+    transient = (1 if d.family == "gpt2" else 2) * e * i
     if d.attention == "eager":
         # or the attention's: one gradient of the s x s scores (Llama's softmax runs in float32)
         scores = e if d.family == "gpt2" else 4

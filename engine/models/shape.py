@@ -60,6 +60,7 @@ class ModelDims:
     linears: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
     embed_module: str = ""
     lora_defaults: tuple[str, ...] | None = ()
+    buildable: bool = True  # False: transformers cannot build it here (remote code): Llama-style formulas only
 
     @property
     def params(self) -> int:
@@ -68,7 +69,7 @@ class ModelDims:
     @property
     def measurable(self) -> bool:
         """A model given by its config (not a scratch shape): its activations are measured on a reduced copy."""
-        return bool(self.config) and not self.source.startswith("scratch ")
+        return self.buildable and bool(self.config) and not self.source.startswith("scratch ")
 
     @property
     def kv_dim(self) -> int:
@@ -185,7 +186,7 @@ def dims_from_config(cfg: dict[str, Any], source: str = "") -> ModelDims:
     return replace(d, attention="eager" if attention == "eager" else "sdpa")
 
 
-def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
+def _dims_from_config(cfg: dict[str, Any], source: str, buildable: bool = True) -> ModelDims:
     mt = str(cfg.get("model_type", ""))
     try:
         if mt == "gpt2":
@@ -197,7 +198,7 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
             d = ModelDims("gpt2", mt, v, h, n, heads, heads, h // heads, i, pos, True, dropout=drop,
                           activation=str(cfg.get("activation_function", "gelu_new")), source=source, config=cfg)
             return replace(d, tensors=tuple(_gpt2_tensors(v, h, n, i, pos)))
-        if mt in LLAMA_LIKE:
+        if mt in LLAMA_LIKE or not buildable:
             h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
             kv = int(cfg.get("num_key_value_heads") or heads)
             hd = int(cfg.get("head_dim") or h // heads)
@@ -207,11 +208,25 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
                           bool(cfg.get("tie_word_embeddings", False)), experts=experts,
                           experts_per_token=int(cfg.get("num_experts_per_tok", 1) or 1),
                           activation=str(cfg.get("hidden_act", "silu")), source=source, config=cfg)
-            return replace(d, tensors=tuple(_llama_tensors(d, cfg)))
+            d = replace(d, tensors=tuple(_llama_tensors(d, cfg)))
+            if not buildable:  # remote code is never run to estimate: its numbers, counted as Llama's
+                d = replace(d, family="llama", buildable=False,
+                            source=f"{source} (remote code, not run: counted as a Llama of its numbers)")
+            return d
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{source or 'config'}: config.json lacks or garbles {err} for model_type {mt!r}",
                         field="model") from None
-    return meta_dims(cfg, source)
+    try:
+        return meta_dims(cfg, source)
+    except UserError:
+        if not _llama_numbers(cfg):  # nothing to count it by
+            raise
+    return _dims_from_config(cfg, source, buildable=False)  # the formulas, as the fallback
+
+
+def _llama_numbers(cfg: dict[str, Any]) -> bool:
+    return all(cfg.get(k) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
+                                    "intermediate_size"))
 
 
 def meta_dims(cfg: dict[str, Any], source: str) -> ModelDims:
@@ -266,7 +281,8 @@ def _reduced_copy_tensors(cfg: dict[str, Any], source: str) -> dict[str, Any]:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(reduced_config(cfg, 1))
     except Exception as err:  # an unknown model_type or a config transformers cannot build
-        raise UserError(f"{source}: cannot build model_type {cfg.get('model_type')!r} from its config ({err})",
+        reason = str(err).split(". Should contain one of")[0][:200]  # not transformers' list of every type
+        raise UserError(f"{source}: cannot build model_type {cfg.get('model_type')!r} from its config ({reason})",
                         field="model") from None
     kinds: dict[str, str] = {}
     linears: list[tuple[str, int, int]] = []

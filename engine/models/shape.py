@@ -27,7 +27,7 @@ class ParamTensor:
     name: str  # the module path's last parts, e.g. "layers.3.q_proj.weight"
     numel: int
     module: str  # the module's own name (q_proj, c_attn, embed_tokens, ...): what LoRA targets match
-    kind: str  # "embedding", "linear", "norm", "bias", "router"
+    kind: str  # "embedding", "linear", "norm", "bias", "router", "param" (outside a Linear: fused MoE experts)
     layer: int | None = None  # the decoder layer it belongs to; None for embeddings and the head
 
 
@@ -296,7 +296,7 @@ def _reduced_copy_tensors(cfg: dict[str, Any], source: str) -> dict[str, Any]:
     for name, p in model.named_parameters():
         owner, _, leaf = name.rpartition(".")
         kind = kinds.get(owner) or ("norm" if p.dim() == 1 and leaf == "weight" else
-                                    "bias" if p.dim() == 1 else "router" if "gate" in owner else "linear")
+                                    "bias" if p.dim() == 1 else "param")
         if leaf == "bias" and kind in ("linear", "embedding"):
             kind = "bias"
         row = (name, p.numel(), owner.rsplit(".", 1)[-1] if owner else leaf, kind)

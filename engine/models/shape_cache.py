@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-FORMAT = 1  # raised when what is stored changes meaning
+FORMAT = 2  # raised when what is stored changes meaning
 
 
 def folder() -> Path:

@@ -4,9 +4,12 @@
 gradients, optimizer states, autocast copies, activations, logits and loss, a teacher), the peak
 tensor total of one step (phase-aware: the forward/backward peak and the optimizer-step peak are
 different moments; the larger one counts), the total with the allocator's and CUDA's margins, a
-verdict per GPU and the changes that would make it fit. No weights are loaded and torch is not
-imported: a 7B Llama answers in milliseconds. The accuracy of `peak_bytes` is measured against
-MemTracker in tests/unit/test_estimate_accuracy.py and bench/estimate_accuracy.py.
+verdict per GPU and the changes that would make it fit. No weights are loaded. A scratch shape (GPT-2, Llama)
+is arithmetic and never imports torch: a 7B Llama answers in milliseconds. A model given by its config has its
+activations measured once on a reduced copy under FakeTensorMode (engine/estimate/probe.py: seconds, cached
+per config, precision and what trains); until then, and where the model cannot be built, the per-layer
+formulas answer. `Estimate.sources` says which part came from where. The accuracy of `peak_bytes` is measured
+against MemTracker in tests/unit/test_estimate_accuracy.py and bench/estimate_accuracy.py.
 
 This module is the estimator's face: the request and result types are engine/estimate/request.py's, the
 arithmetic engine/estimate/breakdown.py's, the suggestions engine/estimate/suggest.py's (which estimate

@@ -5,7 +5,10 @@ what trains under LoRA, what 8-bit Adam quantizes (tensors of at least 4096 elem
 gradients exist. For the families it knows (GPT-2 and the Llama family: Llama, Mistral, Qwen2/3,
 Mixtral) the tensors are enumerated from the config's numbers, which takes microseconds; importing
 torch alone takes ~2 s, too slow for an answer in under a second. Other model types are built on
-the meta device from the config (`meta_param_tensors`), which is exact but slower.
+the meta device from the config with one decoder layer (`meta_dims`), whose tensors repeat for every layer:
+exact, seconds the first time (importing transformers), then read from the private cache
+(engine/models/shape_cache.py). A config transformers cannot build (remote code, never run here) is counted as
+a Llama of its numbers where it has them.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def estimate(req: EstimateRequest, *, gpus: list[tuple[int, str, int]] | None = 
         gpus = probe_gpus(req)
     est = breakdown(req, gpus, d)
     if with_suggestions and est.gpus and any(v.verdict != "fits" for v in est.gpus):
-        est.suggestions = suggestions(req, d, est, gpus)
+        est.suggestions = suggestions(req, d, est, gpus, measure=measure)
     if req.dataset:
         from engine.estimate.data_size import check_data, source_for
 

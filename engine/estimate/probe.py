@@ -126,7 +126,6 @@ def _fit(points: list[tuple[int, float]]) -> tuple[float, float, float]:
 
 def measure(d: ModelDims, v: dict[str, Any]) -> Profile:
     """Fit the saved bytes of reduced copies of the model (see the module's docstring)."""
-    import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     alternating = len(set((d.config.get("layer_types") or [])[:2])) > 1

@@ -18,7 +18,9 @@ from engine.estimate.memory import EstimateRequest, estimate
 from memory_measure import BENCH_ONLY, CASES, case_request, fake_case, measurable_dims, measure
 
 TOLERANCE = 0.10
-pytestmark = pytest.mark.slow  # 25 measured training steps: 35-80 s on the shared 2-core machine
+# 35 measured training steps, 6 of them other families under FakeTensorMode (whose estimates also measure their
+# reduced copy, about 5 s each): 3-6 minutes on the shared, loaded 2-core machine
+pytestmark = pytest.mark.slow
 
 
 def _check(req: EstimateRequest, fake: bool = False) -> None:

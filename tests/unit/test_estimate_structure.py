@@ -77,3 +77,15 @@ def test_measured_once_cached_privately_then_answered_in_under_a_second(tmp_path
     # eager attention's s x s scores: activations grow faster than the sequence
     longer = estimate(EstimateRequest(**{**req.__dict__, "seq_len": 256}), gpus=[])
     assert longer.breakdown.activations > 4 * est.breakdown.activations
+
+
+def test_a_model_that_cannot_be_built_here_falls_back_to_the_formulas(tmp_path: Path) -> None:
+    cfg = dict(model_type="my_remote_model", auto_map={"AutoModelForCausalLM": "modeling_mine.MyModel"},
+               intermediate_size=128, **SMALL)
+    req = EstimateRequest(model=_folder(tmp_path, cfg), technique="full", batch_size=1, seq_len=64)
+    d = req.dims()  # its code is never run: counted as a Llama of its numbers
+    assert not d.buildable and not d.measurable and "remote code" in d.source
+    est = estimate(req, gpus=[], dims=d)
+    assert est.sources["activations"].startswith("formula") and est.peak_bytes > 0
+    with pytest.raises(UserError, match="cannot build model_type 'nothing_known'"):
+        dims_from_config({"model_type": "nothing_known"})

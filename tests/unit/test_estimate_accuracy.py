@@ -19,7 +19,7 @@ from memory_measure import BENCH_ONLY, CASES, case_request, fake_case, measurabl
 
 TOLERANCE = 0.10
 # 35 measured training steps, 6 of them other families under FakeTensorMode (whose estimates also measure their
-# reduced copy, about 5 s each): 3-6 minutes on the shared, loaded 2-core machine
+# reduced copy, about 4 s each): 1.5 minutes on the shared 2-core machine at load 4, 6 at load 8
 pytestmark = pytest.mark.slow
 
 

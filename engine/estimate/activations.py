@@ -70,6 +70,9 @@ class ActivationModel:
     input_shared: bool  # the layer's own saved tensors include its input (not kept twice when checkpointing)
     transient: int  # gradients alive inside one layer's backward
     hidden_grad: int  # the gradient of the residual stream
+    # measured (engine/estimate/probe.py): `transient` is a layer's whole backward rise, its incoming gradient
+    # and, with checkpointing, its recomputed forward included
+    recompute_in_transient: bool = False
 
 
 def _lora_saves(name: str, in_dim: int, e: int, t: Trainable, shared_input_saved: bool, casts: set[str]) -> int:
@@ -201,7 +204,7 @@ def activation_model(d: ModelDims, e: int, t: Trainable, mixed: bool = False, se
     i = d.intermediate * max(1, d.experts_per_token)
     # The largest moment of a layer's backward is the MLP product's: its input gradient and the two
     # gradients it makes (3 x MLP width) while its own saved input is already freed: 2 x MLP width,
-    transient = 2 * e * i
+    transient = (1 if d.family == "gpt2" else 2) * e * i
     if d.attention == "eager":
         # or the attention's: one gradient of the s x s scores (Llama's softmax runs in float32)
         scores = e if d.family == "gpt2" else 4
@@ -257,6 +260,8 @@ def timeline(*, base: int, tokens: int, vocab: int, logit_bytes: int, act: Activ
     for k in reversed(range(L)):
         # recomputed activations of this layer (its input is already counted among the kept inputs)
         live_layer = kept[k] - (T * act.layer_input if act.input_shared else 0) if checkpointing else 0
+        if act.recompute_in_transient:
+            live_layer = 0
         grads += layer_grads[k]
         moments.append((base + remaining + live_layer + grads + T * (act.transient + act.hidden_grad)
                         + weight_transient, grads))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from engine import vocabulary
+from engine.estimate import probe
 from engine.estimate.activations import activation_model, timeline
 from engine.estimate.params import ParamBytes, bytes_for, parameters, trainable
 from engine.estimate.request import (Breakdown, Estimate, EstimateRequest, GpuVerdict, ModelSummary, Phase,
@@ -58,8 +59,14 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Pa
     if req.technique == "qlora" and req.precision == "fp32":
         e = 4
     T = req.tokens_per_micro_batch()
-    act = activation_model(d, e, t, mixed=vocabulary.precision(req.precision).mixed and req.technique != "qlora",
-                           seq=T // req.batch_size)
+    mixed = vocabulary.precision(req.precision).mixed and req.technique != "qlora"
+    act = activation_model(d, e, t, mixed=mixed, seq=T // req.batch_size)
+    source = "formula (Llama-style per-layer model)" if d.family == "other" else f"formula ({d.family} per-layer model)"
+    if d.measurable:
+        prof = probe.cached(d, probe.variant(req, t))
+        if prof is not None:
+            act = prof.activations(d, e, mixed, T // req.batch_size, req.batch_size, casts_counted=p.cast_copies > 0)
+            source = f"measured on a reduced copy ({prof.attention} attention)"
     t_weights, t_logits = _teacher_bytes(req, T)
     inputs = 4 * 8 * req.batch_size * req.seq_len  # ids, labels, the loss's padded and shifted labels
     grads_exist = req.grad_accum > 1
@@ -78,7 +85,7 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Pa
     bd = Breakdown(weights=p.weights, weights_by_dtype=p.by_dtype, gradients=p.grad_bytes,
                    optimizer_states=p.state_bytes, autocast_copies=p.cast_copies, activations=tl.activations,
                    logits_and_loss=tl.logits, optimizer_step_temp=p.step_temp, teacher=t_weights + t_logits,
-                   inputs=inputs)
+                   inputs=inputs, activations_source=source)
     return bd, phases, p
 
 
@@ -154,8 +161,9 @@ def breakdown(req: EstimateRequest, gpus: list[tuple[int, str, int]], d: ModelDi
     total = total_for(per_gpu)
     verdicts = [GpuVerdict(i, name, free, total, verdict(total, free)) for i, name, free in gpus]
     notes = []
-    if d.family == "other":
-        notes.append(f"{d.model_type}: activations use the Llama-style per-layer model (parameters are exact)")
+    if d.family == "other" and bd.activations_source.startswith("formula"):
+        notes.append(f"{d.model_type}: activations use the Llama-style per-layer model until they are measured "
+                     "(parameters are exact)")
     if vocabulary.precision(req.precision).mixed:
         notes.append("mixed precision: checked against CPU autocast, whose op lists differ a little from CUDA's")
     if not vocabulary.precision(req.precision).trains:
@@ -177,5 +185,17 @@ def breakdown(req: EstimateRequest, gpus: list[tuple[int, str, int]], d: ModelDi
         rule_of_thumb=rule_of_thumb(req, d.params), breakdown=bd, phases=phases, peak_phase=top.name,
         peak_bytes=per_gpu, gpu_count=n, total_bytes=total,
         margins={"fragmentation": int(per_gpu * FRAGMENTATION_MARGIN), "cuda_context": CUDA_CONTEXT_BYTES},
-        gpus=verdicts, notes=notes, request=asdict(req),
+        gpus=verdicts, notes=notes, request=asdict(req), sources=sources(req, d, bd),
     )
+
+
+def sources(req: EstimateRequest, d: ModelDims, bd: Breakdown) -> dict[str, str]:
+    """Which parts of the estimate are counted, measured or formulas."""
+    counted = "counted from the model's tensors" + (" (a one-layer copy, repeated)" if d.family == "other" else "")
+    out = {"weights": counted, "gradients": counted, "optimizer_states": counted + " and the optimizer's rules",
+           "activations": bd.activations_source,
+           "logits_and_loss": "formula (transformers' float32 loss over batch x seq x vocab)",
+           "attention": d.attention}
+    if req.technique == "qlora":
+        out["weights"] += "; NF4 blocks and constants from bitsandbytes' layout"
+    return out

@@ -59,13 +59,20 @@ class ParamBytes:
 
 
 def _expand_targets(d: ModelDims, targets: tuple[str, ...]) -> frozenset[str]:
-    names = set(targets)
+    names = {t.rsplit(".", 1)[-1] if d.family == "other" else t for t in targets}  # peft matches by suffix
     if "all-linear" in names:  # peft's shorthand: every Linear of the decoder layers
         names.discard("all-linear")
         names |= set(d.linear_shapes())
     if d.family == "gpt2" and "c_proj" in names:
         names.add("mlp.c_proj")  # peft matches by suffix: "c_proj" is both of GPT-2's projections
     return frozenset(names)
+
+
+def _layer_linears(d: ModelDims) -> list[tuple[str, int, int]]:
+    """Every Linear of one decoder layer as (name, in, out), repeated names included."""
+    if d.family == "other":
+        return list(d.linears)
+    return [(name, fi, fo) for name, (fi, fo) in d.linear_shapes().items()]
 
 
 def _adapter_bytes(req: EstimateRequest) -> int:
@@ -76,11 +83,16 @@ def _adapter_bytes(req: EstimateRequest) -> int:
 
 def trainable(req: EstimateRequest, d: ModelDims) -> Trainable:
     if req.technique in ("lora", "qlora"):
-        targets = _expand_targets(d, req.lora_target_names(d))
         known = set(d.linear_shapes()) | {"lm_head"}
-        if d.family != "other" and not targets & known:
-            raise UserError(f"LoRA targets {', '.join(sorted(targets))} match no Linear of this {d.model_type} "
-                            f"model: choose from {', '.join(sorted(known))}", field="lora_targets")
+        named = req.lora_target_names(d)
+        if not named:  # peft has no default list for this model type and refuses the run
+            raise UserError(f"peft has no default LoRA targets for {d.model_type}: name them with --lora-targets "
+                            f"(its Linear modules: {', '.join(sorted(known))})", field="lora_targets")
+        targets = _expand_targets(d, named)
+        missing = sorted(targets - known)
+        if missing:  # the run refuses these (engine/techniques/lora.py target_modules), as peft would
+            raise UserError(f"LoRA targets {', '.join(missing)}: no such Linear in this {d.model_type} model; "
+                            f"its Linear modules are {', '.join(sorted(known))}", field="lora_targets")
         return Trainable(full=False, lora_targets=targets, lora_rank=req.lora_rank,
                          adapter_bytes=_adapter_bytes(req))
     if req.technique == "prompt-tuning":
@@ -91,7 +103,9 @@ def trainable(req: EstimateRequest, d: ModelDims) -> Trainable:
 def _state_bytes(optimizer: str, numel: int, elem: int, shape2d: tuple[int, int] | None) -> tuple[int, int]:
     """(optimizer state bytes, step temporaries) for one trainable tensor."""
     if optimizer == "adamw":
-        return 2 * numel * elem + 4, numel * elem  # exp_avg, exp_avg_sq, step; foreach sqrt temp
+        # exp_avg, exp_avg_sq, step; the trainer's fused AdamW (engine/run/train_state.py) updates in one
+        # kernel without a parameter-sized temporary
+        return 2 * numel * elem + 4, 0
     if optimizer == "sgd":
         return numel * elem, 0  # momentum buffer
     if optimizer in ("adamw8bit", "paged_adamw8bit"):
@@ -129,7 +143,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
                 casts += p.numel * 2  # autocast's cached 16-bit copy of an fp32 Linear weight
             if p.layer is not None:
                 layer_grads[p.layer] += g
-            elif p.kind == "embedding" and not (d.tie_embeddings and p.module in ("wte", "embed_tokens")):
+            elif p.kind == "embedding" and p.module != d.tied_module:
                 embed += g
             else:
                 head += g  # the LM head (or the tied embedding it shares), final norm
@@ -142,9 +156,8 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
             add(tname[frozen], p.numel * frozen)
     if t.lora_targets:
         per_layer = 0
-        for name in t.lora_targets:
-            if name in shapes:
-                fi, fo = shapes[name]
+        for name, fi, fo in _layer_linears(d):
+            if name in t.lora_targets:
                 n = t.lora_rank * (fi + fo)
                 per_layer += n
                 for numel, shape in ((t.lora_rank * fi, (t.lora_rank, fi)), (fo * t.lora_rank, (fo, t.lora_rank))):

@@ -143,6 +143,7 @@ class Breakdown:
     teacher: int  # distillation: the teacher's weights and logits
     inputs: int  # token ids and labels
     reference: int = 0  # DPO with a frozen copy as the reference: its weights in the compute dtype
+    activations_source: str = "formula"  # "measured on a reduced copy (...)" or "formula (...)"
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,8 @@ class Estimate:
     data: Any = None  # engine.estimate.data_size.DataCheck when a dataset was given
     notes: list[str] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)
+    # each part of the breakdown: counted, measured on a reduced copy of the model, or a formula
+    sources: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

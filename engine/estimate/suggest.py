@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from engine import vocabulary
+from engine.errors import UserError
 from engine.estimate.breakdown import breakdown, verdict
 from engine.estimate.request import Estimate, EstimateRequest, Suggestion
 from engine.models.shape import ModelDims
@@ -87,12 +88,19 @@ def _applied(req: EstimateRequest, changes: dict[str, object]) -> EstimateReques
 
 
 def _try(req: EstimateRequest, d: ModelDims, probed: list[tuple[int, str, int]],
-         changes: dict[str, object]) -> Estimate:
-    return breakdown(_applied(req, changes), probed, d)
+         changes: dict[str, object], measure: bool = False) -> Estimate:
+    new = _applied(req, changes)
+    if measure and d.measurable:  # the change estimated as the run it configures will be: measured too
+        from engine.estimate import probe
+        from engine.estimate.params import trainable
+
+        inner = replace(new, technique=new.finetuning) if new.preference else new
+        probe.ensure(d, probe.variant(inner, trainable(inner, d)))
+    return breakdown(new, probed, d)
 
 
 def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, str, int]], free: int,
-                      name: str) -> tuple[dict[str, object], Estimate] | None:
+                      name: str, measure: bool = False) -> tuple[dict[str, object], Estimate] | None:
     """Halve `name` (batch_size or seq_len) until the total fits, down to 1 (or 64 tokens)."""
     floor = 64 if name == "seq_len" else 1
     value, best = getattr(req, name), None
@@ -101,7 +109,7 @@ def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, 
         changes: dict[str, object] = {f"train.{name}": value}
         if name == "batch_size":
             changes["train.grad_accum"] = req.grad_accum * (req.batch_size // value)
-        est = _try(req, d, gpus, changes)
+        est = _try(req, d, gpus, changes, measure)
         best = (changes, est)
         if est.total_bytes <= free:
             break
@@ -109,12 +117,17 @@ def _halve_until_fits(req: EstimateRequest, d: ModelDims, gpus: list[tuple[int, 
 
 
 def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
-                gpus: list[tuple[int, str, int]]) -> list[Suggestion]:
+                gpus: list[tuple[int, str, int]], measure: bool = False) -> list[Suggestion]:
+    """`measure`: estimate each change with the model's measured activations (measuring a new variant, such as
+    LoRA for a full fine-tune, once), as the estimate itself did."""
     free = min(g[2] for g in gpus)
     out: list[Suggestion] = []
 
     def add(change: str, changes: dict[str, object], row: TradeOff, est: Estimate | None = None) -> None:
-        est = est or _try(req, d, gpus, changes)
+        try:
+            est = est or _try(req, d, gpus, changes, measure)
+        except UserError:  # a change this model cannot take (LoRA where peft has no default targets)
+            return
         saved = current.total_bytes - est.total_bytes
         if saved > MIN_SAVING * current.total_bytes and _trains(changes):
             out.append(Suggestion(change, flags_for(changes), est.total_bytes, saved, verdict(est.total_bytes, free),
@@ -142,13 +155,13 @@ def suggestions(req: EstimateRequest, d: ModelDims, current: Estimate,
             add("the reference's log-probs computed once before training instead of a frozen copy",
                 {"options.reference": "precomputed"}, _REF)
     if req.batch_size > 1:
-        found = _halve_until_fits(req, d, gpus, free, "batch_size")
+        found = _halve_until_fits(req, d, gpus, free, "batch_size", measure)
         if found:
             changes, est = found
             add(f"micro-batch {changes['train.batch_size']} x {changes['train.grad_accum']} accumulation steps "
                 "(same effective batch)", changes, _ROW["gradient accumulation"], est)
     if req.seq_len > 64:
-        found = _halve_until_fits(req, d, gpus, free, "seq_len")
+        found = _halve_until_fits(req, d, gpus, free, "seq_len", measure)
         if found:
             changes, est = found
             add(f"sequences of {changes['train.seq_len']} tokens", changes, _SEQ, est)

@@ -5,7 +5,10 @@ what trains under LoRA, what 8-bit Adam quantizes (tensors of at least 4096 elem
 gradients exist. For the families it knows (GPT-2 and the Llama family: Llama, Mistral, Qwen2/3,
 Mixtral) the tensors are enumerated from the config's numbers, which takes microseconds; importing
 torch alone takes ~2 s, too slow for an answer in under a second. Other model types are built on
-the meta device from the config (`meta_param_tensors`), which is exact but slower.
+the meta device from the config with one decoder layer (`meta_dims`), whose tensors repeat for every layer:
+exact, seconds the first time (importing transformers), then read from the private cache
+(engine/models/shape_cache.py). A config transformers cannot build (remote code, never run here) is counted as
+a Llama of its numbers where it has them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class ParamTensor:
     name: str  # the module path's last parts, e.g. "layers.3.q_proj.weight"
     numel: int
     module: str  # the module's own name (q_proj, c_attn, embed_tokens, ...): what LoRA targets match
-    kind: str  # "embedding", "linear", "norm", "bias", "router"
+    kind: str  # "embedding", "linear", "norm", "bias", "router", "param" (outside a Linear: fused MoE experts)
     layer: int | None = None  # the decoder layer it belongs to; None for embeddings and the head
 
 
@@ -54,10 +57,22 @@ class ModelDims:
     source: str = ""  # where the numbers came from, for the report
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     tensors: tuple[ParamTensor, ...] = field(default=(), repr=False)
+    # "other" models, read off the built copy: each decoder layer's Linear modules (name, in, out), the
+    # input embedding's module name (the head shares it when tied: wte, word_embeddings, embed_in...), and
+    # peft's default LoRA targets for the model type (None: peft has none, the run must name them)
+    linears: tuple[tuple[str, int, int], ...] = field(default=(), repr=False)
+    embed_module: str = ""
+    lora_defaults: tuple[str, ...] | None = ()
+    buildable: bool = True  # False: transformers cannot build it here (remote code): Llama-style formulas only
 
     @property
     def params(self) -> int:
         return sum(t.numel for t in self.tensors)
+
+    @property
+    def measurable(self) -> bool:
+        """A model given by its config (not a scratch shape): its activations are measured on a reduced copy."""
+        return self.buildable and bool(self.config) and not self.source.startswith("scratch ")
 
     @property
     def kv_dim(self) -> int:
@@ -68,12 +83,23 @@ class ModelDims:
         return self.heads * self.head_dim
 
     def default_lora_targets(self) -> tuple[str, ...]:
-        # peft's defaults for these families
+        """peft's defaults for the model type; () where peft has none (the run must name its targets)."""
+        if self.family == "other":
+            return self.lora_defaults or ()
         return ("c_attn",) if self.family == "gpt2" else ("q_proj", "v_proj")
+
+    @property
+    def tied_module(self) -> str:
+        """The input embedding's module name when the LM head shares its weight, else ""."""
+        if not self.tie_embeddings:
+            return ""
+        return self.embed_module or ("wte" if self.family == "gpt2" else "embed_tokens")
 
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each Linear in a layer, by module name (GPT-2's two c_proj: 'c_proj' is attention's)."""
         h, i = self.hidden, self.intermediate
+        if self.family == "other":
+            return {name: (fi, fo) for name, fi, fo in self.linears}
         if self.family == "gpt2":
             return {"c_attn": (h, 3 * h), "c_proj": (h, h), "c_fc": (h, i), "mlp.c_proj": (i, h)}
         return {"q_proj": (h, self.q_dim), "k_proj": (h, self.kv_dim), "v_proj": (h, self.kv_dim),
@@ -157,12 +183,13 @@ def _llama_tensors(d: ModelDims, cfg: dict[str, Any]) -> list[ParamTensor]:
 def dims_from_config(cfg: dict[str, Any], source: str = "") -> ModelDims:
     """ModelDims from a config.json's contents; unknown model types are counted on the meta device."""
     d = _dims_from_config(cfg, source)
-    # transformers uses SDPA unless the config asks for another implementation
-    attention = str(cfg.get("_attn_implementation") or cfg.get("attn_implementation") or "sdpa")
+    # transformers uses SDPA where the model supports it (the built copy says which: BLOOM and Gemma-2 run
+    # eager), unless the config asks for another implementation
+    attention = str(cfg.get("_attn_implementation") or cfg.get("attn_implementation") or d.attention)
     return replace(d, attention="eager" if attention == "eager" else "sdpa")
 
 
-def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
+def _dims_from_config(cfg: dict[str, Any], source: str, buildable: bool = True) -> ModelDims:
     mt = str(cfg.get("model_type", ""))
     try:
         if mt == "gpt2":
@@ -174,7 +201,7 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
             d = ModelDims("gpt2", mt, v, h, n, heads, heads, h // heads, i, pos, True, dropout=drop,
                           activation=str(cfg.get("activation_function", "gelu_new")), source=source, config=cfg)
             return replace(d, tensors=tuple(_gpt2_tensors(v, h, n, i, pos)))
-        if mt in LLAMA_LIKE:
+        if mt in LLAMA_LIKE or not buildable:
             h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
             kv = int(cfg.get("num_key_value_heads") or heads)
             hd = int(cfg.get("head_dim") or h // heads)
@@ -184,44 +211,122 @@ def _dims_from_config(cfg: dict[str, Any], source: str) -> ModelDims:
                           bool(cfg.get("tie_word_embeddings", False)), experts=experts,
                           experts_per_token=int(cfg.get("num_experts_per_tok", 1) or 1),
                           activation=str(cfg.get("hidden_act", "silu")), source=source, config=cfg)
-            return replace(d, tensors=tuple(_llama_tensors(d, cfg)))
+            d = replace(d, tensors=tuple(_llama_tensors(d, cfg)))
+            if not buildable:  # remote code is never run to estimate: its numbers, counted as Llama's
+                d = replace(d, family="llama", buildable=False,
+                            source=f"{source} (remote code, not run: counted as a Llama of its numbers)")
+            return d
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{source or 'config'}: config.json lacks or garbles {err} for model_type {mt!r}",
                         field="model") from None
-    return meta_dims(cfg, source)
+    try:
+        return meta_dims(cfg, source)
+    except UserError:
+        if not _llama_numbers(cfg):  # nothing to count it by
+            raise
+    return _dims_from_config(cfg, source, buildable=False)  # the formulas, as the fallback
+
+
+def _llama_numbers(cfg: dict[str, Any]) -> bool:
+    return all(cfg.get(k) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size",
+                                    "intermediate_size"))
 
 
 def meta_dims(cfg: dict[str, Any], source: str) -> ModelDims:
-    """Any other causal LM: build it on the meta device and read its parameters (exact, ~seconds)."""
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM
-        import torch
+    """Any other causal LM: a one-layer copy built on the meta device, its layer's tensors repeated for every
+    layer (exact, and a fraction of building the whole model). Read once per config and library versions,
+    then from the private cache (engine.models.shape_cache), so later estimates do not import torch."""
+    from engine.models import shape_cache
 
-        config = AutoConfig.for_model(**cfg)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except Exception as err:  # an unknown model_type or a config transformers cannot build
-        raise UserError(f"{source}: cannot build model_type {cfg.get('model_type')!r} from its config ({err})",
-                        field="model") from None
-    tensors = []
-    for name, p in model.named_parameters():
-        parts = name.split(".")
-        layer = next((int(x) for x in parts if x.isdigit()), None)
-        module = parts[-2] if len(parts) > 1 else parts[0]
-        kind = "embedding" if "embed" in name or name.endswith("wte.weight") else (
-            "norm" if p.dim() == 1 and parts[-1] == "weight" else "bias" if p.dim() == 1 else "linear")
-        tensors.append(ParamTensor(name, p.numel(), module, kind, layer))
+    key = shape_cache.key("dims", cfg)
+    found = shape_cache.read(key)
+    if found is None:
+        found = _reduced_copy_tensors(cfg, source)
+        shape_cache.write(key, found)
+    layers = int(found["layers"])
+    tensors = [ParamTensor(n, int(k), m, kind, None) for n, k, m, kind in found["shared"]]
+    for layer in range(layers):
+        tensors += [ParamTensor(n.replace(".0.", f".{layer}.", 1), int(k), m, kind, layer)
+                    for n, k, m, kind in found["layer"]]
     g = lambda *keys, default=0: next((int(cfg[k]) for k in keys if cfg.get(k)), default)  # noqa: E731
     h = g("hidden_size", "n_embd", "d_model")
     heads = g("num_attention_heads", "n_head", default=max(1, h // 64))
-    return ModelDims("other", str(cfg.get("model_type")), g("vocab_size"), h,
-                     g("num_hidden_layers", "n_layer", "num_layers"), heads,
-                     g("num_key_value_heads", default=heads), h // heads if heads else h,
+    return ModelDims("other", str(cfg.get("model_type")), int(found["vocab"]), h, layers, heads,
+                     g("num_key_value_heads", default=heads), g("head_dim", default=h // heads if heads else h),
                      g("intermediate_size", "n_inner", "ffn_dim", default=4 * h),
-                     g("max_position_embeddings", "n_positions", default=2048),
-                     bool(cfg.get("tie_word_embeddings", True)),
+                     g("max_position_embeddings", "n_positions", default=2048), bool(found["tied"]),
                      activation=str(cfg.get("hidden_act") or cfg.get("activation_function") or ""), source=source,
-                     config=cfg, tensors=tuple(tensors))
+                     config=cfg, tensors=tuple(tensors), attention=str(found["attention"]),
+                     linears=tuple((n, int(i), int(o)) for n, i, o in found["linears"]),
+                     embed_module=str(found["embed_module"]),
+                     lora_defaults=tuple(found["lora_defaults"]) if found["lora_defaults"] is not None else None)
+
+
+def reduced_config(cfg: dict[str, Any], layers: int) -> Any:
+    """The transformers config of `cfg` with `layers` decoder layers (per-layer lists cut to match)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(**cfg)
+    config.num_hidden_layers = layers
+    for name in ("layer_types", "mlp_only_layers", "no_rope_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, list) and len(value) > layers:
+            setattr(config, name, value[:layers])
+    return config
+
+
+def _reduced_copy_tensors(cfg: dict[str, Any], source: str) -> dict[str, Any]:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        full_layers = int(_full_layers(cfg))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(reduced_config(cfg, 1))
+    except Exception as err:  # an unknown model_type or a config transformers cannot build
+        reason = str(err).split(". Should contain one of")[0][:200]  # not transformers' list of every type
+        raise UserError(f"{source}: cannot build model_type {cfg.get('model_type')!r} from its config ({reason})",
+                        field="model") from None
+    kinds: dict[str, str] = {}
+    linears: list[tuple[str, int, int]] = []
+    for name, mod in model.named_modules():
+        kind = ("embedding" if isinstance(mod, torch.nn.Embedding) else
+                "linear" if isinstance(mod, torch.nn.Linear) else "")
+        kinds[name] = kind
+        if kind == "linear" and _layer_of(name) is not None:
+            linears.append((name.rsplit(".", 1)[-1], mod.in_features, mod.out_features))
+    shared, layer = [], []
+    for name, p in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        kind = kinds.get(owner) or ("norm" if p.dim() == 1 and leaf == "weight" else
+                                    "bias" if p.dim() == 1 else "param")
+        if leaf == "bias" and kind in ("linear", "embedding"):
+            kind = "bias"
+        row = (name, p.numel(), owner.rsplit(".", 1)[-1] if owner else leaf, kind)
+        (shared if _layer_of(name) is None else layer).append(row)
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = out is not None and out.weight is inp.weight
+    embed_module = next((n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is inp), "")
+    try:
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+
+        defaults = PEFT_TARGETS.get(str(cfg.get("model_type")))
+    except ImportError:
+        defaults = None
+    return {"layers": full_layers, "shared": shared, "layer": layer, "tied": tied, "vocab": inp.num_embeddings,
+            "attention": str(model.config._attn_implementation or "eager"), "linears": linears,
+            "embed_module": embed_module, "lora_defaults": list(defaults) if defaults else None}
+
+
+def _full_layers(cfg: dict[str, Any]) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.for_model(**cfg).num_hidden_layers)
+
+
+def _layer_of(name: str) -> int | None:
+    """The decoder layer of a parameter or module path (the first number in it: "model.layers.3.mlp...")."""
+    return next((int(x) for x in name.split(".") if x.isdigit()), None)
 
 
 # --- where configs come from -------------------------------------------------------------------------

@@ -77,11 +77,13 @@ def _apply_lora(model: Any, req: EstimateRequest, fake: bool) -> Any:
         cfg = LoraConfig(r=req.lora_rank, lora_alpha=2 * req.lora_rank, lora_dropout=0.0,
                          target_modules=targets, task_type="CAUSAL_LM")
         return get_peft_model(model, cfg)
+    import torch
+
     for p in model.parameters():
         p.requires_grad_(False)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if child_name in targets and child.__class__.__name__ == "Linear":
+            if child_name in targets and isinstance(child, torch.nn.Linear):
                 setattr(module, child_name, _LoraLinear.wrap(child, req.lora_rank, 2 * req.lora_rank))
     return model
 
@@ -123,10 +125,10 @@ def _apply_prompt_tuning(model: Any, req: EstimateRequest) -> Any:
 def _optimizer(req: EstimateRequest, params: list[Any]) -> Any:
     import torch
 
-    # foreach=True is what PyTorch picks on CUDA; on the CPU it would pick the per-tensor loop,
-    # whose temporaries are smaller. Measuring foreach measures what a GPU run does.
+    # AdamW fused, as the trainer builds it (engine/run/train_state.py); SGD foreach=True, what PyTorch picks
+    # on CUDA (on the CPU it would pick the per-tensor loop, whose temporaries are smaller)
     if req.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
     if req.optimizer == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=True)
     if req.optimizer in ("adamw8bit", "paged_adamw8bit"):
@@ -230,6 +232,8 @@ def _skip_frozen_grad_hooks(tracker: Any) -> None:
 
 def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Measured:
     """Peak tensor bytes of one steady-state training step of `req` on this machine."""
+    import contextlib
+
     import torch
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -239,10 +243,10 @@ def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = N
 
         ctx = FakeTensorMode(allow_non_fake_inputs=True)
     else:
-        import contextlib
-
         ctx = contextlib.nullcontext()
-    with ctx:
+    from engine.estimate.probe import _grouped_mm_fallback
+
+    with ctx, (_grouped_mm_fallback() if fake else contextlib.nullcontext()):
         dims = dims or measurable_dims(req)
         model, extra = build_model(req, fake, dims)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -373,6 +377,11 @@ MIXTRAL = dict(model_type="mixtral", vocab_size=256, hidden_size=128, intermedia
                num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)
 _FOLDERS: dict[str, str] = {}
 
+from arch_cases import ARCH_CASES, ARCH_TESTED, ARCHS, fake_case  # noqa: E402,F401  (the other families' cases)
+
+CASES.update(ARCH_CASES)
+BENCH_ONLY = BENCH_ONLY | (frozenset(ARCH_CASES) - ARCH_TESTED)
+
 
 def _config_folder(key: str, config: dict[str, Any]) -> str:
     """A folder with this config.json, written once per process."""
@@ -391,6 +400,9 @@ def case_request(name: str) -> EstimateRequest:
     """The request of a case, with its config folders written: the Mixtral, and a distillation
     teacher of the student's shape with twice the layers."""
     kw = dict(CASES[name])
+    if str(kw.get("model", "")).startswith("{arch:"):
+        key = kw["model"][6:-1]
+        kw["model"] = _config_folder(key, ARCHS[key])
     if kw.get("model") == "{mixtral}":
         kw["model"] = _config_folder("mixtral", MIXTRAL)
     if kw.get("model") == "{gpt2_gelu_new}":

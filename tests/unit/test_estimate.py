@@ -13,7 +13,7 @@ import pytest
 
 from engine.errors import UserError
 from engine.estimate.memory import (
-    CUDA_CONTEXT_BYTES, FRAGMENTATION_MARGIN, NF4_BITS, EstimateRequest, estimate, total_for, verdict,
+    CUDA_CONTEXT_BYTES, FRAGMENTATION_MARGIN, NF4_BITS, EstimateRequest, estimate, measurable, total_for, verdict,
 )
 from engine.models.shape import dims_from_config, load_dims, scratch_config
 from tui.cli import main
@@ -49,13 +49,23 @@ def test_parameter_count_matches_the_model_built_on_the_meta_device(config: dict
     assert dims_from_config(dict(config)).params == _meta_count(config)
 
 
-def test_unknown_model_types_are_counted_on_the_meta_device() -> None:
-    cfg = dict(model_type="gpt_neox", vocab_size=500, hidden_size=64, num_hidden_layers=2,
+def test_unknown_model_types_are_counted_on_the_meta_device(tmp_path: Path) -> None:
+    cfg = dict(model_type="gpt_neox", vocab_size=500, hidden_size=64, num_hidden_layers=3,
                num_attention_heads=4, intermediate_size=128)
-    d = dims_from_config(cfg)
-    assert d.family == "other" and d.params == _meta_count(cfg)
-    est = estimate(EstimateRequest(model=None, arch="llama", technique="scratch"), gpus=[], dims=d)
-    assert any("gpt_neox" in note for note in est.notes)
+    d = dims_from_config(cfg)  # one layer built, repeated: the same tensors as the whole model
+    assert d.family == "other" and d.params == _meta_count(cfg) and d.layers == 3
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    req = EstimateRequest(model=str(tmp_path), technique="full", batch_size=1, seq_len=64)
+    # without measuring: the formula at once, and it says so
+    first = estimate(req, gpus=[], measure=False)
+    assert first.sources["activations"].startswith("formula") and any("gpt_neox" in n for n in first.notes)
+    assert measurable(req, first)
+    said: list[str] = []
+    est = estimate(req, gpus=[], note=said.append)
+    assert est.sources["activations"].startswith("measured") and said and not measurable(req, est)
+    assert not any("gpt_neox" in n for n in est.notes)
+    again = estimate(req, gpus=[], measure=False)  # from the cache now
+    assert again.peak_bytes == est.peak_bytes and again.sources == est.sources
 
 
 def test_7b_llama_is_arithmetic_and_answers_in_under_a_second() -> None:
@@ -119,8 +129,13 @@ def test_checkpointing_and_phases() -> None:
     plain = estimate(req, gpus=[])
     ckpt = estimate(EstimateRequest(**{**req.__dict__, "grad_checkpointing": True}), gpus=[])
     assert plain.peak_phase == "backward" and ckpt.peak_bytes < 0.5 * plain.peak_bytes
+    # the trainer's fused AdamW keeps no parameter-sized temporary: its step holds weights, gradients and
+    # states only, less than the end of the backward (which also holds what the backward still uses)
     step = estimate(EstimateRequest(arch="llama", size="1B", technique="scratch", batch_size=1, seq_len=64), gpus=[])
-    assert step.peak_phase == "optimizer step"
+    bd = step.breakdown
+    assert bd.optimizer_step_temp == 0
+    assert step.phases[-1].bytes == bd.weights + bd.gradients + bd.optimizer_states + bd.inputs
+    assert step.peak_phase == "backward"
 
 
 def test_margins_and_verdicts() -> None:
@@ -229,7 +244,7 @@ def test_human_output_shows_breakdown_verdict_suggestions_and_table_5_2(capsys: 
     (["--technique", "lora", "--model", "{empty}"], "no config.json"),
     (["--technique", "scratch", "--dataset", "{missing}"], "not found"),
     (["--technique", "scratch", "--dataset", "{binary}"], "not a text file"),
-    (["--technique", "lora", "--lora-targets", "nothing", "--model", "{model}"], "match no Linear"),
+    (["--technique", "lora", "--lora-targets", "nothing", "--model", "{model}"], "no such Linear"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], needle: str, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:

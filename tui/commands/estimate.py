@@ -142,15 +142,20 @@ def run(args: argparse.Namespace) -> int:
         gpus = [(i, "assumed", args.gpu_memory) for i in range(req.gpus or 1)]
     else:
         gpus = probe_gpus(req)
+    def note(text: str) -> None:  # the first estimate of an architecture measures a reduced copy (seconds)
+        if not args.json:
+            out().print(f"[dim]{text}...[/]")
+
     if args.json or not req.dataset:
-        result = estimate(req, gpus=gpus)
+        result = estimate(req, gpus=gpus, note=note)
     else:
         from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
         with Progress("counting tokens", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                       console=out(), transient=True) as bar:
             task = bar.add_task("tokens", total=None)
-            result = estimate(req, gpus=gpus, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            result = estimate(req, gpus=gpus, note=note,
+                              progress=lambda done, total: bar.update(task, completed=done, total=total))
     if args.json:
         print_json(result.to_dict())
     else:
@@ -160,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _b(n: int) -> str:
     return human_bytes(n)
+
+
+def _how(source: str) -> str:
+    """'measured' or 'formula', the first word of the estimate's source of a part."""
+    return source.split(" ", 1)[0]
 
 
 def render(e) -> None:  # noqa: ANN001 (engine.estimate.memory.Estimate)
@@ -177,7 +187,8 @@ def render(e) -> None:  # noqa: ANN001 (engine.estimate.memory.Estimate)
     dtypes = ", ".join(f"{k} {_b(v)}" for k, v in b.weights_by_dtype.items())
     rows = [("weights", b.weights, dtypes), ("gradients (trainable)", b.gradients, ""),
             ("optimizer states", b.optimizer_states, ""), ("autocast 16-bit weight copies", b.autocast_copies, ""),
-            ("activations kept for backward", b.activations, ""), ("logits and loss (peak moment)", b.logits_and_loss, ""),
+            ("activations kept for backward", b.activations, _how(e.sources.get("activations", ""))),
+            ("logits and loss (peak moment)", b.logits_and_loss, _how(e.sources.get("logits_and_loss", ""))),
             ("optimizer step temporaries", b.optimizer_step_temp, ""), ("teacher", b.teacher, ""),
             ("token ids and labels", b.inputs, "")]
     table.add_column(style="dim")

@@ -59,10 +59,28 @@ def data_check(est: Any, choices: Any) -> Any:
 
 class Estimated(Message):
     def __init__(self, est: Any, data: Any, error: str | None = None, *, proposal: Any = None,
-                 layouts: tuple[Any, ...] = ()) -> None:
+                 layouts: tuple[Any, ...] = (), pending: bool = False) -> None:
         super().__init__()
         self.est, self.data, self.error = est, data, error
+        self.pending = pending  # the formulas' answer while the model's activations are being measured
         self.proposal, self.layouts = proposal, layouts  # engine.estimate.layout.Proposal, LayoutOption per strategy
+
+
+def post_estimates(screen: Any, **options: Any) -> None:
+    """The formulas' answer at once; where the model's activations are not measured yet, the measured answer
+    after it (seconds, once an architecture: it is cached)."""
+    first = estimate_choices(screen.wizard, measure=False, **options)
+    screen.post_message(first)
+    if first.pending:
+        screen.post_message(estimate_choices(screen.wizard, **options))
+
+
+def how_estimated(message: Estimated) -> str:
+    """'  activations measured' / '  activations: formula, measuring the model...' (empty for scratch shapes)."""
+    source = message.est.sources.get("activations", "") if message.est is not None else ""
+    if message.pending:
+        return "  activations: formula, measuring the model..."
+    return "  activations measured" if source.startswith("measured") else ""
 
 
 def machine(wizard: Any) -> tuple[list[tuple[int, str, int]], bool]:
@@ -75,7 +93,8 @@ def machine(wizard: Any) -> tuple[list[tuple[int, str, int]], bool]:
     return [(g.index, g.name, g.memory_free_bytes) for g in report.gpus], cuda_usable(report)
 
 
-def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: bool = False) -> Estimated:
+def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: bool = False,
+                     measure: bool = True) -> Estimated:
     """The estimate for the wizard's choices on the probed GPUs (run from a worker thread: the checks
     step wants the suggestions and the proposed layout, the options step re-estimates on every change
     and does not). With `propose_layout`, the estimate is for the proposed layout unless the user chose
@@ -83,7 +102,7 @@ def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: boo
     from dataclasses import replace
 
     from engine.errors import UserError
-    from engine.estimate.memory import estimate
+    from engine.estimate.memory import estimate, measurable
     from engine.estimate.layout import layout_options, propose
 
     c = wizard.choices
@@ -95,9 +114,10 @@ def estimate_choices(wizard: Any, *, with_suggestions: bool, propose_layout: boo
             if not c.layout_chosen:
                 c = replace(c, num_processes=proposal.num_processes, strategy=proposal.strategy)
         req = estimate_request(c)
-        est = estimate(req, gpus=gpus, with_suggestions=with_suggestions)
+        est = estimate(req, gpus=gpus, with_suggestions=with_suggestions, measure=measure)
         layouts = layout_options(req, gpus, c.world(), cuda=cuda) if c.world() > 1 and gpus else ()
-        return Estimated(est, data_check(est, c), proposal=proposal, layouts=layouts)
+        return Estimated(est, data_check(est, c), proposal=proposal, layouts=layouts,
+                         pending=not measure and measurable(req, est))
     except UserError as err:
         return Estimated(None, None, str(err))
 
@@ -166,7 +186,7 @@ class ChecksScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
-        self.post_message(estimate_choices(self.wizard, with_suggestions=True, propose_layout=True))
+        post_estimates(self, with_suggestions=True, propose_layout=True)
 
     def on_estimated(self, message: Estimated) -> None:
         c = self.wizard.choices
@@ -185,7 +205,8 @@ class ChecksScreen(WizardStep):
         m = est.model
         self.query_one("#checks-model", Static).update(Text.assemble(
             (f"{c.technique}", "bold"), f"  {m.params:,} parameters, {m.trainable_params:,} trained  ",
-            (f"peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total {human_bytes(est.total_bytes)}", "")))
+            (f"peak {human_bytes(est.peak_bytes)} ({est.peak_phase}), total {human_bytes(est.total_bytes)}", ""),
+            (how_estimated(message), "#9e9e9e")))
         self.query_one("#checks-memory", Static).update(memory_view(est, self.size.width or 80))
         rule = est.rule_of_thumb
         self.query_one("#checks-rule", Static).update(Text.assemble(

@@ -21,7 +21,7 @@ from engine import vocabulary
 from engine.spec import DistributedSpec
 from tui.output import human_bytes
 from tui.screens.base import WizardStep
-from tui.screens.checks import VERDICT, Estimated, estimate_choices
+from tui.screens.checks import VERDICT, Estimated, how_estimated, post_estimates
 from tui.wizard import Choices, settle
 
 
@@ -290,7 +290,7 @@ class OptionsScreen(WizardStep):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def estimate(self) -> None:
-        self.post_message(estimate_choices(self.wizard, with_suggestions=False))
+        post_estimates(self, with_suggestions=False)
 
     def on_estimated(self, message: Estimated) -> None:
         out = self.query_one("#options-estimate", Static)
@@ -299,7 +299,8 @@ class OptionsScreen(WizardStep):
             return
         est, c = message.est, self.wizard.choices
         c.extra["estimate"] = est
-        text = Text.assemble(("Estimate: ", "bold"), f"{human_bytes(est.total_bytes)} a GPU")
+        text = Text.assemble(("Estimate: ", "bold"), f"{human_bytes(est.total_bytes)} a GPU",
+                             (how_estimated(message), "#9e9e9e"))
         verdicts = {g.verdict for g in est.gpus}
         if len(est.gpus) > 2 and len(verdicts) == 1:  # eight alike say no more than one
             label, style = VERDICT.get(verdicts.pop(), ("", ""))

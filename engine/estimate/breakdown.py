@@ -80,7 +80,11 @@ def peak(req: EstimateRequest, d: ModelDims) -> tuple[Breakdown, list[Phase], Pa
         step_extra=p.weights + p.grad_bytes + p.state_bytes + p.step_temp + inputs + t_weights,
         teacher_logits=t_logits,
     )
-    phases = [Phase("forward", tl.forward_peak), Phase("backward", tl.backward_peak, tl.backward_grads),
+    # Autocast's cache of 16-bit weight copies is emptied when the forward leaves autocast; without
+    # checkpointing the graph keeps each layer's copy until its backward, with checkpointing only the layer
+    # being recomputed holds one, so the backward carries one layer's copies instead of all of them.
+    freed = p.layer_cast_copies * (d.layers - 1) // d.layers if req.grad_checkpointing and d.layers else 0
+    phases = [Phase("forward", tl.forward_peak), Phase("backward", tl.backward_peak - freed, tl.backward_grads),
               Phase("optimizer step", tl.step_peak, p.grad_bytes)]
     bd = Breakdown(weights=p.weights, weights_by_dtype=p.by_dtype, gradients=p.grad_bytes,
                    optimizer_states=p.state_bytes, autocast_copies=p.cast_copies, activations=tl.activations,

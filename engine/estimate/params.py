@@ -56,6 +56,7 @@ class ParamBytes:
     state_bytes: int
     step_temp: int
     cast_copies: int
+    layer_cast_copies: int = 0  # the decoder layers' share of cast_copies
 
 
 def _expand_targets(d: ModelDims, targets: tuple[str, ...]) -> frozenset[str]:
@@ -128,7 +129,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
         by_dtype[dtype] = by_dtype.get(dtype, 0) + int(round(n))
 
     layer_grads = [0] * d.layers
-    head = embed = tied = grads = states = temp = casts = n_trainable = 0
+    head = embed = tied = grads = states = temp = casts = layer_casts = n_trainable = 0
     tname = {4: "fp32", 2: "fp16" if precision.compute == "fp16" else "bf16"}
     for p in d.tensors:
         if t.full:
@@ -141,6 +142,7 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
             states, temp = states + s, temp + tmp
             if precision.mixed and p.kind == "linear":
                 casts += p.numel * 2  # autocast's cached 16-bit copy of an fp32 Linear weight
+                layer_casts += p.numel * 2 if p.layer is not None else 0
             if p.layer is not None:
                 layer_grads[p.layer] += g
             elif p.kind == "embedding" and p.module != d.tied_module:
@@ -174,4 +176,4 @@ def parameters(req: EstimateRequest, d: ModelDims, t: Trainable) -> ParamBytes:
         s, temp = _state_bytes(req.optimizer, n, v, (req.num_virtual_tokens, d.hidden))
         states, embed, grads = states + s, n * v, n * v
     return ParamBytes(sum(by_dtype.values()), by_dtype, n_trainable, grads, layer_grads, head, embed, tied, states,
-                      temp, casts)
+                      temp, casts, layer_casts)

@@ -30,6 +30,10 @@ ARCHS: dict[str, dict[str, Any]] = {
     "falcon_rw": dict(model_type="falcon", alibi=True, multi_query=False, parallel_attn=False, bias=True,
                       new_decoder_architecture=False, **_SMALL),
     "falcon": dict(model_type="falcon", multi_query=True, parallel_attn=True, **_SMALL),
+    # twelve wider layers: autocast's copies of the layers' weights weigh on the peak (Falcon-RW-1B's shape)
+    "falcon_rw_deep": dict(model_type="falcon", alibi=True, multi_query=False, parallel_attn=False, bias=True,
+                           new_decoder_architecture=False, vocab_size=512, hidden_size=512, num_hidden_layers=12,
+                           num_attention_heads=8),
     "stablelm": dict(model_type="stablelm", intermediate_size=384, num_key_value_heads=2, use_qkv_bias=True,
                      **_SMALL),
 }
@@ -66,13 +70,16 @@ ARCH_CASES: dict[str, dict[str, Any]] = {
     "phi3 lora qkv_proj bf16-pure b2 s256": _arch("phi3", "lora", "bf16-pure", 2, 256, lora_targets=("qkv_proj",)),
     "falcon-rw full fp32 sgd b2 s256": _arch("falcon_rw", "full", "fp32", 2, 256, optimizer="sgd"),
     "falcon lora bf16-pure ckpt b2 s256": _arch("falcon", "lora", "bf16-pure", 2, 256, grad_checkpointing=True),
+    "falcon-rw deep full bf16 adamw ckpt b2 s256": _arch("falcon_rw_deep", "full", "bf16", 2, 256,
+                                                         grad_checkpointing=True),
     "stablelm full bf16 adamw b2 s256": _arch("stablelm", "full", "bf16", 2, 256),
     "stablelm lora fp32 adamw b4 s128": _arch("stablelm", "lora", "fp32", 4, 128),
 }
 # the arch cases the tests run: one of each family the estimator had no formula for, and a fused qkv LoRA
 ARCH_TESTED = frozenset({"neox full fp32 adamw b2 s256", "bloom lora bf16-pure adamw b2 s512",
                          "gemma2 full bf16-pure adamw b1 s512", "mistral lora bf16-pure ckpt b4 s256",
-                         "qwen2_moe lora bf16-pure b2 s256", "falcon lora bf16-pure ckpt b2 s256"})
+                         "qwen2_moe lora bf16-pure b2 s256", "falcon lora bf16-pure ckpt b2 s256",
+                         "falcon-rw deep full bf16 adamw ckpt b2 s256"})
 
 
 def fake_case(name: str) -> bool:

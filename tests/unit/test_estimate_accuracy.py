@@ -6,7 +6,8 @@ switched off or a frozen copy as the reference, ORPO), gradient checkpointing an
 activations dominate and where the optimizer step does; and one case of each family the per-layer formulas
 were not written for (tests/support/arch_cases.py: a GPT-NeoX parallel block, BLOOM's ALiBi, Gemma-2's
 soft-capped eager attention with a 256K vocabulary, Mistral's sliding window, a Qwen2-MoE, Falcon's fused qkv
-under LoRA), measured under FakeTensorMode, whose estimates measure a reduced copy of the model themselves.
+under LoRA, Falcon-RW twelve layers deep under checkpointed mixed precision), measured under FakeTensorMode,
+whose estimates measure a reduced copy of the model themselves.
 The bench (bench/estimate_accuracy.py) runs every case.
 """
 
@@ -18,7 +19,7 @@ from engine.estimate.memory import EstimateRequest, estimate
 from memory_measure import BENCH_ONLY, CASES, case_request, fake_case, measurable_dims, measure
 
 TOLERANCE = 0.10
-# 35 measured training steps, 6 of them other families under FakeTensorMode (whose estimates also measure their
+# 36 measured training steps, 7 of them other families under FakeTensorMode (whose estimates also measure their
 # reduced copy, about 4 s each): 1.5 minutes on the shared 2-core machine at load 4, 6 at load 8
 pytestmark = pytest.mark.slow
 

@@ -235,7 +235,7 @@ def _layer_backward(model: Any, d: ModelDims, v: dict[str, Any], seq: int, batch
               all(isinstance(x, torch.nn.Module) for x in m)]
     blocks = list(max(layers, key=len)) if layers else []
     tracker = MemTracker()
-    _skip_frozen_grad_hooks(tracker)
+    skip_frozen_grad_hooks(tracker)
     tracker.track_external(model)
     with tracker:
         loss = _forward(model, d, v, seq, batch=batch)
@@ -253,7 +253,7 @@ def _layer_backward(model: Any, d: ModelDims, v: dict[str, Any], seq: int, batch
     return float(max(rises, default=0))
 
 
-def _skip_frozen_grad_hooks(tracker: Any) -> None:
+def skip_frozen_grad_hooks(tracker: Any) -> None:
     """MemTracker registers a gradient hook on every parameter; a frozen one refuses it."""
     import types
 

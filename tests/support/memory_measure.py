@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.estimate.memory import EstimateRequest
+from engine.estimate.probe import skip_frozen_grad_hooks as _skip_frozen_grad_hooks  # MemTracker vs frozen weights
 from engine.models.shape import ModelDims
 from engine.run.train_state import to_weight_dtype
 from preference_measure import preference_loss, reference_module
@@ -208,26 +209,6 @@ def _loss(model: Any, teacher: Any | None, ids: Any) -> Any:
     kl = F.kl_div(F.log_softmax(out.logits.float() / T, dim=-1), F.softmax(t_logits.float() / T, dim=-1),
                   reduction="batchmean") * T * T
     return DISTILL_ALPHA * out.loss + (1 - DISTILL_ALPHA) * kl
-
-
-def _skip_frozen_grad_hooks(tracker: Any) -> None:
-    """MemTracker registers a gradient hook on every parameter; a frozen one refuses it."""
-    import types
-
-    original = type(tracker)._track_module_params_and_buffers
-
-    def patched(self: Any, module: Any, install_grad_hooks: bool = True) -> tuple[int, int]:
-        frozen = [p for p in module.parameters() if not p.requires_grad]
-        for p in frozen:  # pretend a hook is installed so the tracker does not try
-            self._param_to_grad_hook_handles.setdefault(p, ())
-        try:
-            return original(self, module, install_grad_hooks)
-        finally:
-            for p in frozen:
-                if self._param_to_grad_hook_handles.get(p) == ():
-                    del self._param_to_grad_hook_handles[p]
-
-    tracker._track_module_params_and_buffers = types.MethodType(patched, tracker)
 
 
 def measure(req: EstimateRequest, fake: bool = False, dims: ModelDims | None = None) -> Measured:

@@ -59,7 +59,7 @@ def load_for_inference(run: Path, checkpoint_ref: str | None = None) -> tuple[An
 
         from engine.checkpoints import zero as zero_checkpoint
 
-        sharded = zero_checkpoint if zero_checkpoint.is_zero_checkpoint(target.path) else sharded_checkpoint
+        sharded = zero_checkpoint if zero_checkpoint.is_zero_checkpoint(folder) else sharded_checkpoint
         with tempfile.TemporaryDirectory(prefix="llmw-consolidate-") as tmp:
             whole = sharded.consolidate_offline(folder, base, Path(tmp) / "model")
             model = AutoModelForCausalLM.from_pretrained(whole)

@@ -20,6 +20,7 @@ from pathlib import Path
 from cli_helpers import cli
 from run_helpers import control, make_corpus, tiny_spec, wait_exit, wait_for, wait_step
 
+from engine import spec as spec_mod
 from engine.errors import UserError
 from engine.processes import pid_alive
 from engine.run import job
@@ -162,6 +163,10 @@ def test_H5_H7_a_live_job_under_attack_acknowledges_every_queued_command_and_dia
         final = sorted((p.name, p.stat().st_mtime_ns) for p in (run / "final").iterdir())
         code, out = _cli("train", "--resume", str(run))
         assert code == 2 and "is finished" in out and "model.path=" in out, out
+        # the advised new run is one the spec loader takes (a scratch run goes on as a full fine-tune)
+        advised = re.findall(r"--set (\S+?)`?(?=\s|$)", " ".join(out.split()))
+        assert "technique=full" in advised, out
+        spec_mod.load(run / "spec.toml", [a.replace("=N", "=5") for a in advised])
         assert sorted((p.name, p.stat().st_mtime_ns) for p in (run / "final").iterdir()) == final
         assert runfolder.read_status(run)["state"] == "done" and runfolder.read_status(run)["loss"] is not None
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "start a run from a spec (detached); prints the run id and folder"
 
@@ -49,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"run {run_path.name} is still {status['state']} (pid {status.get('pid')})", field="resume")
         if status.get("state") == "done":  # resuming would train nothing and rewrite final/ over the result
             raise UserError(f"run {run_path.name} is finished (done at step {status.get('step') or 0}): nothing to "
-                            f"resume. To train further, start a new run from its model, e.g. `llm-wizard train "
-                            f"{run_path / runfolder.SPEC} --set model.path={run_path / 'final'} --set "
-                            "train.max_steps=N`", field="resume")
+                            f"resume. {_train_further(run_path)}", field="resume")
         spec = spec_mod.load(run_path / runfolder.SPEC)
         if hasattr(get(spec.technique), "remote"):
             pass  # a hosted job: the job process follows the remote job its run folder names (nothing to restore)
@@ -157,3 +156,21 @@ def _preflight_technique(spec: object) -> None:
     technique = get(spec.technique)  # type: ignore[attr-defined]
     if hasattr(technique, "preflight"):
         technique.preflight(spec)
+
+
+def _train_further(run: Path) -> str:
+    """How to go on training a finished run's model: a new run from it, as its technique can take it."""
+    from engine import spec as spec_mod
+    from engine.runfolder import folder as runfolder
+
+    final = run / "final"
+    again = f"`llm-wizard train {run / runfolder.SPEC} --set train.max_steps=N"
+    technique = spec_mod.load(run / runfolder.SPEC).technique
+    if technique == "scratch":  # a new model is built from [model]; the trained one goes on as a full fine-tune
+        return f"To train further, fine-tune its model in a new run: {again} --set technique=full --set model.path={final}`"
+    if (final / "adapter_config.json").is_file():  # an adapter: fold it into its base first
+        merged = run / "export" / "merged"
+        return (f"To train further, merge the adapter (`llm-wizard export {run.name} --format merged`), then start a "
+                f"new run from it: {again} --set model.path={merged}`")
+    return f"To train further, start a new run from its model: {again} --set model.path={final}`"
+

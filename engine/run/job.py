@@ -13,6 +13,7 @@ echoes events to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,6 +52,7 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
     if owner:  # RELIABILITY P6: checked here too, so the running job's status is never overwritten
         raise UserError(f"run {run.name} is already being trained by process {owner}; watch it with "
                         f"`llm-wizard attach {run.name}`", field="run")
+    _check_writable(run)
     # Commands sent from now on are for this process, even those that arrive before it reads any.
     commands = run / runfolder.COMMANDS_FILE
     # Several processes: the supervisor runs `accelerate launch` (engine/run/distributed/supervisor.py), same arguments.
@@ -73,6 +75,23 @@ def launch(run: Path, *, resume: bool = False, step_sleep: float = 0.0, env: dic
         runfolder.write_status(run, {"state": "starting", "pid": proc.pid, "step": before.get("step", 0),
                                      "message": "launching"})
     return proc.pid
+
+
+def _check_writable(run: Path) -> None:
+    """RELIABILITY C13: a run folder that is full or read-only is refused before a job starts (its job.log could
+    not even be opened), saying what to do, instead of a job that dies at once."""
+    probe = run / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):  # a disk full after the create leaves an empty probe behind
+            probe.unlink()
+        raise UserError(f"run {run.name} cannot start: its folder {run} is not writable ({e.strerror}); free space "
+                        f"or make it writable, then `llm-wizard train --resume {run.name}`", field="run") from None
 
 
 def spawn_detached(args: list[str], *, log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:

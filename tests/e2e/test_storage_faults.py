@@ -163,3 +163,17 @@ def test_C6_a_read_only_runs_folder_is_refused_before_anything_heavy(tmpfs: Path
     with pytest.raises(UserError, match="cannot write to the runs folder .*Read-only file system.*--runs-dir") as e:
         runfolder.create_run(tmpfs / "runs", "t", "name = 't'\n")
     assert e.value.exit_code == 2
+
+
+def test_C13_resume_of_a_run_folder_turned_read_only_is_refused_saying_what_to_do(tmpfs: Path) -> None:
+    """`train --resume` on a stopped run whose folder is now read-only: a one-line refusal before any job starts
+    (its job.log could not even be opened), not a traceback from the launcher."""
+    from engine.errors import UserError
+    from engine.run import job
+
+    run = job.create(tiny_spec(make_corpus(tmpfs)), tmpfs / "runs")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    with pytest.raises(UserError, match=r"cannot start: its folder .* is not writable \(Read-only file system\)"
+                                        r".*train --resume"):
+        job.launch(run, resume=True)
+    assert not (run / runfolder.LOG).exists() and runfolder.read_status(run) == {}

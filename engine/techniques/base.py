@@ -89,6 +89,24 @@ def check_options(options: dict[str, Any], known: list[str], technique: str, hin
         raise UserError(f"options.{key}: unknown for {technique}{mean}; {valid}", field=f"options.{key}")
 
 
+# What a pretrained model (model.path) brings itself: the settings that build a new model and train its
+# tokenizer (tokenizer.path still replaces the model's tokenizer)
+SCRATCH_ONLY = {"model": ("arch", "size", "layers", "width", "heads", "dropout"),
+                "tokenizer": ("kind", "vocab_size")}
+
+
+def unused_settings(spec: Any) -> list[str]:
+    """The spec's settings, changed from their defaults, that this run does not read: with a pretrained model
+    the model's own shape and tokenizer are used, so [tokenizer] and the scratch shape of [model] are not."""
+    if not spec.model.path:
+        return []
+    unused = []
+    for section, names in SCRATCH_ONLY.items():
+        value, default = getattr(spec, section), type(getattr(spec, section))()
+        unused += [f"{section}.{n} = {getattr(value, n)!r}" for n in names if getattr(value, n) != getattr(default, n)]
+    return unused
+
+
 def with_defaults(spec: Any, defaults: dict[str, Any], technique: str) -> dict[str, Any]:
     """spec.options over the technique's `defaults`; an unknown key is a UserError naming the known ones."""
     check_options(spec.options, list(defaults), technique)

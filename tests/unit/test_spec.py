@@ -96,3 +96,14 @@ def test_every_preset_loads_and_validates(preset: Path) -> None:
 
 def test_tiny_and_demo_presets_exist() -> None:
     assert {"tiny", "demo"} <= {p.stem for p in PRESETS}
+
+
+def test_settings_a_pretrained_model_does_not_read_are_named() -> None:
+    """With model.path the model's own shape and tokenizer are used: [tokenizer] kind/vocab_size and the scratch
+    shape of [model], changed from their defaults, are named (train prints them) instead of passing silently."""
+    from engine.techniques.base import unused_settings
+
+    data = {"technique": "full", "model": {"path": "org/model", "layers": 2}, "tokenizer": {"kind": "byte", "path": "t"}}
+    assert unused_settings(spec.from_dict(data)) == ["model.layers = 2", "tokenizer.kind = 'byte'"]
+    assert unused_settings(spec.from_dict({"technique": "full", "model": {"path": "org/model"}})) == []
+    assert unused_settings(spec.from_dict({"model": {"layers": 2}, "tokenizer": {"kind": "byte"}})) == []  # scratch

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from engine import spec as spec_mod
     from engine.errors import UserError
     from engine.paths import runs_dir
-    from engine.techniques.base import get
+    from engine.techniques.base import get, unused_settings
     from tui.output import err, error, out, print_json
 
     restart = False  # --resume of a run with no checkpoint yet that may start again (below)
@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
         spec = spec_mod.load(args.spec, args.overrides + (["options.merge=true"] if args.merge else []))
         _preflight_data(spec)
         _preflight_technique(spec)
+        if unused := unused_settings(spec):  # said, not refused: a spec may be shared by several techniques
+            err().print(f"note: {spec.technique} trains {spec.model.path}'s own model and tokenizer; not used: "
+                        f"{', '.join(unused)}", style="yellow", markup=False, highlight=False)
         launch_config.check_supported(spec)
         explicit = getattr(args, "runs_dir", None) or spec.runs_dir or None
         run_path = job.create(spec, runs_dir(explicit))

@@ -70,7 +70,9 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         ack = control(run, "save")
         assert ack["ok"] and (run / "checkpoints" / ack["checkpoint"] / "manifest.json").is_file()
 
-        # rollback to 10 and save at once: branch 1's first checkpoint holds exactly step 10's state
+        # rollback to 10 and save at once: branch 1's first checkpoint holds exactly step 10's state (sent while
+        # paused, so that no step runs between the two whichever poll of the job reads the second)
+        assert control(run, "pause")["ok"]
         _, offset = runfolder.read_events(run)
         c1 = runfolder.send_command(run, "rollback", step=10)
         c2 = runfolder.send_command(run, "save")
@@ -78,6 +80,7 @@ def test_pause_set_lr_save_rollback_rescue_stop(tmp_path: Path) -> None:
         sv = runfolder.wait_ack(run, c2, 240, from_offset=offset)
         assert rb["ok"] and rb["branch"] == 1 and rb["step"] == 10, rb
         assert sv["ok"] and sv["step"] == 10 and sv["checkpoint"] == "step-000010-b1", sv
+        assert control(run, "resume")["step"] == 10
         ckpts = run / "checkpoints"
         old, new = _tensors(ckpts / "step-000010"), _tensors(ckpts / "step-000010-b1")
         assert old.keys() == new.keys() and all((old[k] == new[k]).all() for k in old)

@@ -104,11 +104,13 @@ def test_pause_set_lr_rollback_on_a_new_student(models: dict[str, Path], tmp_pat
         acks["set_lr"] = control(run, "set_lr", factor=0.5)
         acks["resume"] = control(run, "resume")
         wait_step(run, 14)
+        control(run, "pause")  # rollback and save with no step between them, however the threads are scheduled
         _, offset = runfolder.read_events(run)
         c1 = runfolder.send_command(run, "rollback", step=10)
         c2 = runfolder.send_command(run, "save")
         acks["rollback"] = runfolder.wait_ack(run, c1, 30, from_offset=offset)
         acks["save"] = runfolder.wait_ack(run, c2, 30, from_offset=offset)
+        control(run, "resume")
 
     thread = threading.Thread(target=steer)
     thread.start()

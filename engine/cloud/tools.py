@@ -61,14 +61,15 @@ def failure(argv: list[str], result: Result) -> UserError:
 
 
 def gcloud_value(key: str) -> str:
-    """A gcloud configuration value (`core/project`, `core/account`), '' when unset."""
-    return run(["gcloud", "config", "get-value", key], check=False).stdout.strip()
+    """A gcloud configuration value (`core/project`, `core/account`), '' when unset (gcloud prints "(unset)")."""
+    value = run(["gcloud", "config", "get-value", key], check=False).stdout.strip()
+    return "" if value == "(unset)" else value
 
 
 def check_login() -> str:
     """The logged-in gcloud account; a UserError saying how to log in when there is none."""
     account = gcloud_value("core/account")
-    if not account or account == "(unset)":
+    if not account:
         raise UserError("gcloud is not logged in: run `gcloud init` (log in and pick a project) or "
                         "`gcloud auth login`, then try again", field="gcloud")
     return account
@@ -76,7 +77,7 @@ def check_login() -> str:
 
 def default_project() -> str:
     project = gcloud_value("core/project")
-    if not project or project == "(unset)":
+    if not project:
         raise UserError("no Google Cloud project: pass --project ID, or set one with `gcloud config set project ID` "
                         "(`gcloud init` does both login and project)", field="project")
     return project

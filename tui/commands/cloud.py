@@ -233,7 +233,7 @@ def create_cmd(args: argparse.Namespace) -> int:
         return create_sky(args, spec, p, name, repo, price + run_time)
     if args.dry_run:  # placeholders for what only gcloud (logged in) can say
         configured = tools.gcloud_value("core/project") if _has("gcloud") else ""
-        project = args.project or (configured if configured not in ("", "(unset)") else "PROJECT")
+        project = args.project or configured or "PROJECT"
     else:
         project = args.project or tools.default_project()
     zone = args.zone or ("ZONE" if args.dry_run else "")

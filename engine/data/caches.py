@@ -1,7 +1,8 @@
 """What llm-wizard keeps in its cache folder (engine/paths.py cache_dir), listed and cleared by `llm-wizard cache`.
 
 Kinds: `tokens` (a corpus tokenized once: a .bin with its .json sidecar), `tokenizers` (one trained tokenizer a
-folder), `models` and `datasets` (Hub downloads, when HF_HUB_CACHE points under the cache folder), and
+folder), `estimates` (an architecture's activations measured on a reduced copy, one JSON file a key), `models`
+and `datasets` (Hub downloads, when HF_HUB_CACHE points under the cache folder), and
 `other` (anything else the product put there, e.g. a llama.cpp build). Every entry is safe to delete: the next
 run that needs it builds or downloads it again.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from engine import paths
 from engine.errors import UserError
 
-KINDS = ("tokens", "tokenizers", "models", "datasets", "other")
+KINDS = ("tokens", "tokenizers", "estimates", "models", "datasets", "other")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def entries(kind: str | None = None) -> list[Entry]:
     for top in sorted(root.iterdir()):
         if top.name.startswith(".") or top.is_symlink():
             continue
-        if top.name in ("tokens", "tokenizers") and top.is_dir():
+        if top.name in ("tokens", "tokenizers", "estimate") and top.is_dir():
             paths.private_dir(top)  # what a former version left readable to others is narrowed
         if top.name == "tokens" and top.is_dir():
             found += [_entry("tokens", p, *_siblings(p), name=p.stem, meta=p.with_suffix(".json"))
@@ -82,6 +83,8 @@ def entries(kind: str | None = None) -> list[Entry]:
         elif top.name == "tokenizers" and top.is_dir():
             found += [_entry("tokenizers", p, meta=p / "llm_wizard_tokenizer.json") for p in top.iterdir()
                       if p.is_dir() and not p.name.startswith(".")]
+        elif top.name == "estimate" and top.is_dir():  # engine/models/shape_cache.py
+            found += [_entry("estimates", p, name=p.stem) for p in top.glob("*.json") if not p.name.startswith(".")]
         elif top.name == "hub" and top.is_dir():  # huggingface_hub's layout: models--org--name, datasets--...
             for p in top.iterdir():
                 hub_kind, _, repo = p.name.partition("--")

@@ -28,6 +28,8 @@ def _fake_cache() -> dict[str, Path]:
     (tokens / "k2.json").write_text("{}")
     (tok / "tokenizer.json").write_text("{}")
     (tok / "llm_wizard_tokenizer.json").write_text(json.dumps({"sources": ["/data/private.txt"]}))
+    (root / "estimate").mkdir()
+    (root / "estimate" / "e1.json").write_text("{}")
     hub = root / "hub" / "models--org--tiny" / "snapshots"
     hub.mkdir(parents=True)
     (hub / "w").write_bytes(b"x" * 100)
@@ -44,7 +46,8 @@ def test_S9_cache_list_and_clear(capsys: pytest.CaptureFixture[str], monkeypatch
     assert main(["cache", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["entries"]
     assert {(e["kind"], e["name"]) for e in listed} == {("tokens", "k1"), ("tokens", "k2"),
-                                                        ("tokenizers", "abc123"), ("models", "org/tiny")}
+                                                        ("tokenizers", "abc123"), ("estimates", "e1"),
+                                                        ("models", "org/tiny")}
     k1 = next(e for e in listed if e["name"] == "k1")
     assert k1["bytes"] > 4000 and k1["age_s"] > 9 * 86400 and k1["sources"] == ["/data/private.txt"]
     # listing narrowed what the former version left open (the Hub's own cache is left as it is)
@@ -67,7 +70,7 @@ def test_S9_cache_list_and_clear(capsys: pytest.CaptureFixture[str], monkeypatch
     assert main(["cache", "clear", "--older-than", "soon", "--yes"]) == 2
     monkeypatch.setattr("builtins.input", lambda: "y")
     assert main(["cache", "clear"]) == 0
-    assert "deleted 3 cache entries" in capsys.readouterr().out
+    assert "deleted 4 cache entries" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")

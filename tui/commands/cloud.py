@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("create", help="create the VM the plan chose (asks first, showing the price)")
     machine(p)
-    p.add_argument("--name", help="the VM's name (default llmw-<spec name>)")
+    p.add_argument("--name", help="the VM's name (default llmw-<the spec file's name>, e.g. llmw-full-llama2-13b)")
     p.add_argument("--project", help="Google Cloud project (default: gcloud's configured one)")
     p.add_argument("--zone", help="zone (default: the first of the region that has the GPU)")
     p.add_argument("--disk-gb", type=int, default=200, help="boot disk in GB (default 200, the book's)")
